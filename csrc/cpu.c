@@ -1,0 +1,51 @@
+/* CPU detection and the dispatch table (see cpu.h). */
+#include "cpu.h"
+#include "dispatch.h"
+
+#if defined(__x86_64__) || defined(_M_X64) || defined(__i386__)
+#define FC_X86 1
+#endif
+
+int fc_isa_available(void)
+{
+    int mask = 1 << FC_ISA_GENERIC;
+#if defined(FC_X86) && (defined(__GNUC__) || defined(__clang__))
+    __builtin_cpu_init();
+    /* libgcc's checks include the OS's XSAVE state (xgetbv), not only CPUID. */
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        mask |= 1 << FC_ISA_AVX2;
+    if ((mask & (1 << FC_ISA_AVX2)) && __builtin_cpu_supports("avx512f"))
+        mask |= 1 << FC_ISA_AVX512;
+#endif
+    return mask;
+}
+
+const char *fc_isa_name(int isa)
+{
+    switch (isa) {
+    case FC_ISA_GENERIC: return "generic";
+    case FC_ISA_AVX2: return "avx2";
+    case FC_ISA_AVX512: return "avx512";
+    default: return "unknown";
+    }
+}
+
+static int current_isa = FC_ISA_GENERIC;
+fc_dispatch fc_kernels = FC_DISPATCH_INIT(generic);
+
+int fc_set_isa(int isa)
+{
+    if (isa < 0 || isa >= FC_ISA_COUNT || !(fc_isa_available() & (1 << isa)))
+        return -1;
+    switch (isa) {
+#ifdef FC_X86
+    case FC_ISA_AVX512: { fc_dispatch d = FC_DISPATCH_INIT(avx512); fc_kernels = d; break; }
+    case FC_ISA_AVX2: { fc_dispatch d = FC_DISPATCH_INIT(avx2); fc_kernels = d; break; }
+#endif
+    default: { fc_dispatch d = FC_DISPATCH_INIT(generic); fc_kernels = d; break; }
+    }
+    current_isa = isa;
+    return 0;
+}
+
+int fc_get_isa(void) { return current_isa; }

@@ -1,0 +1,39 @@
+/* The table of per-ISA routines the kernels call through (see cpu.h).
+ *
+ * Each routine is compiled once per ISA from a template header
+ * (gemm_impl.h, activations_impl.h) with a name suffix; FC_DISPATCH_INIT
+ * names one suffix's set.  Adding a routine means: a line in the struct, a
+ * name in the initializer, a definition in the template.
+ */
+#ifndef FASTCELLS_DISPATCH_H
+#define FASTCELLS_DISPATCH_H
+#include <stddef.h>
+
+typedef void (*fc_gemm_fn)(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A,
+                           ptrdiff_t lda, const float *P, float *C, ptrdiff_t ldc);
+typedef void (*fc_act_fn)(float *x, ptrdiff_t n);
+
+typedef struct {
+    fc_gemm_fn gemm;     /* C[m,n] = A[m,k] @ B[k,n], B packed by fc_pack */
+    fc_act_fn sigmoid;   /* x <- 1 / (1 + exp(-x)), in place */
+    fc_act_fn tanh;      /* x <- tanh(x), in place */
+} fc_dispatch;
+
+#define FC_DECLARE_ISA(sfx)                                                          \
+    void fc_gemm_packed_##sfx(ptrdiff_t, ptrdiff_t, ptrdiff_t, const float *,         \
+                              ptrdiff_t, const float *, float *, ptrdiff_t);          \
+    void fc_sigmoid_##sfx(float *, ptrdiff_t);                                        \
+    void fc_tanh_##sfx(float *, ptrdiff_t);
+
+FC_DECLARE_ISA(generic)
+#if defined(__x86_64__) || defined(_M_X64) || defined(__i386__)
+FC_DECLARE_ISA(avx2)
+FC_DECLARE_ISA(avx512)
+#endif
+
+#define FC_DISPATCH_INIT(sfx) { fc_gemm_packed_##sfx, fc_sigmoid_##sfx, fc_tanh_##sfx }
+
+/* The table in use; written only by fc_set_isa. */
+extern fc_dispatch fc_kernels;
+
+#endif

@@ -1,0 +1,26 @@
+/* Packed small GEMM for the per-step recurrent products.
+ *
+ * The time loop multiplies a small (B x K) matrix by the same weight matrix
+ * at every step, so the weights are packed once per call into panels of
+ * FC_NR columns: panel p holds B[l, p*FC_NR + j] for l = 0..K-1, j = 0..FC_NR-1,
+ * contiguous and zero-padded, and the micro-kernel streams it with unit
+ * stride.  The packed buffer is allocated by the caller (fc_packed_size).
+ */
+#ifndef FASTCELLS_GEMM_H
+#define FASTCELLS_GEMM_H
+#include <stddef.h>
+
+#define FC_NR 16
+
+/* Number of floats the packed form of a K x N matrix takes. */
+ptrdiff_t fc_packed_size(ptrdiff_t k, ptrdiff_t n);
+
+/* Pack the K x N matrix whose element (l, j) is src[l*rs + j*cs] into P. */
+void fc_pack(const float *src, ptrdiff_t k, ptrdiff_t n, ptrdiff_t rs, ptrdiff_t cs, float *P);
+
+/* C[i, j] = sum_l A[i*lda + l] * B(l, j) for i < m, j < n, B packed in P
+ * (through the dispatch table: the ISA in use). */
+void fc_gemm(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A, ptrdiff_t lda,
+             const float *P, float *C, ptrdiff_t ldc);
+
+#endif

@@ -1,0 +1,325 @@
+"""One place that validates and converts the arguments of every cell.
+
+Both the NumPy reference and the compiled path call these helpers, so a
+wrong argument gets the same message from either.  Every message names the
+argument, what was expected and what was received.  The helpers never write
+to a caller's array: conversions make new arrays, and arrays that already
+have the right dtype and layout are passed on unchanged (and only read).
+
+The result types (named tuples) and the training cache live here too: they
+are the contract shared by ``fastcells.reference`` and ``fastcells.functional``.
+"""
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Optional
+
+import numpy as np
+
+#: gate count per cell, in PyTorch's parameter layout
+GATES = {"rnn": 1, "gru": 3, "lstm": 4}
+#: gate names per cell, in the order of the rows of W_ih / W_hh
+GATE_ORDER = {"rnn": ("h",), "gru": ("r", "z", "n"), "lstm": ("i", "f", "g", "o")}
+NONLINEARITIES = ("tanh", "relu")
+
+
+class ForwardResult(NamedTuple):
+    """Result of ``rnn_forward`` / ``gru_forward``.
+
+    y : (T, B, H) outputs, zeros at steps past a sequence's length.
+    h : (B, H) final hidden state (the state after each sequence's last step).
+    cache : a :class:`Cache` when ``training=True``, else None.
+    """
+
+    y: np.ndarray
+    h: np.ndarray
+    cache: Optional["Cache"]
+
+
+class LSTMForwardResult(NamedTuple):
+    """Result of ``lstm_forward``: as :class:`ForwardResult` plus the final cell state ``c`` (B, H)."""
+
+    y: np.ndarray
+    h: np.ndarray
+    c: np.ndarray
+    cache: Optional["Cache"]
+
+
+class Gradients(NamedTuple):
+    """Result of ``rnn_backward`` / ``gru_backward``.
+
+    Shapes follow the forward arguments: ``dx (T, B, I)``, ``dh0 (B, H)``,
+    ``dW_ih (G*H, I)``, ``dW_hh (G*H, H)``, ``db_ih, db_hh (G*H,)``.  The bias
+    gradients are None when the forward pass had no biases.  ``dh0`` is
+    always given (the gradient with respect to the initial state, zeros or not).
+    """
+
+    dx: np.ndarray
+    dh0: np.ndarray
+    dW_ih: np.ndarray
+    dW_hh: np.ndarray
+    db_ih: Optional[np.ndarray]
+    db_hh: Optional[np.ndarray]
+
+
+class LSTMGradients(NamedTuple):
+    """Result of ``lstm_backward``: as :class:`Gradients` plus ``dc0 (B, H)``."""
+
+    dx: np.ndarray
+    dh0: np.ndarray
+    dc0: np.ndarray
+    dW_ih: np.ndarray
+    dW_hh: np.ndarray
+    db_ih: Optional[np.ndarray]
+    db_hh: Optional[np.ndarray]
+
+
+class Cache:
+    """What a training forward pass keeps for its backward pass.
+
+    Opaque to users: pass it to the matching ``*_backward`` of the same module
+    (``fastcells`` or ``fastcells.reference``).  Its arrays are read-only, so a
+    cache can be used for several backward passes and is never changed by one.
+    """
+
+    __slots__ = ("cell", "backend", "options", "arrays")
+
+    def __init__(self, cell: str, backend: str, options: dict, arrays: dict):
+        self.cell = cell
+        self.backend = backend
+        self.options = dict(options)
+        self.arrays = {}
+        for key, value in arrays.items():
+            if isinstance(value, np.ndarray):
+                value = value.view()
+                value.flags.writeable = False
+            self.arrays[key] = value
+
+    def __getitem__(self, key: str) -> Any:
+        return self.arrays[key]
+
+    def __repr__(self) -> str:
+        shapes = ", ".join(
+            f"{k}={v.shape}" for k, v in self.arrays.items() if isinstance(v, np.ndarray)
+        )
+        return f"<fastcells Cache cell={self.cell!r} backend={self.backend!r} {shapes}>"
+
+
+# ----------------------------------------------------------------------------
+# dtypes
+
+
+def _describe(a: Any) -> str:
+    if isinstance(a, np.ndarray):
+        return f"array of dtype {a.dtype} and shape {a.shape}"
+    return f"{type(a).__name__}"
+
+
+def _to_array(name: str, a: Any) -> np.ndarray:
+    if isinstance(a, np.ndarray):
+        arr = a
+    else:
+        try:
+            arr = np.asarray(a)
+        except Exception as exc:  # ragged lists and the like
+            raise TypeError(
+                f"{name}: expected a real floating-point array, got {type(a).__name__} "
+                f"that NumPy cannot convert ({exc})"
+            ) from None
+    if arr.dtype.kind != "f":
+        raise TypeError(
+            f"{name}: expected a real floating-point array (float16/32/64), got "
+            f"{_describe(arr) if isinstance(a, np.ndarray) else 'dtype ' + str(arr.dtype)}"
+        )
+    return arr
+
+
+def float_dtype(*arrays: Any) -> np.dtype:
+    """The compute dtype of the reference: the common float type of the given arrays."""
+    dts = [np.asarray(a).dtype for a in arrays if a is not None]
+    dt = np.result_type(*dts) if dts else np.dtype(np.float64)
+    if dt.kind != "f":
+        dt = np.dtype(np.float64)
+    return np.dtype(dt).newbyteorder("=")
+
+
+def as_float(name: str, a: Any, dtype: np.dtype) -> np.ndarray:
+    """Convert ``a`` to a C-contiguous array of ``dtype`` (native byte order).
+
+    Real floats are converted; bool, integer, complex, object and string
+    arrays raise ``TypeError`` naming ``name``.  An array that already fits
+    is returned as it is (never written by fastcells).
+    """
+    arr = _to_array(name, a)
+    return np.ascontiguousarray(arr, dtype=np.dtype(dtype).newbyteorder("="))
+
+
+# ----------------------------------------------------------------------------
+# shapes
+
+
+def _shape_str(symbols: tuple, values: tuple) -> str:
+    sym = "(" + ", ".join(symbols) + ("," if len(symbols) == 1 else "") + ")"
+    val = "(" + ", ".join(str(v) for v in values) + ("," if len(values) == 1 else "") + ")"
+    return sym if sym == val else f"{sym} = {val}"
+
+
+def check_shape(name: str, arr: np.ndarray, symbols: tuple, values: tuple) -> None:
+    """Raise ``ValueError`` unless ``arr.shape == values`` (``symbols`` names each axis)."""
+    if arr.shape != tuple(values):
+        raise ValueError(
+            f"{name}: expected shape {_shape_str(symbols, values)}, got {arr.shape}"
+        )
+
+
+def _check_ndim(name: str, arr: np.ndarray, symbols: tuple) -> None:
+    if arr.ndim != len(symbols):
+        sym = "(" + ", ".join(symbols) + ("," if len(symbols) == 1 else "") + ")"
+        raise ValueError(
+            f"{name}: expected a {len(symbols)}-D array of shape {sym}, got "
+            f"{arr.ndim}-D array of shape {arr.shape}"
+        )
+
+
+def check_lengths(lengths: Any, T: int, B: int) -> Optional[np.ndarray]:
+    """Validate ``lengths``: None, or integers of shape (B,) with 0 <= lengths[b] <= T.
+
+    Returns a C-contiguous int64 array, or None when every sequence is full
+    length (the kernels then skip the per-row test).
+    """
+    if lengths is None:
+        return None
+    arr = np.asarray(lengths)
+    if arr.dtype.kind not in "iu" or arr.dtype == np.bool_:
+        raise TypeError(f"lengths: expected an integer array of shape (B,) = ({B},), got dtype {arr.dtype}")
+    if arr.shape != (B,):
+        raise ValueError(f"lengths: expected shape (B,) = ({B},), got {arr.shape}")
+    if B and (arr.min() < 0 or arr.max() > T):
+        bad = int(np.flatnonzero((arr < 0) | (arr > T))[0])
+        raise ValueError(
+            f"lengths: expected values in [0, T] = [0, {T}], got lengths[{bad}] = {int(arr[bad])}"
+        )
+    arr = np.ascontiguousarray(arr, dtype=np.int64)
+    if B == 0 or arr.min() == T:
+        return None
+    return arr
+
+
+class ForwardArgs(NamedTuple):
+    x: np.ndarray
+    W_ih: np.ndarray
+    W_hh: np.ndarray
+    b_ih: Optional[np.ndarray]
+    b_hh: Optional[np.ndarray]
+    h0: Optional[np.ndarray]
+    c0: Optional[np.ndarray]
+    lengths: Optional[np.ndarray]
+    T: int
+    B: int
+    I: int
+    H: int
+    G: int
+
+
+def check_forward(
+    cell: str,
+    x: Any,
+    W_ih: Any,
+    W_hh: Any,
+    b_ih: Any = None,
+    b_hh: Any = None,
+    h0: Any = None,
+    c0: Any = None,
+    lengths: Any = None,
+    dtype: Optional[np.dtype] = None,
+) -> ForwardArgs:
+    """Validate and convert the arguments of ``<cell>_forward``.
+
+    ``dtype`` None means the common float dtype of the arguments (the
+    reference); the kernels pass float32.  ``h0``/``c0`` stay None when not
+    given (the callers treat that as zeros).
+    """
+    G = GATES[cell]
+    if dtype is None:
+        for name, a in (("x", x), ("W_ih", W_ih), ("W_hh", W_hh), ("b_ih", b_ih),
+                        ("b_hh", b_hh), ("h0", h0), ("c0", c0)):
+            if a is not None:
+                _to_array(name, a)
+        dtype = float_dtype(x, W_ih, W_hh, b_ih, b_hh, h0, c0)
+    x = as_float("x", x, dtype)
+    _check_ndim("x", x, ("T", "B", "I"))
+    T, B, I = x.shape
+    W_hh = as_float("W_hh", W_hh, dtype)
+    _check_ndim("W_hh", W_hh, (f"{G}*H", "H"))
+    H = W_hh.shape[1]
+    if H == 0:
+        raise ValueError("W_hh: expected hidden size H >= 1, got W_hh of shape "
+                         f"{W_hh.shape}")
+    check_shape("W_hh", W_hh, (f"{G}*H", "H"), (G * H, H))
+    W_ih = as_float("W_ih", W_ih, dtype)
+    _check_ndim("W_ih", W_ih, (f"{G}*H", "I"))
+    check_shape("W_ih", W_ih, (f"{G}*H", "I"), (G * H, I))
+    if (b_ih is None) != (b_hh is None):
+        missing = "b_hh" if b_hh is None else "b_ih"
+        raise ValueError(f"{missing}: expected an array of shape ({G}*H,) = ({G * H},) "
+                         "since the other bias is given (pass both or neither), got None")
+    if b_ih is not None:
+        b_ih = as_float("b_ih", b_ih, dtype)
+        check_shape("b_ih", b_ih, (f"{G}*H",), (G * H,))
+        b_hh = as_float("b_hh", b_hh, dtype)
+        check_shape("b_hh", b_hh, (f"{G}*H",), (G * H,))
+    if h0 is not None:
+        h0 = as_float("h0", h0, dtype)
+        check_shape("h0", h0, ("B", "H"), (B, H))
+    if c0 is not None:
+        if cell != "lstm":
+            raise ValueError(f"c0: only LSTM has a cell state, got c0 for {cell}")
+        c0 = as_float("c0", c0, dtype)
+        check_shape("c0", c0, ("B", "H"), (B, H))
+    lengths = check_lengths(lengths, T, B)
+    return ForwardArgs(x, W_ih, W_hh, b_ih, b_hh, h0, c0, lengths, T, B, I, H, G)
+
+
+def check_nonlinearity(nonlinearity: Any) -> str:
+    if nonlinearity not in NONLINEARITIES:
+        raise ValueError(
+            f"nonlinearity: expected one of {NONLINEARITIES}, got {nonlinearity!r}"
+        )
+    return nonlinearity
+
+
+def check_cache(cache: Any, cell: str, backend: str) -> Cache:
+    """Validate that ``cache`` came from ``<backend>.<cell>_forward(..., training=True)``."""
+    where = "fastcells" if backend == "fastcells" else "fastcells.reference"
+    if cache is None:
+        raise TypeError(
+            f"cache: expected the cache of {where}.{cell}_forward(..., training=True), got None "
+            "(the forward pass was run with training=False, which keeps no activations)"
+        )
+    if not isinstance(cache, Cache):
+        raise TypeError(f"cache: expected a fastcells Cache from {where}.{cell}_forward, "
+                        f"got {type(cache).__name__}")
+    if cache.cell != cell:
+        raise ValueError(f"cache: expected a cache from {cell}_forward, got one from "
+                         f"{cache.cell}_forward")
+    if cache.backend != backend:
+        other = "fastcells" if cache.backend == "fastcells" else "fastcells.reference"
+        raise ValueError(f"cache: expected a cache from {where}.{cell}_forward, got one from "
+                         f"{other}.{cell}_forward")
+    return cache
+
+
+def check_grad(name: str, g: Any, symbols: tuple, shape: tuple, dtype: np.dtype) -> Optional[np.ndarray]:
+    """Validate an upstream gradient (None stays None, meaning zeros)."""
+    if g is None:
+        return None
+    g = as_float(name, g, dtype)
+    if g.ndim != len(shape):
+        _check_ndim(name, g, symbols)
+    check_shape(name, g, symbols, shape)
+    return g
+
+
+def check_bool(name: str, value: Any) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected True or False, got {value!r}")
+    return bool(value)

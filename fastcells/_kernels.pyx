@@ -1,0 +1,499 @@
+# cython: language_level=3
+"""Time loops of the RNN, GRU and LSTM cells, forward and backward (BPTT).
+
+How this module is built, and why:
+- Each public function here is a thin ``def`` over typed memoryviews (the
+  boundary: ``fastcells.functional`` has already validated shapes and
+  dtypes and allocated every buffer), which takes raw float32 pointers and
+  runs a ``cdef ... noexcept nogil`` loop with the GIL released.
+- The loops contain no Python, no allocation and no NumPy call: per step one
+  packed small GEMM (``csrc/gemm.h``, weights packed once per call) and one
+  fused pointwise pass per batch row that applies the gates and writes the
+  new state, the output and (training only) what backward needs.
+- The input projection before the loop and the weight gradients after it are
+  large GEMMs left to NumPy's BLAS by the Python layer.
+- ``lengths`` (or NULL) marks the steps ``t >= lengths[b]`` that leave row
+  ``b`` untouched; ``reverse`` walks time backwards, each row starting at its
+  own last valid step.  Backward walks the forward order in reverse.
+"""
+from libc.stdint cimport int64_t
+from libc.string cimport memcpy, memset
+
+import numpy as np
+
+
+cdef extern from "cpu.h" nogil:
+    int fc_isa_available()
+    int fc_set_isa(int isa)
+    int fc_get_isa()
+    const char *fc_isa_name(int isa)
+    int FC_ISA_COUNT
+
+cdef extern from "gemm.h" nogil:
+    Py_ssize_t fc_packed_size(Py_ssize_t k, Py_ssize_t n)
+    void fc_pack(const float *src, Py_ssize_t k, Py_ssize_t n, Py_ssize_t rs,
+                 Py_ssize_t cs, float *P)
+    void fc_gemm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float *A, Py_ssize_t lda,
+                 const float *P, float *C, Py_ssize_t ldc)
+
+cdef extern from "activations.h" nogil:
+    void fc_sigmoid(float *x, Py_ssize_t n)
+    void fc_tanh(float *x, Py_ssize_t n)
+
+
+# ----------------------------------------------------------------------------
+# instruction sets
+
+def isa_names():
+    """Names of all ISA paths, in order of preference (widest last)."""
+    return [fc_isa_name(i).decode() for i in range(FC_ISA_COUNT)]
+
+
+def isa_available():
+    """Names of the ISA paths this machine can run."""
+    cdef int mask = fc_isa_available()
+    return [fc_isa_name(i).decode() for i in range(FC_ISA_COUNT) if mask & (1 << i)]
+
+
+def get_isa():
+    """Name of the ISA path in use."""
+    return fc_isa_name(fc_get_isa()).decode()
+
+
+def set_isa(str name):
+    """Use the ISA path ``name``; ValueError if unknown or not supported here."""
+    names = isa_names()
+    if name not in names:
+        raise ValueError(f"ISA: expected one of {names}, got {name!r}")
+    if fc_set_isa(names.index(name)) != 0:
+        raise ValueError(f"ISA: {name!r} is not supported by this CPU "
+                         f"(available: {isa_available()})")
+
+
+# ----------------------------------------------------------------------------
+# weight packing
+
+def pack(const float[:, ::1] W, bint transpose):
+    """Pack ``W`` (N_out, K) for ``A @ W.T`` (transpose=True) or ``W`` (K, N) for ``A @ W``."""
+    cdef Py_ssize_t k, n, rs, cs
+    if transpose:
+        n, k = W.shape[0], W.shape[1]
+        rs, cs = 1, W.shape[1]
+    else:
+        k, n = W.shape[0], W.shape[1]
+        rs, cs = W.shape[1], 1
+    out = np.empty(max(fc_packed_size(k, n), 1), dtype=np.float32)
+    cdef float[::1] P = out
+    if W.shape[0] and W.shape[1]:
+        with nogil:
+            fc_pack(&W[0, 0], k, n, rs, cs, &P[0])
+    return out
+
+
+def gemm(const float[:, ::1] A, const float[::1] P, Py_ssize_t n, float[:, ::1] C):
+    """``C = A @ B`` with ``B`` (A.shape[1], n) packed by :func:`pack` (for tests)."""
+    cdef Py_ssize_t m = A.shape[0], k = A.shape[1]
+    if C.shape[0] != m or C.shape[1] != n:
+        raise ValueError(f"C: expected shape ({m}, {n}), got ({C.shape[0]}, {C.shape[1]})")
+    if P.shape[0] < fc_packed_size(k, n):
+        raise ValueError(f"P: expected at least {fc_packed_size(k, n)} floats, got {P.shape[0]}")
+    if m and n:
+        with nogil:
+            fc_gemm(m, n, k, &A[0, 0] if k else NULL, k, &P[0], &C[0, 0], n)
+
+
+def sigmoid_(float[::1] x):
+    """In-place sigmoid over a contiguous float32 vector (the ISA in use; for tests)."""
+    if x.shape[0]:
+        with nogil:
+            fc_sigmoid(&x[0], x.shape[0])
+
+
+def tanh_(float[::1] x):
+    """In-place tanh over a contiguous float32 vector (the ISA in use; for tests)."""
+    if x.shape[0]:
+        with nogil:
+            fc_tanh(&x[0], x.shape[0])
+
+
+# ----------------------------------------------------------------------------
+# shared pieces of the loops
+
+cdef inline bint _masked(const int64_t *lens, Py_ssize_t t, Py_ssize_t b) noexcept nogil:
+    return lens != NULL and t >= lens[b]
+
+
+cdef inline Py_ssize_t _step_time(Py_ssize_t s, Py_ssize_t T, bint backwards) noexcept nogil:
+    return T - 1 - s if backwards else s
+
+
+cdef inline const float *_prev_row(const float *seq, const float *init, Py_ssize_t t,
+                                   Py_ssize_t b, Py_ssize_t T, Py_ssize_t B, Py_ssize_t H,
+                                   const int64_t *lens, bint reverse) noexcept nogil:
+    """Row b of the state before step t: the previous processed step's, or the initial one."""
+    cdef Py_ssize_t last = lens[b] if lens != NULL else T
+    if reverse:
+        if t + 1 < last:
+            return seq + ((t + 1) * B + b) * H
+    elif t > 0:
+        return seq + ((t - 1) * B + b) * H
+    return init + b * H
+
+
+cdef inline const float *_opt(const float[:, :, ::1] a) noexcept nogil:
+    return &a[0, 0, 0] if a is not None else NULL
+
+
+cdef inline float *_opt_w(float[:, :, ::1] a) noexcept nogil:
+    return &a[0, 0, 0] if a is not None else NULL
+
+
+cdef inline const int64_t *_lens(const int64_t[::1] lengths) noexcept nogil:
+    return &lengths[0] if lengths is not None else NULL
+
+
+cdef inline void _copy_rows_active(float *dst, const float *src, const float *extra,
+                                   Py_ssize_t B, Py_ssize_t H, const int64_t *lens,
+                                   Py_ssize_t t) noexcept nogil:
+    """dst[b] = src[b] (+ extra[b]) for the rows active at step t."""
+    cdef Py_ssize_t b, j
+    for b in range(B):
+        if _masked(lens, t, b):
+            continue
+        if extra == NULL:
+            memcpy(dst + b * H, src + b * H, H * sizeof(float))
+        else:
+            for j in range(H):
+                dst[b * H + j] = src[b * H + j] + extra[b * H + j]
+
+
+# ----------------------------------------------------------------------------
+# RNN
+
+cdef void _rnn_fwd(Py_ssize_t T, Py_ssize_t B, Py_ssize_t H, const float *gx, const float *wp,
+                   float *h, float *y, const int64_t *lens, bint reverse, bint relu,
+                   float *gh) noexcept nogil:
+    cdef Py_ssize_t s, t, b, j
+    cdef float *a
+    cdef const float *g
+    cdef float v
+    for s in range(T):
+        t = _step_time(s, T, reverse)
+        fc_gemm(B, H, H, h, H, wp, gh, H)
+        for b in range(B):
+            if _masked(lens, t, b):
+                memset(y + (t * B + b) * H, 0, H * sizeof(float))
+                continue
+            a = gh + b * H
+            g = gx + (t * B + b) * H
+            for j in range(H):
+                a[j] += g[j]
+            if relu:
+                for j in range(H):
+                    v = a[j]
+                    a[j] = 0.0 if v < 0 else v   # NaN stays NaN, as in NumPy
+            else:
+                fc_tanh(a, H)
+            memcpy(h + b * H, a, H * sizeof(float))
+            memcpy(y + (t * B + b) * H, a, H * sizeof(float))
+
+
+def rnn_forward(const float[:, :, ::1] gx, const float[::1] wp, float[:, ::1] h,
+                float[:, :, ::1] y, const int64_t[::1] lengths, bint reverse, bint relu,
+                float[:, ::1] gh):
+    """Forward loop; ``gx`` holds ``x W_ih^T + b_ih + b_hh``; ``h`` is h0 in, final h out."""
+    with nogil:
+        _rnn_fwd(y.shape[0], y.shape[1], y.shape[2], &gx[0, 0, 0], &wp[0], &h[0, 0],
+                 &y[0, 0, 0], _lens(lengths), reverse, relu, &gh[0, 0])
+
+
+cdef void _rnn_bwd(Py_ssize_t T, Py_ssize_t B, Py_ssize_t H, const float *y, const float *wpt,
+                   const float *dy, float *dh, float *dG, const int64_t *lens, bint reverse,
+                   bint relu, float *tmp) noexcept nogil:
+    cdef Py_ssize_t s, t, b, j, row
+    cdef float d, v
+    for s in range(T):
+        t = _step_time(s, T, not reverse)
+        for b in range(B):
+            row = (t * B + b) * H
+            if _masked(lens, t, b):
+                memset(dG + row, 0, H * sizeof(float))
+                continue
+            for j in range(H):
+                d = dh[b * H + j]
+                if dy != NULL:
+                    d = d + dy[row + j]
+                v = y[row + j]
+                if relu:
+                    dG[row + j] = d if v > 0 else 0.0
+                else:
+                    dG[row + j] = d * (1 - v * v)
+        fc_gemm(B, H, H, dG + t * B * H, H, wpt, tmp, H)
+        _copy_rows_active(dh, tmp, NULL, B, H, lens, t)
+
+
+def rnn_backward(const float[:, :, ::1] y, const float[::1] wpt, const float[:, :, ::1] dy,
+                 float[:, ::1] dh, float[:, :, ::1] dG, const int64_t[::1] lengths,
+                 bint reverse, bint relu, float[:, ::1] tmp):
+    """BPTT loop: ``dG`` receives the pre-activation gradients; ``dh`` is dh in, dh0 out."""
+    with nogil:
+        _rnn_bwd(y.shape[0], y.shape[1], y.shape[2], &y[0, 0, 0], &wpt[0], _opt(dy),
+                 &dh[0, 0], &dG[0, 0, 0], _lens(lengths), reverse, relu, &tmp[0, 0])
+
+
+# ----------------------------------------------------------------------------
+# LSTM
+
+cdef void _lstm_fwd(Py_ssize_t T, Py_ssize_t B, Py_ssize_t H, const float *gx, const float *wp,
+                    float *h, float *c, float *y, const int64_t *lens, bint reverse,
+                    float *gates, float *cs, float *gh) noexcept nogil:
+    cdef Py_ssize_t s, t, b, j, G = 4 * H
+    cdef float *a
+    cdef float *yr
+    cdef float *cb
+    cdef const float *g
+    for s in range(T):
+        t = _step_time(s, T, reverse)
+        fc_gemm(B, G, H, h, H, wp, gh, G)
+        for b in range(B):
+            yr = y + (t * B + b) * H
+            if _masked(lens, t, b):
+                memset(yr, 0, H * sizeof(float))
+                continue
+            a = gh + b * G
+            g = gx + (t * B + b) * G
+            for j in range(G):
+                a[j] += g[j]
+            fc_sigmoid(a, 2 * H)          # i, f
+            fc_tanh(a + 2 * H, H)         # g
+            fc_sigmoid(a + 3 * H, H)      # o
+            cb = c + b * H
+            for j in range(H):
+                cb[j] = a[H + j] * cb[j] + a[j] * a[2 * H + j]
+            memcpy(yr, cb, H * sizeof(float))
+            fc_tanh(yr, H)
+            for j in range(H):
+                yr[j] = a[3 * H + j] * yr[j]
+            memcpy(h + b * H, yr, H * sizeof(float))
+            if gates != NULL:
+                memcpy(gates + (t * B + b) * G, a, G * sizeof(float))
+                memcpy(cs + (t * B + b) * H, cb, H * sizeof(float))
+
+
+def lstm_forward(const float[:, :, ::1] gx, const float[::1] wp, float[:, ::1] h,
+                 float[:, ::1] c, float[:, :, ::1] y, const int64_t[::1] lengths,
+                 bint reverse, float[:, :, ::1] gates, float[:, :, ::1] cs, float[:, ::1] gh):
+    """Forward loop; ``h``/``c`` are h0/c0 in, final state out; ``gates`` (activated
+    i, f, g, o) and ``cs`` (cell state after each step) are written when not None."""
+    with nogil:
+        _lstm_fwd(y.shape[0], y.shape[1], y.shape[2], &gx[0, 0, 0], &wp[0], &h[0, 0],
+                  &c[0, 0], &y[0, 0, 0], _lens(lengths), reverse, _opt_w(gates), _opt_w(cs),
+                  &gh[0, 0])
+
+
+cdef void _lstm_bwd(Py_ssize_t T, Py_ssize_t B, Py_ssize_t H, const float *gates,
+                    const float *cs, const float *c0, const float *wpt, const float *dy,
+                    float *dh, float *dc, float *dG, const int64_t *lens, bint reverse,
+                    float *tmp) noexcept nogil:
+    cdef Py_ssize_t s, t, b, j, G = 4 * H
+    cdef const float *a
+    cdef const float *cprev
+    cdef float *d
+    cdef float dhj, dcj, tc, i, f, gg, o
+    for s in range(T):
+        t = _step_time(s, T, not reverse)
+        for b in range(B):
+            d = dG + (t * B + b) * G
+            if _masked(lens, t, b):
+                memset(d, 0, G * sizeof(float))
+                continue
+            a = gates + (t * B + b) * G
+            cprev = _prev_row(cs, c0, t, b, T, B, H, lens, reverse)
+            memcpy(d + 3 * H, cs + (t * B + b) * H, H * sizeof(float))
+            fc_tanh(d + 3 * H, H)         # tanh(c_t), overwritten below
+            for j in range(H):
+                dhj = dh[b * H + j]
+                if dy != NULL:
+                    dhj = dhj + dy[(t * B + b) * H + j]
+                tc = d[3 * H + j]
+                i = a[j]
+                f = a[H + j]
+                gg = a[2 * H + j]
+                o = a[3 * H + j]
+                dcj = dc[b * H + j] + dhj * o * (1 - tc * tc)
+                d[j] = dcj * gg * i * (1 - i)
+                d[H + j] = dcj * cprev[j] * f * (1 - f)
+                d[2 * H + j] = dcj * i * (1 - gg * gg)
+                d[3 * H + j] = dhj * tc * o * (1 - o)
+                dc[b * H + j] = dcj * f
+        fc_gemm(B, H, G, dG + t * B * G, G, wpt, tmp, H)
+        _copy_rows_active(dh, tmp, NULL, B, H, lens, t)
+
+
+def lstm_backward(const float[:, :, ::1] gates, const float[:, :, ::1] cs,
+                  const float[:, ::1] c0, const float[::1] wpt, const float[:, :, ::1] dy,
+                  float[:, ::1] dh, float[:, ::1] dc, float[:, :, ::1] dG,
+                  const int64_t[::1] lengths, bint reverse, float[:, ::1] tmp):
+    """BPTT loop: ``dG`` receives the pre-activation gradients (i, f, g, o);
+    ``dh``/``dc`` are the final-state gradients in, dh0/dc0 out."""
+    with nogil:
+        _lstm_bwd(cs.shape[0], cs.shape[1], cs.shape[2], &gates[0, 0, 0], &cs[0, 0, 0],
+                  &c0[0, 0], &wpt[0], _opt(dy), &dh[0, 0], &dc[0, 0], &dG[0, 0, 0],
+                  _lens(lengths), reverse, &tmp[0, 0])
+
+
+# ----------------------------------------------------------------------------
+# GRU
+
+cdef void _gru_fwd(Py_ssize_t T, Py_ssize_t B, Py_ssize_t H, const float *gx, const float *wp,
+                   const float *wp_n, const float *bhn, float *h, float *y,
+                   const int64_t *lens, bint reverse, bint lbr, float *gates, float *hn_out,
+                   float *gh, float *rh, float *ghn) noexcept nogil:
+    """lbr: n = tanh(gx_n + r*(W_hn h + b_hn)), wp packs all of W_hh (3H outputs).
+    not lbr: n = tanh(gx_n + W_hn (r*h)), wp packs W_hr, W_hz (2H) and wp_n W_hn."""
+    cdef Py_ssize_t s, t, b, j, G = 3 * H, ldh = 3 * H if lbr else 2 * H
+    cdef float *a
+    cdef float *hb
+    cdef const float *g
+    cdef float hn, n, z
+    for s in range(T):
+        t = _step_time(s, T, reverse)
+        fc_gemm(B, ldh, H, h, H, wp, gh, ldh)
+        for b in range(B):
+            if _masked(lens, t, b):
+                continue
+            a = gh + b * ldh
+            g = gx + (t * B + b) * G
+            for j in range(2 * H):
+                a[j] += g[j]
+            fc_sigmoid(a, 2 * H)          # r, z
+            if lbr:
+                for j in range(H):
+                    hn = a[2 * H + j] + bhn[j]
+                    if hn_out != NULL:
+                        hn_out[(t * B + b) * H + j] = hn
+                    a[2 * H + j] = g[2 * H + j] + a[j] * hn
+            else:
+                for j in range(H):
+                    rh[b * H + j] = a[j] * h[b * H + j]
+        if not lbr:
+            fc_gemm(B, H, H, rh, H, wp_n, ghn, H)
+        for b in range(B):
+            if _masked(lens, t, b):
+                memset(y + (t * B + b) * H, 0, H * sizeof(float))
+                continue
+            a = gh + b * ldh
+            g = gx + (t * B + b) * G
+            if not lbr:
+                # gh has room for 2H per row only: n goes to ghn
+                for j in range(H):
+                    ghn[b * H + j] += g[2 * H + j]
+                fc_tanh(ghn + b * H, H)
+            else:
+                fc_tanh(a + 2 * H, H)
+            hb = h + b * H
+            for j in range(H):
+                n = a[2 * H + j] if lbr else ghn[b * H + j]
+                z = a[H + j]
+                hb[j] = n + z * (hb[j] - n)
+            memcpy(y + (t * B + b) * H, hb, H * sizeof(float))
+            if gates != NULL:
+                memcpy(gates + (t * B + b) * G, a, 2 * H * sizeof(float))
+                memcpy(gates + (t * B + b) * G + 2 * H,
+                       a + 2 * H if lbr else ghn + b * H, H * sizeof(float))
+
+
+def gru_forward(const float[:, :, ::1] gx, const float[::1] wp, const float[::1] wp_n,
+                const float[::1] bhn, float[:, ::1] h, float[:, :, ::1] y,
+                const int64_t[::1] lengths, bint reverse, bint linear_before_reset,
+                float[:, :, ::1] gates, float[:, :, ::1] hn, float[:, ::1] gh,
+                float[:, ::1] rh, float[:, ::1] ghn):
+    """Forward loop.  ``gx`` holds ``x W_ih^T + b_ih`` plus ``b_hr, b_hz`` (and ``b_hn``
+    when not linear_before_reset); ``bhn`` is ``b_hn`` for linear_before_reset.
+    ``gates`` (r, z, n) and, for linear_before_reset, ``hn = W_hn h + b_hn`` are written
+    when not None."""
+    with nogil:
+        _gru_fwd(y.shape[0], y.shape[1], y.shape[2], &gx[0, 0, 0], &wp[0],
+                 &wp_n[0] if wp_n is not None else NULL, &bhn[0], &h[0, 0], &y[0, 0, 0],
+                 _lens(lengths), reverse, linear_before_reset, _opt_w(gates), _opt_w(hn),
+                 &gh[0, 0], &rh[0, 0], &ghn[0, 0])
+
+
+cdef void _gru_bwd(Py_ssize_t T, Py_ssize_t B, Py_ssize_t H, const float *gates,
+                   const float *hn, const float *y, const float *h0, const float *wpt,
+                   const float *wpt_n, const float *dy, float *dh, float *dGx, float *dGh,
+                   const int64_t *lens, bint reverse, bint lbr, float *tmp,
+                   float *direct) noexcept nogil:
+    """lbr: wpt packs W_hh (3H x H) and dGh gets [dr, dz, dn*r] (gradient of W_hh h + b_hh).
+    not lbr: wpt packs W_hr, W_hz (2H x H), wpt_n W_hn; dGh is unused."""
+    cdef Py_ssize_t s, t, b, j, G = 3 * H, row
+    cdef const float *a
+    cdef const float *hp
+    cdef float *d
+    cdef float *e
+    cdef float dhj, r, z, n, dnp, dr
+    for s in range(T):
+        t = _step_time(s, T, not reverse)
+        for b in range(B):
+            row = t * B + b
+            d = dGx + row * G
+            if _masked(lens, t, b):
+                memset(d, 0, G * sizeof(float))
+                if lbr:
+                    memset(dGh + row * G, 0, G * sizeof(float))
+                continue
+            a = gates + row * G
+            hp = _prev_row(y, h0, t, b, T, B, H, lens, reverse)
+            for j in range(H):
+                dhj = dh[b * H + j]
+                if dy != NULL:
+                    dhj = dhj + dy[row * H + j]
+                r = a[j]
+                z = a[H + j]
+                n = a[2 * H + j]
+                direct[b * H + j] = dhj * z
+                dnp = dhj * (1 - z) * (1 - n * n)
+                d[H + j] = dhj * (hp[j] - n) * z * (1 - z)
+                d[2 * H + j] = dnp
+                if lbr:
+                    d[j] = dnp * hn[row * H + j] * r * (1 - r)
+            if lbr:
+                e = dGh + row * G
+                memcpy(e, d, 2 * H * sizeof(float))
+                for j in range(H):
+                    e[2 * H + j] = d[2 * H + j] * a[j]
+        if lbr:
+            fc_gemm(B, H, G, dGh + t * B * G, G, wpt, tmp, H)
+        else:
+            # dr needs (dn W_hn) first: tmp = dn @ W_hn, then the r, z rows
+            fc_gemm(B, H, H, dGx + t * B * G + 2 * H, G, wpt_n, tmp, H)
+            for b in range(B):
+                row = t * B + b
+                if _masked(lens, t, b):
+                    continue
+                a = gates + row * G
+                d = dGx + row * G
+                hp = _prev_row(y, h0, t, b, T, B, H, lens, reverse)
+                for j in range(H):
+                    r = a[j]
+                    dr = tmp[b * H + j] * hp[j]
+                    d[j] = dr * r * (1 - r)
+                    direct[b * H + j] += tmp[b * H + j] * r
+            fc_gemm(B, H, 2 * H, dGx + t * B * G, G, wpt, tmp, H)
+        _copy_rows_active(dh, tmp, direct, B, H, lens, t)
+
+
+def gru_backward(const float[:, :, ::1] gates, const float[:, :, ::1] hn,
+                 const float[:, :, ::1] y, const float[:, ::1] h0, const float[::1] wpt,
+                 const float[::1] wpt_n, const float[:, :, ::1] dy, float[:, ::1] dh,
+                 float[:, :, ::1] dGx, float[:, :, ::1] dGh, const int64_t[::1] lengths,
+                 bint reverse, bint linear_before_reset, float[:, ::1] tmp,
+                 float[:, ::1] direct):
+    """BPTT loop: ``dGx`` receives the gradients of the input pre-activations (r, z, n);
+    for linear_before_reset ``dGh`` receives those of ``W_hh h + b_hh``; ``dh`` is dh in,
+    dh0 out."""
+    with nogil:
+        _gru_bwd(y.shape[0], y.shape[1], y.shape[2], &gates[0, 0, 0], _opt(hn), &y[0, 0, 0],
+                 &h0[0, 0], &wpt[0], &wpt_n[0] if wpt_n is not None else NULL, _opt(dy),
+                 &dh[0, 0], &dGx[0, 0, 0], _opt_w(dGh), _lens(lengths), reverse,
+                 linear_before_reset, &tmp[0, 0], &direct[0, 0])

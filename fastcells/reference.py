@@ -1,0 +1,473 @@
+"""The pure-NumPy reference of the recurrent cells: the oracle the kernels are tested against.
+
+How it is built, and why:
+- It computes in the input's dtype (the common float type of the arguments),
+  so that float64 inputs give float64 results precise enough for finite
+  differences and for judging the float32 kernels.
+- It imports nothing of fastcells but ``_checks`` (argument validation, result
+  types, the cache): an oracle must not share code with what it checks.
+- One time-loop skeleton (``_forward`` / ``_backward``) serves the three cells.
+  It handles what they have in common: the input projection of all steps at
+  once, the direction, variable lengths and the weight gradients of the input
+  side.  Each cell gives one step forward and its exact derivative
+  (``_<cell>_step`` / ``_<cell>_step_backward``), written out gate by gate.
+- Variable lengths are a mask: every row computes every step, and rows whose
+  step ``t >= lengths[b]`` keep their state and output zeros.  Running the
+  reverse direction from ``T - 1`` with that mask starts each sequence at its
+  own last valid step.  In backward, the masked rows get a zero upstream
+  gradient (the step's derivative is linear in it, so they add nothing to the
+  weights) and pass their state gradient through unchanged.
+- Clarity over speed: the loop over time is Python, everything in a step is
+  vectorized over the batch.
+
+The cache (``training=True``) holds copies of ``x``, ``W_ih``, ``W_hh``, the
+``lengths`` (None or int64 (B,)) and, indexed by the original time t:
+``h_prev`` (T, B, H) the state entering step t (LSTM also ``c_prev``); RNN
+``h_new`` (T, B, H); GRU ``gates`` (T, B, 3H) = r, z, n and ``hn`` (T, B, H)
+the hidden side of n (W_hn h + b_hn, or W_hn (r h) + b_hn); LSTM ``gates``
+(T, B, 4H) = i, f, g, o.  Its options: ``reverse``, ``bias`` and the cell's own.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple, Optional
+
+import numpy as np
+
+from . import _checks
+from ._checks import Cache, ForwardResult, Gradients, LSTMForwardResult, LSTMGradients
+
+__all__ = [
+    "rnn_forward", "rnn_backward",
+    "gru_forward", "gru_backward",
+    "lstm_forward", "lstm_backward",
+]
+
+_BACKEND = "reference"
+#: names of the recurrent state of each cell, in the order of the state tuples below
+_STATE = {"rnn": ("h",), "gru": ("h",), "lstm": ("h", "c")}
+
+
+def _sigmoid(a: np.ndarray) -> np.ndarray:
+    # 1 / (1 + exp(-a)) without overflow for large negative a
+    return np.exp(-np.logaddexp(0, -a))
+
+
+def _time_order(T: int, reverse: bool) -> range:
+    return range(T - 1, -1, -1) if reverse else range(T)
+
+
+def _active(lengths: Optional[np.ndarray], T: int, B: int) -> np.ndarray:
+    """(T, B, 1) bool: does step t of row b count (t < lengths[b])."""
+    if lengths is None:
+        return np.ones((T, B, 1), dtype=bool)
+    return (np.arange(T)[:, None] < lengths[None, :])[:, :, None]
+
+
+# ----------------------------------------------------------------------------
+# the time loop shared by the three cells
+
+# step(gx_t, state, W_hh, b_hh) -> (new_state, saved): ``gx_t`` (B, G*H) is
+# W_ih x_t + b_ih, ``state`` a tuple of (B, H) arrays (h, or h and c), ``saved``
+# a dict of the (B, width) arrays that the step's backward needs.
+Step = Callable[..., tuple]
+
+
+def _forward(cell: str, args: _checks.ForwardArgs, step: Step, saved_widths: dict,
+             options: dict, reverse: bool, training: bool):
+    """Run ``step`` over time; returns (y, final state tuple, cache or None).
+
+    The cache holds, indexed by the original time t: ``<s>_prev`` (T, B, H) the
+    state entering step t for each state name s, and every key of
+    ``saved_widths`` as a (T, B, width) array.
+    """
+    x, W_ih, W_hh, b_ih, b_hh = args.x, args.W_ih, args.W_hh, args.b_ih, args.b_hh
+    T, B, H = args.T, args.B, args.H
+    dtype = x.dtype
+    initial = {"h": args.h0, "c": args.c0}
+    state = tuple(np.zeros((B, H), dtype) if initial[s] is None else initial[s].copy()
+                  for s in _STATE[cell])
+
+    gx = x @ W_ih.T  # input projection of every step at once: (T, B, G*H)
+    if b_ih is not None:
+        gx += b_ih
+    active = _active(args.lengths, T, B)
+    y = np.zeros((T, B, H), dtype)
+    saved = {f"{s}_prev": np.empty((T, B, H), dtype) for s in _STATE[cell]}
+    saved.update({key: np.empty((T, B, width), dtype) for key, width in saved_widths.items()})
+
+    for t in _time_order(T, reverse):
+        for s, value in zip(_STATE[cell], state):
+            saved[f"{s}_prev"][t] = value
+        new_state, step_saved = step(gx[t], state, W_hh, b_hh)
+        for key, value in step_saved.items():
+            saved[key][t] = value
+        y[t] = np.where(active[t], new_state[0], 0)
+        state = tuple(np.where(active[t], new, old) for new, old in zip(new_state, state))
+
+    cache = None
+    if training:
+        # copies, so that a caller who reuses x or the weights after this call
+        # does not change what backward computes
+        arrays = {"x": x.copy(), "W_ih": W_ih.copy(), "W_hh": W_hh.copy(),
+                  "lengths": None if args.lengths is None else args.lengths.copy(), **saved}
+        cache = Cache(cell, _BACKEND, {**options, "reverse": reverse, "bias": b_ih is not None},
+                      arrays)
+    return y, state, cache
+
+
+class _StepGrads(NamedTuple):
+    """Derivatives of one step, given the gradients of its new state.
+
+    dgx (B, G*H): wrt the input pre-activations W_ih x_t + b_ih.
+    dgh (B, G*H): wrt the hidden pre-activations W_hh h + b_hh (their sum over
+    the batch is the step's share of db_hh).
+    dW_hh (G*H, H): the step's share of dW_hh.
+    d_prev: tuple of (B, H), wrt the state entering the step.
+    """
+
+    dgx: np.ndarray
+    dgh: np.ndarray
+    dW_hh: np.ndarray
+    d_prev: tuple
+
+
+# step_backward(cache, t, d_new) -> _StepGrads, ``d_new`` the tuple of gradients
+# wrt the state the step produced (h, or h and c).
+StepBackward = Callable[..., _StepGrads]
+
+
+def _backward(cell: str, cache: Any, step_backward: StepBackward, dy: Any,
+              d_final: dict):
+    """Back-propagate through time; returns (dx, d_initial tuple, dW_ih, dW_hh, db_ih, db_hh).
+
+    ``d_final`` maps each state name to the gradient wrt the final state (or None).
+    """
+    cache = _checks.check_cache(cache, cell, _BACKEND)
+    x, W_ih, W_hh = cache["x"], cache["W_ih"], cache["W_hh"]
+    T, B, I = x.shape
+    GH, H = W_hh.shape
+    dtype = x.dtype
+    dy = _checks.check_grad("dy", dy, ("T", "B", "H"), (T, B, H), dtype)
+    d_state = []
+    for s in _STATE[cell]:
+        g = _checks.check_grad(f"d{s}", d_final[s], ("B", "H"), (B, H), dtype)
+        d_state.append(np.zeros((B, H), dtype) if g is None else g.copy())
+
+    active = _active(cache["lengths"], T, B)
+    dgx = np.zeros((T, B, GH), dtype)
+    dW_hh = np.zeros((GH, H), dtype)
+    db_hh = np.zeros(GH, dtype)
+    for t in reversed(_time_order(T, cache.options["reverse"])):
+        d_new = list(d_state)
+        if dy is not None:
+            d_new[0] = d_new[0] + dy[t]
+        # masked rows: the step did not count, so it gets no gradient (and
+        # adds nothing to the weights); their state gradient passes through
+        d_new = tuple(np.where(active[t], g, 0) for g in d_new)
+        step = step_backward(cache, t, d_new)
+        dgx[t] = step.dgx
+        dW_hh += step.dW_hh
+        db_hh += step.dgh.sum(axis=0)
+        d_state = [np.where(active[t], g_prev, g) for g_prev, g in zip(step.d_prev, d_state)]
+
+    dx = dgx @ W_ih
+    dW_ih = dgx.reshape(T * B, GH).T @ x.reshape(T * B, I)
+    if cache.options["bias"]:
+        db_ih = dgx.sum(axis=(0, 1))
+    else:
+        db_ih = db_hh = None
+    return dx, tuple(d_state), dW_ih, dW_hh, db_ih, db_hh
+
+
+def _hidden_projection(h: np.ndarray, W_hh: np.ndarray, b_hh: Optional[np.ndarray]) -> np.ndarray:
+    gh = h @ W_hh.T
+    if b_hh is not None:
+        gh += b_hh
+    return gh
+
+
+# ----------------------------------------------------------------------------
+# RNN
+
+
+def _rnn_step(nonlinearity: str) -> Step:
+    act = np.tanh if nonlinearity == "tanh" else (lambda a: np.maximum(a, 0))
+
+    def step(gx_t, state, W_hh, b_hh):
+        (h,) = state
+        h_new = act(gx_t + _hidden_projection(h, W_hh, b_hh))
+        return (h_new,), {"h_new": h_new}
+
+    return step
+
+
+def _rnn_step_backward(cache: Cache, t: int, d_new: tuple) -> _StepGrads:
+    (dh,) = d_new
+    h_prev, h_new = cache["h_prev"][t], cache["h_new"][t]
+    if cache.options["nonlinearity"] == "tanh":
+        da = dh * (1 - h_new * h_new)
+    else:
+        da = dh * (h_new > 0)
+    return _StepGrads(da, da, da.T @ h_prev, (da @ cache["W_hh"],))
+
+
+def rnn_forward(x, W_ih, W_hh, b_ih=None, b_hh=None, h0=None, *, nonlinearity="tanh",
+                lengths=None, reverse=False, training=False) -> ForwardResult:
+    """Elman RNN over a sequence: ``h' = act(W_ih x + b_ih + W_hh h + b_hh)``.
+
+    Parameters
+    ----------
+    x : array (T, B, I)
+        Inputs, time-major.  Real floating point; the computation runs in the
+        common float dtype of all array arguments.
+    W_ih : array (H, I)
+    W_hh : array (H, H)
+    b_ih, b_hh : array (H,) or None
+        Both or neither; None means no bias.
+    h0 : array (B, H) or None
+        Initial hidden state; None means zeros.
+    nonlinearity : {"tanh", "relu"}
+    lengths : int array (B,) or None
+        Valid steps per sequence, ``0 <= lengths[b] <= T``; None means all T.
+        Steps ``t >= lengths[b]`` leave row b's state unchanged and output zeros.
+    reverse : bool
+        Run from ``t = T-1`` down to 0 (each sequence from its own last valid
+        step).  ``y[t]`` is always indexed by the original time t.
+    training : bool
+        Keep the activations that :func:`rnn_backward` needs.
+
+    Returns
+    -------
+    ForwardResult
+        ``y (T, B, H)``, ``h (B, H)`` the state after each sequence's last
+        valid step, ``cache`` (None unless ``training``).  New arrays of the
+        compute dtype.
+    """
+    nonlinearity = _checks.check_nonlinearity(nonlinearity)
+    reverse = _checks.check_bool("reverse", reverse)
+    training = _checks.check_bool("training", training)
+    args = _checks.check_forward("rnn", x, W_ih, W_hh, b_ih, b_hh, h0, lengths=lengths)
+    y, (h,), cache = _forward("rnn", args, _rnn_step(nonlinearity), {"h_new": args.H},
+                              {"nonlinearity": nonlinearity}, reverse, training)
+    return ForwardResult(y, h, cache)
+
+
+def rnn_backward(cache, dy=None, dh=None) -> Gradients:
+    """Gradients of an :func:`rnn_forward` pass run with ``training=True``.
+
+    Parameters
+    ----------
+    cache : Cache
+        From :func:`fastcells.reference.rnn_forward`.
+    dy : array (T, B, H) or None
+        Gradient wrt ``y``; entries at masked steps are ignored.  None = zeros.
+    dh : array (B, H) or None
+        Gradient wrt the final hidden state ``h``.  None = zeros.
+
+    Returns
+    -------
+    Gradients
+        ``dx (T, B, I)``, ``dh0 (B, H)`` (also when h0 was None),
+        ``dW_ih (H, I)``, ``dW_hh (H, H)``, ``db_ih, db_hh (H,)`` or None when
+        the forward pass had no biases.  Arrays of the compute dtype.
+    """
+    dx, (dh0,), dW_ih, dW_hh, db_ih, db_hh = _backward(
+        "rnn", cache, _rnn_step_backward, dy, {"h": dh})
+    return Gradients(dx, dh0, dW_ih, dW_hh, db_ih, db_hh)
+
+
+# ----------------------------------------------------------------------------
+# GRU (gates r, z, n)
+
+
+def _gru_step(linear_before_reset: bool) -> Step:
+    def step(gx_t, state, W_hh, b_hh):
+        (h,) = state
+        H = h.shape[1]
+        gx_r, gx_z, gx_n = gx_t[:, :H], gx_t[:, H:2 * H], gx_t[:, 2 * H:]
+        gh_rz = _hidden_projection(h, W_hh[:2 * H], None if b_hh is None else b_hh[:2 * H])
+        r = _sigmoid(gx_r + gh_rz[:, :H])
+        z = _sigmoid(gx_z + gh_rz[:, H:])
+        b_hn = None if b_hh is None else b_hh[2 * H:]
+        if linear_before_reset:
+            hn = _hidden_projection(h, W_hh[2 * H:], b_hn)   # W_hn h + b_hn
+            n = np.tanh(gx_n + r * hn)
+        else:
+            hn = _hidden_projection(r * h, W_hh[2 * H:], b_hn)  # W_hn (r h) + b_hn
+            n = np.tanh(gx_n + hn)
+        h_new = (1 - z) * n + z * h
+        return (h_new,), {"gates": np.concatenate([r, z, n], axis=1), "hn": hn}
+
+    return step
+
+
+def _gru_step_backward(cache: Cache, t: int, d_new: tuple) -> _StepGrads:
+    (dh,) = d_new
+    h = cache["h_prev"][t]
+    H = h.shape[1]
+    gates, hn, W_hh = cache["gates"][t], cache["hn"][t], cache["W_hh"]
+    r, z, n = gates[:, :H], gates[:, H:2 * H], gates[:, 2 * H:]
+    W_hrz, W_hn = W_hh[:2 * H], W_hh[2 * H:]
+
+    dn = dh * (1 - z)
+    dz = dh * (h - n)
+    dh_prev = dh * z
+    dan = dn * (1 - n * n)          # wrt the argument of tanh
+    daz = dz * z * (1 - z)
+    if cache.options["linear_before_reset"]:
+        dhn = dan * r                # wrt W_hn h + b_hn
+        dar = dan * hn * r * (1 - r)
+        dgh = np.concatenate([dar, daz, dhn], axis=1)
+        dW_hh = dgh.T @ h
+        dh_prev += dgh @ W_hh
+    else:
+        d_rh = dan @ W_hn            # wrt r * h
+        dar = d_rh * h * r * (1 - r)
+        dgh = np.concatenate([dar, daz, dan], axis=1)
+        dW_hh = np.concatenate([dgh[:, :2 * H].T @ h, dan.T @ (r * h)], axis=0)
+        dh_prev += dgh[:, :2 * H] @ W_hrz + d_rh * r
+    dgx = np.concatenate([dar, daz, dan], axis=1)
+    return _StepGrads(dgx, dgh, dW_hh, (dh_prev,))
+
+
+def gru_forward(x, W_ih, W_hh, b_ih=None, b_hh=None, h0=None, *, linear_before_reset=True,
+                lengths=None, reverse=False, training=False) -> ForwardResult:
+    """GRU over a sequence, gates in PyTorch's order r, z, n.
+
+    ``r, z = σ(W_i{r,z} x + b_i{r,z} + W_h{r,z} h + b_h{r,z})``;
+    ``n = tanh(W_in x + b_in + r * (W_hn h + b_hn))`` when
+    ``linear_before_reset`` (PyTorch, cuDNN), else
+    ``n = tanh(W_in x + b_in + W_hn (r * h) + b_hn)`` (Cho et al. 2014, ONNX
+    default); ``h' = (1 - z) * n + z * h``.
+
+    Parameters
+    ----------
+    x : array (T, B, I)
+        Inputs, time-major.  Real floating point; the computation runs in the
+        common float dtype of all array arguments.
+    W_ih : array (3*H, I)
+    W_hh : array (3*H, H)
+    b_ih, b_hh : array (3*H,) or None
+        Both or neither; None means no bias.
+    h0 : array (B, H) or None
+        Initial hidden state; None means zeros.
+    linear_before_reset : bool
+    lengths, reverse, training
+        As in :func:`rnn_forward`.
+
+    Returns
+    -------
+    ForwardResult
+        ``y (T, B, H)``, ``h (B, H)``, ``cache`` (None unless ``training``).
+    """
+    linear_before_reset = _checks.check_bool("linear_before_reset", linear_before_reset)
+    reverse = _checks.check_bool("reverse", reverse)
+    training = _checks.check_bool("training", training)
+    args = _checks.check_forward("gru", x, W_ih, W_hh, b_ih, b_hh, h0, lengths=lengths)
+    y, (h,), cache = _forward("gru", args, _gru_step(linear_before_reset),
+                              {"gates": 3 * args.H, "hn": args.H},
+                              {"linear_before_reset": linear_before_reset}, reverse, training)
+    return ForwardResult(y, h, cache)
+
+
+def gru_backward(cache, dy=None, dh=None) -> Gradients:
+    """Gradients of a :func:`gru_forward` pass run with ``training=True``.
+
+    Parameters and results as in :func:`rnn_backward`, with ``3*H`` rows in
+    ``dW_ih (3*H, I)``, ``dW_hh (3*H, H)``, ``db_ih, db_hh (3*H,)``.
+    """
+    dx, (dh0,), dW_ih, dW_hh, db_ih, db_hh = _backward(
+        "gru", cache, _gru_step_backward, dy, {"h": dh})
+    return Gradients(dx, dh0, dW_ih, dW_hh, db_ih, db_hh)
+
+
+# ----------------------------------------------------------------------------
+# LSTM (gates i, f, g, o)
+
+
+def _lstm_step(gx_t, state, W_hh, b_hh):
+    h, c = state
+    H = h.shape[1]
+    a = gx_t + _hidden_projection(h, W_hh, b_hh)
+    i = _sigmoid(a[:, :H])
+    f = _sigmoid(a[:, H:2 * H])
+    g = np.tanh(a[:, 2 * H:3 * H])
+    o = _sigmoid(a[:, 3 * H:])
+    c_new = f * c + i * g
+    h_new = o * np.tanh(c_new)
+    return (h_new, c_new), {"gates": np.concatenate([i, f, g, o], axis=1)}
+
+
+def _lstm_step_backward(cache: Cache, t: int, d_new: tuple) -> _StepGrads:
+    dh, dc = d_new
+    h, c = cache["h_prev"][t], cache["c_prev"][t]
+    gates = cache["gates"][t]
+    H = h.shape[1]
+    i, f, g, o = (gates[:, k * H:(k + 1) * H] for k in range(4))
+    tanh_c = np.tanh(f * c + i * g)
+
+    do = dh * tanh_c
+    dc = dc + dh * o * (1 - tanh_c * tanh_c)   # total gradient wrt the new c
+    di, df, dg = dc * g, dc * c, dc * i
+    da = np.concatenate([di * i * (1 - i), df * f * (1 - f), dg * (1 - g * g),
+                         do * o * (1 - o)], axis=1)
+    return _StepGrads(da, da, da.T @ h, (da @ cache["W_hh"], dc * f))
+
+
+def lstm_forward(x, W_ih, W_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, lengths=None,
+                 reverse=False, training=False) -> LSTMForwardResult:
+    """LSTM over a sequence, gates in PyTorch's order i, f, g, o.
+
+    ``i, f, g, o`` from ``W_ih x + b_ih + W_hh h + b_hh``; ``i, f, o = σ(·)``,
+    ``g = tanh(·)``; ``c' = f * c + i * g``; ``h' = o * tanh(c')``.
+
+    Parameters
+    ----------
+    x : array (T, B, I)
+        Inputs, time-major.  Real floating point; the computation runs in the
+        common float dtype of all array arguments.
+    W_ih : array (4*H, I)
+    W_hh : array (4*H, H)
+    b_ih, b_hh : array (4*H,) or None
+        Both or neither; None means no bias.
+    h0, c0 : array (B, H) or None
+        Initial hidden and cell states; None means zeros.
+    lengths, reverse, training
+        As in :func:`rnn_forward`; masked steps leave both h and c unchanged.
+
+    Returns
+    -------
+    LSTMForwardResult
+        ``y (T, B, H)``, ``h (B, H)``, ``c (B, H)``, ``cache`` (None unless
+        ``training``).
+    """
+    reverse = _checks.check_bool("reverse", reverse)
+    training = _checks.check_bool("training", training)
+    args = _checks.check_forward("lstm", x, W_ih, W_hh, b_ih, b_hh, h0, c0, lengths=lengths)
+    y, (h, c), cache = _forward("lstm", args, _lstm_step, {"gates": 4 * args.H}, {},
+                                reverse, training)
+    return LSTMForwardResult(y, h, c, cache)
+
+
+def lstm_backward(cache, dy=None, dh=None, dc=None) -> LSTMGradients:
+    """Gradients of an :func:`lstm_forward` pass run with ``training=True``.
+
+    Parameters
+    ----------
+    cache : Cache
+        From :func:`fastcells.reference.lstm_forward`.
+    dy : array (T, B, H) or None
+        Gradient wrt ``y``; entries at masked steps are ignored.  None = zeros.
+    dh, dc : array (B, H) or None
+        Gradients wrt the final states ``h`` and ``c``.  None = zeros.
+
+    Returns
+    -------
+    LSTMGradients
+        ``dx (T, B, I)``, ``dh0, dc0 (B, H)`` (also when h0/c0 were None),
+        ``dW_ih (4*H, I)``, ``dW_hh (4*H, H)``, ``db_ih, db_hh (4*H,)`` or None
+        when the forward pass had no biases.
+    """
+    dx, (dh0, dc0), dW_ih, dW_hh, db_ih, db_hh = _backward(
+        "lstm", cache, _lstm_step_backward, dy, {"h": dh, "c": dc})
+    return LSTMGradients(dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh)

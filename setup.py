@@ -1,0 +1,59 @@
+"""Build of the compiled part of fastcells.
+
+One declarative table lists each extension and its sources; the Cython
+directives are set once here.  FASTCELLS_DEBUG=1 builds with bounds,
+wraparound and initialisation checks on and without optimisation (the debug
+job).  Nothing here uses -march: csrc/ compiles each hot routine once per
+instruction set with target attributes and picks one at run time.
+"""
+import os
+import sys
+
+import numpy as np
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+DEBUG = os.environ.get("FASTCELLS_DEBUG", "") not in ("", "0")
+
+EXTENSIONS = {
+    "fastcells._kernels": {
+        "sources": ["fastcells/_kernels.pyx", "csrc/cpu.c", "csrc/gemm.c"],
+    },
+}
+
+DIRECTIVES = {
+    "language_level": 3,
+    "boundscheck": DEBUG,
+    "wraparound": DEBUG,
+    "initializedcheck": DEBUG,
+    "cdivision": not DEBUG,
+    "embedsignature": True,
+}
+
+if sys.platform == "win32":
+    COMPILE_ARGS = ["/O2"]
+else:
+    COMPILE_ARGS = ["-O0", "-g"] if DEBUG else ["-O3"]
+    # Only the module init is exported; contraction into FMA is allowed (it is
+    # what the FMA paths are for) but no -ffast-math: NaN/inf must propagate.
+    COMPILE_ARGS += ["-fvisibility=hidden", "-std=gnu11"]
+
+extensions = [
+    Extension(
+        name,
+        sources=spec["sources"],
+        include_dirs=["csrc", np.get_include()],
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
+        extra_compile_args=COMPILE_ARGS,
+        language="c",
+    )
+    for name, spec in EXTENSIONS.items()
+]
+
+setup(
+    ext_modules=cythonize(
+        extensions,
+        compiler_directives=DIRECTIVES,
+        build_dir="build/cython",
+    ),
+)
