@@ -73,6 +73,20 @@ class LSTMGradients(NamedTuple):
     db_hh: Optional[np.ndarray]
 
 
+class PeepholeLSTMGradients(NamedTuple):
+    """Result of ``lstm_backward`` for an LSTM with peepholes: as
+    :class:`LSTMGradients` plus ``dpeephole (3*H,)`` (order i, f, o)."""
+
+    dx: np.ndarray
+    dh0: np.ndarray
+    dc0: np.ndarray
+    dW_ih: np.ndarray
+    dW_hh: np.ndarray
+    db_ih: Optional[np.ndarray]
+    db_hh: Optional[np.ndarray]
+    dpeephole: np.ndarray
+
+
 class Cache:
     """What a training forward pass keeps for its backward pass.
 
@@ -213,6 +227,7 @@ class ForwardArgs(NamedTuple):
     h0: Optional[np.ndarray]
     c0: Optional[np.ndarray]
     lengths: Optional[np.ndarray]
+    peephole: Optional[np.ndarray]
     T: int
     B: int
     I: int
@@ -231,6 +246,7 @@ def check_forward(
     c0: Any = None,
     lengths: Any = None,
     dtype: Optional[np.dtype] = None,
+    peephole: Any = None,
 ) -> ForwardArgs:
     """Validate and convert the arguments of ``<cell>_forward``.
 
@@ -241,10 +257,10 @@ def check_forward(
     G = GATES[cell]
     if dtype is None:
         for name, a in (("x", x), ("W_ih", W_ih), ("W_hh", W_hh), ("b_ih", b_ih),
-                        ("b_hh", b_hh), ("h0", h0), ("c0", c0)):
+                        ("b_hh", b_hh), ("h0", h0), ("c0", c0), ("peephole", peephole)):
             if a is not None:
                 _to_array(name, a)
-        dtype = float_dtype(x, W_ih, W_hh, b_ih, b_hh, h0, c0)
+        dtype = float_dtype(x, W_ih, W_hh, b_ih, b_hh, h0, c0, peephole)
     x = as_float("x", x, dtype)
     _check_ndim("x", x, ("T", "B", "I"))
     T, B, I = x.shape
@@ -275,8 +291,13 @@ def check_forward(
             raise ValueError(f"c0: only LSTM has a cell state, got c0 for {cell}")
         c0 = as_float("c0", c0, dtype)
         check_shape("c0", c0, ("B", "H"), (B, H))
+    if peephole is not None:
+        if cell != "lstm":
+            raise ValueError(f"peephole: only LSTM has peepholes, got peephole for {cell}")
+        peephole = as_float("peephole", peephole, dtype)
+        check_shape("peephole", peephole, ("3*H",), (3 * H,))
     lengths = check_lengths(lengths, T, B)
-    return ForwardArgs(x, W_ih, W_hh, b_ih, b_hh, h0, c0, lengths, T, B, I, H, G)
+    return ForwardArgs(x, W_ih, W_hh, b_ih, b_hh, h0, c0, lengths, peephole, T, B, I, H, G)
 
 
 def check_nonlinearity(nonlinearity: Any) -> str:
