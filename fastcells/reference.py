@@ -174,7 +174,9 @@ def _backward(cell: str, cache: Any, step_backward: StepBackward, dy: Any,
         # adds nothing to the weights); their state gradient passes through
         d_new = tuple(np.where(active[t], g, 0) for g in d_new)
         step = step_backward(cache, t, d_new)
-        dgx[t] = step.dgx
+        # where() rather than trusting the zero upstream gradient: 0 * NaN is NaN
+        # when a finished sequence's state is not finite
+        dgx[t] = np.where(active[t], step.dgx, 0)
         dW_hh += step.dW_hh
         db_hh += step.dgh.sum(axis=0)
         if step.dextra is not None:
