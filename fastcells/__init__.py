@@ -23,3 +23,8 @@ __all__ = [
     "lstm_forward", "lstm_backward", "reference", "show_config",
     "ForwardResult", "LSTMForwardResult", "Gradients", "LSTMGradients", "Cache",
 ]
+from . import losses, optim
+from .layers import GRU, LSTM, RNN, Linear
+from .optim import clip_grad_norm
+
+__all__ += ["RNN", "GRU", "LSTM", "Linear", "clip_grad_norm", "optim", "losses"]
