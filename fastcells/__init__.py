@@ -28,3 +28,6 @@ from .layers import GRU, LSTM, RNN, Linear
 from .optim import clip_grad_norm
 
 __all__ += ["RNN", "GRU", "LSTM", "Linear", "clip_grad_norm", "optim", "losses"]
+from . import interop
+
+__all__ += ["interop"]
