@@ -31,3 +31,6 @@ __all__ += ["RNN", "GRU", "LSTM", "Linear", "clip_grad_norm", "optim", "losses"]
 from . import interop
 
 __all__ += ["interop"]
+from . import diagnostics
+
+__all__ += ["diagnostics"]

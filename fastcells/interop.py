@@ -245,7 +245,8 @@ def from_onnx(op_type: str, W: Any, R: Any, B: Any = None, P: Any = None,
     known = _ONNX_COMMON_ATTRIBUTES + _ONNX_OWN_ATTRIBUTES[cell]
     for attr in attributes:
         if attr not in known:
-            raise TypeError(f"{attr}: not an attribute of ONNX {op_type} (expected some of {known})")
+            raise TypeError(f"{attr}: not an attribute of ONNX {op_type} "
+                            f"(expected some of {known})")
     G = GATES[cell]
 
     direction = _name("direction", attributes.get("direction", "forward"))
@@ -372,7 +373,8 @@ def from_keras(kind: str, kernel: Any, recurrent_kernel: Any, bias: Any = None,
     kernel = _float_array("kernel", kernel)
     recurrent_kernel = _float_array("recurrent_kernel", recurrent_kernel)
     if recurrent_kernel.ndim != 2:
-        raise ValueError(f"recurrent_kernel: expected shape (H, {G}*H), got {recurrent_kernel.shape}")
+        raise ValueError(f"recurrent_kernel: expected shape (H, {G}*H), "
+                         f"got {recurrent_kernel.shape}")
     H = recurrent_kernel.shape[0]
     _expect_shape("recurrent_kernel", recurrent_kernel, f"(H, {G}*H)", (H, G * H))
     if kernel.ndim != 2:

@@ -173,8 +173,8 @@ def test_onnx_bidirectional_peephole_keys_and_zero_bias():
     W, R = rng.standard_normal((2, 4 * H, I)), rng.standard_normal((2, 4 * H, H))
     P = rng.standard_normal((2, 3 * H))
     sd = interop.from_onnx("LSTM", W, R, None, P, direction="bidirectional")
-    assert sorted(sd) == sorted(f"{n}_l0{s}" for n in ["weight_ih", "weight_hh", "bias_ih",
-                                                      "bias_hh", "peephole"] for s in ["", "_reverse"])
+    names = ["weight_ih", "weight_hh", "bias_ih", "bias_hh", "peephole"]
+    assert sorted(sd) == sorted(f"{n}_l0{s}" for n in names for s in ["", "_reverse"])
     np.testing.assert_array_equal(sd["bias_hh_l0_reverse"], np.zeros(4 * H))
     np.testing.assert_array_equal(sd["peephole_l0_reverse"],
                                   np.concatenate([P[1, :H], P[1, 2 * H:], P[1, H:2 * H]]))
