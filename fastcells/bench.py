@@ -87,6 +87,7 @@ import numpy as np
 
 from . import _checks, reference
 from . import functional as _fc
+from .interop import GATE_LAYOUT
 
 F32 = np.float32
 
@@ -315,8 +316,10 @@ def _torch_runner(p: Problem, mode: str) -> Callable:
     return run_bwd
 
 
-#: ONNX gate order, as indices of PyTorch's gate blocks (LSTM i,o,f,c; GRU z,r,h)
-ONNX_GATES = {"lstm": (0, 3, 1, 2), "gru": (1, 0, 2), "rnn": (0,)}
+#: ONNX gate order (LSTM i,o,f,c; GRU z,r,h) as indices of fastcells' gate blocks,
+#: from the one gate-layout table of ``fastcells.interop``
+ONNX_GATES = {c: tuple(GATE_LAYOUT["fastcells"][c].index(g) for g in GATE_LAYOUT["onnx"][c])
+              for c in CELLS}
 
 
 def _onnx_model_bytes(p: Problem) -> bytes:
