@@ -342,7 +342,7 @@ class _RNNBase(_Layer):
         x = self._time_major("x", x, self.input_size, "input_size")
         T, B = x.shape[:2]
         init = self._states(hx, B, "hx", self._state_names)
-        training, D, H = self.training, self.num_directions, self.hidden_size
+        training, D = self.training, self.num_directions
         options = self._options()
         tape, finals = [], [[] for _ in init]
         inp = x
@@ -368,9 +368,7 @@ class _RNNBase(_Layer):
         self._tape = (tape, T, B) if training else None
         if self.batch_first:
             inp = np.ascontiguousarray(inp.transpose(1, 0, 2))
-        stacks = [np.stack(f) if f else np.zeros((self.num_layers * D, B, H), F32)
-                  for f in finals]
-        return inp, self._pack_states(stacks)
+        return inp, self._pack_states([np.stack(f) for f in finals])
 
     def _dropout_mask(self, shape: tuple) -> np.ndarray:
         """Inverted dropout, as PyTorch: keep with probability 1-p, scale kept by 1/(1-p)."""
@@ -485,7 +483,9 @@ class _RNNBase(_Layer):
             inp = res.y
             for j, f in enumerate(finals):
                 f.append(res[1 + j])
-        return inp[0], self._pack_states([np.stack(f) for f in finals])
+        # one layer: a view, not a stack (this call is the per-step overhead)
+        return inp[0], self._pack_states([f[0][None] if len(f) == 1 else np.stack(f)
+                                          for f in finals])
 
 
 class RNN(_RNNBase):
