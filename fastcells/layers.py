@@ -337,6 +337,13 @@ class _RNNBase(_Layer):
             bidirectional (D = 2).
         h : float32 array (num_layers*num_directions, B, H)
             Final hidden states, index ``layer * D + direction`` (LSTM: ``(h, c)``).
+
+        Notes
+        -----
+        Truncated BPTT over stateful chunks: pass the previous chunk's final state
+        as ``hx`` (a new array the layer never writes; ``h.copy()`` if you change
+        it), then call :meth:`backward` for this chunk and ignore the ``dh0`` it
+        returns: the gradient stops at the chunk boundary.
         """
         self._check_runnable()
         x = self._time_major("x", x, self.input_size, "input_size")
@@ -444,7 +451,9 @@ class _RNNBase(_Layer):
         """Advance one time step for a batch (streaming inference).
 
         Gives the same numbers as the sequence call (eval mode: no dropout).
-        Keeps no activations, so there is no backward through ``step``.
+        Keeps no activations, so there is no backward through ``step``.  Each
+        step is one ``<cell>_forward`` call with T = 1 per layer, so it pays that
+        call's argument checks, input projection and weight packing every step.
 
         Parameters
         ----------
