@@ -31,3 +31,14 @@ __all__ = [
     "ForwardResult", "LSTMForwardResult", "Gradients", "LSTMGradients",
     "PeepholeLSTMGradients", "Cache",
 ]
+from . import losses, optim
+from .layers import GRU, LSTM, RNN, Linear
+from .optim import clip_grad_norm
+
+__all__ += ["RNN", "GRU", "LSTM", "Linear", "clip_grad_norm", "optim", "losses"]
+from . import interop
+
+__all__ += ["interop"]
+from . import diagnostics
+
+__all__ += ["diagnostics"]

@@ -397,7 +397,9 @@ def gru_forward(x, W_ih, W_hh, b_ih=None, b_hh=None, h0=None, *, linear_before_r
         else:
             wp, wp_n = _kernels.pack(a.W_hh[:2 * H], True), _kernels.pack(a.W_hh[2 * H:], True)
         if training:
-            gates = np.empty((a.T, a.B, 3 * H), F32)
+            # zeros, not empty: the loop skips masked steps, and backward reads r at
+            # every step for dW_hn (0 * garbage could be NaN) when not lbr
+            gates = np.zeros((a.T, a.B, 3 * H), F32)
             hn = np.empty((a.T, a.B, H), F32) if lbr else None
         gh = np.empty((a.B, (3 if lbr else 2) * H), F32)
         rh, ghn = np.zeros((a.B, H), F32), np.empty((a.B, H), F32)
