@@ -1,10 +1,13 @@
 """fastcells: fast recurrent cells (RNN, GRU, LSTM) for NumPy.
 
 Compiled forward and backward-through-time kernels behind a NumPy-native
-functional API; ``fastcells.reference`` is the pure-NumPy oracle with the
-same functions.
+functional API (``rnn_forward`` ... ``lstm_backward``, ``Stepper``), layers
+with PyTorch's API (``RNN``, ``GRU``, ``LSTM``, ``Linear``), training pieces
+(``optim``, ``losses``, ``clip_grad_norm``), weight conversion (``interop``)
+and the gradient-flow diagnostic (``diagnostics``).  ``fastcells.reference``
+is the pure-NumPy oracle with the same functions.
 """
-from . import reference
+from . import diagnostics, interop, losses, optim, reference
 from ._checks import (
     Cache,
     ForwardResult,
@@ -15,6 +18,7 @@ from ._checks import (
 )
 from ._config import show_config
 from .functional import (
+    Stepper,
     gru_backward,
     gru_forward,
     lstm_backward,
@@ -22,23 +26,16 @@ from .functional import (
     rnn_backward,
     rnn_forward,
 )
+from .layers import GRU, LSTM, RNN, Linear
+from .optim import clip_grad_norm
 
 __version__ = "0.1.0"
 
 __all__ = [
     "rnn_forward", "rnn_backward", "gru_forward", "gru_backward",
-    "lstm_forward", "lstm_backward", "reference", "show_config",
+    "lstm_forward", "lstm_backward", "Stepper",
+    "RNN", "GRU", "LSTM", "Linear", "clip_grad_norm",
+    "optim", "losses", "interop", "diagnostics", "reference", "show_config",
     "ForwardResult", "LSTMForwardResult", "Gradients", "LSTMGradients",
     "PeepholeLSTMGradients", "Cache",
 ]
-from . import losses, optim
-from .layers import GRU, LSTM, RNN, Linear
-from .optim import clip_grad_norm
-
-__all__ += ["RNN", "GRU", "LSTM", "Linear", "clip_grad_norm", "optim", "losses"]
-from . import interop
-
-__all__ += ["interop"]
-from . import diagnostics
-
-__all__ += ["diagnostics"]

@@ -534,3 +534,94 @@ def gru_backward(const float[:, :, ::1] gates, const float[:, :, ::1] hn,
                  &h0[0, 0], &wpt[0], &wpt_n[0] if wpt_n is not None else NULL, _opt(dy),
                  &dh[0, 0], &dGx[0, 0, 0], _opt_w(dGh), _lens(lengths), reverse,
                  linear_before_reset, &tmp[0, 0], &direct[0, 0])
+
+
+# ----------------------------------------------------------------------------
+# streaming: one step at a time
+
+cdef class Stepper:
+    """One time step of a cell for a batch, for streaming inference.
+
+    Built once from the weights: ``W_ih`` and ``W_hh`` are packed and the biases
+    folded here, so that a step is one call with the GIL released: the input
+    projection (packed GEMM), the recurrent product and the fused gate pass.
+    The arrays given are kept alive by the Stepper; the caller (functional)
+    validated them.  Scratch space grows with the largest batch seen.
+    """
+    cdef readonly str cell
+    cdef int kind               # 0 rnn, 1 gru, 2 lstm: tested inside nogil
+    cdef bint relu, lbr
+    cdef Py_ssize_t I, H, G, ldh, cap
+    cdef object keep, scratch
+    cdef const float *wih
+    cdef const float *wp
+    cdef const float *wp_n
+    cdef const float *bias
+    cdef const float *bhn
+    cdef const float *P
+    cdef float *gx
+    cdef float *gh
+    cdef float *rh
+    cdef float *ghn
+    cdef float *y
+
+    def __init__(self, str cell, const float[::1] wih, const float[::1] wp, const float[::1] wp_n,
+                 const float[::1] bias, const float[::1] bhn, const float[::1] peephole,
+                 Py_ssize_t I, Py_ssize_t H, bint relu, bint linear_before_reset):
+        if cell not in ("rnn", "gru", "lstm"):
+            raise ValueError(f"cell: expected 'rnn', 'gru' or 'lstm', got {cell!r}")
+        self.cell, self.I, self.H = cell, I, H
+        self.G = {"rnn": 1, "gru": 3, "lstm": 4}[cell]
+        self.kind = ("rnn", "gru", "lstm").index(cell)
+        self.relu, self.lbr = relu, linear_before_reset
+        self.ldh = 2 * H if (cell == "gru" and not linear_before_reset) else self.G * H
+        if bias.shape[0] != self.G * H or bhn.shape[0] != H:
+            raise ValueError("bias: expected G*H floats and bhn H floats")
+        self.keep = (wih, wp, wp_n, bias, bhn, peephole)
+        self.wih, self.wp, self.bias, self.bhn = &wih[0], &wp[0], &bias[0], &bhn[0]
+        self.wp_n = &wp_n[0] if wp_n is not None else NULL
+        self.P = &peephole[0] if peephole is not None else NULL
+        self.cap = 0
+
+    cdef void _reserve(self, Py_ssize_t B) except *:
+        if B <= self.cap:
+            return
+        cdef Py_ssize_t GH = self.G * self.H
+        gx = np.zeros(B * GH, np.float32)
+        gh = np.zeros(B * self.ldh, np.float32)
+        rest = np.zeros((3, B * self.H), np.float32)
+        cdef float[::1] a = gx, b = gh
+        cdef float[:, ::1] r = rest
+        self.scratch = (gx, gh, rest)
+        self.gx, self.gh = &a[0], &b[0]
+        self.rh, self.ghn, self.y = &r[0, 0], &r[1, 0], &r[2, 0]
+        self.cap = B
+
+    def step(self, const float[:, ::1] x, float[:, ::1] h, float[:, ::1] c):
+        """Advance ``h`` (and ``c``, LSTM) in place by one step of input ``x`` (B, I)."""
+        cdef Py_ssize_t B = x.shape[0], H = self.H, GH = self.G * self.H, b, j
+        if x.shape[1] != self.I or h.shape[0] != B or h.shape[1] != H:
+            raise ValueError(f"x, h: expected shapes (B, {self.I}) and (B, {H}), got "
+                             f"({x.shape[0]}, {x.shape[1]}) and ({h.shape[0]}, {h.shape[1]})")
+        if self.cell == "lstm" and (c is None or c.shape[0] != B or c.shape[1] != H):
+            raise ValueError(f"c: expected shape (B, H) = ({B}, {H})")
+        if B == 0:
+            return
+        self._reserve(B)
+        with nogil:
+            if self.I:
+                fc_gemm(B, GH, self.I, &x[0, 0], self.I, self.wih, self.gx, GH)
+            else:
+                memset(self.gx, 0, B * GH * sizeof(float))
+            for b in range(B):
+                for j in range(GH):
+                    self.gx[b * GH + j] += self.bias[j]
+            if self.kind == 2:
+                _lstm_fwd(0, 1, B, H, self.gx, self.wp, self.P, &h[0, 0], &c[0, 0], self.y,
+                          NULL, False, NULL, NULL, self.gh)
+            elif self.kind == 1:
+                _gru_fwd(0, 1, B, H, self.gx, self.wp, self.wp_n, self.bhn, &h[0, 0], self.y,
+                         NULL, False, self.lbr, NULL, NULL, self.gh, self.rh, self.ghn)
+            else:
+                _rnn_fwd(0, 1, B, H, self.gx, self.wp, &h[0, 0], self.y, NULL, False, self.relu,
+                         self.gh)

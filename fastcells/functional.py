@@ -29,6 +29,9 @@ from ._checks import (
     check_forward,
     check_grad,
     check_nonlinearity,
+    check_shape,
+    as_float,
+    GATES,
 )
 
 F32 = np.float32
@@ -36,7 +39,7 @@ BACKEND = "fastcells"
 
 __all__ = [
     "rnn_forward", "rnn_backward", "gru_forward", "gru_backward",
-    "lstm_forward", "lstm_backward",
+    "lstm_forward", "lstm_backward", "Stepper",
 ]
 
 
@@ -75,6 +78,35 @@ def _projected_chunks(a, bias: Optional[np.ndarray], training: bool, reverse: bo
     for t0 in (reversed(starts) if reverse else starts):
         n = min(steps, a.T - t0)
         yield t0, _project(a.x[t0:t0 + n], a.W_ih, bias, out=buf[:n])
+
+
+def _fold_biases(a, lbr: bool = False):
+    """The bias added to the input projection, and GRU's ``b_hn`` kept apart.
+
+    ``b_ih + b_hh`` for every gate, except the n gate of a GRU with
+    ``linear_before_reset``, where ``b_hn`` stays inside ``r * (W_hn h + b_hn)``.
+    Returns ``(bias or None, b_hn)`` with ``b_hn`` zeros when not needed.
+    """
+    bhn = np.zeros(a.H, F32)
+    if a.b_ih is None:
+        return None, bhn
+    bias = a.b_ih + a.b_hh
+    if a.G == 3 and lbr:
+        bias[2 * a.H:] = a.b_ih[2 * a.H:]
+        bhn = a.b_hh[2 * a.H:]
+    return bias, bhn
+
+
+def _pack_recurrent(W_hh: np.ndarray, split_gru: bool, transpose: bool):
+    """Packed ``W_hh`` for the loop (``transpose``: ``h @ W_hh.T``, else ``dG @ W_hh``).
+
+    A GRU without ``linear_before_reset`` needs its r, z rows and its n rows
+    apart (``split_gru``): n's product waits for r.  Returns ``(wp, wp_n or None)``.
+    """
+    if not split_gru:
+        return _kernels.pack(W_hh, transpose), None
+    H = W_hh.shape[1]
+    return _kernels.pack(W_hh[:2 * H], transpose), _kernels.pack(W_hh[2 * H:], transpose)
 
 
 def _initial(state: Optional[np.ndarray], B: int, H: int) -> np.ndarray:
@@ -206,7 +238,7 @@ def rnn_forward(x, W_ih, W_hh, b_ih=None, b_hh=None, h0=None, *, nonlinearity="t
     if a.T == 0 or a.B == 0:
         y, h, _ = _empty_forward(a, False)
     else:
-        bias = None if a.b_ih is None else a.b_ih + a.b_hh
+        bias, _ = _fold_biases(a)
         h = _initial(a.h0, a.B, a.H)
         y = np.empty((a.T, a.B, a.H), F32)
         wp, gh = _kernels.pack(a.W_hh, True), np.empty((a.B, a.H), F32)
@@ -290,7 +322,7 @@ def lstm_forward(x, W_ih, W_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, peeph
     if a.T == 0 or a.B == 0:
         y, h, c = _empty_forward(a, True)
     else:
-        bias = None if a.b_ih is None else a.b_ih + a.b_hh
+        bias, _ = _fold_biases(a)
         h = _initial(a.h0, a.B, a.H)
         c = _initial(a.c0, a.B, a.H)
         y = np.empty((a.T, a.B, a.H), F32)
@@ -383,19 +415,10 @@ def gru_forward(x, W_ih, W_hh, b_ih=None, b_hh=None, h0=None, *, linear_before_r
     if a.T == 0 or a.B == 0:
         y, h, _ = _empty_forward(a, False)
     else:
-        bhn = np.zeros(H, F32)
-        bias = None
-        if a.b_ih is not None:
-            bias = a.b_ih + a.b_hh
-            if lbr:  # b_hn stays inside r * (W_hn h + b_hn)
-                bias[2 * H:] = a.b_ih[2 * H:]
-                bhn = a.b_hh[2 * H:]
+        bias, bhn = _fold_biases(a, lbr)
         h = _initial(a.h0, a.B, H)
         y = np.empty((a.T, a.B, H), F32)
-        if lbr:
-            wp, wp_n = _kernels.pack(a.W_hh, True), None
-        else:
-            wp, wp_n = _kernels.pack(a.W_hh[:2 * H], True), _kernels.pack(a.W_hh[2 * H:], True)
+        wp, wp_n = _pack_recurrent(a.W_hh, not lbr, True)
         if training:
             # zeros, not empty: the loop skips masked steps, and backward reads r at
             # every step for dW_hn (0 * garbage could be NaN) when not lbr
@@ -426,10 +449,7 @@ def gru_backward(cache, dy=None, dh=None) -> Gradients:
     h0 = _zeros_if_none(cache["h0"], B, H)
     dGx = np.empty((T, B, 3 * H), F32)
     dGh = np.empty((T, B, 3 * H), F32) if lbr else None
-    if lbr:
-        wpt, wpt_n = _kernels.pack(W_hh, False), None
-    else:
-        wpt, wpt_n = _kernels.pack(W_hh[:2 * H], False), _kernels.pack(W_hh[2 * H:], False)
+    wpt, wpt_n = _pack_recurrent(W_hh, not lbr, False)
     _kernels.gru_backward(gates, cache["hn"], y, h0, wpt, wpt_n, dy, dh, dGx, dGh, lengths,
                           reverse, lbr, np.empty((B, H), F32), np.empty((B, H), F32))
     hprev = _prev_states(y, h0, lengths, reverse)
@@ -441,3 +461,84 @@ def gru_backward(cache, dy=None, dh=None) -> Gradients:
         rh = gates[:, :, :H] * hprev
         dW_hh[2 * H:] = np.matmul(dGx[:, :, 2 * H:].reshape(T * B, H).T, rh.reshape(T * B, H))
     return Gradients(dx, dh, dW_ih, dW_hh, db_ih, db_hh)
+
+
+# ----------------------------------------------------------------------------
+# streaming
+
+
+class Stepper:
+    """Advance a cell one time step at a time, for streaming inference.
+
+    The weights are checked, packed and their biases folded once, here; each
+    call then runs the input projection, the recurrent product and the gate
+    pass of one step in one compiled call with the GIL released (a few
+    microseconds at H = 64).  The Stepper keeps float32 copies of the weights
+    as they were when it was built: build a new one after changing them.
+
+    Parameters
+    ----------
+    cell : {"rnn", "gru", "lstm"}
+    W_ih, W_hh, b_ih, b_hh
+        As for ``<cell>_forward``.
+    peephole : array (3*H,), optional
+        LSTM only.
+    nonlinearity : {"tanh", "relu"}
+        RNN only.
+    linear_before_reset : bool
+        GRU only.
+
+    Examples
+    --------
+    >>> step = Stepper("gru", W_ih, W_hh, b_ih, b_hh)          # doctest: +SKIP
+    >>> h = None
+    >>> for x_t in stream:                                     # x_t (B, I)
+    ...     h = step(x_t, h)                                   # h (B, H)
+    """
+
+    def __init__(self, cell: str, W_ih, W_hh, b_ih=None, b_hh=None, *, peephole=None,
+                 nonlinearity: str = "tanh", linear_before_reset: bool = True) -> None:
+        if cell not in GATES:
+            raise ValueError(f"cell: expected one of {tuple(GATES)}, got {cell!r}")
+        lbr = check_bool("linear_before_reset", linear_before_reset)
+        relu = check_nonlinearity(nonlinearity) == "relu"
+        I = np.shape(W_ih)[1] if np.ndim(W_ih) == 2 else 0
+        # validate the weights with the one set of checks, on an empty sequence
+        a = check_forward(cell, np.zeros((0, 1, I), F32), W_ih, W_hh, b_ih, b_hh,
+                          dtype=F32, peephole=peephole)
+        bias, bhn = _fold_biases(a, lbr)
+        wp, wp_n = _pack_recurrent(a.W_hh, cell == "gru" and not lbr, True)
+        self.cell, self.input_size, self.hidden_size = cell, a.I, a.H
+        self._kernel = _kernels.Stepper(
+            cell, _kernels.pack(a.W_ih, True), wp, wp_n,
+            np.zeros(a.G * a.H, F32) if bias is None else bias, bhn,
+            None if a.peephole is None else a.peephole.copy(), a.I, a.H, relu, lbr)
+
+    def _state(self, name: str, s, B: int) -> np.ndarray:
+        if s is None:
+            return np.zeros((B, self.hidden_size), F32)
+        if type(s) is np.ndarray and s.dtype == F32 and s.shape == (B, self.hidden_size):
+            return s.copy()   # the common case, kept short: this is per-step overhead
+        s = as_float(name, s, F32)
+        if s.shape != (B, self.hidden_size):
+            check_shape(name, s, ("B", "H"), (B, self.hidden_size))
+        return s.copy()   # the kernel updates it in place: never the caller's array
+
+    def __call__(self, x_t, h=None, c=None):
+        """One step: ``x_t (B, I)`` and the state ``h`` (LSTM: ``h, c``), each (B, H) or
+        None for zeros.  Returns the new ``h`` (LSTM: ``(h, c)``), new float32 arrays."""
+        if not (type(x_t) is np.ndarray and x_t.dtype == F32 and x_t.flags.c_contiguous):
+            x_t = as_float("x_t", x_t, F32)
+        if x_t.ndim != 2 or x_t.shape[1] != self.input_size:
+            raise ValueError(f"x_t: expected shape (B, I) = (B, {self.input_size}), got "
+                             f"{x_t.shape}")
+        B = x_t.shape[0]
+        h = self._state("h", h, B)
+        if self.cell != "lstm":
+            if c is not None:
+                raise ValueError(f"c: only LSTM has a cell state, got c for {self.cell}")
+            self._kernel.step(x_t, h, None)
+            return h
+        c = self._state("c", c, B)
+        self._kernel.step(x_t, h, c)
+        return h, c

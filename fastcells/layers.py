@@ -72,6 +72,7 @@ class _Layer:
 
     def __init__(self) -> None:
         self._params: dict[str, np.ndarray] = {}
+        self._derived: Any = None
         self._symbols: dict[str, tuple] = {}
         #: accumulated parameter gradients, float32, same keys and shapes as the parameters
         self.grads: dict[str, np.ndarray] = {}
@@ -108,6 +109,14 @@ class _Layer:
         """Set every accumulated gradient in :attr:`grads` to zero (in place)."""
         for g in self.grads.values():
             g.fill(0)
+
+    def parameters_changed(self) -> None:
+        """Forget what was derived from the parameters (the prepared weights of ``step``).
+
+        The optimizers and :meth:`load_state_dict` call it; call it yourself after
+        writing into the arrays of :meth:`parameters` directly.
+        """
+        self._derived = None
 
     def parameters(self) -> dict:
         """The parameters, name -> live float32 array (optimizers update them in place)."""
@@ -166,6 +175,7 @@ class _Layer:
                 loaded[name] = value
         for name, value in loaded.items():
             self._params[name][...] = value
+        self.parameters_changed()
         return LoadResult(missing, unexpected)
 
 
@@ -247,8 +257,10 @@ class _RNNBase(_Layer):
         """The cell's own keyword options for ``<cell>_forward``."""
         return {}
 
-    def _check_runnable(self) -> None:
-        """Raise if the kernels cannot run this configuration."""
+    def _direction_options(self, i: int) -> dict:
+        """Keyword options for ``<cell>_forward`` of (layer, direction) number ``i``."""
+        return self._options()
+
 
     def __repr__(self) -> str:
         args = [str(self.input_size), str(self.hidden_size)]
@@ -345,12 +357,10 @@ class _RNNBase(_Layer):
         it), then call :meth:`backward` for this chunk and ignore the ``dh0`` it
         returns: the gradient stops at the chunk boundary.
         """
-        self._check_runnable()
         x = self._time_major("x", x, self.input_size, "input_size")
         T, B = x.shape[:2]
         init = self._states(hx, B, "hx", self._state_names)
         training, D = self.training, self.num_directions
-        options = self._options()
         tape, finals = [], [[] for _ in init]
         inp = x
         for k in range(self.num_layers):
@@ -360,7 +370,7 @@ class _RNNBase(_Layer):
                 res = self._forward_fn(inp, *self._weights[i],
                                        *(None if s is None else s[i] for s in init),
                                        lengths=lengths, reverse=bool(d), training=training,
-                                       **options)
+                                       **self._direction_options(i))
                 outs.append(res.y)
                 caches.append(res.cache)
                 for j, f in enumerate(finals):
@@ -444,16 +454,21 @@ class _RNNBase(_Layer):
         for name, value in zip(names[:4], (g.dW_ih, g.dW_hh, g.db_ih, g.db_hh)):
             if name is not None:
                 self.grads[name] += value
+        if hasattr(g, "dpeephole"):
+            self.grads[names[4]] += g.dpeephole
 
     # -- streaming -------------------------------------------------------------
 
     def step(self, x_t, state=None):
         """Advance one time step for a batch (streaming inference).
 
-        Gives the same numbers as the sequence call (eval mode: no dropout).
-        Keeps no activations, so there is no backward through ``step``.  Each
-        step is one ``<cell>_forward`` call with T = 1 per layer, so it pays that
-        call's argument checks, input projection and weight packing every step.
+        Gives the same numbers as the sequence call (eval mode: no dropout) and
+        keeps no activations, so there is no backward through ``step``.  The
+        weights are prepared (checked, packed, biases folded) at the first step
+        and reused, so a step costs a few microseconds at H = 64; they are
+        prepared again after :meth:`load_state_dict`, an optimizer's ``step()``
+        or :meth:`parameters_changed` (call it after editing the arrays of
+        :meth:`parameters` yourself).
 
         Parameters
         ----------
@@ -477,24 +492,36 @@ class _RNNBase(_Layer):
             raise ValueError("step: expected a unidirectional layer, got bidirectional=True "
                              "(the reverse direction starts at the end of the sequence; run "
                              "the whole sequence with layer(x) instead)")
-        self._check_runnable()
-        x = as_float("x_t", _to_numpy(x_t), F32)
+        x = as_float("x_t", _to_numpy(x_t), F32 if self.backend is None else float_dtype(x_t))
         if x.ndim != 2 or x.shape[1] != self.input_size:
             raise ValueError(f"x_t: expected shape (B, input_size) = (B, {self.input_size}), "
                              f"got {x.shape}")
         init = self._states(state, x.shape[0], "state", self._state_names)
-        inp = x[None]
-        options = self._options()
         finals = [[] for _ in init]
+        inp = x
         for k in range(self.num_layers):
-            res = self._forward_fn(inp, *self._weights[k],
-                                   *(None if s is None else s[k] for s in init), **options)
-            inp = res.y
-            for j, f in enumerate(finals):
-                f.append(res[1 + j])
-        # one layer: a view, not a stack (this call is the per-step overhead)
-        return inp[0], self._pack_states([f[0][None] if len(f) == 1 else np.stack(f)
-                                          for f in finals])
+            states_k = [None if s is None else s[k] for s in init]
+            if self.backend is None:
+                out = self._stepper(k)(inp, *states_k)
+                out = out if isinstance(out, tuple) else (out,)
+            else:
+                res = self._forward_fn(inp[None], *self._weights[k], *states_k,
+                                       **self._direction_options(k))
+                out = tuple(res[1:1 + len(init)])
+            inp = out[0]
+            for f, o in zip(finals, out):
+                f.append(o)
+        return inp, self._pack_states([f[0][None] if len(f) == 1 else np.stack(f)
+                                       for f in finals])
+
+    def _stepper(self, k: int) -> "functional.Stepper":
+        """The prepared weights of layer ``k`` for :meth:`step` (built on first use)."""
+        if self._derived is None:
+            self._derived = [None] * self.num_layers
+        if self._derived[k] is None:
+            self._derived[k] = functional.Stepper(self._cell, *self._weights[k],
+                                                  **self._direction_options(k))
+        return self._derived[k]
 
 
 class RNN(_RNNBase):
@@ -583,8 +610,8 @@ class LSTM(_RNNBase):
 
     Parameters as :class:`RNN`, with ``peephole`` instead of ``nonlinearity``.
     ``peephole=True`` adds the parameters ``peephole_l{k}`` (suffix ``_reverse``)
-    of shape (3*H,), order i, f, o (ONNX's P), so that such weights load; running
-    them is **not yet supported by the kernels**: the call raises NotImplementedError.
+    of shape (3*H,), order i, f, o (ONNX's P, oneDNN): i and f also see
+    ``p_i * c_{t-1}``, ``p_f * c_{t-1}`` and o sees ``p_o * c_t``.
 
     Call: ``y, (h, c) = lstm(x, (h0, c0)=None, lengths=None)``;
     ``dx, (dh0, dc0) = lstm.backward(dy, (dh_n, dc_n))``.
@@ -602,12 +629,8 @@ class LSTM(_RNNBase):
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, seed=seed, backend=backend, _extra_params=extra)
 
-    def _check_runnable(self) -> None:
-        if self.peephole:
-            raise NotImplementedError(
-                "peephole=True: LSTM peepholes are not yet supported by the kernels "
-                "(fastcells.lstm_forward has no peephole input); the peephole_l{k} "
-                "parameters exist so that such weights can be loaded")
+    def _direction_options(self, i: int) -> dict:
+        return {"peephole": self._params[self._names[i][4]]} if self.peephole else {}
 
     def _repr_options(self) -> dict:
         return {"peephole": True} if self.peephole else {}

@@ -60,6 +60,13 @@ class _Optimizer:
     def step(self) -> None:  # pragma: no cover - defined by each optimizer
         raise NotImplementedError
 
+    def _changed(self) -> None:
+        """Tell the layers their parameters changed (they drop prepared weights)."""
+        for layer in self.layers:
+            changed = getattr(layer, "parameters_changed", None)
+            if changed is not None:
+                changed()
+
 
 class SGD(_Optimizer):
     """Stochastic gradient descent with momentum, as ``torch.optim.SGD``.
@@ -103,6 +110,7 @@ class SGD(_Optimizer):
                     buf += (1.0 - self.dampening) * g
                 g = g + self.momentum * buf if self.nesterov else buf
             p -= self.lr * g
+        self._changed()
 
 
 class Adam(_Optimizer):
@@ -146,6 +154,7 @@ class Adam(_Optimizer):
             step_size = self.lr / (1.0 - b1 ** t)
             denom = np.sqrt(v) / math.sqrt(1.0 - b2 ** t) + self.eps
             p -= step_size * (m / denom)
+        self._changed()
 
 
 def clip_grad_norm(layers, max_norm, norm_type=2.0) -> float:

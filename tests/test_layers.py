@@ -28,6 +28,9 @@ CELLS = {
     "gru": (fastcells.GRU, {}),
     "lstm": (fastcells.LSTM, {}),
 }
+#: cells torch has no equivalent of: checked against the reference only
+EXTRA_CELLS = {"lstm-peephole": (fastcells.LSTM, {"peephole": True})}
+ALL_CELLS = {**CELLS, **EXTRA_CELLS}
 # (num_layers, bidirectional, batch_first)
 CONFIGS = [(2, False, False), (3, True, True), (1, True, False)]
 
@@ -37,7 +40,7 @@ def is_lstm(cell):
 
 
 def make(cell, num_layers=1, bidirectional=False, batch_first=False, **kw):
-    cls, options = CELLS[cell]
+    cls, options = ALL_CELLS[cell]
     return cls(I, H, num_layers, batch_first=batch_first, bidirectional=bidirectional,
                seed=1, **options, **kw)
 
@@ -226,10 +229,10 @@ def test_matches_reference_stack(cell, options):
         np.testing.assert_allclose(s, s_ref, atol=FWD_TOL)
 
 
-@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm", "lstm-peephole"])
 def test_gradients_by_finite_differences(cell):
     """The layer's plumbing (stacking, directions, lengths, batch_first) on the float64 reference."""
-    cls, options = CELLS[cell]
+    cls, options = ALL_CELLS[cell]
     layer = cls(I, H, 2, batch_first=True, bidirectional=True, seed=4, backend=reference,
                 **options)
     rng = np.random.default_rng(5)
@@ -268,7 +271,7 @@ def test_gradients_by_finite_differences(cell):
     np.testing.assert_allclose(values[0] - values[1], expected, rtol=FD_RTOL * 10)
 
 
-@pytest.mark.parametrize("cell", list(CELLS))
+@pytest.mark.parametrize("cell", list(ALL_CELLS))
 def test_kernels_match_reference_backend(cell):
     fast = make(cell, 2, True, False)
     ref = make(cell, 2, True, False, backend=reference)
@@ -372,7 +375,7 @@ def test_eval_keeps_no_activations_and_grads_accumulate():
 # streaming
 
 
-@pytest.mark.parametrize("cell", list(CELLS))
+@pytest.mark.parametrize("cell", list(ALL_CELLS))
 def test_step_matches_sequence(cell):
     layer = make(cell, 2)
     x, state, _, _ = inputs(layer, np.random.default_rng(7))
@@ -472,11 +475,36 @@ def test_load_state_dict_accepts_tensor_likes():
         np.testing.assert_array_equal(v, sd[k])
 
 
-def test_peephole_parameters_and_not_yet_supported():
-    lstm = fastcells.LSTM(I, H, 2, bidirectional=True, peephole=True)
+def test_peephole_parameters_are_used_and_trained():
+    lstm = fastcells.LSTM(I, H, 2, bidirectional=True, peephole=True, seed=3)
     sd = lstm.state_dict()
     for name in ("peephole_l0", "peephole_l0_reverse", "peephole_l1", "peephole_l1_reverse"):
         assert sd[name].shape == (3 * H,)
-    with pytest.raises(NotImplementedError, match="peephole"):
-        lstm(np.zeros((T, B, I)))
     assert "peephole_l0" not in fastcells.LSTM(I, H).state_dict()
+    x = np.random.default_rng(0).standard_normal((T, B, I))
+    y, _ = lstm(x)
+    lstm.backward(np.ones_like(y))
+    assert all(np.abs(lstm.grads[n]).max() > 0 for n in sd if n.startswith("peephole"))
+    plain = fastcells.LSTM(I, H, 2, bidirectional=True, seed=3)
+    plain.load_state_dict({k: v for k, v in sd.items() if not k.startswith("peephole")})
+    assert not np.allclose(plain(x)[0], y)   # the peepholes change the numbers
+
+
+@pytest.mark.parametrize("cell", list(ALL_CELLS))
+def test_step_uses_new_weights_after_an_update(cell):
+    """step() prepares the weights once; an optimizer step or load_state_dict refreshes them."""
+    layer = make(cell, 2).eval()
+    rng = np.random.default_rng(8)
+    x_t = rng.standard_normal((B, I)).astype(np.float32)
+    before, _ = layer.step(x_t)
+    layer.grads = {k: np.ones_like(v) for k, v in layer.grads.items()}
+    fastcells.optim.SGD(layer, lr=0.1).step()
+    after, _ = layer.step(x_t)
+    np.testing.assert_allclose(after, layer(x_t[None])[0][0], atol=FWD_TOL)
+    assert not np.allclose(before, after)
+    layer.load_state_dict({k: v * 0.5 for k, v in layer.state_dict().items()})
+    np.testing.assert_allclose(layer.step(x_t)[0], layer(x_t[None])[0][0], atol=FWD_TOL)
+    for p in layer.parameters().values():   # edited by hand: parameters_changed() says so
+        p *= 2
+    layer.parameters_changed()
+    np.testing.assert_allclose(layer.step(x_t)[0], layer(x_t[None])[0][0], atol=FWD_TOL)

@@ -1,0 +1,87 @@
+"""functional.Stepper: one step at a time gives the sequence call's numbers, bit for bit."""
+import numpy as np
+import pytest
+
+import fastcells
+from fastcells.functional import Stepper
+
+VARIANTS = [
+    ("rnn", {}), ("rnn", {"nonlinearity": "relu"}),
+    ("gru", {}), ("gru", {"linear_before_reset": False}),
+    ("lstm", {}), ("lstm", {"peephole": True}),
+]
+
+
+def _weights(rng, cell, I, H, bias=True):
+    G = fastcells._checks.GATES[cell]
+    w = [rng.standard_normal((G * H, I)).astype(np.float32) * 0.4,
+         rng.standard_normal((G * H, H)).astype(np.float32) * 0.4]
+    w += [rng.standard_normal(G * H).astype(np.float32) for _ in range(2)] if bias else [None, None]
+    return w
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("B", [1, 4])
+@pytest.mark.parametrize("cell,options", VARIANTS)
+def test_steps_equal_the_sequence_call(cell, options, B, bias):
+    rng = np.random.default_rng(2)
+    T, I, H = 9, 5, 17
+    weights = _weights(rng, cell, I, H, bias)
+    kw = dict(options)
+    if kw.pop("peephole", False):
+        kw["peephole"] = rng.standard_normal(3 * H).astype(np.float32)
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+    state = [rng.standard_normal((B, H)).astype(np.float32) for _ in range(2)]
+    n_states = 2 if cell == "lstm" else 1
+    whole = getattr(fastcells, f"{cell}_forward")(x, *weights, *state[:n_states], **kw)
+    step = Stepper(cell, *weights, **kw)
+    s = tuple(a.copy() for a in state[:n_states])
+    kept = tuple(a.copy() for a in s)
+    for t in range(T):
+        out = step(x[t], *s)
+        s = out if isinstance(out, tuple) else (out,)
+        np.testing.assert_array_equal(s[0], whole.y[t])
+    np.testing.assert_array_equal(s[0], whole.h)
+    if cell == "lstm":
+        np.testing.assert_array_equal(s[1], whole.c)
+    for a, b in zip(state, kept):        # the caller's states were not written
+        np.testing.assert_array_equal(a, b)
+
+
+def test_stepper_converts_and_starts_from_zeros():
+    rng = np.random.default_rng(0)
+    weights = _weights(rng, "gru", 3, 4)
+    x = rng.standard_normal((1, 2, 3))  # float64, converted
+    h = Stepper("gru", *weights)(x[0])
+    np.testing.assert_array_equal(h, fastcells.gru_forward(x.astype(np.float32), *weights).h)
+    assert h.dtype == np.float32
+    assert Stepper("gru", *weights)(np.zeros((0, 3), np.float32)).shape == (0, 4)
+
+
+def test_stepper_keeps_the_weights_it_was_built_with():
+    rng = np.random.default_rng(1)
+    weights = _weights(rng, "lstm", 3, 4)
+    x = rng.standard_normal((2, 3)).astype(np.float32)
+    step = Stepper("lstm", *weights)
+    before = step(x)
+    for w in weights:
+        w *= 3
+    np.testing.assert_array_equal(step(x)[0], before[0])
+
+
+def test_stepper_bad_input_names_the_argument():
+    rng = np.random.default_rng(0)
+    weights = _weights(rng, "lstm", 3, 4)
+    with pytest.raises(ValueError, match=r"W_hh: expected shape \(4\*H, H\)"):
+        Stepper("lstm", weights[0], weights[1][:, :3], *weights[2:])
+    with pytest.raises(ValueError, match="cell"):
+        Stepper("elman", *weights)
+    step = Stepper("lstm", *weights)
+    with pytest.raises(ValueError, match=r"x_t: expected shape \(B, I\) = \(B, 3\), got \(2, 4\)"):
+        step(np.zeros((2, 4), np.float32))
+    with pytest.raises(TypeError, match="x_t"):
+        step(np.zeros((2, 3), np.int64))
+    with pytest.raises(ValueError, match=r"h: expected shape \(B, H\) = \(2, 4\)"):
+        step(np.zeros((2, 3), np.float32), np.zeros((3, 4), np.float32))
+    with pytest.raises(ValueError, match="c: only LSTM"):
+        Stepper("gru", *_weights(rng, "gru", 3, 4))(np.zeros((2, 3)), None, np.zeros((2, 4)))
