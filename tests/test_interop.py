@@ -154,7 +154,7 @@ def test_onnx_reference_evaluator_matches(op_type, direction, with_B, lengths, l
         np.testing.assert_allclose(g, e, atol=TOL, rtol=0, err_msg=name)
 
 
-def test_onnx_lstm_gate_and_peephole_order():  # noqa: D103 (layout of P in isolation)
+def test_onnx_lstm_gate_and_peephole_order():
     """Blocks are moved, not mixed: ONNX i,o,f,c -> i,f,g,o and P i,o,f -> i,f,o."""
     H, I = 2, 3
     blocks = {g: np.full((H, I), k, np.float32) for k, g in enumerate("iofc")}
