@@ -18,7 +18,8 @@ What counts as a layer (duck-typed, no framework import):
   class name (RNN, GRU, LSTM, or a subclass of one); options from the
   attributes ``nonlinearity`` ("tanh"), ``linear_before_reset`` (True),
   ``batch_first`` (False), ``bidirectional`` (False) when present, defaults
-  otherwise;
+  otherwise; LSTM peepholes (``peephole_l{k}``) are used when the state dict
+  has them;
 - a :class:`fastcells.interop.StateDict` (weights with ``.options``).
 """
 from __future__ import annotations
@@ -79,8 +80,8 @@ def _describe_layer(layer: Any) -> tuple[str, dict, dict, bool]:
     if getattr(layer, "bidirectional", False):
         raise ValueError("layer: expected a unidirectional layer, got bidirectional=True (a loss "
                          "on the last step reaches the reverse direction at its first step)")
-    if getattr(layer, "peephole", False) or getattr(layer, "proj_size", 0):
-        raise ValueError("layer: LSTM peepholes and projections are not supported by the kernels")
+    if getattr(layer, "proj_size", 0):
+        raise ValueError("layer: LSTM projections (proj_size) are not supported by the kernels")
     kw = {}
     if cell == "rnn":
         kw["nonlinearity"] = nonlinearity
@@ -91,7 +92,7 @@ def _describe_layer(layer: Any) -> tuple[str, dict, dict, bool]:
 
 
 def _layer_weights(state: dict, cell: str) -> list:
-    """Per layer k: (W_ih, W_hh, b_ih, b_hh) as float32 (biases None when absent)."""
+    """Per layer k: ((W_ih, W_hh, b_ih, b_hh), extra forward kwargs), float32 (None when absent)."""
     ks = sorted({int(m.group(1)) for key in state
                  if (m := re.fullmatch(r"weight_ih_l(\d+)", key))})
     if not ks or ks != list(range(len(ks))):
@@ -101,7 +102,9 @@ def _layer_weights(state: dict, cell: str) -> list:
     for k in ks:
         get = (lambda n: None if f"{n}_l{k}" not in state else
                as_float(f"{n}_l{k}", state[f"{n}_l{k}"], F32))
-        out.append((get("weight_ih"), get("weight_hh"), get("bias_ih"), get("bias_hh")))
+        peephole = get("peephole")
+        out.append(((get("weight_ih"), get("weight_hh"), get("bias_ih"), get("bias_hh")),
+                    {} if peephole is None else {"peephole": peephole}))
     return out
 
 
@@ -143,7 +146,7 @@ def gradient_flow(layer: Any, x: Any, hx: Any = None, *, dy_last: Any = None) ->
     if batch_first:
         x = np.ascontiguousarray(x.transpose(1, 0, 2))
     T, B, _ = x.shape
-    H = weights[0][1].shape[1]
+    H = weights[0][0][1].shape[1]
     L = len(weights)
     lstm = cell == "lstm"
     h0s, c0s = [None] * L, [None] * L
@@ -168,8 +171,9 @@ def gradient_flow(layer: Any, x: Any, hx: Any = None, *, dy_last: Any = None) ->
     inp = x
     for k in range(L - 1):
         extra = {"c0": c0s[k]} if lstm else {}
-        inp = _FORWARD[cell](inp, *weights[k], h0s[k], **extra, **kw).y
-    top = weights[-1]
+        inp = _FORWARD[cell](inp, *weights[k][0], h0s[k], **extra, **weights[k][1], **kw).y
+    top, top_kw = weights[-1]
+    kw = {**kw, **top_kw}
     fwd, bwd = _FORWARD[cell], _BACKWARD[cell]
 
     # h_t (and c_t) for every t: one step at a time, as lstm_forward returns no c_t sequence.

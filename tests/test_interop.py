@@ -42,6 +42,8 @@ def _onnx_case(op_type, direction="forward", with_B=True, lengths=False, layout=
     if lengths:
         feeds["sequence_lens"] = np.array([T, 2, T - 1][:B] + [1] * (B - 3), np.int32)
     state = (D, B, H) if layout == 0 else (B, D, H)
+    if attrs.pop("peephole", False):
+        feeds["P"] = (0.5 * rng.standard_normal((D, 3 * H))).astype(f32)
     feeds["initial_h"] = (0.5 * rng.standard_normal(state)).astype(f32)
     if op_type == "LSTM":
         feeds["initial_c"] = (0.5 * rng.standard_normal(state)).astype(f32)
@@ -52,8 +54,8 @@ def _onnx_case(op_type, direction="forward", with_B=True, lengths=False, layout=
 def _onnx_model(op_type, feeds, attrs):
     from onnx import TensorProto, helper
 
-    order = ["X", "W", "R", "B", "sequence_lens", "initial_h", "initial_c"][
-        : 7 if op_type == "LSTM" else 6]
+    order = ["X", "W", "R", "B", "sequence_lens", "initial_h", "initial_c", "P"][
+        : 8 if op_type == "LSTM" else 6]
     inputs = [name if name in feeds else "" for name in order]
     outputs = ["Y", "Y_h"] + (["Y_c"] if op_type == "LSTM" else [])
     node = helper.make_node(op_type, inputs, outputs, **attrs)
@@ -67,7 +69,8 @@ def _onnx_model(op_type, feeds, attrs):
 
 def _fastcells_run(op_type, feeds, attrs):
     """Outputs in ONNX's layout (Y, Y_h[, Y_c]) computed by fastcells from converted weights."""
-    sd = interop.from_onnx(op_type, feeds["W"], feeds["R"], feeds.get("B"), **attrs)
+    sd = interop.from_onnx(op_type, feeds["W"], feeds["R"], feeds.get("B"), feeds.get("P"),
+                           **attrs)
     opt = sd.options
     x, h0, c0 = feeds["X"], feeds["initial_h"], feeds.get("initial_c")
     if opt.batch_first:  # layout 1: X (B, T, I), states (B, D, H)
@@ -79,6 +82,8 @@ def _fastcells_run(op_type, feeds, attrs):
         kw = opt.functional_kwargs()
         kw["reverse"] = kw["reverse"] or d == 1
         extra = {} if c0 is None else {"c0": c0[d]}
+        if opt.peephole:
+            extra["peephole"] = sd["peephole" + sfx]
         out = FORWARD[op_type](x, sd["weight_ih" + sfx], sd["weight_hh" + sfx], sd["bias_ih" + sfx],
                                sd["bias_hh" + sfx], h0[d], lengths=feeds.get("sequence_lens"),
                                **extra, **kw)
@@ -98,7 +103,7 @@ CASES = [
     (op, direction, with_B, lengths, layout, extra)
     for op, extras in [("RNN", [{}, {"activations": ["Relu"]}]),
                        ("GRU", [{"linear_before_reset": 0}, {"linear_before_reset": 1}]),
-                       ("LSTM", [{}])]
+                       ("LSTM", [{}, {"peephole": True}])]
     for extra in extras
     for direction in ["forward", "reverse", "bidirectional"]
     for with_B, lengths, layout in [(True, False, 0), (False, True, 0), (True, True, 1),
