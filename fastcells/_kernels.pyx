@@ -40,6 +40,12 @@ cdef extern from "activations.h" nogil:
     void fc_sigmoid(float *x, Py_ssize_t n)
     void fc_tanh(float *x, Py_ssize_t n)
 
+cdef extern from "fpenv.h" nogil:
+    # flush-to-zero for the loops, the caller's mode restored after (see fpenv.h)
+    ctypedef unsigned long long fc_fpenv_t
+    fc_fpenv_t fc_fpenv_enter()
+    void fc_fpenv_exit(fc_fpenv_t saved)
+
 
 # ----------------------------------------------------------------------------
 # instruction sets
@@ -102,18 +108,30 @@ def gemm(const float[:, ::1] A, const float[::1] P, Py_ssize_t n, float[:, ::1] 
             fc_gemm(m, n, k, &A[0, 0] if k else NULL, k, &P[0], &C[0, 0], n)
 
 
-def sigmoid_(float[::1] x):
-    """In-place sigmoid over a contiguous float32 vector (the ISA in use; for tests)."""
+def sigmoid_(float[::1] x, bint ftz=False):
+    """In-place sigmoid over a contiguous float32 vector (the ISA in use; for tests);
+    ``ftz``: in the loops' flush-to-zero mode, else in the caller's."""
+    cdef fc_fpenv_t env = 0
     if x.shape[0]:
         with nogil:
+            if ftz:
+                env = fc_fpenv_enter()
             fc_sigmoid(&x[0], x.shape[0])
+            if ftz:
+                fc_fpenv_exit(env)
 
 
-def tanh_(float[::1] x):
-    """In-place tanh over a contiguous float32 vector (the ISA in use; for tests)."""
+def tanh_(float[::1] x, bint ftz=False):
+    """In-place tanh over a contiguous float32 vector (the ISA in use; for tests);
+    ``ftz``: in the loops' flush-to-zero mode, else in the caller's."""
+    cdef fc_fpenv_t env = 0
     if x.shape[0]:
         with nogil:
+            if ftz:
+                env = fc_fpenv_enter()
             fc_tanh(&x[0], x.shape[0])
+            if ftz:
+                fc_fpenv_exit(env)
 
 
 # ----------------------------------------------------------------------------
@@ -202,9 +220,12 @@ def rnn_forward(const float[:, :, ::1] gx, const float[::1] wp, float[:, ::1] h,
                 float[:, :, ::1] y, const int64_t[::1] lengths, bint reverse, bint relu,
                 float[:, ::1] gh):
     """Forward loop; ``gx`` holds ``x W_ih^T + b_ih + b_hh``; ``h`` is h0 in, final h out."""
+    cdef fc_fpenv_t env
     with nogil:
+        env = fc_fpenv_enter()
         _rnn_fwd(y.shape[0], y.shape[1], y.shape[2], &gx[0, 0, 0], &wp[0], &h[0, 0],
                  &y[0, 0, 0], _lens(lengths), reverse, relu, &gh[0, 0])
+        fc_fpenv_exit(env)
 
 
 cdef void _rnn_bwd(Py_ssize_t T, Py_ssize_t B, Py_ssize_t H, const float *y, const float *wpt,
@@ -236,9 +257,12 @@ def rnn_backward(const float[:, :, ::1] y, const float[::1] wpt, const float[:, 
                  float[:, ::1] dh, float[:, :, ::1] dG, const int64_t[::1] lengths,
                  bint reverse, bint relu, float[:, ::1] tmp):
     """BPTT loop: ``dG`` receives the pre-activation gradients; ``dh`` is dh in, dh0 out."""
+    cdef fc_fpenv_t env
     with nogil:
+        env = fc_fpenv_enter()
         _rnn_bwd(y.shape[0], y.shape[1], y.shape[2], &y[0, 0, 0], &wpt[0], _opt(dy),
                  &dh[0, 0], &dG[0, 0, 0], _lens(lengths), reverse, relu, &tmp[0, 0])
+        fc_fpenv_exit(env)
 
 
 # ----------------------------------------------------------------------------
@@ -285,10 +309,13 @@ def lstm_forward(const float[:, :, ::1] gx, const float[::1] wp, float[:, ::1] h
                  bint reverse, float[:, :, ::1] gates, float[:, :, ::1] cs, float[:, ::1] gh):
     """Forward loop; ``h``/``c`` are h0/c0 in, final state out; ``gates`` (activated
     i, f, g, o) and ``cs`` (cell state after each step) are written when not None."""
+    cdef fc_fpenv_t env
     with nogil:
+        env = fc_fpenv_enter()
         _lstm_fwd(y.shape[0], y.shape[1], y.shape[2], &gx[0, 0, 0], &wp[0], &h[0, 0],
                   &c[0, 0], &y[0, 0, 0], _lens(lengths), reverse, _opt_w(gates), _opt_w(cs),
                   &gh[0, 0])
+        fc_fpenv_exit(env)
 
 
 cdef void _lstm_bwd(Py_ssize_t T, Py_ssize_t B, Py_ssize_t H, const float *gates,
@@ -336,10 +363,13 @@ def lstm_backward(const float[:, :, ::1] gates, const float[:, :, ::1] cs,
                   const int64_t[::1] lengths, bint reverse, float[:, ::1] tmp):
     """BPTT loop: ``dG`` receives the pre-activation gradients (i, f, g, o);
     ``dh``/``dc`` are the final-state gradients in, dh0/dc0 out."""
+    cdef fc_fpenv_t env
     with nogil:
+        env = fc_fpenv_enter()
         _lstm_bwd(cs.shape[0], cs.shape[1], cs.shape[2], &gates[0, 0, 0], &cs[0, 0, 0],
                   &c0[0, 0], &wpt[0], _opt(dy), &dh[0, 0], &dc[0, 0], &dG[0, 0, 0],
                   _lens(lengths), reverse, &tmp[0, 0])
+        fc_fpenv_exit(env)
 
 
 # ----------------------------------------------------------------------------
@@ -412,11 +442,14 @@ def gru_forward(const float[:, :, ::1] gx, const float[::1] wp, const float[::1]
     when not linear_before_reset); ``bhn`` is ``b_hn`` for linear_before_reset.
     ``gates`` (r, z, n) and, for linear_before_reset, ``hn = W_hn h + b_hn`` are written
     when not None."""
+    cdef fc_fpenv_t env
     with nogil:
+        env = fc_fpenv_enter()
         _gru_fwd(y.shape[0], y.shape[1], y.shape[2], &gx[0, 0, 0], &wp[0],
                  &wp_n[0] if wp_n is not None else NULL, &bhn[0], &h[0, 0], &y[0, 0, 0],
                  _lens(lengths), reverse, linear_before_reset, _opt_w(gates), _opt_w(hn),
                  &gh[0, 0], &rh[0, 0], &ghn[0, 0])
+        fc_fpenv_exit(env)
 
 
 cdef void _gru_bwd(Py_ssize_t T, Py_ssize_t B, Py_ssize_t H, const float *gates,
@@ -492,8 +525,11 @@ def gru_backward(const float[:, :, ::1] gates, const float[:, :, ::1] hn,
     """BPTT loop: ``dGx`` receives the gradients of the input pre-activations (r, z, n);
     for linear_before_reset ``dGh`` receives those of ``W_hh h + b_hh``; ``dh`` is dh in,
     dh0 out."""
+    cdef fc_fpenv_t env
     with nogil:
+        env = fc_fpenv_enter()
         _gru_bwd(y.shape[0], y.shape[1], y.shape[2], &gates[0, 0, 0], _opt(hn), &y[0, 0, 0],
                  &h0[0, 0], &wpt[0], &wpt_n[0] if wpt_n is not None else NULL, _opt(dy),
                  &dh[0, 0], &dGx[0, 0, 0], _opt_w(dGh), _lens(lengths), reverse,
                  linear_before_reset, &tmp[0, 0], &direct[0, 0])
+        fc_fpenv_exit(env)
