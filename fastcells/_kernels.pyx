@@ -40,6 +40,12 @@ cdef extern from "activations.h" nogil:
     void fc_sigmoid(float *x, Py_ssize_t n)
     void fc_tanh(float *x, Py_ssize_t n)
 
+cdef extern from "fpenv.h" nogil:
+    # flush-to-zero for the loops, the caller's mode restored after (see fpenv.h)
+    ctypedef unsigned long long fc_fpenv_t
+    fc_fpenv_t fc_fpenv_enter()
+    void fc_fpenv_exit(fc_fpenv_t saved)
+
 
 # ----------------------------------------------------------------------------
 # instruction sets
@@ -102,18 +108,30 @@ def gemm(const float[:, ::1] A, const float[::1] P, Py_ssize_t n, float[:, ::1] 
             fc_gemm(m, n, k, &A[0, 0] if k else NULL, k, &P[0], &C[0, 0], n)
 
 
-def sigmoid_(float[::1] x):
-    """In-place sigmoid over a contiguous float32 vector (the ISA in use; for tests)."""
+def sigmoid_(float[::1] x, bint ftz=False):
+    """In-place sigmoid over a contiguous float32 vector (the ISA in use; for tests);
+    ``ftz``: in the loops' flush-to-zero mode, else in the caller's."""
+    cdef fc_fpenv_t env = 0
     if x.shape[0]:
         with nogil:
+            if ftz:
+                env = fc_fpenv_enter()
             fc_sigmoid(&x[0], x.shape[0])
+            if ftz:
+                fc_fpenv_exit(env)
 
 
-def tanh_(float[::1] x):
-    """In-place tanh over a contiguous float32 vector (the ISA in use; for tests)."""
+def tanh_(float[::1] x, bint ftz=False):
+    """In-place tanh over a contiguous float32 vector (the ISA in use; for tests);
+    ``ftz``: in the loops' flush-to-zero mode, else in the caller's."""
+    cdef fc_fpenv_t env = 0
     if x.shape[0]:
         with nogil:
+            if ftz:
+                env = fc_fpenv_enter()
             fc_tanh(&x[0], x.shape[0])
+            if ftz:
+                fc_fpenv_exit(env)
 
 
 # ----------------------------------------------------------------------------
@@ -213,9 +231,12 @@ def rnn_forward(Py_ssize_t t0, const float[:, :, ::1] gx, const float[::1] wp, f
     when ``reverse``); ``gx`` holds ``x W_ih^T + b_ih + b_hh`` for those steps; ``h`` is
     the state before the chunk in, after it out; ``y`` is the whole (T, B, H) output."""
     _check_chunk(t0, gx.shape[0], y.shape[0])
+    cdef fc_fpenv_t env
     with nogil:
+        env = fc_fpenv_enter()
         _rnn_fwd(t0, gx.shape[0], y.shape[1], y.shape[2], &gx[0, 0, 0], &wp[0], &h[0, 0],
                  &y[0, 0, 0], _lens(lengths), reverse, relu, &gh[0, 0])
+        fc_fpenv_exit(env)
 
 
 cdef void _rnn_bwd(Py_ssize_t T, Py_ssize_t B, Py_ssize_t H, const float *y, const float *wpt,
@@ -247,9 +268,12 @@ def rnn_backward(const float[:, :, ::1] y, const float[::1] wpt, const float[:, 
                  float[:, ::1] dh, float[:, :, ::1] dG, const int64_t[::1] lengths,
                  bint reverse, bint relu, float[:, ::1] tmp):
     """BPTT loop: ``dG`` receives the pre-activation gradients; ``dh`` is dh in, dh0 out."""
+    cdef fc_fpenv_t env
     with nogil:
+        env = fc_fpenv_enter()
         _rnn_bwd(y.shape[0], y.shape[1], y.shape[2], &y[0, 0, 0], &wpt[0], _opt(dy),
                  &dh[0, 0], &dG[0, 0, 0], _lens(lengths), reverse, relu, &tmp[0, 0])
+        fc_fpenv_exit(env)
 
 
 # ----------------------------------------------------------------------------
@@ -307,11 +331,14 @@ def lstm_forward(Py_ssize_t t0, const float[:, :, ::1] gx, const float[::1] wp,
     state in and out; ``peephole`` (3H: i, f, o) or None; ``gates`` (activated i, f, g, o)
     and ``cs`` (cell state after each step), whole (T, ...) arrays, written when not None."""
     _check_chunk(t0, gx.shape[0], y.shape[0])
+    cdef fc_fpenv_t env
     with nogil:
+        env = fc_fpenv_enter()
         _lstm_fwd(t0, gx.shape[0], y.shape[1], y.shape[2], &gx[0, 0, 0], &wp[0],
                   &peephole[0] if peephole is not None else NULL, &h[0, 0],
                   &c[0, 0], &y[0, 0, 0], _lens(lengths), reverse, _opt_w(gates), _opt_w(cs),
                   &gh[0, 0])
+        fc_fpenv_exit(env)
 
 
 cdef void _lstm_bwd(Py_ssize_t T, Py_ssize_t B, Py_ssize_t H, const float *gates,
@@ -369,11 +396,14 @@ def lstm_backward(const float[:, :, ::1] gates, const float[:, :, ::1] cs,
                   const int64_t[::1] lengths, bint reverse, float[:, ::1] tmp):
     """BPTT loop: ``dG`` receives the pre-activation gradients (i, f, g, o);
     ``dh``/``dc`` are the final-state gradients in, dh0/dc0 out."""
+    cdef fc_fpenv_t env
     with nogil:
+        env = fc_fpenv_enter()
         _lstm_bwd(cs.shape[0], cs.shape[1], cs.shape[2], &gates[0, 0, 0], &cs[0, 0, 0],
                   &c0[0, 0], &wpt[0], &peephole[0] if peephole is not None else NULL,
                   _opt(dy), &dh[0, 0], &dc[0, 0], &dG[0, 0, 0],
                   _lens(lengths), reverse, &tmp[0, 0])
+        fc_fpenv_exit(env)
 
 
 # ----------------------------------------------------------------------------
@@ -449,11 +479,14 @@ def gru_forward(Py_ssize_t t0, const float[:, :, ::1] gx, const float[::1] wp,
     ``gates`` (r, z, n) and, for linear_before_reset, ``hn = W_hn h + b_hn`` are written
     when not None.  Steps as in :func:`rnn_forward`."""
     _check_chunk(t0, gx.shape[0], y.shape[0])
+    cdef fc_fpenv_t env
     with nogil:
+        env = fc_fpenv_enter()
         _gru_fwd(t0, gx.shape[0], y.shape[1], y.shape[2], &gx[0, 0, 0], &wp[0],
                  &wp_n[0] if wp_n is not None else NULL, &bhn[0], &h[0, 0], &y[0, 0, 0],
                  _lens(lengths), reverse, linear_before_reset, _opt_w(gates), _opt_w(hn),
                  &gh[0, 0], &rh[0, 0], &ghn[0, 0])
+        fc_fpenv_exit(env)
 
 
 cdef void _gru_bwd(Py_ssize_t T, Py_ssize_t B, Py_ssize_t H, const float *gates,
@@ -529,7 +562,9 @@ def gru_backward(const float[:, :, ::1] gates, const float[:, :, ::1] hn,
     """BPTT loop: ``dGx`` receives the gradients of the input pre-activations (r, z, n);
     for linear_before_reset ``dGh`` receives those of ``W_hh h + b_hh``; ``dh`` is dh in,
     dh0 out."""
+    cdef fc_fpenv_t env
     with nogil:
+        env = fc_fpenv_enter()
         _gru_bwd(y.shape[0], y.shape[1], y.shape[2], &gates[0, 0, 0], _opt(hn), &y[0, 0, 0],
                  &h0[0, 0], &wpt[0], &wpt_n[0] if wpt_n is not None else NULL, _opt(dy),
                  &dh[0, 0], &dGx[0, 0, 0], _opt_w(dGh), _lens(lengths), reverse,
@@ -608,7 +643,9 @@ cdef class Stepper:
         if B == 0:
             return
         self._reserve(B)
+        cdef fc_fpenv_t env
         with nogil:
+            env = fc_fpenv_enter()
             if self.I:
                 fc_gemm(B, GH, self.I, &x[0, 0], self.I, self.wih, self.gx, GH)
             else:
@@ -625,3 +662,4 @@ cdef class Stepper:
             else:
                 _rnn_fwd(0, 1, B, H, self.gx, self.wp, &h[0, 0], self.y, NULL, False, self.relu,
                          self.gh)
+            fc_fpenv_exit(env)

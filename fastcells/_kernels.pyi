@@ -1,0 +1,51 @@
+"""Type stubs of the compiled time loops (``fastcells/_kernels.pyx``).
+
+Private module: ``fastcells.functional`` validates and allocates every buffer
+before calling these.  Every array is C-contiguous float32 (``lengths``
+int64) of the shape the Python layer gives it; arguments typed ``| None``
+may be None (no lengths, inference without saved activations, the other
+GRU form, no peepholes).  The loops write only the arguments documented as
+outputs (states in/out, ``y``, saved activations, gradients, scratch).
+"""
+from typing import Optional
+
+import numpy as np
+import numpy.typing as npt
+
+_F32 = npt.NDArray[np.float32]
+_I64 = npt.NDArray[np.int64]
+
+# instruction sets ------------------------------------------------------------
+
+def isa_names() -> list[str]: ...
+def isa_available() -> list[str]: ...
+def get_isa() -> str: ...
+def set_isa(name: str) -> None: ...
+
+# packed GEMM and activations (for tests) -------------------------------------
+
+def pack(W: _F32, transpose: bool) -> _F32: ...
+def gemm(A: _F32, P: _F32, n: int, C: _F32) -> None: ...
+def sigmoid_(x: _F32) -> None: ...
+def tanh_(x: _F32) -> None: ...
+
+# time loops --------------------------------------------------------------------
+
+def rnn_forward(t0: int, gx: _F32, wp: _F32, h: _F32, y: _F32, lengths: Optional[_I64],
+                reverse: bool, relu: bool, gh: _F32) -> None: ...
+def rnn_backward(y: _F32, wpt: _F32, dy: Optional[_F32], dh: _F32, dG: _F32,
+                 lengths: Optional[_I64], reverse: bool, relu: bool, tmp: _F32) -> None: ...
+def lstm_forward(t0: int, gx: _F32, wp: _F32, peephole: Optional[_F32], h: _F32, c: _F32,
+                 y: _F32, lengths: Optional[_I64], reverse: bool, gates: Optional[_F32],
+                 cs: Optional[_F32], gh: _F32) -> None: ...
+def lstm_backward(gates: _F32, cs: _F32, c0: _F32, wpt: _F32, peephole: Optional[_F32],
+                  dy: Optional[_F32], dh: _F32, dc: _F32, dG: _F32,
+                  lengths: Optional[_I64], reverse: bool, tmp: _F32) -> None: ...
+def gru_forward(t0: int, gx: _F32, wp: _F32, wp_n: Optional[_F32], bhn: _F32, h: _F32,
+                y: _F32, lengths: Optional[_I64], reverse: bool, linear_before_reset: bool,
+                gates: Optional[_F32], hn: Optional[_F32], gh: _F32, rh: _F32,
+                ghn: _F32) -> None: ...
+def gru_backward(gates: _F32, hn: Optional[_F32], y: _F32, h0: _F32, wpt: _F32,
+                 wpt_n: Optional[_F32], dy: Optional[_F32], dh: _F32, dGx: _F32,
+                 dGh: Optional[_F32], lengths: Optional[_I64], reverse: bool,
+                 linear_before_reset: bool, tmp: _F32, direct: _F32) -> None: ...
