@@ -14,6 +14,8 @@ from Cython.Build import cythonize
 from setuptools import Extension, setup
 
 DEBUG = os.environ.get("FASTCELLS_DEBUG", "") not in ("", "0")
+#: e.g. "address,undefined": a sanitizer build for scripts/sanitize.sh (not for wheels)
+SANITIZE = os.environ.get("FASTCELLS_SANITIZE", "")
 
 EXTENSIONS = {
     "fastcells._kernels": {
@@ -37,6 +39,10 @@ else:
     # Only the module init is exported; contraction into FMA is allowed (it is
     # what the FMA paths are for) but no -ffast-math: NaN/inf must propagate.
     COMPILE_ARGS += ["-fvisibility=hidden", "-std=gnu11"]
+    if SANITIZE:
+        COMPILE_ARGS = [f"-fsanitize={SANITIZE}", "-fno-omit-frame-pointer", "-O1", "-g",
+                        "-fvisibility=hidden", "-std=gnu11"]
+LINK_ARGS = [f"-fsanitize={SANITIZE}"] if SANITIZE and sys.platform != "win32" else []
 
 extensions = [
     Extension(
@@ -45,6 +51,7 @@ extensions = [
         include_dirs=["csrc", np.get_include()],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
         extra_compile_args=COMPILE_ARGS,
+        extra_link_args=LINK_ARGS,
         language="c",
     )
     for name, spec in EXTENSIONS.items()
