@@ -569,6 +569,7 @@ def gru_backward(const float[:, :, ::1] gates, const float[:, :, ::1] hn,
                  &h0[0, 0], &wpt[0], &wpt_n[0] if wpt_n is not None else NULL, _opt(dy),
                  &dh[0, 0], &dGx[0, 0, 0], _opt_w(dGh), _lens(lengths), reverse,
                  linear_before_reset, &tmp[0, 0], &direct[0, 0])
+        fc_fpenv_exit(env)
 
 
 # ----------------------------------------------------------------------------
