@@ -44,6 +44,7 @@ run_asan() {
         ASAN_OPTIONS=detect_leaks=0:allocator_may_return_null=1:abort_on_error=1 \
         UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
         "$PYTHON" -m pytest -q -p no:cacheprovider "${TESTS[@]}" "$@")
+    rm -rf "$dir"    # kept only when something failed, for inspection
 }
 
 run_debug() {
@@ -53,6 +54,7 @@ run_debug() {
     (cd "$dir" && FASTCELLS_DEBUG=1 "$PYTHON" setup.py -q build_ext --inplace > build.log 2>&1) \
         || { cat "$dir/build.log"; return 1; }
     (cd "$dir" && "$PYTHON" -m pytest -q -p no:cacheprovider "${TESTS[@]}" "$@")
+    rm -rf "$dir"
 }
 
 case "$MODE" in
