@@ -61,6 +61,8 @@ setup(
     ext_modules=cythonize(
         extensions,
         compiler_directives=DIRECTIVES,
-        build_dir="build/cython",
+        # the directives are baked into the generated C, which cythonize
+        # regenerates only when the .pyx changes: one folder per mode
+        build_dir="build/cython-debug" if DEBUG else "build/cython",
     ),
 )
