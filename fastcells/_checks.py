@@ -11,6 +11,8 @@ are the contract shared by ``fastcells.reference`` and ``fastcells.functional``.
 """
 from __future__ import annotations
 
+import sys
+from types import MappingProxyType
 from typing import Any, NamedTuple, Optional
 
 import numpy as np
@@ -73,6 +75,20 @@ class LSTMGradients(NamedTuple):
     db_hh: Optional[np.ndarray]
 
 
+class PeepholeLSTMGradients(NamedTuple):
+    """Result of ``lstm_backward`` for an LSTM with peepholes: as
+    :class:`LSTMGradients` plus ``dpeephole (3*H,)`` (order i, f, o)."""
+
+    dx: np.ndarray
+    dh0: np.ndarray
+    dc0: np.ndarray
+    dW_ih: np.ndarray
+    dW_hh: np.ndarray
+    db_ih: Optional[np.ndarray]
+    db_hh: Optional[np.ndarray]
+    dpeephole: np.ndarray
+
+
 class Cache:
     """What a training forward pass keeps for its backward pass.
 
@@ -84,15 +100,25 @@ class Cache:
     __slots__ = ("cell", "backend", "options", "arrays")
 
     def __init__(self, cell: str, backend: str, options: dict, arrays: dict):
-        self.cell = cell
-        self.backend = backend
-        self.options = dict(options)
-        self.arrays = {}
+        frozen = {}
         for key, value in arrays.items():
             if isinstance(value, np.ndarray):
                 value = value.view()
                 value.flags.writeable = False
-            self.arrays[key] = value
+            frozen[key] = value
+        # The kernels trust the shapes of these arrays: replacing one (or an
+        # option) between forward and backward must fail here, not read
+        # out of bounds there.
+        for name, value in (("cell", cell), ("backend", backend),
+                            ("options", MappingProxyType(dict(options))),
+                            ("arrays", MappingProxyType(frozen))):
+            object.__setattr__(self, name, value)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"cache: read-only, cannot set {name!r}")
+
+    def __reduce__(self) -> tuple:  # copy and pickle go through __init__
+        return (Cache, (self.cell, self.backend, dict(self.options), dict(self.arrays)))
 
     def __getitem__(self, key: str) -> Any:
         return self.arrays[key]
@@ -115,6 +141,10 @@ def _describe(a: Any) -> str:
 
 
 def _to_array(name: str, a: Any) -> np.ndarray:
+    if isinstance(a, np.ma.MaskedArray):
+        # np.asarray would drop the mask and compute with the hidden values
+        raise TypeError(f"{name}: expected a real floating-point array, got a masked array "
+                        "(fill it, e.g. np.ma.filled(a, 0), or use lengths)")
     if isinstance(a, np.ndarray):
         arr = a
     else:
@@ -150,7 +180,8 @@ def as_float(name: str, a: Any, dtype: np.dtype) -> np.ndarray:
     is returned as it is (never written by fastcells).
     """
     arr = _to_array(name, a)
-    return np.ascontiguousarray(arr, dtype=np.dtype(dtype).newbyteorder("="))
+    # asarray, not ascontiguousarray, which would turn a 0-d array into 1-d
+    return np.asarray(arr, dtype=np.dtype(dtype).newbyteorder("="), order="C")
 
 
 # ----------------------------------------------------------------------------
@@ -213,6 +244,7 @@ class ForwardArgs(NamedTuple):
     h0: Optional[np.ndarray]
     c0: Optional[np.ndarray]
     lengths: Optional[np.ndarray]
+    peephole: Optional[np.ndarray]
     T: int
     B: int
     I: int
@@ -231,6 +263,7 @@ def check_forward(
     c0: Any = None,
     lengths: Any = None,
     dtype: Optional[np.dtype] = None,
+    peephole: Any = None,
 ) -> ForwardArgs:
     """Validate and convert the arguments of ``<cell>_forward``.
 
@@ -241,10 +274,10 @@ def check_forward(
     G = GATES[cell]
     if dtype is None:
         for name, a in (("x", x), ("W_ih", W_ih), ("W_hh", W_hh), ("b_ih", b_ih),
-                        ("b_hh", b_hh), ("h0", h0), ("c0", c0)):
+                        ("b_hh", b_hh), ("h0", h0), ("c0", c0), ("peephole", peephole)):
             if a is not None:
                 _to_array(name, a)
-        dtype = float_dtype(x, W_ih, W_hh, b_ih, b_hh, h0, c0)
+        dtype = float_dtype(x, W_ih, W_hh, b_ih, b_hh, h0, c0, peephole)
     x = as_float("x", x, dtype)
     _check_ndim("x", x, ("T", "B", "I"))
     T, B, I = x.shape
@@ -275,8 +308,18 @@ def check_forward(
             raise ValueError(f"c0: only LSTM has a cell state, got c0 for {cell}")
         c0 = as_float("c0", c0, dtype)
         check_shape("c0", c0, ("B", "H"), (B, H))
+    if peephole is not None:
+        if cell != "lstm":
+            raise ValueError(f"peephole: only LSTM has peepholes, got peephole for {cell}")
+        peephole = as_float("peephole", peephole, dtype)
+        check_shape("peephole", peephole, ("3*H",), (3 * H,))
     lengths = check_lengths(lengths, T, B)
-    return ForwardArgs(x, W_ih, W_hh, b_ih, b_hh, h0, c0, lengths, T, B, I, H, G)
+    # the buffers are (T, B, G*H): fail clearly here (Python ints cannot
+    # overflow) when they cannot exist, before any allocation is tried
+    if T * B * G * H * np.dtype(dtype).itemsize > sys.maxsize:
+        raise ValueError(f"x: (T, B) = ({T}, {B}) with G*H = {G * H} needs buffers of "
+                         f"{T * B * G * H} elements, more than the address space holds")
+    return ForwardArgs(x, W_ih, W_hh, b_ih, b_hh, h0, c0, lengths, peephole, T, B, I, H, G)
 
 
 def check_nonlinearity(nonlinearity: Any) -> str:

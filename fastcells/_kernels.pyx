@@ -123,8 +123,10 @@ cdef inline bint _masked(const int64_t *lens, Py_ssize_t t, Py_ssize_t b) noexce
     return lens != NULL and t >= lens[b]
 
 
-cdef inline Py_ssize_t _step_time(Py_ssize_t s, Py_ssize_t T, bint backwards) noexcept nogil:
-    return T - 1 - s if backwards else s
+cdef inline Py_ssize_t _step_time(Py_ssize_t s, Py_ssize_t t0, Py_ssize_t n,
+                                  bint backwards) noexcept nogil:
+    """Time of the s-th step of a walk over [t0, t0 + n), forwards or backwards."""
+    return t0 + (n - 1 - s if backwards else s)
 
 
 cdef inline const float *_prev_row(const float *seq, const float *init, Py_ssize_t t,
@@ -138,6 +140,11 @@ cdef inline const float *_prev_row(const float *seq, const float *init, Py_ssize
     elif t > 0:
         return seq + ((t - 1) * B + b) * H
     return init + b * H
+
+
+def _check_chunk(Py_ssize_t t0, Py_ssize_t n, Py_ssize_t T):
+    if t0 < 0 or n < 1 or t0 + n > T:
+        raise ValueError(f"chunk: expected steps within [0, {T}), got [{t0}, {t0 + n})")
 
 
 cdef inline const float *_opt(const float[:, :, ::1] a) noexcept nogil:
@@ -170,22 +177,23 @@ cdef inline void _copy_rows_active(float *dst, const float *src, const float *ex
 # ----------------------------------------------------------------------------
 # RNN
 
-cdef void _rnn_fwd(Py_ssize_t T, Py_ssize_t B, Py_ssize_t H, const float *gx, const float *wp,
+cdef void _rnn_fwd(Py_ssize_t t0, Py_ssize_t n, Py_ssize_t B, Py_ssize_t H, const float *gx,
+                   const float *wp,
                    float *h, float *y, const int64_t *lens, bint reverse, bint relu,
                    float *gh) noexcept nogil:
     cdef Py_ssize_t s, t, b, j
     cdef float *a
     cdef const float *g
     cdef float v
-    for s in range(T):
-        t = _step_time(s, T, reverse)
+    for s in range(n):
+        t = _step_time(s, t0, n, reverse)
         fc_gemm(B, H, H, h, H, wp, gh, H)
         for b in range(B):
             if _masked(lens, t, b):
                 memset(y + (t * B + b) * H, 0, H * sizeof(float))
                 continue
             a = gh + b * H
-            g = gx + (t * B + b) * H
+            g = gx + ((t - t0) * B + b) * H
             for j in range(H):
                 a[j] += g[j]
             if relu:
@@ -198,12 +206,15 @@ cdef void _rnn_fwd(Py_ssize_t T, Py_ssize_t B, Py_ssize_t H, const float *gx, co
             memcpy(y + (t * B + b) * H, a, H * sizeof(float))
 
 
-def rnn_forward(const float[:, :, ::1] gx, const float[::1] wp, float[:, ::1] h,
+def rnn_forward(Py_ssize_t t0, const float[:, :, ::1] gx, const float[::1] wp, float[:, ::1] h,
                 float[:, :, ::1] y, const int64_t[::1] lengths, bint reverse, bint relu,
                 float[:, ::1] gh):
-    """Forward loop; ``gx`` holds ``x W_ih^T + b_ih + b_hh``; ``h`` is h0 in, final h out."""
+    """Forward loop over the steps [t0, t0 + len(gx)) (a chunk of time, walked backwards
+    when ``reverse``); ``gx`` holds ``x W_ih^T + b_ih + b_hh`` for those steps; ``h`` is
+    the state before the chunk in, after it out; ``y`` is the whole (T, B, H) output."""
+    _check_chunk(t0, gx.shape[0], y.shape[0])
     with nogil:
-        _rnn_fwd(y.shape[0], y.shape[1], y.shape[2], &gx[0, 0, 0], &wp[0], &h[0, 0],
+        _rnn_fwd(t0, gx.shape[0], y.shape[1], y.shape[2], &gx[0, 0, 0], &wp[0], &h[0, 0],
                  &y[0, 0, 0], _lens(lengths), reverse, relu, &gh[0, 0])
 
 
@@ -213,7 +224,7 @@ cdef void _rnn_bwd(Py_ssize_t T, Py_ssize_t B, Py_ssize_t H, const float *y, con
     cdef Py_ssize_t s, t, b, j, row
     cdef float d, v
     for s in range(T):
-        t = _step_time(s, T, not reverse)
+        t = _step_time(s, 0, T, not reverse)
         for b in range(B):
             row = (t * B + b) * H
             if _masked(lens, t, b):
@@ -244,7 +255,8 @@ def rnn_backward(const float[:, :, ::1] y, const float[::1] wpt, const float[:, 
 # ----------------------------------------------------------------------------
 # LSTM
 
-cdef void _lstm_fwd(Py_ssize_t T, Py_ssize_t B, Py_ssize_t H, const float *gx, const float *wp,
+cdef void _lstm_fwd(Py_ssize_t t0, Py_ssize_t n, Py_ssize_t B, Py_ssize_t H, const float *gx,
+                    const float *wp, const float *P,
                     float *h, float *c, float *y, const int64_t *lens, bint reverse,
                     float *gates, float *cs, float *gh) noexcept nogil:
     cdef Py_ssize_t s, t, b, j, G = 4 * H
@@ -252,8 +264,8 @@ cdef void _lstm_fwd(Py_ssize_t T, Py_ssize_t B, Py_ssize_t H, const float *gx, c
     cdef float *yr
     cdef float *cb
     cdef const float *g
-    for s in range(T):
-        t = _step_time(s, T, reverse)
+    for s in range(n):
+        t = _step_time(s, t0, n, reverse)
         fc_gemm(B, G, H, h, H, wp, gh, G)
         for b in range(B):
             yr = y + (t * B + b) * H
@@ -261,15 +273,22 @@ cdef void _lstm_fwd(Py_ssize_t T, Py_ssize_t B, Py_ssize_t H, const float *gx, c
                 memset(yr, 0, H * sizeof(float))
                 continue
             a = gh + b * G
-            g = gx + (t * B + b) * G
+            g = gx + ((t - t0) * B + b) * G
             for j in range(G):
                 a[j] += g[j]
+            cb = c + b * H
+            if P != NULL:                 # i and f see c_{t-1}
+                for j in range(H):
+                    a[j] += P[j] * cb[j]
+                    a[H + j] += P[H + j] * cb[j]
             fc_sigmoid(a, 2 * H)          # i, f
             fc_tanh(a + 2 * H, H)         # g
-            fc_sigmoid(a + 3 * H, H)      # o
-            cb = c + b * H
             for j in range(H):
                 cb[j] = a[H + j] * cb[j] + a[j] * a[2 * H + j]
+            if P != NULL:                 # o sees c_t
+                for j in range(H):
+                    a[3 * H + j] += P[2 * H + j] * cb[j]
+            fc_sigmoid(a + 3 * H, H)      # o
             memcpy(yr, cb, H * sizeof(float))
             fc_tanh(yr, H)
             for j in range(H):
@@ -280,28 +299,33 @@ cdef void _lstm_fwd(Py_ssize_t T, Py_ssize_t B, Py_ssize_t H, const float *gx, c
                 memcpy(cs + (t * B + b) * H, cb, H * sizeof(float))
 
 
-def lstm_forward(const float[:, :, ::1] gx, const float[::1] wp, float[:, ::1] h,
-                 float[:, ::1] c, float[:, :, ::1] y, const int64_t[::1] lengths,
-                 bint reverse, float[:, :, ::1] gates, float[:, :, ::1] cs, float[:, ::1] gh):
-    """Forward loop; ``h``/``c`` are h0/c0 in, final state out; ``gates`` (activated
-    i, f, g, o) and ``cs`` (cell state after each step) are written when not None."""
+def lstm_forward(Py_ssize_t t0, const float[:, :, ::1] gx, const float[::1] wp,
+                 const float[::1] peephole, float[:, ::1] h, float[:, ::1] c,
+                 float[:, :, ::1] y, const int64_t[::1] lengths, bint reverse,
+                 float[:, :, ::1] gates, float[:, :, ::1] cs, float[:, ::1] gh):
+    """Forward loop over a chunk of time (as :func:`rnn_forward`); ``h``/``c`` are the
+    state in and out; ``peephole`` (3H: i, f, o) or None; ``gates`` (activated i, f, g, o)
+    and ``cs`` (cell state after each step), whole (T, ...) arrays, written when not None."""
+    _check_chunk(t0, gx.shape[0], y.shape[0])
     with nogil:
-        _lstm_fwd(y.shape[0], y.shape[1], y.shape[2], &gx[0, 0, 0], &wp[0], &h[0, 0],
+        _lstm_fwd(t0, gx.shape[0], y.shape[1], y.shape[2], &gx[0, 0, 0], &wp[0],
+                  &peephole[0] if peephole is not None else NULL, &h[0, 0],
                   &c[0, 0], &y[0, 0, 0], _lens(lengths), reverse, _opt_w(gates), _opt_w(cs),
                   &gh[0, 0])
 
 
 cdef void _lstm_bwd(Py_ssize_t T, Py_ssize_t B, Py_ssize_t H, const float *gates,
-                    const float *cs, const float *c0, const float *wpt, const float *dy,
+                    const float *cs, const float *c0, const float *wpt, const float *P,
+                    const float *dy,
                     float *dh, float *dc, float *dG, const int64_t *lens, bint reverse,
                     float *tmp) noexcept nogil:
     cdef Py_ssize_t s, t, b, j, G = 4 * H
     cdef const float *a
     cdef const float *cprev
     cdef float *d
-    cdef float dhj, dcj, tc, i, f, gg, o
+    cdef float dhj, dcj, tc, i, f, gg, o, do_, di, df
     for s in range(T):
-        t = _step_time(s, T, not reverse)
+        t = _step_time(s, 0, T, not reverse)
         for b in range(B):
             d = dG + (t * B + b) * G
             if _masked(lens, t, b):
@@ -320,32 +344,43 @@ cdef void _lstm_bwd(Py_ssize_t T, Py_ssize_t B, Py_ssize_t H, const float *gates
                 f = a[H + j]
                 gg = a[2 * H + j]
                 o = a[3 * H + j]
+                do_ = dhj * tc * o * (1 - o)
                 dcj = dc[b * H + j] + dhj * o * (1 - tc * tc)
-                d[j] = dcj * gg * i * (1 - i)
-                d[H + j] = dcj * cprev[j] * f * (1 - f)
+                if P != NULL:
+                    dcj = dcj + do_ * P[2 * H + j]
+                di = dcj * gg * i * (1 - i)
+                df = dcj * cprev[j] * f * (1 - f)
+                d[j] = di
+                d[H + j] = df
                 d[2 * H + j] = dcj * i * (1 - gg * gg)
-                d[3 * H + j] = dhj * tc * o * (1 - o)
-                dc[b * H + j] = dcj * f
+                d[3 * H + j] = do_
+                dcj = dcj * f
+                if P != NULL:
+                    dcj = dcj + di * P[j] + df * P[H + j]
+                dc[b * H + j] = dcj
         fc_gemm(B, H, G, dG + t * B * G, G, wpt, tmp, H)
         _copy_rows_active(dh, tmp, NULL, B, H, lens, t)
 
 
 def lstm_backward(const float[:, :, ::1] gates, const float[:, :, ::1] cs,
-                  const float[:, ::1] c0, const float[::1] wpt, const float[:, :, ::1] dy,
+                  const float[:, ::1] c0, const float[::1] wpt, const float[::1] peephole,
+                  const float[:, :, ::1] dy,
                   float[:, ::1] dh, float[:, ::1] dc, float[:, :, ::1] dG,
                   const int64_t[::1] lengths, bint reverse, float[:, ::1] tmp):
     """BPTT loop: ``dG`` receives the pre-activation gradients (i, f, g, o);
     ``dh``/``dc`` are the final-state gradients in, dh0/dc0 out."""
     with nogil:
         _lstm_bwd(cs.shape[0], cs.shape[1], cs.shape[2], &gates[0, 0, 0], &cs[0, 0, 0],
-                  &c0[0, 0], &wpt[0], _opt(dy), &dh[0, 0], &dc[0, 0], &dG[0, 0, 0],
+                  &c0[0, 0], &wpt[0], &peephole[0] if peephole is not None else NULL,
+                  _opt(dy), &dh[0, 0], &dc[0, 0], &dG[0, 0, 0],
                   _lens(lengths), reverse, &tmp[0, 0])
 
 
 # ----------------------------------------------------------------------------
 # GRU
 
-cdef void _gru_fwd(Py_ssize_t T, Py_ssize_t B, Py_ssize_t H, const float *gx, const float *wp,
+cdef void _gru_fwd(Py_ssize_t t0, Py_ssize_t n, Py_ssize_t B, Py_ssize_t H, const float *gx,
+                   const float *wp,
                    const float *wp_n, const float *bhn, float *h, float *y,
                    const int64_t *lens, bint reverse, bint lbr, float *gates, float *hn_out,
                    float *gh, float *rh, float *ghn) noexcept nogil:
@@ -355,15 +390,15 @@ cdef void _gru_fwd(Py_ssize_t T, Py_ssize_t B, Py_ssize_t H, const float *gx, co
     cdef float *a
     cdef float *hb
     cdef const float *g
-    cdef float hn, n, z
-    for s in range(T):
-        t = _step_time(s, T, reverse)
+    cdef float hn, nv, z
+    for s in range(n):
+        t = _step_time(s, t0, n, reverse)
         fc_gemm(B, ldh, H, h, H, wp, gh, ldh)
         for b in range(B):
             if _masked(lens, t, b):
                 continue
             a = gh + b * ldh
-            g = gx + (t * B + b) * G
+            g = gx + ((t - t0) * B + b) * G
             for j in range(2 * H):
                 a[j] += g[j]
             fc_sigmoid(a, 2 * H)          # r, z
@@ -383,7 +418,7 @@ cdef void _gru_fwd(Py_ssize_t T, Py_ssize_t B, Py_ssize_t H, const float *gx, co
                 memset(y + (t * B + b) * H, 0, H * sizeof(float))
                 continue
             a = gh + b * ldh
-            g = gx + (t * B + b) * G
+            g = gx + ((t - t0) * B + b) * G
             if not lbr:
                 # gh has room for 2H per row only: n goes to ghn
                 for j in range(H):
@@ -393,9 +428,9 @@ cdef void _gru_fwd(Py_ssize_t T, Py_ssize_t B, Py_ssize_t H, const float *gx, co
                 fc_tanh(a + 2 * H, H)
             hb = h + b * H
             for j in range(H):
-                n = a[2 * H + j] if lbr else ghn[b * H + j]
+                nv = a[2 * H + j] if lbr else ghn[b * H + j]
                 z = a[H + j]
-                hb[j] = n + z * (hb[j] - n)
+                hb[j] = nv + z * (hb[j] - nv)
             memcpy(y + (t * B + b) * H, hb, H * sizeof(float))
             if gates != NULL:
                 memcpy(gates + (t * B + b) * G, a, 2 * H * sizeof(float))
@@ -403,7 +438,8 @@ cdef void _gru_fwd(Py_ssize_t T, Py_ssize_t B, Py_ssize_t H, const float *gx, co
                        a + 2 * H if lbr else ghn + b * H, H * sizeof(float))
 
 
-def gru_forward(const float[:, :, ::1] gx, const float[::1] wp, const float[::1] wp_n,
+def gru_forward(Py_ssize_t t0, const float[:, :, ::1] gx, const float[::1] wp,
+                const float[::1] wp_n,
                 const float[::1] bhn, float[:, ::1] h, float[:, :, ::1] y,
                 const int64_t[::1] lengths, bint reverse, bint linear_before_reset,
                 float[:, :, ::1] gates, float[:, :, ::1] hn, float[:, ::1] gh,
@@ -411,9 +447,10 @@ def gru_forward(const float[:, :, ::1] gx, const float[::1] wp, const float[::1]
     """Forward loop.  ``gx`` holds ``x W_ih^T + b_ih`` plus ``b_hr, b_hz`` (and ``b_hn``
     when not linear_before_reset); ``bhn`` is ``b_hn`` for linear_before_reset.
     ``gates`` (r, z, n) and, for linear_before_reset, ``hn = W_hn h + b_hn`` are written
-    when not None."""
+    when not None.  Steps as in :func:`rnn_forward`."""
+    _check_chunk(t0, gx.shape[0], y.shape[0])
     with nogil:
-        _gru_fwd(y.shape[0], y.shape[1], y.shape[2], &gx[0, 0, 0], &wp[0],
+        _gru_fwd(t0, gx.shape[0], y.shape[1], y.shape[2], &gx[0, 0, 0], &wp[0],
                  &wp_n[0] if wp_n is not None else NULL, &bhn[0], &h[0, 0], &y[0, 0, 0],
                  _lens(lengths), reverse, linear_before_reset, _opt_w(gates), _opt_w(hn),
                  &gh[0, 0], &rh[0, 0], &ghn[0, 0])
@@ -433,7 +470,7 @@ cdef void _gru_bwd(Py_ssize_t T, Py_ssize_t B, Py_ssize_t H, const float *gates,
     cdef float *e
     cdef float dhj, r, z, n, dnp, dr
     for s in range(T):
-        t = _step_time(s, T, not reverse)
+        t = _step_time(s, 0, T, not reverse)
         for b in range(B):
             row = t * B + b
             d = dGx + row * G

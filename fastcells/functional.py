@@ -23,6 +23,7 @@ from ._checks import (
     Gradients,
     LSTMForwardResult,
     LSTMGradients,
+    PeepholeLSTMGradients,
     check_bool,
     check_cache,
     check_forward,
@@ -43,13 +44,37 @@ __all__ = [
 # shared phases
 
 
-def _project(x: np.ndarray, W_ih: np.ndarray, bias: Optional[np.ndarray]) -> np.ndarray:
+#: inference projects the input at most this many floats of (steps x B x G*H) at
+#: a time (1 MiB), into one reused buffer: memory beyond the output then does
+#: not grow with T, and each chunk is still a GEMM large enough to be efficient
+CHUNK_FLOATS = 1 << 18
+
+
+def _project(x: np.ndarray, W_ih: np.ndarray, bias: Optional[np.ndarray],
+             out: Optional[np.ndarray] = None) -> np.ndarray:
     """Phase 1: ``x (T, B, I) @ W_ih.T + bias`` as one GEMM, float32 C order (T, B, G*H)."""
     T, B, I = x.shape
-    gx = np.matmul(x.reshape(T * B, I), W_ih.T)
+    GH = W_ih.shape[0]
+    gx = np.matmul(x.reshape(T * B, I), W_ih.T,
+                   out=None if out is None else out.reshape(T * B, GH))
     if bias is not None:
         gx += bias
-    return gx.reshape(T, B, W_ih.shape[0])
+    return gx.reshape(T, B, GH)
+
+
+def _projected_chunks(a, bias: Optional[np.ndarray], training: bool, reverse: bool):
+    """Yield ``(t0, gx)``: the input projection of steps ``[t0, t0 + len(gx))``, in the
+    order the loop walks time.  Training projects all steps at once (the gates of
+    every step are kept anyway); inference a chunk at a time into one buffer."""
+    if training:
+        yield 0, _project(a.x, a.W_ih, bias)
+        return
+    steps = max(1, min(a.T, CHUNK_FLOATS // (a.B * a.G * a.H)))
+    buf = np.empty((steps, a.B, a.G * a.H), F32)
+    starts = range(0, a.T, steps)
+    for t0 in (reversed(starts) if reverse else starts):
+        n = min(steps, a.T - t0)
+        yield t0, _project(a.x[t0:t0 + n], a.W_ih, bias, out=buf[:n])
 
 
 def _initial(state: Optional[np.ndarray], B: int, H: int) -> np.ndarray:
@@ -62,6 +87,9 @@ def _empty_backward(cache: Cache, dh: np.ndarray, dc: Optional[np.ndarray]):
     dx, dW_ih, dW_hh = (np.zeros(cache[k].shape, F32) for k in ("x", "W_ih", "W_hh"))
     G_H = dW_hh.shape[0]
     db_ih, db_hh = (np.zeros(G_H, F32), np.zeros(G_H, F32)) if cache["has_bias"] else (None, None)
+    if cache.cell == "lstm" and cache["peephole"] is not None:
+        return PeepholeLSTMGradients(dx, dh, dc, dW_ih, dW_hh, db_ih, db_hh,
+                                     np.zeros_like(cache["peephole"]))
     if cache.cell == "lstm":
         return LSTMGradients(dx, dh, dc, dW_ih, dW_hh, db_ih, db_hh)
     return Gradients(dx, dh, dW_ih, dW_hh, db_ih, db_hh)
@@ -108,7 +136,8 @@ def _cache(cell: str, args, options: dict, **arrays) -> Cache:
     # updates weights in place before backward still gets the right gradients.
     own = lambda a: None if a is None else a.copy()  # noqa: E731
     base = dict(x=own(args.x), W_ih=own(args.W_ih), W_hh=own(args.W_hh), h0=own(args.h0),
-                c0=own(args.c0), lengths=own(args.lengths), has_bias=args.b_ih is not None)
+                c0=own(args.c0), lengths=own(args.lengths), peephole=own(args.peephole),
+                has_bias=args.b_ih is not None)
     base.update(arrays)
     return Cache(cell, BACKEND, options, base)
 
@@ -177,12 +206,12 @@ def rnn_forward(x, W_ih, W_hh, b_ih=None, b_hh=None, h0=None, *, nonlinearity="t
     if a.T == 0 or a.B == 0:
         y, h, _ = _empty_forward(a, False)
     else:
-        gx = _project(a.x, a.W_ih, None if a.b_ih is None else a.b_ih + a.b_hh)
+        bias = None if a.b_ih is None else a.b_ih + a.b_hh
         h = _initial(a.h0, a.B, a.H)
         y = np.empty((a.T, a.B, a.H), F32)
-        gh = np.empty((a.B, a.H), F32)
-        _kernels.rnn_forward(gx, _kernels.pack(a.W_hh, True), h, y, a.lengths, reverse,
-                             relu, gh)
+        wp, gh = _kernels.pack(a.W_hh, True), np.empty((a.B, a.H), F32)
+        for t0, gx in _projected_chunks(a, bias, training, reverse):
+            _kernels.rnn_forward(t0, gx, wp, h, y, a.lengths, reverse, relu, gh)
     cache = _cache("rnn", a, options, y=y.copy()) if training else None
     return ForwardResult(y, h, cache)
 
@@ -224,12 +253,14 @@ def rnn_backward(cache, dy=None, dh=None) -> Gradients:
 # LSTM
 
 
-def lstm_forward(x, W_ih, W_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, lengths=None,
-                 reverse=False, training=False) -> LSTMForwardResult:
+def lstm_forward(x, W_ih, W_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, peephole=None,
+                 lengths=None, reverse=False, training=False) -> LSTMForwardResult:
     """Run an LSTM over a sequence (gates i, f, g, o as in PyTorch).
 
     ``i, f, o = sigmoid(.)``, ``g = tanh(.)`` of ``W_ih x + b_ih + W_hh h + b_hh``;
-    ``c' = f*c + i*g``; ``h' = o*tanh(c')``.
+    ``c' = f*c + i*g``; ``h' = o*tanh(c')``.  With ``peephole = (p_i, p_f, p_o)``
+    (ONNX, oneDNN) the pre-activations of i and f also get ``p_i*c``, ``p_f*c``
+    and that of o gets ``p_o*c'``.
 
     Parameters
     ----------
@@ -239,6 +270,8 @@ def lstm_forward(x, W_ih, W_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, lengt
     b_ih, b_hh : array (4*H,), optional
     h0, c0 : array (B, H), optional
         Initial hidden and cell state, zeros if None.
+    peephole : array (3*H,), optional
+        Peephole weights in the order i, f, o.
     lengths, reverse, training
         As in :func:`rnn_forward`.
 
@@ -249,21 +282,24 @@ def lstm_forward(x, W_ih, W_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, lengt
     """
     reverse = check_bool("reverse", reverse)
     training = check_bool("training", training)
-    a = check_forward("lstm", x, W_ih, W_hh, b_ih, b_hh, h0, c0, lengths, dtype=F32)
+    a = check_forward("lstm", x, W_ih, W_hh, b_ih, b_hh, h0, c0, lengths, dtype=F32,
+                      peephole=peephole)
+    P = a.peephole
     options = dict(reverse=reverse)
     gates = cs = None
     if a.T == 0 or a.B == 0:
         y, h, c = _empty_forward(a, True)
     else:
-        gx = _project(a.x, a.W_ih, None if a.b_ih is None else a.b_ih + a.b_hh)
+        bias = None if a.b_ih is None else a.b_ih + a.b_hh
         h = _initial(a.h0, a.B, a.H)
         c = _initial(a.c0, a.B, a.H)
         y = np.empty((a.T, a.B, a.H), F32)
         if training:
             gates = np.empty((a.T, a.B, 4 * a.H), F32)
             cs = np.empty((a.T, a.B, a.H), F32)
-        _kernels.lstm_forward(gx, _kernels.pack(a.W_hh, True), h, c, y, a.lengths, reverse,
-                              gates, cs, np.empty((a.B, 4 * a.H), F32))
+        wp, gh = _kernels.pack(a.W_hh, True), np.empty((a.B, 4 * a.H), F32)
+        for t0, gx in _projected_chunks(a, bias, training, reverse):
+            _kernels.lstm_forward(t0, gx, wp, P, h, c, y, a.lengths, reverse, gates, cs, gh)
     cache = _cache("lstm", a, options, y=y.copy(), gates=gates, cs=cs) if training else None
     return LSTMForwardResult(y, h, c, cache)
 
@@ -281,7 +317,9 @@ def lstm_backward(cache, dy=None, dh=None, dc=None) -> LSTMGradients:
     Returns
     -------
     LSTMGradients
-        ``dx, dh0, dc0, dW_ih (4H, I), dW_hh (4H, H), db_ih, db_hh (4H,)``, float32.
+        ``dx, dh0, dc0, dW_ih (4H, I), dW_hh (4H, H), db_ih, db_hh (4H,)``, float32;
+        a :class:`PeepholeLSTMGradients` (the same plus ``dpeephole (3H,)``) when
+        the forward pass had peepholes.
     """
     cache = check_cache(cache, "lstm", BACKEND)
     T, B, H, dy, dh, dc = _backward_setup(cache, "lstm", dy, dh, dc)
@@ -290,13 +328,19 @@ def lstm_backward(cache, dy=None, dh=None, dc=None) -> LSTMGradients:
     reverse = cache.options["reverse"]
     lengths = cache["lengths"]
     dG = np.empty((T, B, 4 * H), F32)
-    _kernels.lstm_backward(cache["gates"], cache["cs"], _zeros_if_none(cache["c0"], B, H),
-                           _kernels.pack(cache["W_hh"], False), dy, dh, dc, dG, lengths,
-                           reverse, np.empty((B, H), F32))
+    c0, P = _zeros_if_none(cache["c0"], B, H), cache["peephole"]
+    _kernels.lstm_backward(cache["gates"], cache["cs"], c0, _kernels.pack(cache["W_hh"], False),
+                           P, dy, dh, dc, dG, lengths, reverse, np.empty((B, H), F32))
     hprev = _prev_states(cache["y"], _zeros_if_none(cache["h0"], B, H), lengths, reverse)
     dx, dW_ih, dW_hh, db_ih, db_hh = _weight_grads(cache["x"], cache["W_ih"], dG, dG, hprev,
                                                    cache["has_bias"])
-    return LSTMGradients(dx, dh, dc, dW_ih, dW_hh, db_ih, db_hh)
+    if P is None:
+        return LSTMGradients(dx, dh, dc, dW_ih, dW_hh, db_ih, db_hh)
+    cprev = _prev_states(cache["cs"], c0, lengths, reverse)
+    dP = np.concatenate([(dG[:, :, :H] * cprev).sum(axis=(0, 1)),
+                         (dG[:, :, H:2 * H] * cprev).sum(axis=(0, 1)),
+                         (dG[:, :, 3 * H:] * cache["cs"]).sum(axis=(0, 1))])
+    return PeepholeLSTMGradients(dx, dh, dc, dW_ih, dW_hh, db_ih, db_hh, dP)
 
 
 # ----------------------------------------------------------------------------
@@ -346,7 +390,6 @@ def gru_forward(x, W_ih, W_hh, b_ih=None, b_hh=None, h0=None, *, linear_before_r
             if lbr:  # b_hn stays inside r * (W_hn h + b_hn)
                 bias[2 * H:] = a.b_ih[2 * H:]
                 bhn = a.b_hh[2 * H:]
-        gx = _project(a.x, a.W_ih, bias)
         h = _initial(a.h0, a.B, H)
         y = np.empty((a.T, a.B, H), F32)
         if lbr:
@@ -354,11 +397,15 @@ def gru_forward(x, W_ih, W_hh, b_ih=None, b_hh=None, h0=None, *, linear_before_r
         else:
             wp, wp_n = _kernels.pack(a.W_hh[:2 * H], True), _kernels.pack(a.W_hh[2 * H:], True)
         if training:
-            gates = np.empty((a.T, a.B, 3 * H), F32)
+            # zeros, not empty: the loop skips masked steps, and backward reads r at
+            # every step for dW_hn (0 * garbage could be NaN) when not lbr
+            gates = np.zeros((a.T, a.B, 3 * H), F32)
             hn = np.empty((a.T, a.B, H), F32) if lbr else None
         gh = np.empty((a.B, (3 if lbr else 2) * H), F32)
-        _kernels.gru_forward(gx, wp, wp_n, bhn, h, y, a.lengths, reverse, lbr, gates, hn, gh,
-                             np.zeros((a.B, H), F32), np.empty((a.B, H), F32))
+        rh, ghn = np.zeros((a.B, H), F32), np.empty((a.B, H), F32)
+        for t0, gx in _projected_chunks(a, bias, training, reverse):
+            _kernels.gru_forward(t0, gx, wp, wp_n, bhn, h, y, a.lengths, reverse, lbr, gates,
+                                 hn, gh, rh, ghn)
     cache = _cache("gru", a, options, y=y.copy(), gates=gates, hn=hn) if training else None
     return ForwardResult(y, h, cache)
 

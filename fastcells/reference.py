@@ -34,7 +34,8 @@ from typing import Any, Callable, NamedTuple, Optional
 import numpy as np
 
 from . import _checks
-from ._checks import Cache, ForwardResult, Gradients, LSTMForwardResult, LSTMGradients
+from ._checks import (Cache, ForwardResult, Gradients, LSTMForwardResult, LSTMGradients,
+                      PeepholeLSTMGradients)
 
 __all__ = [
     "rnn_forward", "rnn_backward",
@@ -109,7 +110,8 @@ def _forward(cell: str, args: _checks.ForwardArgs, step: Step, saved_widths: dic
         # copies, so that a caller who reuses x or the weights after this call
         # does not change what backward computes
         arrays = {"x": x.copy(), "W_ih": W_ih.copy(), "W_hh": W_hh.copy(),
-                  "lengths": None if args.lengths is None else args.lengths.copy(), **saved}
+                  "lengths": None if args.lengths is None else args.lengths.copy(),
+                  "peephole": None if args.peephole is None else args.peephole.copy(), **saved}
         cache = Cache(cell, _BACKEND, {**options, "reverse": reverse, "bias": b_ih is not None},
                       arrays)
     return y, state, cache
@@ -123,12 +125,15 @@ class _StepGrads(NamedTuple):
     the batch is the step's share of db_hh).
     dW_hh (G*H, H): the step's share of dW_hh.
     d_prev: tuple of (B, H), wrt the state entering the step.
+    dextra: the step's share of the gradient of the cell's extra parameters
+    (LSTM peepholes, (3H,)), or None.
     """
 
     dgx: np.ndarray
     dgh: np.ndarray
     dW_hh: np.ndarray
     d_prev: tuple
+    dextra: Optional[np.ndarray] = None
 
 
 # step_backward(cache, t, d_new) -> _StepGrads, ``d_new`` the tuple of gradients
@@ -138,7 +143,10 @@ StepBackward = Callable[..., _StepGrads]
 
 def _backward(cell: str, cache: Any, step_backward: StepBackward, dy: Any,
               d_final: dict):
-    """Back-propagate through time; returns (dx, d_initial tuple, dW_ih, dW_hh, db_ih, db_hh).
+    """Back-propagate through time.
+
+    Returns (dx, d_initial tuple, dW_ih, dW_hh, db_ih, db_hh, dextra), ``dextra``
+    the gradient of the cell's extra parameters (None if it has none).
 
     ``d_final`` maps each state name to the gradient wrt the final state (or None).
     """
@@ -157,6 +165,7 @@ def _backward(cell: str, cache: Any, step_backward: StepBackward, dy: Any,
     dgx = np.zeros((T, B, GH), dtype)
     dW_hh = np.zeros((GH, H), dtype)
     db_hh = np.zeros(GH, dtype)
+    dextra = None
     for t in reversed(_time_order(T, cache.options["reverse"])):
         d_new = list(d_state)
         if dy is not None:
@@ -165,9 +174,13 @@ def _backward(cell: str, cache: Any, step_backward: StepBackward, dy: Any,
         # adds nothing to the weights); their state gradient passes through
         d_new = tuple(np.where(active[t], g, 0) for g in d_new)
         step = step_backward(cache, t, d_new)
-        dgx[t] = step.dgx
+        # where() rather than trusting the zero upstream gradient: 0 * NaN is NaN
+        # when a finished sequence's state is not finite
+        dgx[t] = np.where(active[t], step.dgx, 0)
         dW_hh += step.dW_hh
         db_hh += step.dgh.sum(axis=0)
+        if step.dextra is not None:
+            dextra = step.dextra if dextra is None else dextra + step.dextra
         d_state = [np.where(active[t], g_prev, g) for g_prev, g in zip(step.d_prev, d_state)]
 
     dx = dgx @ W_ih
@@ -176,7 +189,7 @@ def _backward(cell: str, cache: Any, step_backward: StepBackward, dy: Any,
         db_ih = dgx.sum(axis=(0, 1))
     else:
         db_ih = db_hh = None
-    return dx, tuple(d_state), dW_ih, dW_hh, db_ih, db_hh
+    return dx, tuple(d_state), dW_ih, dW_hh, db_ih, db_hh, dextra
 
 
 def _hidden_projection(h: np.ndarray, W_hh: np.ndarray, b_hh: Optional[np.ndarray]) -> np.ndarray:
@@ -271,7 +284,7 @@ def rnn_backward(cache, dy=None, dh=None) -> Gradients:
         ``dW_ih (H, I)``, ``dW_hh (H, H)``, ``db_ih, db_hh (H,)`` or None when
         the forward pass had no biases.  Arrays of the compute dtype.
     """
-    dx, (dh0,), dW_ih, dW_hh, db_ih, db_hh = _backward(
+    dx, (dh0,), dW_ih, dW_hh, db_ih, db_hh, _ = _backward(
         "rnn", cache, _rnn_step_backward, dy, {"h": dh})
     return Gradients(dx, dh0, dW_ih, dW_hh, db_ih, db_hh)
 
@@ -376,7 +389,7 @@ def gru_backward(cache, dy=None, dh=None) -> Gradients:
     Parameters and results as in :func:`rnn_backward`, with ``3*H`` rows in
     ``dW_ih (3*H, I)``, ``dW_hh (3*H, H)``, ``db_ih, db_hh (3*H,)``.
     """
-    dx, (dh0,), dW_ih, dW_hh, db_ih, db_hh = _backward(
+    dx, (dh0,), dW_ih, dW_hh, db_ih, db_hh, _ = _backward(
         "gru", cache, _gru_step_backward, dy, {"h": dh})
     return Gradients(dx, dh0, dW_ih, dW_hh, db_ih, db_hh)
 
@@ -385,17 +398,21 @@ def gru_backward(cache, dy=None, dh=None) -> Gradients:
 # LSTM (gates i, f, g, o)
 
 
-def _lstm_step(gx_t, state, W_hh, b_hh):
-    h, c = state
-    H = h.shape[1]
-    a = gx_t + _hidden_projection(h, W_hh, b_hh)
-    i = _sigmoid(a[:, :H])
-    f = _sigmoid(a[:, H:2 * H])
-    g = np.tanh(a[:, 2 * H:3 * H])
-    o = _sigmoid(a[:, 3 * H:])
-    c_new = f * c + i * g
-    h_new = o * np.tanh(c_new)
-    return (h_new, c_new), {"gates": np.concatenate([i, f, g, o], axis=1)}
+def _lstm_step(peephole: Optional[np.ndarray]) -> Step:
+    def step(gx_t, state, W_hh, b_hh):
+        h, c = state
+        H = h.shape[1]
+        a = gx_t + _hidden_projection(h, W_hh, b_hh)
+        p_i, p_f, p_o = (0, 0, 0) if peephole is None else np.split(peephole, 3)
+        i = _sigmoid(a[:, :H] + p_i * c)
+        f = _sigmoid(a[:, H:2 * H] + p_f * c)
+        g = np.tanh(a[:, 2 * H:3 * H])
+        c_new = f * c + i * g
+        o = _sigmoid(a[:, 3 * H:] + p_o * c_new)
+        h_new = o * np.tanh(c_new)
+        return (h_new, c_new), {"gates": np.concatenate([i, f, g, o], axis=1)}
+
+    return step
 
 
 def _lstm_step_backward(cache: Cache, t: int, d_new: tuple) -> _StepGrads:
@@ -406,20 +423,30 @@ def _lstm_step_backward(cache: Cache, t: int, d_new: tuple) -> _StepGrads:
     i, f, g, o = (gates[:, k * H:(k + 1) * H] for k in range(4))
     tanh_c = np.tanh(f * c + i * g)
 
-    do = dh * tanh_c
-    dc = dc + dh * o * (1 - tanh_c * tanh_c)   # total gradient wrt the new c
-    di, df, dg = dc * g, dc * c, dc * i
-    da = np.concatenate([di * i * (1 - i), df * f * (1 - f), dg * (1 - g * g),
-                         do * o * (1 - o)], axis=1)
-    return _StepGrads(da, da, da.T @ h, (da @ cache["W_hh"], dc * f))
+    P = cache["peephole"]
+    p_i, p_f, p_o = (0, 0, 0) if P is None else np.split(P, 3)
+    dao = dh * tanh_c * o * (1 - o)
+    # total gradient wrt the new c: through h, and through o's peephole
+    dc = dc + dh * o * (1 - tanh_c * tanh_c) + dao * p_o
+    dai, daf, dag = dc * g * i * (1 - i), dc * c * f * (1 - f), dc * i * (1 - g * g)
+    da = np.concatenate([dai, daf, dag, dao], axis=1)
+    dc_prev = dc * f + dai * p_i + daf * p_f
+    dP = None
+    if P is not None:
+        c_new = f * c + i * g
+        dP = np.concatenate([(dai * c).sum(axis=0), (daf * c).sum(axis=0),
+                             (dao * c_new).sum(axis=0)])
+    return _StepGrads(da, da, da.T @ h, (da @ cache["W_hh"], dc_prev), dP)
 
 
-def lstm_forward(x, W_ih, W_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, lengths=None,
-                 reverse=False, training=False) -> LSTMForwardResult:
+def lstm_forward(x, W_ih, W_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, peephole=None,
+                 lengths=None, reverse=False, training=False) -> LSTMForwardResult:
     """LSTM over a sequence, gates in PyTorch's order i, f, g, o.
 
     ``i, f, g, o`` from ``W_ih x + b_ih + W_hh h + b_hh``; ``i, f, o = σ(·)``,
-    ``g = tanh(·)``; ``c' = f * c + i * g``; ``h' = o * tanh(c')``.
+    ``g = tanh(·)``; ``c' = f * c + i * g``; ``h' = o * tanh(c')``.  With
+    ``peephole = (p_i, p_f, p_o)``, i and f also get ``p_i * c``, ``p_f * c``
+    and o gets ``p_o * c'`` before their sigmoid.
 
     Parameters
     ----------
@@ -432,6 +459,8 @@ def lstm_forward(x, W_ih, W_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, lengt
         Both or neither; None means no bias.
     h0, c0 : array (B, H) or None
         Initial hidden and cell states; None means zeros.
+    peephole : array (3*H,) or None
+        Peephole weights, order i, f, o.
     lengths, reverse, training
         As in :func:`rnn_forward`; masked steps leave both h and c unchanged.
 
@@ -443,9 +472,10 @@ def lstm_forward(x, W_ih, W_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, lengt
     """
     reverse = _checks.check_bool("reverse", reverse)
     training = _checks.check_bool("training", training)
-    args = _checks.check_forward("lstm", x, W_ih, W_hh, b_ih, b_hh, h0, c0, lengths=lengths)
-    y, (h, c), cache = _forward("lstm", args, _lstm_step, {"gates": 4 * args.H}, {},
-                                reverse, training)
+    args = _checks.check_forward("lstm", x, W_ih, W_hh, b_ih, b_hh, h0, c0, lengths=lengths,
+                                 peephole=peephole)
+    y, (h, c), cache = _forward("lstm", args, _lstm_step(args.peephole), {"gates": 4 * args.H},
+                                {}, reverse, training)
     return LSTMForwardResult(y, h, c, cache)
 
 
@@ -468,6 +498,10 @@ def lstm_backward(cache, dy=None, dh=None, dc=None) -> LSTMGradients:
         ``dW_ih (4*H, I)``, ``dW_hh (4*H, H)``, ``db_ih, db_hh (4*H,)`` or None
         when the forward pass had no biases.
     """
-    dx, (dh0, dc0), dW_ih, dW_hh, db_ih, db_hh = _backward(
+    dx, (dh0, dc0), dW_ih, dW_hh, db_ih, db_hh, dP = _backward(
         "lstm", cache, _lstm_step_backward, dy, {"h": dh, "c": dc})
-    return LSTMGradients(dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh)
+    if dP is None and cache["peephole"] is not None:   # T == 0 or B == 0
+        dP = np.zeros_like(cache["peephole"])
+    if dP is None:
+        return LSTMGradients(dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh)
+    return PeepholeLSTMGradients(dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh, dP)
