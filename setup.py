@@ -6,6 +6,7 @@ wraparound and initialisation checks on and without optimisation (the debug
 job).  Nothing here uses -march: csrc/ compiles each hot routine once per
 instruction set with target attributes and picks one at run time.
 """
+import glob
 import os
 import sys
 
@@ -48,6 +49,8 @@ extensions = [
     Extension(
         name,
         sources=spec["sources"],
+        # the templates are headers: a change to one must rebuild gemm.c
+        depends=sorted(glob.glob("csrc/*.h")),
         include_dirs=["csrc", np.get_include()],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
         extra_compile_args=COMPILE_ARGS,
