@@ -179,6 +179,9 @@ def as_float(name: str, a: Any, dtype: np.dtype) -> np.ndarray:
     arrays raise ``TypeError`` naming ``name``.  An array that already fits
     is returned as it is (never written by fastcells).
     """
+    if type(a) is np.ndarray and a.dtype == dtype and a.flags.c_contiguous \
+            and a.dtype.isnative:
+        return a   # the common case, kept cheap: it is paid per argument per call
     arr = _to_array(name, a)
     # asarray, not ascontiguousarray, which would turn a 0-d array into 1-d
     return np.asarray(arr, dtype=np.dtype(dtype).newbyteorder("="), order="C")

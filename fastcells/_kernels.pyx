@@ -108,30 +108,32 @@ def gemm(const float[:, ::1] A, const float[::1] P, Py_ssize_t n, float[:, ::1] 
             fc_gemm(m, n, k, &A[0, 0] if k else NULL, k, &P[0], &C[0, 0], n)
 
 
+cdef void _activate(float *x, Py_ssize_t n, bint tanh, bint ftz) noexcept nogil:
+    cdef fc_fpenv_t env = 0
+    if ftz:
+        env = fc_fpenv_enter()
+    if tanh:
+        fc_tanh(x, n)
+    else:
+        fc_sigmoid(x, n)
+    if ftz:
+        fc_fpenv_exit(env)
+
+
 def sigmoid_(float[::1] x, bint ftz=False):
     """In-place sigmoid over a contiguous float32 vector (the ISA in use; for tests);
     ``ftz``: in the loops' flush-to-zero mode, else in the caller's."""
-    cdef fc_fpenv_t env = 0
     if x.shape[0]:
         with nogil:
-            if ftz:
-                env = fc_fpenv_enter()
-            fc_sigmoid(&x[0], x.shape[0])
-            if ftz:
-                fc_fpenv_exit(env)
+            _activate(&x[0], x.shape[0], False, ftz)
 
 
 def tanh_(float[::1] x, bint ftz=False):
     """In-place tanh over a contiguous float32 vector (the ISA in use; for tests);
     ``ftz``: in the loops' flush-to-zero mode, else in the caller's."""
-    cdef fc_fpenv_t env = 0
     if x.shape[0]:
         with nogil:
-            if ftz:
-                env = fc_fpenv_enter()
-            fc_tanh(&x[0], x.shape[0])
-            if ftz:
-                fc_fpenv_exit(env)
+            _activate(&x[0], x.shape[0], True, ftz)
 
 
 # ----------------------------------------------------------------------------
