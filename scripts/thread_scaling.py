@@ -6,7 +6,8 @@ threads on two cores do nearly twice the work per second.  A measurement for
 the record (README), not a test: on a shared machine, quote the median of
 several rounds.  BLAS is pinned to one thread so that only our threads count.
 
-Run: ``python scripts/thread_scaling.py [--rounds 5] [--threads 2]``.
+Run: ``python scripts/thread_scaling.py [--rounds 5] [--threads 2] [--shape T,B,I,H]
+[--calls N]`` (issue 3's case: ``--shape 100,16,128,128 --calls 200``).
 """
 from __future__ import annotations
 
@@ -22,15 +23,17 @@ import numpy as np  # noqa: E402
 
 import fastcells  # noqa: E402
 
-T, B, I, H = 4000, 1, 32, 128
-CALLS = 8
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--shape", default="4000,1,32,128", help="T,B,I,H of each call")
+    parser.add_argument("--calls", type=int, default=8, help="calls per round (all threads)")
     a = parser.parse_args()
+    T, B, I, H = (int(v) for v in a.shape.split(","))
+    CALLS = a.calls
     rng = np.random.default_rng(0)
     x = rng.standard_normal((T, B, I), dtype=np.float32)
     W_ih = rng.standard_normal((4 * H, I), dtype=np.float32) * 0.1
