@@ -27,6 +27,8 @@ void fc_pack(const float *src, ptrdiff_t k, ptrdiff_t n, ptrdiff_t rs, ptrdiff_t
 void fc_gemm(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A, ptrdiff_t lda,
              const float *P, float *C, ptrdiff_t ldc)
 {
+    if (m <= 0 || n <= 0)   /* nothing to write; the kernels divide by m */
+        return;
     fc_kernels.gemm(m, n, k, A, lda, P, C, ldc);
 }
 

@@ -597,11 +597,7 @@ cdef class Stepper:
     cdef const float *bias
     cdef const float *bhn
     cdef const float *P
-    cdef float *gx
-    cdef float *gh
-    cdef float *rh
-    cdef float *ghn
-    cdef float *y
+    cdef bint busy              # the kept scratch is in use by a call (GIL-protected)
 
     def __init__(self, str cell, const float[::1] wih, const float[::1] wp, const float[::1] wp_n,
                  const float[::1] bias, const float[::1] bhn, const float[::1] peephole,
@@ -620,23 +616,19 @@ cdef class Stepper:
         self.wp_n = &wp_n[0] if wp_n is not None else NULL
         self.P = &peephole[0] if peephole is not None else NULL
         self.cap = 0
+        self.busy = False
 
-    cdef void _reserve(self, Py_ssize_t B) except *:
-        if B <= self.cap:
-            return
-        cdef Py_ssize_t GH = self.G * self.H
-        gx = np.zeros(B * GH, np.float32)
-        gh = np.zeros(B * self.ldh, np.float32)
-        rest = np.zeros((3, B * self.H), np.float32)
-        cdef float[::1] a = gx, b = gh
-        cdef float[:, ::1] r = rest
-        self.scratch = (gx, gh, rest)
-        self.gx, self.gh = &a[0], &b[0]
-        self.rh, self.ghn, self.y = &r[0, 0], &r[1, 0], &r[2, 0]
-        self.cap = B
+    def _scratch(self, Py_ssize_t B):
+        """Scratch arrays for a batch of B: gx (B*G*H), gh (B*ldh), and rh, ghn, y (B*H)."""
+        return (np.zeros(B * self.G * self.H, np.float32), np.zeros(B * self.ldh, np.float32),
+                np.zeros((3, B * self.H), np.float32))
 
     def step(self, const float[:, ::1] x, float[:, ::1] h, float[:, ::1] c):
-        """Advance ``h`` (and ``c``, LSTM) in place by one step of input ``x`` (B, I)."""
+        """Advance ``h`` (and ``c``, LSTM) in place by one step of input ``x`` (B, I).
+
+        Thread-safe: the kept scratch serves one call at a time (claimed under the
+        GIL); a call that finds it in use works in scratch of its own.
+        """
         cdef Py_ssize_t B = x.shape[0], H = self.H, GH = self.G * self.H, b, j
         if x.shape[1] != self.I or h.shape[0] != B or h.shape[1] != H:
             raise ValueError(f"x, h: expected shapes (B, {self.I}) and (B, {H}), got "
@@ -645,24 +637,47 @@ cdef class Stepper:
             raise ValueError(f"c: expected shape (B, H) = ({B}, {H})")
         if B == 0:
             return
-        self._reserve(B)
+        cdef bint own = not self.busy      # check and claim with no GIL release between
+        if own:
+            self.busy = True
+        try:
+            if own:
+                if B > self.cap:
+                    self.scratch, self.cap = self._scratch(B), B
+                scratch = self.scratch
+            else:
+                scratch = self._scratch(B)
+            self._step(B, x, h, c, scratch)
+        finally:
+            if own:
+                self.busy = False
+
+    cdef _step(self, Py_ssize_t B, const float[:, ::1] x, float[:, ::1] h, float[:, ::1] c,
+               tuple scratch):
+        cdef Py_ssize_t H = self.H, GH = self.G * self.H, b, j
+        cdef float[::1] sgx = scratch[0], sgh = scratch[1]
+        cdef float[:, ::1] rest = scratch[2]
+        cdef float *gx = &sgx[0]
+        cdef float *gh = &sgh[0]
+        cdef float *rh = &rest[0, 0]
+        cdef float *ghn = &rest[1, 0]
+        cdef float *y = &rest[2, 0]
         cdef fc_fpenv_t env
         with nogil:
             env = fc_fpenv_enter()
             if self.I:
-                fc_gemm(B, GH, self.I, &x[0, 0], self.I, self.wih, self.gx, GH)
+                fc_gemm(B, GH, self.I, &x[0, 0], self.I, self.wih, gx, GH)
             else:
-                memset(self.gx, 0, B * GH * sizeof(float))
+                memset(gx, 0, B * GH * sizeof(float))
             for b in range(B):
                 for j in range(GH):
-                    self.gx[b * GH + j] += self.bias[j]
+                    gx[b * GH + j] += self.bias[j]
             if self.kind == 2:
-                _lstm_fwd(0, 1, B, H, self.gx, self.wp, self.P, &h[0, 0], &c[0, 0], self.y,
-                          NULL, False, NULL, NULL, self.gh)
+                _lstm_fwd(0, 1, B, H, gx, self.wp, self.P, &h[0, 0], &c[0, 0], y,
+                          NULL, False, NULL, NULL, gh)
             elif self.kind == 1:
-                _gru_fwd(0, 1, B, H, self.gx, self.wp, self.wp_n, self.bhn, &h[0, 0], self.y,
-                         NULL, False, self.lbr, NULL, NULL, self.gh, self.rh, self.ghn)
+                _gru_fwd(0, 1, B, H, gx, self.wp, self.wp_n, self.bhn, &h[0, 0], y,
+                         NULL, False, self.lbr, NULL, NULL, gh, rh, ghn)
             else:
-                _rnn_fwd(0, 1, B, H, self.gx, self.wp, &h[0, 0], self.y, NULL, False, self.relu,
-                         self.gh)
+                _rnn_fwd(0, 1, B, H, gx, self.wp, &h[0, 0], y, NULL, False, self.relu, gh)
             fc_fpenv_exit(env)

@@ -93,7 +93,7 @@ def _fold_biases(a, lbr: bool = False):
     bias = a.b_ih + a.b_hh
     if a.G == 3 and lbr:
         bias[2 * a.H:] = a.b_ih[2 * a.H:]
-        bhn = a.b_hh[2 * a.H:]
+        bhn = a.b_hh[2 * a.H:].copy()   # never a view of the caller's b_hh (Stepper keeps it)
     return bias, bhn
 
 
@@ -328,7 +328,9 @@ def lstm_forward(x, W_ih, W_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, peeph
         y = np.empty((a.T, a.B, a.H), F32)
         if training:
             gates = np.empty((a.T, a.B, 4 * a.H), F32)
-            cs = np.empty((a.T, a.B, a.H), F32)
+            # zeros, not empty: masked steps are never written, and dpeephole
+            # multiplies every step's cs by its (zero) gate gradient: 0 * garbage
+            cs = np.zeros((a.T, a.B, a.H), F32)
         wp, gh = _kernels.pack(a.W_hh, True), np.empty((a.B, 4 * a.H), F32)
         for t0, gx in _projected_chunks(a, bias, training, reverse):
             _kernels.lstm_forward(t0, gx, wp, P, h, c, y, a.lengths, reverse, gates, cs, gh)

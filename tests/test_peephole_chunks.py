@@ -142,3 +142,22 @@ def test_inference_memory_does_not_grow_with_T(cell):
     finally:
         tracemalloc.stop()
     assert peak <= 1.1 * out.y.nbytes, f"peak {peak / out.y.nbytes:.3f}x the output"
+
+
+def test_peephole_gradient_with_lengths_ignores_stale_memory():
+    """Masked steps never write the saved cell states; dpeephole must not pick up
+    whatever the allocator left there (0 * inf is NaN)."""
+    rng = np.random.default_rng(9)
+    p = {k: v.astype(np.float32) for k, v in _problem(rng, T=6, B=3, I=3, H=5).items()}
+    lengths = np.array([6, 2, 0])
+    for _ in range(3):
+        junk = [np.full(6 * 3 * 5, np.inf, np.float32) for _ in range(50)]
+        del junk   # freed blocks full of inf, likely reused by the next allocation
+        out = fastcells.lstm_forward(**p, lengths=lengths, training=True)
+        g = fastcells.lstm_backward(out.cache, dy=np.ones_like(out.y))
+        assert np.isfinite(g.dpeephole).all()
+        ref = reference.lstm_backward(
+            reference.lstm_forward(**{k: v.astype(np.float64) for k, v in p.items()},
+                                   lengths=lengths, training=True).cache,
+            dy=np.ones_like(out.y, dtype=np.float64))
+        _close(g.dpeephole, ref.dpeephole, KERNEL_GRAD_TOL)

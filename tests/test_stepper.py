@@ -85,3 +85,42 @@ def test_stepper_bad_input_names_the_argument():
         step(np.zeros((2, 3), np.float32), np.zeros((3, 4), np.float32))
     with pytest.raises(ValueError, match="c: only LSTM"):
         Stepper("gru", *_weights(rng, "gru", 3, 4))(np.zeros((2, 3)), None, np.zeros((2, 4)))
+
+
+def test_a_shared_stepper_is_thread_safe():
+    """Threads stepping one Stepper with different batch sizes get the serial numbers
+    (the kept scratch serves one call at a time; others get their own)."""
+    import threading
+
+    rng = np.random.default_rng(4)
+    weights = _weights(rng, "lstm", 8, 64)
+    step = Stepper("lstm", *weights)
+    xs = {B: rng.standard_normal((40, B, 8)).astype(np.float32) for B in (1, 8)}
+
+    def run(B, out):
+        h = c = None
+        for t in range(40):
+            h, c = step(xs[B][t], h, c)
+        out[B] = h
+
+    serial, threaded = {}, {}
+    for B in xs:
+        run(B, serial)
+    for _ in range(20):
+        threads = [threading.Thread(target=run, args=(B, threaded)) for B in xs]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        for B in xs:
+            np.testing.assert_array_equal(threaded[B], serial[B])
+
+
+def test_gru_stepper_copies_b_hn():
+    rng = np.random.default_rng(5)
+    weights = _weights(rng, "gru", 3, 4)
+    x = rng.standard_normal((2, 3)).astype(np.float32)
+    step = Stepper("gru", *weights)
+    before = step(x)
+    weights[3] += 1          # b_hh, edited after the Stepper was built
+    np.testing.assert_array_equal(step(x), before)
