@@ -13,13 +13,21 @@ void fc_pack(const float *src, ptrdiff_t k, ptrdiff_t n, ptrdiff_t rs, ptrdiff_t
 {
     for (ptrdiff_t j0 = 0; j0 < n; j0 += FC_NR) {
         ptrdiff_t nr = n - j0 < FC_NR ? n - j0 : FC_NR;
-        for (ptrdiff_t l = 0; l < k; l++) {
-            float *dst = P + j0 * k + l * FC_NR;
-            ptrdiff_t j = 0;
-            for (; j < nr; j++)
-                dst[j] = src[l * rs + (j0 + j) * cs];
-            for (; j < FC_NR; j++)
-                dst[j] = 0.0f;
+        float *panel = P + j0 * k;
+        if (nr < FC_NR)
+            memset(panel, 0, (size_t)(k * FC_NR) * sizeof(float));
+        /* walk the source along its contiguous axis: W (rows j) for A @ W.T
+         * (rs == 1), W (rows l) for A @ W; the writes stay in one panel */
+        if (rs == 1) {
+            for (ptrdiff_t j = 0; j < nr; j++) {
+                const float *col = src + (j0 + j) * cs;
+                for (ptrdiff_t l = 0; l < k; l++)
+                    panel[l * FC_NR + j] = col[l];
+            }
+        } else {
+            for (ptrdiff_t l = 0; l < k; l++)
+                for (ptrdiff_t j = 0; j < nr; j++)
+                    panel[l * FC_NR + j] = src[l * rs + (j0 + j) * cs];
         }
     }
 }
