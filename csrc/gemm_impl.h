@@ -20,8 +20,8 @@
  * independent chains to hide the FMA latency.
  *
  * Batch 1 is a matrix-vector product, bound by how fast the weights stream
- * in: it walks FC_GV panels side by side (one accumulator chain each, one
- * broadcast of x[l] shared), so the loads, not the FMA latency, set the pace.
+ * in: it walks one panel at a time as one contiguous stream, with several
+ * accumulators over interleaved rows (fc_gemv_panel).
  *
  * For m > 1 the k dimension is cut into blocks (see the loop below); the
  * first block stores C, later blocks add to it.
@@ -131,6 +131,41 @@ FC_NAME(fc_tile_column)(const int np, ptrdiff_t m, ptrdiff_t k, const float *A, 
 #undef FC_REM
 }
 
+/* Batch 1: one panel (16 columns) of c = x @ B, streaming the panel's k rows
+ * contiguously with FC_GU accumulators over interleaved rows (independent
+ * chains hide the FMA latency).  One panel at a time, not several side by
+ * side: panels lie 16*k floats apart, a multiple of 4 KiB for the usual k,
+ * so side-by-side streams all map to the same L1 sets and evict each other. */
+#define FC_GU (8 / FC_PV > 1 ? 8 / FC_PV : 2)
+static inline __attribute__((always_inline)) FC_TARGET void
+FC_NAME(fc_gemv_panel)(ptrdiff_t k, const float *x, const float *Pp, float *c, ptrdiff_t nlast)
+{
+    typedef FC_NAME(fc_vec) vec;
+    vec acc[FC_GU][FC_PV];
+    for (int u = 0; u < FC_GU; u++)
+        for (int v = 0; v < FC_PV; v++)
+            acc[u][v] = (vec){0};
+    ptrdiff_t l = 0;
+    for (; l + FC_GU <= k; l += FC_GU)
+        for (int u = 0; u < FC_GU; u++) {
+            vec a = x[l + u] - (vec){0};
+            for (int v = 0; v < FC_PV; v++)
+                acc[u][v] += a * FC_NAME(fc_load_packed)(Pp + (l + u) * FC_NR + v * FC_VL);
+        }
+    for (; l < k; l++) {
+        vec a = x[l] - (vec){0};
+        for (int v = 0; v < FC_PV; v++)
+            acc[0][v] += a * FC_NAME(fc_load_packed)(Pp + l * FC_NR + v * FC_VL);
+    }
+    for (int u = 1; u < FC_GU; u++)
+        for (int v = 0; v < FC_PV; v++)
+            acc[0][v] += acc[u][v];
+    float tmp[FC_NR];
+    memcpy(tmp, acc[0], sizeof tmp);
+    memcpy(c, tmp, (size_t)nlast * sizeof(float));
+}
+#undef FC_GU
+
 FC_TARGET void FC_NAME(fc_gemm_packed)(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A,
                                        ptrdiff_t lda, const float *P, float *C, ptrdiff_t ldc)
 {
@@ -139,23 +174,9 @@ FC_TARGET void FC_NAME(fc_gemm_packed)(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, co
     const ptrdiff_t ntail = n - (npan - 1) * FC_NR; /* valid columns of the last panel */
 
     if (m == 1) {
-        ptrdiff_t p = 0;
-        for (; p + FC_GV <= npan; p += FC_GV)
-            FC_NAME(fc_tile)(1, FC_GV, k, A, lda, P + p * ps, ps, C + p * FC_NR, ldc,
-                             p + FC_GV == npan ? ntail : FC_NR, 0);
-        /* Leftover panels in falling power-of-two groups. */
-        for (int g = FC_GV / 2; g >= 1; g /= 2) {
-            if (p + g <= npan) {
-                ptrdiff_t nl = p + g == npan ? ntail : FC_NR;
-                switch (g) {
-                case 8: FC_NAME(fc_tile)(1, 8 <= FC_GV ? 8 : 1, k, A, lda, P + p * ps, ps, C + p * FC_NR, ldc, nl, 0); break;
-                case 4: FC_NAME(fc_tile)(1, 4 <= FC_GV ? 4 : 1, k, A, lda, P + p * ps, ps, C + p * FC_NR, ldc, nl, 0); break;
-                case 2: FC_NAME(fc_tile)(1, 2 <= FC_GV ? 2 : 1, k, A, lda, P + p * ps, ps, C + p * FC_NR, ldc, nl, 0); break;
-                default: FC_NAME(fc_tile)(1, 1, k, A, lda, P + p * ps, ps, C + p * FC_NR, ldc, nl, 0); break;
-                }
-                p += g;
-            }
-        }
+        for (ptrdiff_t p = 0; p < npan; p++)
+            FC_NAME(fc_gemv_panel)(k, A, P + p * ps, C + p * FC_NR,
+                                   p + 1 == npan ? ntail : FC_NR);
         return;
     }
 
