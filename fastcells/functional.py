@@ -12,7 +12,7 @@ All buffers are allocated here, before the loop; the loop allocates nothing.
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import numpy as np
 
@@ -338,7 +338,8 @@ def lstm_forward(x, W_ih, W_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, peeph
     return LSTMForwardResult(y, h, c, cache)
 
 
-def lstm_backward(cache, dy=None, dh=None, dc=None) -> LSTMGradients:
+def lstm_backward(cache, dy=None, dh=None,
+                  dc=None) -> Union[LSTMGradients, PeepholeLSTMGradients]:
     """Backpropagate through :func:`lstm_forward` (BPTT).
 
     Parameters

@@ -29,7 +29,7 @@ the hidden side of n (W_hn h + b_hn, or W_hn (r h) + b_hn); LSTM ``gates``
 """
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional, Union
 
 import numpy as np
 
@@ -479,7 +479,8 @@ def lstm_forward(x, W_ih, W_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, peeph
     return LSTMForwardResult(y, h, c, cache)
 
 
-def lstm_backward(cache, dy=None, dh=None, dc=None) -> LSTMGradients:
+def lstm_backward(cache, dy=None, dh=None,
+                  dc=None) -> Union[LSTMGradients, PeepholeLSTMGradients]:
     """Gradients of an :func:`lstm_forward` pass run with ``training=True``.
 
     Parameters
