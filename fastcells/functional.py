@@ -148,17 +148,26 @@ def _prev_states(y: np.ndarray, init: np.ndarray, lengths: Optional[np.ndarray],
 
 
 def _weight_grads(x: np.ndarray, W_ih: np.ndarray, dGx: np.ndarray, dGh: np.ndarray,
-                  hprev: np.ndarray, has_bias: bool):
-    """Phase 3: ``dx, dW_ih, dW_hh, db_ih, db_hh`` as one matmul (or sum) each."""
+                  hprev: np.ndarray, has_bias: bool, hprev_n: Optional[np.ndarray] = None):
+    """Phase 3: ``dx, dW_ih, dW_hh, db_ih, db_hh`` as one matmul (or sum) each.
+
+    ``hprev_n``: what the last H rows of ``W_hh`` multiply instead of ``hprev``
+    (``r*h`` for a GRU without ``linear_before_reset``).
+    """
     T, B, I = x.shape
-    GH = dGx.shape[2]
+    GH, H = dGx.shape[2], hprev.shape[2]
     dGx2 = dGx.reshape(T * B, GH)
     dGh2 = dGh.reshape(T * B, GH)
     dx = np.matmul(dGx2, W_ih).reshape(T, B, I)
     dW_ih = np.matmul(dGx2.T, x.reshape(T * B, I))
-    dW_hh = np.matmul(dGh2.T, hprev.reshape(T * B, -1))
+    if hprev_n is None:
+        dW_hh = np.matmul(dGh2.T, hprev.reshape(T * B, H))
+    else:
+        dW_hh = np.concatenate([np.matmul(dGh2[:, :GH - H].T, hprev.reshape(T * B, H)),
+                                np.matmul(dGh2[:, GH - H:].T, hprev_n.reshape(T * B, H))])
     db_ih = dGx2.sum(axis=0) if has_bias else None
-    db_hh = dGh2.sum(axis=0) if has_bias else None
+    # the same sum twice when both pre-activations share one gradient (RNN, LSTM)
+    db_hh = (db_ih.copy() if dGh is dGx else dGh2.sum(axis=0)) if has_bias else None
     return dx, dW_ih, dW_hh, db_ih, db_hh
 
 
@@ -456,13 +465,10 @@ def gru_backward(cache, dy=None, dh=None) -> Gradients:
     _kernels.gru_backward(gates, cache["hn"], y, h0, wpt, wpt_n, dy, dh, dGx, dGh, lengths,
                           reverse, lbr, np.empty((B, H), F32), np.empty((B, H), F32))
     hprev = _prev_states(y, h0, lengths, reverse)
-    dx, dW_ih, dW_hh, db_ih, db_hh = _weight_grads(cache["x"], cache["W_ih"], dGx,
-                                                   dGh if lbr else dGx, hprev,
-                                                   cache["has_bias"])
-    if not lbr:
-        # n = tanh(... + W_hn (r*h) + b_hn): the n rows of W_hh see r*h, not h
-        rh = gates[:, :, :H] * hprev
-        dW_hh[2 * H:] = np.matmul(dGx[:, :, 2 * H:].reshape(T * B, H).T, rh.reshape(T * B, H))
+    # without linear_before_reset, n = tanh(... + W_hn (r*h) + b_hn): W_hn sees r*h
+    dx, dW_ih, dW_hh, db_ih, db_hh = _weight_grads(
+        cache["x"], cache["W_ih"], dGx, dGh if lbr else dGx, hprev, cache["has_bias"],
+        None if lbr else gates[:, :, :H] * hprev)
     return Gradients(dx, dh, dW_ih, dW_hh, db_ih, db_hh)
 
 
