@@ -1,7 +1,7 @@
 /* The table of per-ISA routines the kernels call through (see cpu.h).
  *
  * Each routine is compiled once per ISA from a template header
- * (gemm_impl.h, activations_impl.h) with a name suffix; FC_DISPATCH_INIT
+ * (gemm_impl.h, gemm_nt_impl.h, activations_impl.h) with a name suffix; FC_DISPATCH_INIT
  * names one suffix's set.  Adding a routine means: a line in the struct, a
  * name in the initializer, a definition in the template.
  */
@@ -11,10 +11,14 @@
 
 typedef void (*fc_gemm_fn)(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A,
                            ptrdiff_t lda, const float *P, float *C, ptrdiff_t ldc);
+typedef void (*fc_gemm_nt_fn)(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A,
+                              ptrdiff_t lda, const float *W, ptrdiff_t ldw, float *C,
+                              ptrdiff_t ldc);
 typedef void (*fc_act_fn)(float *x, ptrdiff_t n);
 
 typedef struct {
     fc_gemm_fn gemm;     /* C[m,n] = A[m,k] @ B[k,n], B packed by fc_pack */
+    fc_gemm_nt_fn gemm_nt; /* C[m,n] = A[m,k] @ W[n,k].T, W unpacked */
     fc_act_fn sigmoid;   /* x <- 1 / (1 + exp(-x)), in place */
     fc_act_fn tanh;      /* x <- tanh(x), in place */
 } fc_dispatch;
@@ -22,6 +26,8 @@ typedef struct {
 #define FC_DECLARE_ISA(sfx)                                                          \
     void fc_gemm_packed_##sfx(ptrdiff_t, ptrdiff_t, ptrdiff_t, const float *,         \
                               ptrdiff_t, const float *, float *, ptrdiff_t);          \
+    void fc_gemm_nt_##sfx(ptrdiff_t, ptrdiff_t, ptrdiff_t, const float *, ptrdiff_t,      \
+                          const float *, ptrdiff_t, float *, ptrdiff_t);                  \
     void fc_sigmoid_##sfx(float *, ptrdiff_t);                                        \
     void fc_tanh_##sfx(float *, ptrdiff_t);
 
@@ -31,7 +37,7 @@ FC_DECLARE_ISA(avx2)
 FC_DECLARE_ISA(avx512)
 #endif
 
-#define FC_DISPATCH_INIT(sfx) { fc_gemm_packed_##sfx, fc_sigmoid_##sfx, fc_tanh_##sfx }
+#define FC_DISPATCH_INIT(sfx) { fc_gemm_packed_##sfx, fc_gemm_nt_##sfx, fc_sigmoid_##sfx, fc_tanh_##sfx }
 
 /* The table in use; written only by fc_set_isa. */
 extern fc_dispatch fc_kernels;

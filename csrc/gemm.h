@@ -23,4 +23,11 @@ void fc_pack(const float *src, ptrdiff_t k, ptrdiff_t n, ptrdiff_t rs, ptrdiff_t
 void fc_gemm(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A, ptrdiff_t lda,
              const float *P, float *C, ptrdiff_t ldc);
 
+/* C[i, j] = sum_l A[i*lda + l] * W[j*ldw + l] for i < m, j < n: A @ W.T with
+ * W (n x k) unpacked, rows ldw floats apart (gemm_nt_impl.h).  Reads every
+ * W row once per call; for few rows of A (batch-1 steps, short input
+ * projections), where packing W would cost as much as the product. */
+void fc_gemm_nt(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A, ptrdiff_t lda,
+                const float *W, ptrdiff_t ldw, float *C, ptrdiff_t ldc);
+
 #endif

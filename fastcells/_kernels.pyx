@@ -35,6 +35,8 @@ cdef extern from "gemm.h" nogil:
                  Py_ssize_t cs, float *P)
     void fc_gemm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float *A, Py_ssize_t lda,
                  const float *P, float *C, Py_ssize_t ldc)
+    void fc_gemm_nt(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float *A, Py_ssize_t lda,
+                    const float *W, Py_ssize_t ldw, float *C, Py_ssize_t ldc)
 
 cdef extern from "activations.h" nogil:
     void fc_sigmoid(float *x, Py_ssize_t n)
@@ -108,6 +110,19 @@ def gemm(const float[:, ::1] A, const float[::1] P, Py_ssize_t n, float[:, ::1] 
             fc_gemm(m, n, k, &A[0, 0] if k else NULL, k, &P[0], &C[0, 0], n)
 
 
+def gemm_nt(const float[:, ::1] A, const float[:, ::1] W, float[:, ::1] C):
+    """``C = A @ W.T`` with ``W`` unpacked (for tests and projections)."""
+    cdef Py_ssize_t m = A.shape[0], k = A.shape[1], n = W.shape[0]
+    if W.shape[1] != k:
+        raise ValueError(f"W: expected shape ({n}, {k}), got ({W.shape[0]}, {W.shape[1]})")
+    if C.shape[0] != m or C.shape[1] != n:
+        raise ValueError(f"C: expected shape ({m}, {n}), got ({C.shape[0]}, {C.shape[1]})")
+    if m and n:
+        with nogil:
+            fc_gemm_nt(m, n, k, &A[0, 0] if k else NULL, k, &W[0, 0] if k else NULL, k,
+                       &C[0, 0], n)
+
+
 cdef void _activate(float *x, Py_ssize_t n, bint tanh, bint ftz) noexcept nogil:
     cdef fc_fpenv_t env = 0
     if ftz:
@@ -167,6 +182,16 @@ def _check_chunk(Py_ssize_t t0, Py_ssize_t n, Py_ssize_t T):
         raise ValueError(f"chunk: expected steps within [0, {T}), got [{t0}, {t0 + n})")
 
 
+cdef inline void _recur(bint packed, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float *A,
+                        const float *w, float *C) noexcept nogil:
+    """C (m x n) = A (m x k) @ W.T for a forward step: ``w`` is W packed by :func:`pack`
+    (``packed``) or W's own rows, k floats apart (batch 1: no packing, see gemm_nt_impl.h)."""
+    if packed:
+        fc_gemm(m, n, k, A, k, w, C, n)
+    else:
+        fc_gemm_nt(m, n, k, A, k, w, k, C, n)
+
+
 cdef inline const float *_opt(const float[:, :, ::1] a) noexcept nogil:
     return &a[0, 0, 0] if a is not None else NULL
 
@@ -198,7 +223,7 @@ cdef inline void _copy_rows_active(float *dst, const float *src, const float *ex
 # RNN
 
 cdef void _rnn_fwd(Py_ssize_t t0, Py_ssize_t n, Py_ssize_t B, Py_ssize_t H, const float *gx,
-                   const float *wp,
+                   const float *wp, bint packed,
                    float *h, float *y, const int64_t *lens, bint reverse, bint relu,
                    float *gh) noexcept nogil:
     cdef Py_ssize_t s, t, b, j
@@ -207,7 +232,7 @@ cdef void _rnn_fwd(Py_ssize_t t0, Py_ssize_t n, Py_ssize_t B, Py_ssize_t H, cons
     cdef float v
     for s in range(n):
         t = _step_time(s, t0, n, reverse)
-        fc_gemm(B, H, H, h, H, wp, gh, H)
+        _recur(packed, B, H, H, h, wp, gh)
         for b in range(B):
             if _masked(lens, t, b):
                 memset(y + (t * B + b) * H, 0, H * sizeof(float))
@@ -226,17 +251,18 @@ cdef void _rnn_fwd(Py_ssize_t t0, Py_ssize_t n, Py_ssize_t B, Py_ssize_t H, cons
             memcpy(y + (t * B + b) * H, a, H * sizeof(float))
 
 
-def rnn_forward(Py_ssize_t t0, const float[:, :, ::1] gx, const float[::1] wp, float[:, ::1] h,
-                float[:, :, ::1] y, const int64_t[::1] lengths, bint reverse, bint relu,
-                float[:, ::1] gh):
+def rnn_forward(Py_ssize_t t0, const float[:, :, ::1] gx, const float[::1] wp, bint packed,
+                float[:, ::1] h, float[:, :, ::1] y, const int64_t[::1] lengths, bint reverse,
+                bint relu, float[:, ::1] gh):
     """Forward loop over the steps [t0, t0 + len(gx)) (a chunk of time, walked backwards
     when ``reverse``); ``gx`` holds ``x W_ih^T + b_ih + b_hh`` for those steps; ``h`` is
-    the state before the chunk in, after it out; ``y`` is the whole (T, B, H) output."""
+    the state before the chunk in, after it out; ``y`` is the whole (T, B, H) output.
+    ``wp`` is ``W_hh`` packed by :func:`pack` when ``packed``, else ``W_hh.ravel()``."""
     _check_chunk(t0, gx.shape[0], y.shape[0])
     cdef fc_fpenv_t env
     with nogil:
         env = fc_fpenv_enter()
-        _rnn_fwd(t0, gx.shape[0], y.shape[1], y.shape[2], &gx[0, 0, 0], &wp[0], &h[0, 0],
+        _rnn_fwd(t0, gx.shape[0], y.shape[1], y.shape[2], &gx[0, 0, 0], &wp[0], packed, &h[0, 0],
                  &y[0, 0, 0], _lens(lengths), reverse, relu, &gh[0, 0])
         fc_fpenv_exit(env)
 
@@ -282,7 +308,7 @@ def rnn_backward(const float[:, :, ::1] y, const float[::1] wpt, const float[:, 
 # LSTM
 
 cdef void _lstm_fwd(Py_ssize_t t0, Py_ssize_t n, Py_ssize_t B, Py_ssize_t H, const float *gx,
-                    const float *wp, const float *P,
+                    const float *wp, bint packed, const float *P,
                     float *h, float *c, float *y, const int64_t *lens, bint reverse,
                     float *gates, float *cs, float *gh) noexcept nogil:
     cdef Py_ssize_t s, t, b, j, G = 4 * H
@@ -292,7 +318,7 @@ cdef void _lstm_fwd(Py_ssize_t t0, Py_ssize_t n, Py_ssize_t B, Py_ssize_t H, con
     cdef const float *g
     for s in range(n):
         t = _step_time(s, t0, n, reverse)
-        fc_gemm(B, G, H, h, H, wp, gh, G)
+        _recur(packed, B, G, H, h, wp, gh)
         for b in range(B):
             yr = y + (t * B + b) * H
             if _masked(lens, t, b):
@@ -325,7 +351,7 @@ cdef void _lstm_fwd(Py_ssize_t t0, Py_ssize_t n, Py_ssize_t B, Py_ssize_t H, con
                 memcpy(cs + (t * B + b) * H, cb, H * sizeof(float))
 
 
-def lstm_forward(Py_ssize_t t0, const float[:, :, ::1] gx, const float[::1] wp,
+def lstm_forward(Py_ssize_t t0, const float[:, :, ::1] gx, const float[::1] wp, bint packed,
                  const float[::1] peephole, float[:, ::1] h, float[:, ::1] c,
                  float[:, :, ::1] y, const int64_t[::1] lengths, bint reverse,
                  float[:, :, ::1] gates, float[:, :, ::1] cs, float[:, ::1] gh):
@@ -336,7 +362,7 @@ def lstm_forward(Py_ssize_t t0, const float[:, :, ::1] gx, const float[::1] wp,
     cdef fc_fpenv_t env
     with nogil:
         env = fc_fpenv_enter()
-        _lstm_fwd(t0, gx.shape[0], y.shape[1], y.shape[2], &gx[0, 0, 0], &wp[0],
+        _lstm_fwd(t0, gx.shape[0], y.shape[1], y.shape[2], &gx[0, 0, 0], &wp[0], packed,
                   &peephole[0] if peephole is not None else NULL, &h[0, 0],
                   &c[0, 0], &y[0, 0, 0], _lens(lengths), reverse, _opt_w(gates), _opt_w(cs),
                   &gh[0, 0])
@@ -412,8 +438,8 @@ def lstm_backward(const float[:, :, ::1] gates, const float[:, :, ::1] cs,
 # GRU
 
 cdef void _gru_fwd(Py_ssize_t t0, Py_ssize_t n, Py_ssize_t B, Py_ssize_t H, const float *gx,
-                   const float *wp,
-                   const float *wp_n, const float *bhn, float *h, float *y,
+                   const float *wp, const float *wp_n, bint packed,
+                   const float *bhn, float *h, float *y,
                    const int64_t *lens, bint reverse, bint lbr, float *gates, float *hn_out,
                    float *gh, float *rh, float *ghn) noexcept nogil:
     """lbr: n = tanh(gx_n + r*(W_hn h + b_hn)), wp packs all of W_hh (3H outputs).
@@ -425,7 +451,7 @@ cdef void _gru_fwd(Py_ssize_t t0, Py_ssize_t n, Py_ssize_t B, Py_ssize_t H, cons
     cdef float hn, nv, z
     for s in range(n):
         t = _step_time(s, t0, n, reverse)
-        fc_gemm(B, ldh, H, h, H, wp, gh, ldh)
+        _recur(packed, B, ldh, H, h, wp, gh)
         for b in range(B):
             if _masked(lens, t, b):
                 continue
@@ -444,7 +470,7 @@ cdef void _gru_fwd(Py_ssize_t t0, Py_ssize_t n, Py_ssize_t B, Py_ssize_t H, cons
                 for j in range(H):
                     rh[b * H + j] = a[j] * h[b * H + j]
         if not lbr:
-            fc_gemm(B, H, H, rh, H, wp_n, ghn, H)
+            _recur(packed, B, H, H, rh, wp_n, ghn)
         for b in range(B):
             if _masked(lens, t, b):
                 memset(y + (t * B + b) * H, 0, H * sizeof(float))
@@ -471,7 +497,7 @@ cdef void _gru_fwd(Py_ssize_t t0, Py_ssize_t n, Py_ssize_t B, Py_ssize_t H, cons
 
 
 def gru_forward(Py_ssize_t t0, const float[:, :, ::1] gx, const float[::1] wp,
-                const float[::1] wp_n,
+                const float[::1] wp_n, bint packed,
                 const float[::1] bhn, float[:, ::1] h, float[:, :, ::1] y,
                 const int64_t[::1] lengths, bint reverse, bint linear_before_reset,
                 float[:, :, ::1] gates, float[:, :, ::1] hn, float[:, ::1] gh,
@@ -485,7 +511,7 @@ def gru_forward(Py_ssize_t t0, const float[:, :, ::1] gx, const float[::1] wp,
     with nogil:
         env = fc_fpenv_enter()
         _gru_fwd(t0, gx.shape[0], y.shape[1], y.shape[2], &gx[0, 0, 0], &wp[0],
-                 &wp_n[0] if wp_n is not None else NULL, &bhn[0], &h[0, 0], &y[0, 0, 0],
+                 &wp_n[0] if wp_n is not None else NULL, packed, &bhn[0], &h[0, 0], &y[0, 0, 0],
                  _lens(lengths), reverse, linear_before_reset, _opt_w(gates), _opt_w(hn),
                  &gh[0, 0], &rh[0, 0], &ghn[0, 0])
         fc_fpenv_exit(env)
@@ -673,11 +699,11 @@ cdef class Stepper:
                 for j in range(GH):
                     gx[b * GH + j] += self.bias[j]
             if self.kind == 2:
-                _lstm_fwd(0, 1, B, H, gx, self.wp, self.P, &h[0, 0], &c[0, 0], y,
+                _lstm_fwd(0, 1, B, H, gx, self.wp, True, self.P, &h[0, 0], &c[0, 0], y,
                           NULL, False, NULL, NULL, gh)
             elif self.kind == 1:
-                _gru_fwd(0, 1, B, H, gx, self.wp, self.wp_n, self.bhn, &h[0, 0], y,
+                _gru_fwd(0, 1, B, H, gx, self.wp, self.wp_n, True, self.bhn, &h[0, 0], y,
                          NULL, False, self.lbr, NULL, NULL, gh, rh, ghn)
             else:
-                _rnn_fwd(0, 1, B, H, gx, self.wp, &h[0, 0], y, NULL, False, self.relu, gh)
+                _rnn_fwd(0, 1, B, H, gx, self.wp, True, &h[0, 0], y, NULL, False, self.relu, gh)
             fc_fpenv_exit(env)

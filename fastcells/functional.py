@@ -53,13 +53,33 @@ __all__ = [
 CHUNK_FLOATS = 1 << 18
 
 
+#: batch-1 forward calls of at most this many steps multiply by ``W_hh`` as it is,
+#: unpacked (``_kernels.gemm_nt``): packing costs as much as several steps
+#: (one 16 MiB transposing copy at H = 1024), while an unpacked step is only
+#: 0-15% slower than a packed one (both stream the weights from cache)
+UNPACKED_MAX_STEPS = 64
+
+
+def _unpacked_projection(rows: int, I: int) -> bool:
+    """Whether the input projection of ``rows`` (T*B) rows runs as fastcells' unpacked
+    product rather than NumPy's matmul: BLAS packs all of ``W_ih`` first, which short
+    projections do not amortize (25 rows at I = 1024: 2x faster unpacked; 100 rows
+    at I = 64: 0.8x).  Depends on the whole call's rows, not a chunk's, so training and
+    inference (chunked) project alike, bit for bit."""
+    return rows <= 32 or (rows <= 128 and I >= 256)
+
+
 def _project(x: np.ndarray, W_ih: np.ndarray, bias: Optional[np.ndarray],
-             out: Optional[np.ndarray] = None) -> np.ndarray:
+             out: Optional[np.ndarray] = None, unpacked: bool = False) -> np.ndarray:
     """Phase 1: ``x (T, B, I) @ W_ih.T + bias`` as one GEMM, float32 C order (T, B, G*H)."""
     T, B, I = x.shape
     GH = W_ih.shape[0]
-    gx = np.matmul(x.reshape(T * B, I), W_ih.T,
-                   out=None if out is None else out.reshape(T * B, GH))
+    if unpacked:
+        gx = np.empty((T * B, GH), F32) if out is None else out.reshape(T * B, GH)
+        _kernels.gemm_nt(x.reshape(T * B, I), W_ih, gx)
+    else:
+        gx = np.matmul(x.reshape(T * B, I), W_ih.T,
+                       out=None if out is None else out.reshape(T * B, GH))
     if bias is not None:
         gx += bias
     return gx.reshape(T, B, GH)
@@ -69,15 +89,16 @@ def _projected_chunks(a, bias: Optional[np.ndarray], training: bool, reverse: bo
     """Yield ``(t0, gx)``: the input projection of steps ``[t0, t0 + len(gx))``, in the
     order the loop walks time.  Training projects all steps at once (the gates of
     every step are kept anyway); inference a chunk at a time into one buffer."""
+    unpacked = _unpacked_projection(a.T * a.B, a.I)
     if training:
-        yield 0, _project(a.x, a.W_ih, bias)
+        yield 0, _project(a.x, a.W_ih, bias, unpacked=unpacked)
         return
     steps = max(1, min(a.T, CHUNK_FLOATS // (a.B * a.G * a.H)))
     buf = np.empty((steps, a.B, a.G * a.H), F32)
     starts = range(0, a.T, steps)
     for t0 in (reversed(starts) if reverse else starts):
         n = min(steps, a.T - t0)
-        yield t0, _project(a.x[t0:t0 + n], a.W_ih, bias, out=buf[:n])
+        yield t0, _project(a.x[t0:t0 + n], a.W_ih, bias, out=buf[:n], unpacked=unpacked)
 
 
 def _fold_biases(a, lbr: bool = False):
@@ -97,16 +118,23 @@ def _fold_biases(a, lbr: bool = False):
     return bias, bhn
 
 
-def _pack_recurrent(W_hh: np.ndarray, split_gru: bool, transpose: bool):
-    """Packed ``W_hh`` for the loop (``transpose``: ``h @ W_hh.T``, else ``dG @ W_hh``).
+def _pack_recurrent(W_hh: np.ndarray, split_gru: bool, transpose: bool, packed: bool = True):
+    """Packed ``W_hh`` for the loop (``transpose``: ``h @ W_hh.T``, else ``dG @ W_hh``);
+    not ``packed`` (forward only): ``W_hh``'s own rows, flat.
 
     A GRU without ``linear_before_reset`` needs its r, z rows and its n rows
     apart (``split_gru``): n's product waits for r.  Returns ``(wp, wp_n or None)``.
     """
+    prep = (lambda W: _kernels.pack(W, transpose)) if packed else np.ravel
     if not split_gru:
-        return _kernels.pack(W_hh, transpose), None
+        return prep(W_hh), None
     H = W_hh.shape[1]
-    return _kernels.pack(W_hh[:2 * H], transpose), _kernels.pack(W_hh[2 * H:], transpose)
+    return prep(W_hh[:2 * H]), prep(W_hh[2 * H:])
+
+
+def _packs_forward(a) -> bool:
+    """Whether a forward call packs ``W_hh`` (else it multiplies by its rows as they are)."""
+    return not (a.B == 1 and a.T <= UNPACKED_MAX_STEPS)
 
 
 def _initial(state: Optional[np.ndarray], B: int, H: int) -> np.ndarray:
@@ -250,9 +278,11 @@ def rnn_forward(x, W_ih, W_hh, b_ih=None, b_hh=None, h0=None, *, nonlinearity="t
         bias, _ = _fold_biases(a)
         h = _initial(a.h0, a.B, a.H)
         y = np.empty((a.T, a.B, a.H), F32)
-        wp, gh = _kernels.pack(a.W_hh, True), np.empty((a.B, a.H), F32)
+        packed = _packs_forward(a)
+        wp, _ = _pack_recurrent(a.W_hh, False, True, packed)
+        gh = np.empty((a.B, a.H), F32)
         for t0, gx in _projected_chunks(a, bias, training, reverse):
-            _kernels.rnn_forward(t0, gx, wp, h, y, a.lengths, reverse, relu, gh)
+            _kernels.rnn_forward(t0, gx, wp, packed, h, y, a.lengths, reverse, relu, gh)
     cache = _cache("rnn", a, options, y=y.copy()) if training else None
     return ForwardResult(y, h, cache)
 
@@ -340,9 +370,12 @@ def lstm_forward(x, W_ih, W_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, peeph
             # zeros, not empty: masked steps are never written, and dpeephole
             # multiplies every step's cs by its (zero) gate gradient: 0 * garbage
             cs = np.zeros((a.T, a.B, a.H), F32)
-        wp, gh = _kernels.pack(a.W_hh, True), np.empty((a.B, 4 * a.H), F32)
+        packed = _packs_forward(a)
+        wp, _ = _pack_recurrent(a.W_hh, False, True, packed)
+        gh = np.empty((a.B, 4 * a.H), F32)
         for t0, gx in _projected_chunks(a, bias, training, reverse):
-            _kernels.lstm_forward(t0, gx, wp, P, h, c, y, a.lengths, reverse, gates, cs, gh)
+            _kernels.lstm_forward(t0, gx, wp, packed, P, h, c, y, a.lengths, reverse, gates,
+                                  cs, gh)
     cache = _cache("lstm", a, options, y=y.copy(), gates=gates, cs=cs) if training else None
     return LSTMForwardResult(y, h, c, cache)
 
@@ -430,7 +463,8 @@ def gru_forward(x, W_ih, W_hh, b_ih=None, b_hh=None, h0=None, *, linear_before_r
         bias, bhn = _fold_biases(a, lbr)
         h = _initial(a.h0, a.B, H)
         y = np.empty((a.T, a.B, H), F32)
-        wp, wp_n = _pack_recurrent(a.W_hh, not lbr, True)
+        packed = _packs_forward(a)
+        wp, wp_n = _pack_recurrent(a.W_hh, not lbr, True, packed)
         if training:
             # zeros, not empty: the loop skips masked steps, and backward reads r at
             # every step for dW_hn (0 * garbage could be NaN) when not lbr
@@ -439,7 +473,7 @@ def gru_forward(x, W_ih, W_hh, b_ih=None, b_hh=None, h0=None, *, linear_before_r
         gh = np.empty((a.B, (3 if lbr else 2) * H), F32)
         rh, ghn = np.zeros((a.B, H), F32), np.empty((a.B, H), F32)
         for t0, gx in _projected_chunks(a, bias, training, reverse):
-            _kernels.gru_forward(t0, gx, wp, wp_n, bhn, h, y, a.lengths, reverse, lbr, gates,
+            _kernels.gru_forward(t0, gx, wp, wp_n, packed, bhn, h, y, a.lengths, reverse, lbr, gates,
                                  hn, gh, rh, ghn)
     cache = _cache("gru", a, options, y=y.copy(), gates=gates, hn=hn) if training else None
     return ForwardResult(y, h, cache)
