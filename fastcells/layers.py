@@ -27,7 +27,8 @@ from typing import Any, NamedTuple, Optional
 import numpy as np
 
 from . import functional
-from ._checks import GATES, as_float, check_bool, check_nonlinearity, check_shape, float_dtype
+from ._checks import (GATES, as_float, check_bool, check_nonlinearity, check_shape, float_dtype,
+                      is_f32c)
 
 F32 = np.float32
 
@@ -301,6 +302,19 @@ class _RNNBase(_Layer):
         kinds = len(self._state_names)
         if states is None:
             return [None] * kinds
+        compiled = self.backend is None
+        L, H = self.num_layers * self.num_directions, self.hidden_size
+        if compiled:
+            # arrays that fit are what the checks below return for them, at a fraction
+            # of the cost (step() pays this per time step)
+            shape = (L, B, H)
+            if kinds == 1:
+                if is_f32c(states) and states.shape == shape:
+                    return [states]
+            elif type(states) is tuple and len(states) == 2:
+                h, c = states
+                if is_f32c(h) and is_f32c(c) and h.shape == shape and c.shape == shape:
+                    return [h, c]
         if kinds > 1:
             if not isinstance(states, (tuple, list)) or len(states) != kinds:
                 raise TypeError(f"{arg}: expected None or a pair ({', '.join(names)}) of arrays "
@@ -309,7 +323,6 @@ class _RNNBase(_Layer):
             parts = list(states)
         else:
             parts = [states]
-        L, H = self.num_layers * self.num_directions, self.hidden_size
         out = []
         for part_name, part in zip(names, parts):
             if part is None:
@@ -317,7 +330,7 @@ class _RNNBase(_Layer):
                 continue
             arr = _to_numpy(part)
             # float32 for the kernels; another backend (the reference) keeps the precision
-            arr = as_float(part_name, arr, F32 if self.backend is None else float_dtype(arr))
+            arr = as_float(part_name, arr, F32 if compiled else float_dtype(arr))
             check_shape(part_name, arr, ("num_layers*num_directions", "B", "H"), (L, B, H))
             out.append(arr)
         return out
@@ -492,18 +505,30 @@ class _RNNBase(_Layer):
             raise ValueError("step: expected a unidirectional layer, got bidirectional=True "
                              "(the reverse direction starts at the end of the sequence; run "
                              "the whole sequence with layer(x) instead)")
-        x = as_float("x_t", _to_numpy(x_t), F32 if self.backend is None else float_dtype(x_t))
-        if x.ndim != 2 or x.shape[1] != self.input_size:
+        # Per-step overhead matters here (a step of the kernels is a few us at H = 64):
+        # arrays that already fit skip the conversions, which would return them as they are.
+        compiled = self.backend is None
+        x = x_t if compiled and is_f32c(x_t) else as_float(
+            "x_t", _to_numpy(x_t), F32 if compiled else float_dtype(x_t))
+        shape = x.shape
+        if len(shape) != 2 or shape[1] != self.input_size:
             raise ValueError(f"x_t: expected shape (B, input_size) = (B, {self.input_size}), "
-                             f"got {x.shape}")
-        init = self._states(state, x.shape[0], "state", self._state_names)
+                             f"got {shape}")
+        init = self._states(state, shape[0], "state", self._state_names)
+        if compiled and self.num_layers == 1:
+            # the common streaming case, as the loop below computes it, less its bookkeeping
+            out = self._stepper(0)(x, *[None if s is None else s[0] for s in init])
+            if type(out) is tuple:
+                h, c = out
+                return h, (h[None], c[None])
+            return out, out[None]
         finals = [[] for _ in init]
         inp = x
         for k in range(self.num_layers):
             states_k = [None if s is None else s[k] for s in init]
-            if self.backend is None:
+            if compiled:
                 out = self._stepper(k)(inp, *states_k)
-                out = out if isinstance(out, tuple) else (out,)
+                out = out if type(out) is tuple else (out,)
             else:
                 res = self._forward_fn(inp[None], *self._weights[k], *states_k,
                                        **self._direction_options(k))
@@ -516,12 +541,13 @@ class _RNNBase(_Layer):
 
     def _stepper(self, k: int) -> "functional.Stepper":
         """The prepared weights of layer ``k`` for :meth:`step` (built on first use)."""
-        if self._derived is None:
-            self._derived = [None] * self.num_layers
-        if self._derived[k] is None:
-            self._derived[k] = functional.Stepper(self._cell, *self._weights[k],
-                                                  **self._direction_options(k))
-        return self._derived[k]
+        derived = self._derived
+        if derived is None:
+            derived = self._derived = [None] * self.num_layers
+        if derived[k] is None:
+            derived[k] = functional.Stepper(self._cell, *self._weights[k],
+                                            **self._direction_options(k))
+        return derived[k]
 
 
 class RNN(_RNNBase):
