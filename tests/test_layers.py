@@ -553,3 +553,25 @@ def test_step_state_of_wrong_size_is_named(cell):
     if isinstance(state, tuple):
         with pytest.raises(TypeError, match="state: expected None or a pair"):
             layer.step(x[0], state[0])
+
+
+@pytest.mark.parametrize("num_layers", [1, 2])
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_final_states_are_arrays_of_their_own(cell, num_layers):
+    # the final states are (views of) new arrays: writing one changes nothing else
+    layer = make(cell, num_layers)
+    x, state, dy, _ = inputs(layer, np.random.default_rng(13))
+    y, final = layer(x, state)
+    for s in flat_states(final):
+        assert s.dtype == np.float32 and s.shape == (num_layers, B, H)
+        assert not np.shares_memory(s, y)
+        assert not any(np.shares_memory(s, p) for p in layer.parameters().values())
+    y_copy = y.copy()
+    for s in flat_states(final):
+        s += 1.0
+    np.testing.assert_array_equal(y, y_copy)
+    np.testing.assert_array_equal(layer(x, state)[0], y_copy)
+    dx, d0 = layer.backward(dy)
+    for d in flat_states(d0):
+        assert d.dtype == np.float32 and d.shape == (num_layers, B, H)
+        assert not np.shares_memory(d, dx)
