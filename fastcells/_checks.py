@@ -231,6 +231,10 @@ def _check_ndim(name: str, arr: np.ndarray, symbols: tuple) -> None:
         )
 
 
+#: up to this batch size check_lengths reduces in Python (see there)
+_SMALL_BATCH = 64
+
+
 def check_lengths(lengths: Any, T: int, B: int) -> Optional[np.ndarray]:
     """Validate ``lengths``: None, or integers of shape (B,) with 0 <= lengths[b] <= T.
 
@@ -244,15 +248,24 @@ def check_lengths(lengths: Any, T: int, B: int) -> Optional[np.ndarray]:
         raise TypeError(f"lengths: expected an integer array of shape (B,) = ({B},), got dtype {arr.dtype}")
     if arr.shape != (B,):
         raise ValueError(f"lengths: expected shape (B,) = ({B},), got {arr.shape}")
-    if B and (arr.min() < 0 or arr.max() > T):
+    if B == 0:
+        return None
+    # a NumPy reduction costs ~1.5 us whatever the size: for the usual small
+    # batches, Python's min/max over the values are several times cheaper
+    if B <= _SMALL_BATCH:
+        values = arr.tolist()
+        lo, hi = min(values), max(values)
+    else:
+        lo, hi = arr.min(), arr.max()
+    if lo < 0 or hi > T:
         bad = int(np.flatnonzero((arr < 0) | (arr > T))[0])
         raise ValueError(
             f"lengths: expected values in [0, T] = [0, {T}], got lengths[{bad}] = {int(arr[bad])}"
         )
-    arr = np.ascontiguousarray(arr, dtype=np.int64)
-    if B == 0 or arr.min() == T:
+    if lo == T:
         return None
-    return arr
+    # values in [0, T]: int64 holds them exactly
+    return np.ascontiguousarray(arr, dtype=np.int64)
 
 
 class ForwardArgs(NamedTuple):

@@ -312,3 +312,31 @@ def test_fast_path_lengths_get_the_full_checks(family):
     args["lengths"] = [T + 1, 0]
     with pytest.raises(ValueError, match=r"lengths: expected values in \[0, T\]"):
         _checks.check_forward(family, dtype=np.float32, **args)
+
+
+@pytest.mark.parametrize("B_", [1, 5, _checks._SMALL_BATCH, _checks._SMALL_BATCH + 1, 300])
+@pytest.mark.parametrize("dtype", [np.int64, np.int32, np.uint8, np.uint64])
+def test_lengths_checks_agree_for_small_and_large_batches(B_, dtype):
+    # small batches are reduced in Python, large ones by NumPy: same results
+    T_ = 7
+    rng = np.random.default_rng(B_)
+    lengths = rng.integers(0, T_ + 1, B_).astype(dtype)
+    lengths[0] = 0
+    got = _checks.check_lengths(lengths, T_, B_)
+    assert got.dtype == np.int64 and got.flags.c_contiguous
+    np.testing.assert_array_equal(got, lengths.astype(np.int64))
+    assert _checks.check_lengths(np.full(B_, T_, dtype), T_, B_) is None
+    assert _checks.check_lengths(lengths.tolist(), T_, B_) is not None
+    too_long = lengths.copy()
+    too_long[B_ // 2] = T_ + 1
+    with pytest.raises(ValueError, match=rf"lengths\[{B_ // 2}\] = {T_ + 1}"):
+        _checks.check_lengths(too_long, T_, B_)
+    huge = lengths.copy()
+    huge[-1] = np.iinfo(dtype).max
+    with pytest.raises(ValueError, match=rf"lengths\[{B_ - 1}\] = {np.iinfo(dtype).max}"):
+        _checks.check_lengths(huge, T_, B_)
+    if np.issubdtype(dtype, np.signedinteger):
+        negative = lengths.copy()
+        negative[-1] = -1
+        with pytest.raises(ValueError, match=rf"lengths\[{B_ - 1}\] = -1"):
+            _checks.check_lengths(negative, T_, B_)
