@@ -27,7 +27,8 @@ from typing import Any, NamedTuple, Optional
 import numpy as np
 
 from . import functional
-from ._checks import GATES, as_float, check_bool, check_nonlinearity, check_shape, float_dtype
+from ._checks import (GATES, as_float, check_bool, check_nonlinearity, check_shape, float_dtype,
+                      is_f32c)
 
 F32 = np.float32
 
@@ -57,6 +58,23 @@ def _to_numpy(value: Any) -> np.ndarray:
     if hasattr(value, "numpy") and callable(value.numpy):
         return np.asarray(value.numpy())
     return np.asarray(value)
+
+
+def _stack(states: list, view: bool) -> np.ndarray:
+    """``np.stack(states)`` for the per-(layer, direction) states (B, H) of a call.
+
+    np.stack costs ~3 us a call whatever the size, paid per state kind per call;
+    this costs ~0.2 us for one state and ~0.3 us per state for more.  ``view``:
+    a single state may be returned as a (1, B, H) view, for states that are new
+    arrays nothing else holds (what ``functional`` returns).
+    """
+    first = states[0]
+    if len(states) == 1:
+        return first[None] if view else first[None].copy()
+    out = np.empty((len(states),) + first.shape, np.result_type(*states))
+    for i, state in enumerate(states):
+        out[i] = state
+    return out
 
 
 def _check_size(name: str, value: Any, minimum: int) -> int:
@@ -282,12 +300,12 @@ class _RNNBase(_Layer):
     def _time_major(self, name: str, a: Any, last: int, last_sym: str) -> np.ndarray:
         """Check a sequence argument (x or dy) and return it time-major (T, B, last)."""
         arr = _to_numpy(a)
-        symbols = ("B", "T", last_sym) if self.batch_first else ("T", "B", last_sym)
-        layout = f"({', '.join(symbols)})" + (" (batch_first=True)" if self.batch_first else "")
-        if arr.ndim != 3:
-            raise ValueError(f"{name}: expected a 3-D array of shape {layout}, got "
-                             f"{arr.ndim}-D array of shape {arr.shape}")
-        if arr.shape[2] != last:
+        if arr.ndim != 3 or arr.shape[2] != last:
+            symbols = ("B", "T", last_sym) if self.batch_first else ("T", "B", last_sym)
+            layout = f"({', '.join(symbols)})" + (" (batch_first=True)" if self.batch_first else "")
+            if arr.ndim != 3:
+                raise ValueError(f"{name}: expected a 3-D array of shape {layout}, got "
+                                 f"{arr.ndim}-D array of shape {arr.shape}")
             raise ValueError(f"{name}: expected shape {layout} with {last_sym} = {last}, got "
                              f"{arr.shape}")
         return arr.transpose(1, 0, 2) if self.batch_first else arr
@@ -301,6 +319,19 @@ class _RNNBase(_Layer):
         kinds = len(self._state_names)
         if states is None:
             return [None] * kinds
+        compiled = self.backend is None
+        L, H = self.num_layers * self.num_directions, self.hidden_size
+        if compiled:
+            # arrays that fit are what the checks below return for them, at a fraction
+            # of the cost (step() pays this per time step)
+            shape = (L, B, H)
+            if kinds == 1:
+                if is_f32c(states) and states.shape == shape:
+                    return [states]
+            elif type(states) is tuple and len(states) == 2:
+                h, c = states
+                if is_f32c(h) and is_f32c(c) and h.shape == shape and c.shape == shape:
+                    return [h, c]
         if kinds > 1:
             if not isinstance(states, (tuple, list)) or len(states) != kinds:
                 raise TypeError(f"{arg}: expected None or a pair ({', '.join(names)}) of arrays "
@@ -309,7 +340,6 @@ class _RNNBase(_Layer):
             parts = list(states)
         else:
             parts = [states]
-        L, H = self.num_layers * self.num_directions, self.hidden_size
         out = []
         for part_name, part in zip(names, parts):
             if part is None:
@@ -317,7 +347,7 @@ class _RNNBase(_Layer):
                 continue
             arr = _to_numpy(part)
             # float32 for the kernels; another backend (the reference) keeps the precision
-            arr = as_float(part_name, arr, F32 if self.backend is None else float_dtype(arr))
+            arr = as_float(part_name, arr, F32 if compiled else float_dtype(arr))
             check_shape(part_name, arr, ("num_layers*num_directions", "B", "H"), (L, B, H))
             out.append(arr)
         return out
@@ -385,7 +415,7 @@ class _RNNBase(_Layer):
         self._tape = (tape, T, B) if training else None
         if self.batch_first:
             inp = np.ascontiguousarray(inp.transpose(1, 0, 2))
-        return inp, self._pack_states([np.stack(f) for f in finals])
+        return inp, self._pack_states([_stack(f, self.backend is None) for f in finals])
 
     def _dropout_mask(self, shape: tuple) -> np.ndarray:
         """Inverted dropout, as PyTorch: keep with probability 1-p, scale kept by 1/(1-p)."""
@@ -447,7 +477,8 @@ class _RNNBase(_Layer):
         dx = d_out.astype(F32, copy=False)
         if self.batch_first:
             dx = np.ascontiguousarray(dx.transpose(1, 0, 2))
-        return dx, self._pack_states([np.stack(s).astype(F32, copy=False) for s in initial])
+        return dx, self._pack_states([_stack(s, self.backend is None).astype(F32, copy=False)
+                                      for s in initial])
 
     def _accumulate(self, i: int, g) -> None:
         names = self._names[i]
@@ -492,18 +523,30 @@ class _RNNBase(_Layer):
             raise ValueError("step: expected a unidirectional layer, got bidirectional=True "
                              "(the reverse direction starts at the end of the sequence; run "
                              "the whole sequence with layer(x) instead)")
-        x = as_float("x_t", _to_numpy(x_t), F32 if self.backend is None else float_dtype(x_t))
-        if x.ndim != 2 or x.shape[1] != self.input_size:
+        # Per-step overhead matters here (a step of the kernels is a few us at H = 64):
+        # arrays that already fit skip the conversions, which would return them as they are.
+        compiled = self.backend is None
+        x = x_t if compiled and is_f32c(x_t) else as_float(
+            "x_t", _to_numpy(x_t), F32 if compiled else float_dtype(x_t))
+        shape = x.shape
+        if len(shape) != 2 or shape[1] != self.input_size:
             raise ValueError(f"x_t: expected shape (B, input_size) = (B, {self.input_size}), "
-                             f"got {x.shape}")
-        init = self._states(state, x.shape[0], "state", self._state_names)
+                             f"got {shape}")
+        init = self._states(state, shape[0], "state", self._state_names)
+        if compiled and self.num_layers == 1:
+            # the common streaming case, as the loop below computes it, less its bookkeeping
+            out = self._stepper(0)(x, *[None if s is None else s[0] for s in init])
+            if type(out) is tuple:
+                h, c = out
+                return h, (h[None], c[None])
+            return out, out[None]
         finals = [[] for _ in init]
         inp = x
         for k in range(self.num_layers):
             states_k = [None if s is None else s[k] for s in init]
-            if self.backend is None:
+            if compiled:
                 out = self._stepper(k)(inp, *states_k)
-                out = out if isinstance(out, tuple) else (out,)
+                out = out if type(out) is tuple else (out,)
             else:
                 res = self._forward_fn(inp[None], *self._weights[k], *states_k,
                                        **self._direction_options(k))
@@ -511,17 +554,17 @@ class _RNNBase(_Layer):
             inp = out[0]
             for f, o in zip(finals, out):
                 f.append(o)
-        return inp, self._pack_states([f[0][None] if len(f) == 1 else np.stack(f)
-                                       for f in finals])
+        return inp, self._pack_states([_stack(f, True) for f in finals])
 
     def _stepper(self, k: int) -> "functional.Stepper":
         """The prepared weights of layer ``k`` for :meth:`step` (built on first use)."""
-        if self._derived is None:
-            self._derived = [None] * self.num_layers
-        if self._derived[k] is None:
-            self._derived[k] = functional.Stepper(self._cell, *self._weights[k],
-                                                  **self._direction_options(k))
-        return self._derived[k]
+        derived = self._derived
+        if derived is None:
+            derived = self._derived = [None] * self.num_layers
+        if derived[k] is None:
+            derived[k] = functional.Stepper(self._cell, *self._weights[k],
+                                            **self._direction_options(k))
+        return derived[k]
 
 
 class RNN(_RNNBase):

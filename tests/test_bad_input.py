@@ -13,7 +13,7 @@ import pytest
 from conftest import CELLS, backward, forward, make_inputs, make_upstream
 
 import fastcells
-from fastcells import reference
+from fastcells import _checks, reference
 
 T, B, I, H = 3, 2, 4, 5
 LENGTHS = np.array([T, 1])
@@ -236,3 +236,107 @@ def test_bad_cache_is_named_with_expected_and_received(case_name, family, module
     with pytest.raises(error) as exc_info:
         backward(mod, FAMILY_CELL[family], make(mod, family), valid_call(family)[1])
     _check_message(exc_info, "cache", texts(name, family))
+
+
+# ----------------------------------------------------------------------------
+# the fast path of the checks: arrays that fit skip the full checks, and
+# anything else gets them (and their conversions and messages)
+
+
+class _Sub(np.ndarray):
+    """An ndarray subclass: never taken as it is by the fast path."""
+
+
+#: a change to one valid float32 argument that leaves its values as they are
+NEAR_MISSES = {
+    "float64": lambda a: a.astype(np.float64),
+    "big-endian": lambda a: a.astype(">f4"),
+    "strided": lambda a: np.repeat(a, 2, axis=-1)[..., ::2],
+    "subclass": lambda a: a.view(_Sub),
+    "equal-dtype-other-object": lambda a: a.view(np.dtype(np.float32, metadata={"k": 1})),
+    "list": lambda a: a.tolist(),
+}
+PEEPHOLE = np.linspace(-0.5, 0.5, 3 * H, dtype=np.float32)
+
+
+def _fields_equal(got, want):
+    for name, g, w in zip(want._fields, got, want):
+        if isinstance(w, np.ndarray):
+            assert isinstance(g, np.ndarray) and g.dtype == w.dtype and g.shape == w.shape, name
+            assert g.flags.c_contiguous and g.dtype.isnative, name
+            np.testing.assert_array_equal(g, w, err_msg=name)
+        else:
+            assert g == w, name
+
+
+def _check_args(family):
+    args, _ = valid_call(family)
+    if family == "lstm":
+        args["peephole"] = PEEPHOLE.copy()
+    return args
+
+
+def _full_checks(family, args):
+    # a dtype given as a string is not the float32 dtype object: the full checks
+    return _checks.check_forward(family, dtype="float32", **args)
+
+
+@pytest.mark.parametrize("family", list(FAMILY_CELL))
+def test_fitting_arrays_take_the_fast_path_as_they_are(family):
+    args = _check_args(family)
+    fast = _checks._forward_fast(family, **args)
+    assert fast is not None
+    for name in ARRAYS + ("peephole",):
+        if name in args:
+            assert getattr(fast, name) is args[name], f"{name} was copied"
+    _fields_equal(fast, _full_checks(family, args))
+    _fields_equal(_checks.check_forward(family, dtype=np.float32, **args), fast)
+
+
+@pytest.mark.parametrize("change", list(NEAR_MISSES))
+@pytest.mark.parametrize("arg", ARRAYS + ("peephole",))
+def test_near_misses_get_the_full_checks(arg, change):
+    family = "lstm" if arg in ("c0", "peephole") else "gru"
+    args = _check_args(family)
+    want = _full_checks(family, args)
+    args[arg] = NEAR_MISSES[change](args[arg])
+    assert _checks._forward_fast(family, **args) is None
+    _fields_equal(_checks.check_forward(family, dtype=np.float32, **args), want)
+
+
+@pytest.mark.parametrize("family", list(FAMILY_CELL))
+def test_fast_path_lengths_get_the_full_checks(family):
+    args = _check_args(family)
+    args["lengths"] = np.array([T, T])          # all full length: None for the kernels
+    assert _checks.check_forward(family, dtype=np.float32, **args).lengths is None
+    args["lengths"] = [T + 1, 0]
+    with pytest.raises(ValueError, match=r"lengths: expected values in \[0, T\]"):
+        _checks.check_forward(family, dtype=np.float32, **args)
+
+
+@pytest.mark.parametrize("B_", [1, 5, _checks._SMALL_BATCH, _checks._SMALL_BATCH + 1, 300])
+@pytest.mark.parametrize("dtype", [np.int64, np.int32, np.uint8, np.uint64])
+def test_lengths_checks_agree_for_small_and_large_batches(B_, dtype):
+    # small batches are reduced in Python, large ones by NumPy: same results
+    T_ = 7
+    rng = np.random.default_rng(B_)
+    lengths = rng.integers(0, T_ + 1, B_).astype(dtype)
+    lengths[0] = 0
+    got = _checks.check_lengths(lengths, T_, B_)
+    assert got.dtype == np.int64 and got.flags.c_contiguous
+    np.testing.assert_array_equal(got, lengths.astype(np.int64))
+    assert _checks.check_lengths(np.full(B_, T_, dtype), T_, B_) is None
+    assert _checks.check_lengths(lengths.tolist(), T_, B_) is not None
+    too_long = lengths.copy()
+    too_long[B_ // 2] = T_ + 1
+    with pytest.raises(ValueError, match=rf"lengths\[{B_ // 2}\] = {T_ + 1}"):
+        _checks.check_lengths(too_long, T_, B_)
+    huge = lengths.copy()
+    huge[-1] = np.iinfo(dtype).max
+    with pytest.raises(ValueError, match=rf"lengths\[{B_ - 1}\] = {np.iinfo(dtype).max}"):
+        _checks.check_lengths(huge, T_, B_)
+    if np.issubdtype(dtype, np.signedinteger):
+        negative = lengths.copy()
+        negative[-1] = -1
+        with pytest.raises(ValueError, match=rf"lengths\[{B_ - 1}\] = -1"):
+            _checks.check_lengths(negative, T_, B_)

@@ -508,3 +508,70 @@ def test_step_uses_new_weights_after_an_update(cell):
         p *= 2
     layer.parameters_changed()
     np.testing.assert_allclose(layer.step(x_t)[0], layer(x_t[None])[0][0], atol=FWD_TOL)
+
+
+@pytest.mark.parametrize("num_layers", [1, 2])
+@pytest.mark.parametrize("cell", list(ALL_CELLS))
+def test_step_gives_the_same_for_inputs_that_need_converting(cell, num_layers):
+    # float32 C-order arrays skip the conversions in step(); everything else is
+    # converted first: both must give exactly the same numbers and layout
+    layer = make(cell, num_layers).eval()
+    x, state, _, _ = inputs(layer, np.random.default_rng(11))
+    y_fast, s_fast = layer.step(x[0], state)
+    converted = [
+        (x[0].astype(np.float64), state),
+        (x[0].tolist(), state),
+        (np.asfortranarray(x[0]), state),
+        (x[0], tuple(np.asfortranarray(s) for s in flat_states(state))
+         if isinstance(state, tuple) else np.asfortranarray(state)),
+        (x[0], list(state) if isinstance(state, tuple) else state.astype(np.float64)),
+    ]
+    for x_t, s in converted:
+        y_t, s_new = layer.step(x_t, s)
+        assert y_t.dtype == np.float32 and y_t.shape == (B, H)
+        np.testing.assert_array_equal(y_t, y_fast)
+        for got, want in zip(flat_states(s_new), flat_states(s_fast)):
+            assert got.dtype == np.float32 and got.shape == (num_layers, B, H)
+            np.testing.assert_array_equal(got, want)
+    # the outputs are new arrays: the caller's state is never written
+    before = [s.copy() for s in flat_states(state)]
+    layer.step(x[1], state)
+    for s, b in zip(flat_states(state), before):
+        np.testing.assert_array_equal(s, b)
+
+
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_step_state_of_wrong_size_is_named(cell):
+    layer = make(cell, 2).eval()
+    x, state, _, _ = inputs(layer, np.random.default_rng(12))
+    one = [s[:1] for s in flat_states(state)]
+    bad = tuple(one) if isinstance(state, tuple) else one[0]
+    with pytest.raises(ValueError, match=r"h0: expected shape \(num_layers\*num_directions, B, H\)"):
+        layer.step(x[0], bad)
+    with pytest.raises(ValueError, match=r"x_t: expected shape \(B, input_size\)"):
+        layer.step(x[0][:, :-1], state)
+    if isinstance(state, tuple):
+        with pytest.raises(TypeError, match="state: expected None or a pair"):
+            layer.step(x[0], state[0])
+
+
+@pytest.mark.parametrize("num_layers", [1, 2])
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_final_states_are_arrays_of_their_own(cell, num_layers):
+    # the final states are (views of) new arrays: writing one changes nothing else
+    layer = make(cell, num_layers)
+    x, state, dy, _ = inputs(layer, np.random.default_rng(13))
+    y, final = layer(x, state)
+    for s in flat_states(final):
+        assert s.dtype == np.float32 and s.shape == (num_layers, B, H)
+        assert not np.shares_memory(s, y)
+        assert not any(np.shares_memory(s, p) for p in layer.parameters().values())
+    y_copy = y.copy()
+    for s in flat_states(final):
+        s += 1.0
+    np.testing.assert_array_equal(y, y_copy)
+    np.testing.assert_array_equal(layer(x, state)[0], y_copy)
+    dx, d0 = layer.backward(dy)
+    for d in flat_states(d0):
+        assert d.dtype == np.float32 and d.shape == (num_layers, B, H)
+        assert not np.shares_memory(d, dx)
