@@ -86,13 +86,18 @@ def _project(x: np.ndarray, W_ih: np.ndarray, bias: Optional[np.ndarray],
 
 
 def _projected_chunks(a, bias: Optional[np.ndarray], training: bool, reverse: bool):
-    """Yield ``(t0, gx)``: the input projection of steps ``[t0, t0 + len(gx))``, in the
+    """``(t0, gx)`` pairs: the input projection of steps ``[t0, t0 + len(gx))``, in the
     order the loop walks time.  Training projects all steps at once (the gates of
-    every step are kept anyway); inference a chunk at a time into one buffer."""
+    every step are kept anyway), and so does inference when that fits one chunk;
+    longer inference a chunk at a time into one buffer."""
     unpacked = _unpacked_projection(a.T * a.B, a.I)
-    if training:
-        yield 0, _project(a.x, a.W_ih, bias, unpacked=unpacked)
-        return
+    if training or a.T * a.B * a.G * a.H <= CHUNK_FLOATS:   # one piece: no generator
+        return ((0, _project(a.x, a.W_ih, bias, unpacked=unpacked)),)
+    return _chunks(a, bias, reverse, unpacked)
+
+
+def _chunks(a, bias: Optional[np.ndarray], reverse: bool, unpacked: bool):
+    """The inference chunks of :func:`_projected_chunks`, one reused buffer."""
     steps = max(1, min(a.T, CHUNK_FLOATS // (a.B * a.G * a.H)))
     buf = np.empty((steps, a.B, a.G * a.H), F32)
     starts = range(0, a.T, steps)
@@ -106,9 +111,10 @@ def _fold_biases(a, lbr: bool = False):
 
     ``b_ih + b_hh`` for every gate, except the n gate of a GRU with
     ``linear_before_reset``, where ``b_hn`` stays inside ``r * (W_hn h + b_hn)``.
-    Returns ``(bias or None, b_hn)`` with ``b_hn`` zeros when not needed.
+    Returns ``(bias or None, b_hn)`` with ``b_hn`` zeros when not needed (None
+    for RNN and LSTM, which have no ``b_hn``).
     """
-    bhn = np.zeros(a.H, F32)
+    bhn = np.zeros(a.H, F32) if a.G == 3 else None
     if a.b_ih is None:
         return None, bhn
     bias = a.b_ih + a.b_hh
@@ -187,12 +193,15 @@ def _weight_grads(x: np.ndarray, W_ih: np.ndarray, dGx: np.ndarray, dGh: np.ndar
     dGx2 = dGx.reshape(T * B, GH)
     dGh2 = dGh.reshape(T * B, GH)
     dx = np.matmul(dGx2, W_ih).reshape(T, B, I)
-    dW_ih = np.matmul(dGx2.T, x.reshape(T * B, I))
+    # NumPy's matmul has no BLAS path for an inner size of 1 (T*B == 1): 36-67 us
+    # for a (256, 1) @ (1, 64) outer product that np.dot does in 5
+    mm = np.dot if T * B == 1 else np.matmul
+    dW_ih = mm(dGx2.T, x.reshape(T * B, I))
     if hprev_n is None:
-        dW_hh = np.matmul(dGh2.T, hprev.reshape(T * B, H))
+        dW_hh = mm(dGh2.T, hprev.reshape(T * B, H))
     else:
-        dW_hh = np.concatenate([np.matmul(dGh2[:, :GH - H].T, hprev.reshape(T * B, H)),
-                                np.matmul(dGh2[:, GH - H:].T, hprev_n.reshape(T * B, H))])
+        dW_hh = np.concatenate([mm(dGh2[:, :GH - H].T, hprev.reshape(T * B, H)),
+                                mm(dGh2[:, GH - H:].T, hprev_n.reshape(T * B, H))])
     db_ih = dGx2.sum(axis=0) if has_bias else None
     # the same sum twice when both pre-activations share one gradient (RNN, LSTM)
     db_hh = (db_ih.copy() if dGh is dGx else dGh2.sum(axis=0)) if has_bias else None
@@ -554,7 +563,8 @@ class Stepper:
         self.cell, self.input_size, self.hidden_size = cell, a.I, a.H
         self._kernel = _kernels.Stepper(
             cell, _kernels.pack(a.W_ih, True), wp, wp_n,
-            np.zeros(a.G * a.H, F32) if bias is None else bias, bhn,
+            np.zeros(a.G * a.H, F32) if bias is None else bias,
+            np.zeros(a.H, F32) if bhn is None else bhn,
             None if a.peephole is None else a.peephole.copy(), a.I, a.H, relu, lbr)
 
     def _state(self, name: str, s, B: int) -> np.ndarray:
