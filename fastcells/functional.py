@@ -3,8 +3,9 @@
 Each function is the three phases of DESIGN.md:
 
 1. check and convert the arguments (``_checks``: float32, C order);
-2. project the inputs for all steps with one NumPy matmul, fold the biases in,
-   pack the recurrent weights once, and run the compiled time loop
+2. project the inputs for all steps with one GEMM (fastcells' own, packed or
+   unpacked: ``_project``), fold the biases in, pack the recurrent weights once
+   (or not, for short batch-1 calls), and run the compiled time loop
    (``_kernels``, GIL released);
 3. backward only: the weight gradients as one matmul each after the loop.
 
@@ -61,25 +62,30 @@ UNPACKED_MAX_STEPS = 64
 
 
 def _unpacked_projection(rows: int, I: int) -> bool:
-    """Whether the input projection of ``rows`` (T*B) rows runs as fastcells' unpacked
-    product rather than NumPy's matmul: BLAS packs all of ``W_ih`` first, which short
-    projections do not amortize (25 rows at I = 1024: 2x faster unpacked; 100 rows
-    at I = 64: 0.8x).  Depends on the whole call's rows, not a chunk's, so training and
-    inference (chunked) project alike, bit for bit."""
+    """Whether the input projection of ``rows`` (T*B) rows multiplies by ``W_ih`` as it
+    is (``_kernels.gemm_nt``) rather than packed (``_kernels.gemm``): packing, like
+    BLAS's own, costs a copy of ``W_ih`` that short projections do not amortize.
+    Measured (one thread, Zen 4): unpacked is 1.3-2x NumPy's matmul and 1.2-1.8x
+    packed at 25 rows, I >= 128; packed is 1.05-1.2x NumPy from 50 rows up.
+    Depends on the whole call's rows, not a chunk's, so training and inference
+    (chunked) project alike, bit for bit."""
     return rows <= 32 or (rows <= 128 and I >= 256)
 
 
-def _project(x: np.ndarray, W_ih: np.ndarray, bias: Optional[np.ndarray],
-             out: Optional[np.ndarray] = None, unpacked: bool = False) -> np.ndarray:
-    """Phase 1: ``x (T, B, I) @ W_ih.T + bias`` as one GEMM, float32 C order (T, B, G*H)."""
+def _project(x: np.ndarray, W_ih: Union[np.ndarray, tuple], bias: Optional[np.ndarray],
+             out: Optional[np.ndarray] = None) -> np.ndarray:
+    """Phase 1: ``x (T, B, I) @ W_ih.T + bias`` as one GEMM, float32 C order (T, B, G*H).
+
+    ``W_ih``: the weights as they are (unpacked product), or ``(packed, G*H)`` from
+    :func:`_projection_weights`."""
     T, B, I = x.shape
-    GH = W_ih.shape[0]
-    if unpacked:
-        gx = np.empty((T * B, GH), F32) if out is None else out.reshape(T * B, GH)
-        _kernels.gemm_nt(x.reshape(T * B, I), W_ih, gx)
+    packed = isinstance(W_ih, tuple)
+    GH = W_ih[1] if packed else W_ih.shape[0]
+    gx = np.empty((T * B, GH), F32) if out is None else out.reshape(T * B, GH)
+    if packed:
+        _kernels.gemm(x.reshape(T * B, I), W_ih[0], GH, gx)
     else:
-        gx = np.matmul(x.reshape(T * B, I), W_ih.T,
-                       out=None if out is None else out.reshape(T * B, GH))
+        _kernels.gemm_nt(x.reshape(T * B, I), W_ih, gx)
     if bias is not None:
         gx += bias
     return gx.reshape(T, B, GH)
@@ -90,20 +96,21 @@ def _projected_chunks(a, bias: Optional[np.ndarray], training: bool, reverse: bo
     order the loop walks time.  Training projects all steps at once (the gates of
     every step are kept anyway), and so does inference when that fits one chunk;
     longer inference a chunk at a time into one buffer."""
-    unpacked = _unpacked_projection(a.T * a.B, a.I)
+    W = a.W_ih if _unpacked_projection(a.T * a.B, a.I) else (_kernels.pack(a.W_ih, True),
+                                                             a.G * a.H)
     if training or a.T * a.B * a.G * a.H <= CHUNK_FLOATS:   # one piece: no generator
-        return ((0, _project(a.x, a.W_ih, bias, unpacked=unpacked)),)
-    return _chunks(a, bias, reverse, unpacked)
+        return ((0, _project(a.x, W, bias)),)
+    return _chunks(a, W, bias, reverse)
 
 
-def _chunks(a, bias: Optional[np.ndarray], reverse: bool, unpacked: bool):
+def _chunks(a, W, bias: Optional[np.ndarray], reverse: bool):
     """The inference chunks of :func:`_projected_chunks`, one reused buffer."""
     steps = max(1, min(a.T, CHUNK_FLOATS // (a.B * a.G * a.H)))
     buf = np.empty((steps, a.B, a.G * a.H), F32)
     starts = range(0, a.T, steps)
     for t0 in (reversed(starts) if reverse else starts):
         n = min(steps, a.T - t0)
-        yield t0, _project(a.x[t0:t0 + n], a.W_ih, bias, out=buf[:n], unpacked=unpacked)
+        yield t0, _project(a.x[t0:t0 + n], W, bias, out=buf[:n])
 
 
 def _fold_biases(a, lbr: bool = False):

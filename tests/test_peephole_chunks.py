@@ -103,16 +103,28 @@ def test_peephole_empty_sequence_has_zero_gradient():
         assert g.dpeephole.shape == (6,) and not g.dpeephole.any()
 
 
+#: (T, I): the projection's paths, packed (short and blocked depth) and unpacked
+PROJECTIONS = {"packed": (23, 4), "packed-deep": (50, 600), "unpacked": (9, 300)}
+
+
+def test_the_chunk_cases_cover_every_projection_path():
+    paths = {functional._unpacked_projection(T * 3, I) for T, I in PROJECTIONS.values()}
+    assert paths == {True, False}
+    assert max(I for _, I in PROJECTIONS.values()) > 512   # more than one k block
+
+
 @pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
 @pytest.mark.parametrize("reverse", [False, True])
-@pytest.mark.parametrize("lengths", [None, np.array([23, 7, 0])], ids=["full", "lengths"])
-def test_chunked_inference_equals_one_projection(monkeypatch, cell, reverse, lengths):
+@pytest.mark.parametrize("lengths", [None, np.array([9, 7, 0])], ids=["full", "lengths"])
+@pytest.mark.parametrize("path", list(PROJECTIONS))
+def test_chunked_inference_equals_one_projection(monkeypatch, cell, reverse, lengths, path):
     """Inference projects the input in chunks of time; training in one piece. Both must
     give the same numbers bit for bit, whatever the chunk size."""
     rng = np.random.default_rng(5)
     G, H = fastcells._checks.GATES[cell], 5
-    x = rng.standard_normal((23, 3, 4), dtype=np.float32)
-    W_ih = rng.standard_normal((G * H, 4), dtype=np.float32)
+    T, I = PROJECTIONS[path]
+    x = rng.standard_normal((T, 3, I), dtype=np.float32)
+    W_ih = rng.standard_normal((G * H, I), dtype=np.float32) / np.float32(np.sqrt(I))
     W_hh = rng.standard_normal((G * H, H), dtype=np.float32) * 0.5
     kw = {"linear_before_reset": False} if cell == "gru" else {}
     forward = getattr(fastcells, f"{cell}_forward")
