@@ -166,6 +166,206 @@ FC_NAME(fc_gemv_panel)(ptrdiff_t k, const float *x, const float *Pp, float *c, p
 }
 #undef FC_GU
 
+/* Packing (gemm.c, fc_pack), per ISA only for speed: the layout is the same.
+ *
+ * A @ W.T (W is n x k, rows cs floats apart): panel p row l is
+ * W[16p .. 16p+15, l].  Each 16 x 16 block is 16 loads from 16 rows of W, a
+ * transpose in registers and 16 contiguous stores (1 KiB), so both sides
+ * stream; the blocks start where W's rows reach a cache line (a misaligned
+ * 64-byte load costs two), the rows before and after are gathered one by one.
+ * A @ W (W is k x n, rows rs floats apart): 16 rows of W at a time, walked
+ * across the panels, 64-byte copies into each panel's 1 KiB block.
+ *
+ * Streaming (gemm.c decides when: large P): non-temporal stores skip the
+ * read-for-ownership of P's lines, but on Zen 4 only whole 64-byte lines
+ * written by one store ran at copy speed (four 16-byte streaming stores per
+ * line, or a line's halves written at different times, were no faster than
+ * plain stores).  P is only float aligned (a NumPy buffer), so the rows are
+ * realigned to P's lines: the line that starts sh floats before a row is the
+ * previous row's last sh lanes and this row's first 16 - sh (one vpermt2ps).
+ * AVX-512 only (the ISA in use where it was measured). */
+#if FC_VBYTES == 64 && defined(FC_X86_INTRIN)
+#define FC_HAVE_STREAM 1
+static inline __attribute__((always_inline)) FC_TARGET void
+FC_NAME(fc_transpose16_regs)(const float *s, ptrdiff_t ld, __m512 t[16])
+{
+    __m512 r[16];
+    for (int i = 0; i < 16; i++)
+        r[i] = _mm512_loadu_ps(s + i * ld);
+    /* t[2a], t[2a+1]: rows 2a, 2a+1 interleaved, per 128-bit lane q columns
+     * 4q, 4q+1 (lo) and 4q+2, 4q+3 (hi) */
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+    }
+    /* r[4g + c], lane q: column 4q + c of rows 4g .. 4g+3 */
+    for (int i = 0; i < 16; i += 4) {
+        __m512d a = _mm512_castps_pd(t[i]), b = _mm512_castps_pd(t[i + 1]);
+        __m512d c = _mm512_castps_pd(t[i + 2]), e = _mm512_castps_pd(t[i + 3]);
+        r[i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+        r[i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+        r[i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, e));
+        r[i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, e));
+    }
+    /* gather lane q of the four row groups: column 4q + c of all 16 rows */
+    for (int c = 0; c < 4; c++) {
+        __m512 a = _mm512_shuffle_f32x4(r[c], r[4 + c], 0x88);
+        __m512 b = _mm512_shuffle_f32x4(r[c], r[4 + c], 0xdd);
+        __m512 e = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0x88);
+        __m512 f = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0xdd);
+        t[c] = _mm512_shuffle_f32x4(a, e, 0x88);
+        t[8 + c] = _mm512_shuffle_f32x4(a, e, 0xdd);
+        t[4 + c] = _mm512_shuffle_f32x4(b, f, 0x88);
+        t[12 + c] = _mm512_shuffle_f32x4(b, f, 0xdd);
+    }
+}
+
+static inline __attribute__((always_inline)) FC_TARGET void
+FC_NAME(fc_transpose16)(const float *s, ptrdiff_t ld, float *restrict d)
+{
+    __m512 t[16];
+    FC_NAME(fc_transpose16_regs)(s, ld, t);
+    for (int i = 0; i < 16; i++)
+        _mm512_storeu_ps(d + i * FC_NR, t[i]);
+}
+
+/* A run of panel rows streamed to consecutive 16-float slots from out, the
+ * first at slot 0: each row completes the line that starts sh floats before
+ * it.  Slot 0's row, and the partial lines at the run's ends, get plain
+ * (masked) stores; fc_row_run_end stores the last row's tail. */
+typedef struct {
+    float *out;      /* the next row's slot */
+    float *first;    /* slot 0 */
+    __m512 prev;     /* the last row */
+    __m512i idx;     /* lanes 16 - sh .. 31 - sh of (prev, row) */
+    __mmask16 head;  /* lanes of a row before its slot's next line: 16 - sh */
+} FC_NAME(fc_row_run);
+
+/* out[j] = row[j] for lo <= j < hi: plain stores through the stack (a masked
+ * 512-bit store to the partial lines made streaming A @ W five times slower) */
+static inline __attribute__((always_inline)) FC_TARGET void
+FC_NAME(fc_store_lanes)(float *out, __m512 row, int lo, int hi)
+{
+    float tmp[16];
+    _mm512_storeu_ps(tmp, row);
+    memcpy(out + lo, tmp + lo, (size_t)(hi - lo) * sizeof(float));
+}
+
+static inline __attribute__((always_inline)) FC_TARGET FC_NAME(fc_row_run)
+FC_NAME(fc_row_run_begin)(float *out)
+{
+    const int sh = (int)((uintptr_t)out % 64 / sizeof(float));
+    FC_NAME(fc_row_run) run;
+    run.out = run.first = out;
+    run.prev = _mm512_setzero_ps();
+    run.idx = _mm512_add_epi32(
+        _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+        _mm512_set1_epi32(16 - sh));
+    run.head = (__mmask16)((1u << (16 - sh)) - 1u);
+    return run;
+}
+
+static inline __attribute__((always_inline)) FC_TARGET void
+FC_NAME(fc_row_run_put)(FC_NAME(fc_row_run) *run, __m512 row)
+{
+    if (run->head == 0xffff)   /* slots are lines */
+        _mm512_stream_ps(run->out, row);
+    else if (run->out == run->first)
+        FC_NAME(fc_store_lanes)(run->out, row, 0, __builtin_popcount(run->head));
+    else
+        _mm512_stream_ps(run->out - (16 - __builtin_popcount(run->head)),
+                         _mm512_permutex2var_ps(run->prev, run->idx, row));
+    run->prev = row;
+    run->out += FC_NR;
+}
+
+static inline __attribute__((always_inline)) FC_TARGET void
+FC_NAME(fc_row_run_end)(FC_NAME(fc_row_run) *run)
+{
+    if (run->head != 0xffff && run->out != run->first)
+        FC_NAME(fc_store_lanes)(run->out - FC_NR, run->prev, __builtin_popcount(run->head), 16);
+}
+#else
+static inline __attribute__((always_inline)) FC_TARGET void
+FC_NAME(fc_transpose16)(const float *s, ptrdiff_t ld, float *restrict d)
+{
+    for (int l = 0; l < 16; l++)
+        for (int j = 0; j < FC_NR; j++)
+            d[l * FC_NR + j] = s[j * ld + l];
+}
+#endif
+
+FC_TARGET void FC_NAME(fc_pack_t)(const float *src, ptrdiff_t k, ptrdiff_t nfull,
+                                  ptrdiff_t cs, float *P, int stream)
+{
+    /* first l whose 16 x 16 block loads whole lines of row 0 (all rows, when
+     * cs is a multiple of 16) */
+    ptrdiff_t l0 = (ptrdiff_t)((64 - (uintptr_t)src % 64) % 64 / sizeof(float));
+    l0 = l0 < k ? l0 : k;
+    const ptrdiff_t l1 = l0 + (k - l0) / 16 * 16;   /* end of the blocks */
+#ifdef FC_HAVE_STREAM
+    if (stream) {
+        FC_NAME(fc_row_run) run = FC_NAME(fc_row_run_begin)(P);
+        for (ptrdiff_t j0 = 0; j0 < nfull; j0 += FC_NR) {
+            const float *s = src + j0 * cs;
+            const __m512i rows = _mm512_mullo_epi32(
+                _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                _mm512_set1_epi32((int)cs));
+            for (ptrdiff_t l = 0; l < l0; l++)
+                FC_NAME(fc_row_run_put)(&run, _mm512_i32gather_ps(rows, s + l, 4));
+            for (ptrdiff_t l = l0; l < l1; l += 16) {
+                __m512 t[16];
+                FC_NAME(fc_transpose16_regs)(s + l, cs, t);
+                for (int i = 0; i < 16; i++)
+                    FC_NAME(fc_row_run_put)(&run, t[i]);
+            }
+            for (ptrdiff_t l = l1; l < k; l++)
+                FC_NAME(fc_row_run_put)(&run, _mm512_i32gather_ps(rows, s + l, 4));
+        }
+        FC_NAME(fc_row_run_end)(&run);
+        return;
+    }
+#endif
+    (void)stream;
+    for (ptrdiff_t j0 = 0; j0 < nfull; j0 += FC_NR) {
+        float *panel = P + j0 * k;
+        const float *s = src + j0 * cs;
+        for (ptrdiff_t l = 0; l < l0; l++)
+            for (int j = 0; j < FC_NR; j++)
+                panel[l * FC_NR + j] = s[j * cs + l];
+        for (ptrdiff_t l = l0; l < l1; l += 16)
+            FC_NAME(fc_transpose16)(s + l, cs, panel + l * FC_NR);
+        for (ptrdiff_t l = l1; l < k; l++)
+            for (int j = 0; j < FC_NR; j++)
+                panel[l * FC_NR + j] = s[j * cs + l];
+    }
+}
+
+FC_TARGET void FC_NAME(fc_pack_n)(const float *src, ptrdiff_t k, ptrdiff_t nfull,
+                                  ptrdiff_t rs, float *P, int stream)
+{
+    (void)stream;
+    for (ptrdiff_t l0 = 0; l0 < k; l0 += 16) {
+        const ptrdiff_t lb = k - l0 < 16 ? k - l0 : 16;
+        const float *s = src + l0 * rs;
+        for (ptrdiff_t j0 = 0; j0 < nfull; j0 += FC_NR) {
+            float *restrict dst = P + j0 * k + l0 * FC_NR;
+#ifdef FC_HAVE_STREAM
+            if (stream) {   /* the block's rows are one run */
+                FC_NAME(fc_row_run) run = FC_NAME(fc_row_run_begin)(dst);
+                for (ptrdiff_t l = 0; l < lb; l++)
+                    FC_NAME(fc_row_run_put)(&run, _mm512_loadu_ps(s + l * rs + j0));
+                FC_NAME(fc_row_run_end)(&run);
+                continue;
+            }
+#endif
+            for (ptrdiff_t l = 0; l < lb; l++)
+                memcpy(dst + l * FC_NR, s + l * rs + j0, FC_NR * sizeof(float));
+        }
+    }
+}
+#undef FC_HAVE_STREAM
+
 FC_TARGET void FC_NAME(fc_gemm_packed)(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A,
                                        ptrdiff_t lda, const float *P, float *C, ptrdiff_t ldc)
 {
