@@ -6,8 +6,9 @@
  *   FC_MR      rows of C per micro-tile
  *   FC_NP      16-column panels per micro-tile (tile = FC_MR x 16*FC_NP)
  *   FC_GV      panels per step of the batch-1 product (GEMV)
- *   FC_KC      depth of one k block (L1) when m > 1
+ *   FC_KC      depth of one k block when m > 1
  *   FC_L2_BYTES  bytes of A kept in L2 per outer k block
+ *   FC_PF      panel rows (64-byte lines) the m > 1 tiles prefetch ahead, 0: none
  *
  * The packed layout (gemm.h) is the same for every ISA; only how many
  * panels a tile reads at once differs, so packing never depends on the ISA
@@ -36,6 +37,7 @@
 #endif
 
 #define FC_VL (FC_VBYTES / 4)          /* floats per register */
+
 #define FC_PV (FC_NR / FC_VL)          /* registers per panel row */
 
 typedef float FC_NAME(fc_vec) __attribute__((vector_size(FC_VBYTES), aligned(4)));
@@ -65,7 +67,7 @@ FC_NAME(fc_load_packed)(const float *p)
 static inline __attribute__((always_inline)) FC_TARGET void
 FC_NAME(fc_tile)(const int mr, const int np, ptrdiff_t k, const float *A, ptrdiff_t lda,
                  const float *P, ptrdiff_t ps, float *C, ptrdiff_t ldc, ptrdiff_t nlast,
-                 int accumulate)
+                 int accumulate, const int prefetch)
 {
     typedef FC_NAME(fc_vec) vec;
     vec acc[FC_MR > 1 ? FC_MR : 1][(FC_NP > FC_GV ? FC_NP : FC_GV) * FC_PV];
@@ -74,6 +76,13 @@ FC_NAME(fc_tile)(const int mr, const int np, ptrdiff_t k, const float *A, ptrdif
             acc[r][v] = (vec){0};
     for (ptrdiff_t l = 0; l < k; l++) {
         vec b[(FC_NP > FC_GV ? FC_NP : FC_GV) * FC_PV];
+#if FC_PF > 0
+        /* into L2, FC_PF rows ahead: past the block's end that is the next
+         * k block or the next panel, what the tiles read next */
+        if (prefetch)
+            for (int p = 0; p < np; p++)
+                __builtin_prefetch(P + p * ps + (l + FC_PF) * FC_NR, 0, 2);
+#endif
         for (int p = 0; p < np; p++)
             for (int v = 0; v < FC_PV; v++)
                 b[p * FC_PV + v] = FC_NAME(fc_load_packed)(P + p * ps + l * FC_NR + v * FC_VL);
@@ -114,14 +123,21 @@ FC_NAME(fc_tile_column)(const int np, ptrdiff_t m, ptrdiff_t k, const float *A, 
                         int accumulate)
 {
     ptrdiff_t i = 0;
+    /* The first full tile prefetches the panels for all (the others find
+     * them in cache); a lone partial tile does not: with a few rows per k
+     * step the prefetches cost more than they save (m = 3: -35%). */
+    if (m >= FC_MR) {
+        FC_NAME(fc_tile)(FC_MR, np, k, A, lda, P, ps, C, ldc, nlast, accumulate, 1);
+        i = FC_MR;
+    }
     for (; i + FC_MR <= m; i += FC_MR)
         FC_NAME(fc_tile)(FC_MR, np, k, A + i * lda, lda, P, ps, C + i * ldc, ldc, nlast,
-                         accumulate);
+                         accumulate, 0);
     /* Remainder rows: one constant-size copy per count. */
 #define FC_REM(R)                                                                          \
     case R:                                                                                \
         FC_NAME(fc_tile)(R < FC_MR ? R : 1, np, k, A + i * lda, lda, P, ps, C + i * ldc,  \
-                         ldc, nlast, accumulate);                                          \
+                         ldc, nlast, accumulate, 0);                                       \
         break;
     switch (m - i) {
         FC_REM(1) FC_REM(2) FC_REM(3) FC_REM(4) FC_REM(5) FC_REM(6) FC_REM(7)
@@ -382,8 +398,8 @@ FC_TARGET void FC_NAME(fc_gemm_packed)(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, co
 
     /* Blocking: A's rows over one L2 block of k (FC_L2_BYTES) stay in L2
      * while every tile column passes over them; within it, the panels of one
-     * tile column over FC_KC stay in L1 while each row tile passes, and the
-     * C strip of that column stays in L1 across the FC_KC blocks.  k = 0
+     * tile column over FC_KC stay in L1 or L2 while each row tile passes, and
+     * the C strip of that column stays in L1 across the FC_KC blocks.  k = 0
      * still makes one (empty) pass so C is written with zeros. */
     ptrdiff_t kc2 = FC_L2_BYTES / (ptrdiff_t)(4 * m) / FC_KC * FC_KC;
     if (kc2 < FC_KC)

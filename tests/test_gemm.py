@@ -78,6 +78,8 @@ def test_gemm_matches_float64_matmul_on_awkward_sizes(n, k, isa, rng):
     (33, 700, 70),           # several k blocks per tile column
     (64, 1100, 40),          # k longer than the L2 block of A
     (130, 600, 33),          # L2 block of A shorter than k at this batch
+    (9, 2100, 40),           # k blocks of the AVX2 (2048) and AVX-512 (1024) paths
+    (130, 2100, 33),         # ... and their L2 blocks of A, one k block each
 ])
 def test_gemm_blocked_shapes(m, k, n, isa, rng):
     A = rng.standard_normal((m, k)).astype(np.float32)
