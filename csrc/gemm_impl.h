@@ -37,7 +37,6 @@
 #endif
 
 #define FC_VL (FC_VBYTES / 4)          /* floats per register */
-
 #define FC_PV (FC_NR / FC_VL)          /* registers per panel row */
 
 typedef float FC_NAME(fc_vec) __attribute__((vector_size(FC_VBYTES), aligned(4)));
@@ -247,8 +246,8 @@ FC_NAME(fc_transpose16)(const float *s, ptrdiff_t ld, float *restrict d)
 
 /* A run of panel rows streamed to consecutive 16-float slots from out, the
  * first at slot 0: each row completes the line that starts sh floats before
- * it.  Slot 0's row, and the partial lines at the run's ends, get plain
- * (masked) stores; fc_row_run_end stores the last row's tail. */
+ * it.  The partial lines at the run's ends get plain stores: slot 0's row
+ * up to its line's end, and (fc_row_run_end) the last row's tail. */
 typedef struct {
     float *out;      /* the next row's slot */
     float *first;    /* slot 0 */
@@ -300,6 +299,34 @@ FC_NAME(fc_row_run_end)(FC_NAME(fc_row_run) *run)
 {
     if (run->head != 0xffff && run->out != run->first)
         FC_NAME(fc_store_lanes)(run->out - FC_NR, run->prev, __builtin_popcount(run->head), 16);
+}
+#elif FC_VBYTES == 32 && defined(FC_X86_INTRIN)
+/* the 16 x 16 block as four 8 x 8 transposes */
+static inline __attribute__((always_inline)) FC_TARGET void
+FC_NAME(fc_transpose16)(const float *s, ptrdiff_t ld, float *restrict d)
+{
+    for (int jb = 0; jb < 16; jb += 8)
+        for (int lb = 0; lb < 16; lb += 8) {
+            __m256 r[8], t[8], u[8];
+            for (int i = 0; i < 8; i++)
+                r[i] = _mm256_loadu_ps(s + (jb + i) * ld + lb);
+            for (int i = 0; i < 8; i += 2) {
+                t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+                t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+            }
+            for (int i = 0; i < 8; i += 4) {
+                u[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+                u[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xee);
+                u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+                u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xee);
+            }
+            float *o = d + lb * FC_NR + jb;
+            for (int i = 0; i < 4; i++) {
+                _mm256_storeu_ps(o + i * FC_NR, _mm256_permute2f128_ps(u[i], u[i + 4], 0x20));
+                _mm256_storeu_ps(o + (i + 4) * FC_NR,
+                                 _mm256_permute2f128_ps(u[i], u[i + 4], 0x31));
+            }
+        }
 }
 #else
 static inline __attribute__((always_inline)) FC_TARGET void
