@@ -1,35 +1,18 @@
-/* Weight packing (ISA independent) and the per-ISA instantiations of the
- * packed GEMM and activations templates. */
+/* Weight packing (its layout is ISA independent, its loops are per ISA) and
+ * the per-ISA instantiations of the packed GEMM and activations templates. */
+#include <stdint.h>
 #include <string.h>
 #include "gemm.h"
 #include "dispatch.h"
+#include "cpu.h"
+#if (defined(__x86_64__) || defined(_M_X64) || defined(__i386__)) && defined(__GNUC__)
+#include <immintrin.h>
+#define FC_X86_INTRIN 1   /* the templates may use intrinsics under FC_TARGET */
+#endif
 
 ptrdiff_t fc_packed_size(ptrdiff_t k, ptrdiff_t n)
 {
     return ((n + FC_NR - 1) / FC_NR) * FC_NR * k;
-}
-
-void fc_pack(const float *src, ptrdiff_t k, ptrdiff_t n, ptrdiff_t rs, ptrdiff_t cs, float *P)
-{
-    for (ptrdiff_t j0 = 0; j0 < n; j0 += FC_NR) {
-        ptrdiff_t nr = n - j0 < FC_NR ? n - j0 : FC_NR;
-        float *panel = P + j0 * k;
-        if (nr < FC_NR)
-            memset(panel, 0, (size_t)(k * FC_NR) * sizeof(float));
-        /* walk the source along its contiguous axis: W (rows j) for A @ W.T
-         * (rs == 1), W (rows l) for A @ W; the writes stay in one panel */
-        if (rs == 1) {
-            for (ptrdiff_t j = 0; j < nr; j++) {
-                const float *col = src + (j0 + j) * cs;
-                for (ptrdiff_t l = 0; l < k; l++)
-                    panel[l * FC_NR + j] = col[l];
-            }
-        } else {
-            for (ptrdiff_t l = 0; l < k; l++)
-                for (ptrdiff_t j = 0; j < nr; j++)
-                    panel[l * FC_NR + j] = src[l * rs + (j0 + j) * cs];
-        }
-    }
 }
 
 void fc_gemm(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A, ptrdiff_t lda,
@@ -50,13 +33,30 @@ void fc_gemm_nt(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A, ptrdiff_t
 
 /* Block sizes per ISA (see gemm_impl.h).  A tile's accumulators,
  * FC_MR * FC_NP * 16 / lanes registers, plus its panel rows and a broadcast
- * fit the register file (16 SSE2/AVX2 registers, 32 AVX-512); FC_KC keeps a
- * tile column's panels (FC_KC x 16*FC_NP floats) within L1 (16-32 KB).
+ * fit the register file (16 SSE2/AVX2 registers, 32 AVX-512).
  * AVX-512 uses 8 x 16, not a wider 12 x 32: on a CPU that splits 512-bit
  * FMAs in two (AMD Zen 4) 8 chains already fill the FMA pipes and the wider
- * tile measured 5-15% slower.  The unpacked product sizes its own tiles
- * from FC_VBYTES (gemm_nt_impl.h). */
+ * tile measured 5-15% slower; 4 x 32, 6 x 32 and 8 x 32 measured the same or
+ * up to 2% slower.  The 8 x 16 tile runs at 90-100% of the FMA peak measured
+ * on that machine (one 512-bit FMA per cycle) once its operands are in cache.
+ * FC_KC: a deeper k block means fewer passes over C; a tile column's panels
+ * then outgrow L1 (FC_KC x 64 bytes) but stream from L2 fast enough.  On Zen 4
+ * AVX2 ran 10-20% faster with 2048 than with 256 at k >= 512, AVX-512 about
+ * 1% faster with 1024 than 512.  FC_PF: software prefetch of the panels
+ * 256 rows (16 KiB) ahead gained 5-40% where P comes from L3 or memory
+ * (m = 16, 16 MiB of weights), nothing in cache (32 rows: half the gain,
+ * 64 -> 256: +1-2%); the generic path lost 1% with it.  The unpacked
+ * product sizes its own tiles from FC_VBYTES (gemm_nt_impl.h). */
 #define FC_L2_BYTES (256 * 1024)
+
+/* Packing a matrix this large (bytes of P) writes P with non-temporal
+ * stores (AVX-512 path): no read-for-ownership of P's lines, so packing runs
+ * near memcpy speed (glibc's memcpy streams above a similar size).  P then
+ * starts out of cache, but at this size it would not stay in L2 through one
+ * GEMM pass anyway, and W itself takes as much L3 again. */
+#ifndef FC_PACK_STREAM_BYTES
+#define FC_PACK_STREAM_BYTES ((ptrdiff_t)8 << 20)
+#endif
 
 #define FC_SFX generic
 #define FC_TARGET
@@ -65,6 +65,7 @@ void fc_gemm_nt(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A, ptrdiff_t
 #define FC_NP 1
 #define FC_GV 2
 #define FC_KC 256
+#define FC_PF 0
 #include "gemm_impl.h"
 #include "activations_impl.h"
 #include "gemm_nt_impl.h"
@@ -75,6 +76,7 @@ void fc_gemm_nt(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A, ptrdiff_t
 #undef FC_NP
 #undef FC_GV
 #undef FC_KC
+#undef FC_PF
 
 #if defined(__x86_64__) || defined(_M_X64) || defined(__i386__)
 #define FC_SFX avx2
@@ -84,7 +86,8 @@ void fc_gemm_nt(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A, ptrdiff_t
 #define FC_MR 6
 #define FC_NP 1
 #define FC_GV 4
-#define FC_KC 256
+#define FC_KC 2048
+#define FC_PF 256
 #include "gemm_impl.h"
 #include "activations_impl.h"
 #include "gemm_nt_impl.h"
@@ -95,6 +98,7 @@ void fc_gemm_nt(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A, ptrdiff_t
 #undef FC_NP
 #undef FC_GV
 #undef FC_KC
+#undef FC_PF
 #undef FC_LOAD_ASM
 
 #define FC_SFX avx512
@@ -103,7 +107,8 @@ void fc_gemm_nt(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A, ptrdiff_t
 #define FC_MR 8
 #define FC_NP 1
 #define FC_GV 8
-#define FC_KC 512
+#define FC_KC 1024
+#define FC_PF 256
 #include "gemm_impl.h"
 #include "activations_impl.h"
 #include "gemm_nt_impl.h"
@@ -114,4 +119,56 @@ void fc_gemm_nt(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A, ptrdiff_t
 #undef FC_NP
 #undef FC_GV
 #undef FC_KC
+#undef FC_PF
 #endif
+
+/* Packing works on 16 x 16 blocks (gemm_impl.h, fc_pack_t / fc_pack_n per
+ * ISA): one block is 16 consecutive rows of one panel, 1 KiB of P written
+ * contiguously, read as 64 bytes from each of 16 rows of the source.  For
+ * A @ W.T (rs == 1) a panel at a time, its 16 rows of W walked along l and
+ * each block transposed in registers; for A @ W (cs == 1) 16 rows of B at a
+ * time, walked across the panels.  The old column-at-a-time loops wrote (or
+ * read) with a 64-byte stride and ran at a sixth of copy speed.  Other
+ * strides (not used by the kernels) and the zero-padded last panel go
+ * element by element. */
+
+/* Any block: lb rows l, nr valid columns j, element (l, j) at src[l*rs + j*cs];
+ * the columns j >= nr of the block are zeroed (the panel's padding). */
+static void fc_pack_edge(const float *src, ptrdiff_t lb, ptrdiff_t nr, ptrdiff_t rs,
+                         ptrdiff_t cs, float *restrict dst)
+{
+    for (ptrdiff_t l = 0; l < lb; l++) {
+        ptrdiff_t j = 0;
+        for (; j < nr; j++)
+            dst[l * FC_NR + j] = src[l * rs + j * cs];
+        for (; j < FC_NR; j++)
+            dst[l * FC_NR + j] = 0.0f;
+    }
+}
+
+void fc_pack(const float *src, ptrdiff_t k, ptrdiff_t n, ptrdiff_t rs, ptrdiff_t cs, float *P)
+{
+    const ptrdiff_t nfull = n / FC_NR * FC_NR;
+    const int stream = fc_packed_size(k, n) * (ptrdiff_t)sizeof(float) >= FC_PACK_STREAM_BYTES
+                       && (uintptr_t)P % sizeof(float) == 0;
+    if (rs == 1 || cs == 1) {
+        void (*pack)(const float *, ptrdiff_t, ptrdiff_t, ptrdiff_t, float *, int);
+        switch (fc_get_isa()) {
+#ifdef FC_X86_INTRIN
+        case FC_ISA_AVX512: pack = rs == 1 ? fc_pack_t_avx512 : fc_pack_n_avx512; break;
+        case FC_ISA_AVX2: pack = rs == 1 ? fc_pack_t_avx2 : fc_pack_n_avx2; break;
+#endif
+        default: pack = rs == 1 ? fc_pack_t_generic : fc_pack_n_generic; break;
+        }
+        pack(src, k, nfull, rs == 1 ? cs : rs, P, stream);
+    } else {
+        for (ptrdiff_t j0 = 0; j0 < nfull; j0 += FC_NR)
+            fc_pack_edge(src + j0 * cs, k, FC_NR, rs, cs, P + j0 * k);
+    }
+#ifdef FC_X86_INTRIN
+    if (stream)   /* order the streamed stores before anything that follows */
+        _mm_sfence();
+#endif
+    if (nfull < n)   /* the last, partial panel, zero-padded */
+        fc_pack_edge(src + nfull * cs, k, n - nfull, rs, cs, P + nfull * k);
+}

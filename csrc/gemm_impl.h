@@ -6,8 +6,9 @@
  *   FC_MR      rows of C per micro-tile
  *   FC_NP      16-column panels per micro-tile (tile = FC_MR x 16*FC_NP)
  *   FC_GV      panels per step of the batch-1 product (GEMV)
- *   FC_KC      depth of one k block (L1) when m > 1
+ *   FC_KC      depth of one k block when m > 1
  *   FC_L2_BYTES  bytes of A kept in L2 per outer k block
+ *   FC_PF      panel rows (64-byte lines) the m > 1 tiles prefetch ahead, 0: none
  *
  * The packed layout (gemm.h) is the same for every ISA; only how many
  * panels a tile reads at once differs, so packing never depends on the ISA
@@ -65,7 +66,7 @@ FC_NAME(fc_load_packed)(const float *p)
 static inline __attribute__((always_inline)) FC_TARGET void
 FC_NAME(fc_tile)(const int mr, const int np, ptrdiff_t k, const float *A, ptrdiff_t lda,
                  const float *P, ptrdiff_t ps, float *C, ptrdiff_t ldc, ptrdiff_t nlast,
-                 int accumulate)
+                 int accumulate, const int prefetch)
 {
     typedef FC_NAME(fc_vec) vec;
     vec acc[FC_MR > 1 ? FC_MR : 1][(FC_NP > FC_GV ? FC_NP : FC_GV) * FC_PV];
@@ -74,6 +75,13 @@ FC_NAME(fc_tile)(const int mr, const int np, ptrdiff_t k, const float *A, ptrdif
             acc[r][v] = (vec){0};
     for (ptrdiff_t l = 0; l < k; l++) {
         vec b[(FC_NP > FC_GV ? FC_NP : FC_GV) * FC_PV];
+#if FC_PF > 0
+        /* into L2, FC_PF rows ahead: past the block's end that is the next
+         * k block or the next panel, what the tiles read next */
+        if (prefetch)
+            for (int p = 0; p < np; p++)
+                __builtin_prefetch(P + p * ps + (l + FC_PF) * FC_NR, 0, 2);
+#endif
         for (int p = 0; p < np; p++)
             for (int v = 0; v < FC_PV; v++)
                 b[p * FC_PV + v] = FC_NAME(fc_load_packed)(P + p * ps + l * FC_NR + v * FC_VL);
@@ -114,14 +122,21 @@ FC_NAME(fc_tile_column)(const int np, ptrdiff_t m, ptrdiff_t k, const float *A, 
                         int accumulate)
 {
     ptrdiff_t i = 0;
+    /* The first full tile prefetches the panels for all (the others find
+     * them in cache); a lone partial tile does not: with a few rows per k
+     * step the prefetches cost more than they save (m = 3: -35%). */
+    if (m >= FC_MR) {
+        FC_NAME(fc_tile)(FC_MR, np, k, A, lda, P, ps, C, ldc, nlast, accumulate, 1);
+        i = FC_MR;
+    }
     for (; i + FC_MR <= m; i += FC_MR)
         FC_NAME(fc_tile)(FC_MR, np, k, A + i * lda, lda, P, ps, C + i * ldc, ldc, nlast,
-                         accumulate);
+                         accumulate, 0);
     /* Remainder rows: one constant-size copy per count. */
 #define FC_REM(R)                                                                          \
     case R:                                                                                \
         FC_NAME(fc_tile)(R < FC_MR ? R : 1, np, k, A + i * lda, lda, P, ps, C + i * ldc,  \
-                         ldc, nlast, accumulate);                                          \
+                         ldc, nlast, accumulate, 0);                                       \
         break;
     switch (m - i) {
         FC_REM(1) FC_REM(2) FC_REM(3) FC_REM(4) FC_REM(5) FC_REM(6) FC_REM(7)
@@ -166,6 +181,234 @@ FC_NAME(fc_gemv_panel)(ptrdiff_t k, const float *x, const float *Pp, float *c, p
 }
 #undef FC_GU
 
+/* Packing (gemm.c, fc_pack), per ISA only for speed: the layout is the same.
+ *
+ * A @ W.T (W is n x k, rows cs floats apart): panel p row l is
+ * W[16p .. 16p+15, l].  Each 16 x 16 block is 16 loads from 16 rows of W, a
+ * transpose in registers and 16 contiguous stores (1 KiB), so both sides
+ * stream; the blocks start where W's rows reach a cache line (a misaligned
+ * 64-byte load costs two), the rows before and after are gathered one by one.
+ * A @ W (W is k x n, rows rs floats apart): 16 rows of W at a time, walked
+ * across the panels, 64-byte copies into each panel's 1 KiB block.
+ *
+ * Streaming (gemm.c decides when: large P): non-temporal stores skip the
+ * read-for-ownership of P's lines, but on Zen 4 only whole 64-byte lines
+ * written by one store ran at copy speed (four 16-byte streaming stores per
+ * line, or a line's halves written at different times, were no faster than
+ * plain stores).  P is only float aligned (a NumPy buffer), so the rows are
+ * realigned to P's lines: the line that starts sh floats before a row is the
+ * previous row's last sh lanes and this row's first 16 - sh (one vpermt2ps).
+ * AVX-512 only (the ISA in use where it was measured). */
+#if FC_VBYTES == 64 && defined(FC_X86_INTRIN)
+#define FC_HAVE_STREAM 1
+static inline __attribute__((always_inline)) FC_TARGET void
+FC_NAME(fc_transpose16_regs)(const float *s, ptrdiff_t ld, __m512 t[16])
+{
+    __m512 r[16];
+    for (int i = 0; i < 16; i++)
+        r[i] = _mm512_loadu_ps(s + i * ld);
+    /* t[2a], t[2a+1]: rows 2a, 2a+1 interleaved, per 128-bit lane q columns
+     * 4q, 4q+1 (lo) and 4q+2, 4q+3 (hi) */
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+    }
+    /* r[4g + c], lane q: column 4q + c of rows 4g .. 4g+3 */
+    for (int i = 0; i < 16; i += 4) {
+        __m512d a = _mm512_castps_pd(t[i]), b = _mm512_castps_pd(t[i + 1]);
+        __m512d c = _mm512_castps_pd(t[i + 2]), e = _mm512_castps_pd(t[i + 3]);
+        r[i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+        r[i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+        r[i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, e));
+        r[i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, e));
+    }
+    /* gather lane q of the four row groups: column 4q + c of all 16 rows */
+    for (int c = 0; c < 4; c++) {
+        __m512 a = _mm512_shuffle_f32x4(r[c], r[4 + c], 0x88);
+        __m512 b = _mm512_shuffle_f32x4(r[c], r[4 + c], 0xdd);
+        __m512 e = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0x88);
+        __m512 f = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0xdd);
+        t[c] = _mm512_shuffle_f32x4(a, e, 0x88);
+        t[8 + c] = _mm512_shuffle_f32x4(a, e, 0xdd);
+        t[4 + c] = _mm512_shuffle_f32x4(b, f, 0x88);
+        t[12 + c] = _mm512_shuffle_f32x4(b, f, 0xdd);
+    }
+}
+
+static inline __attribute__((always_inline)) FC_TARGET void
+FC_NAME(fc_transpose16)(const float *s, ptrdiff_t ld, float *restrict d)
+{
+    __m512 t[16];
+    FC_NAME(fc_transpose16_regs)(s, ld, t);
+    for (int i = 0; i < 16; i++)
+        _mm512_storeu_ps(d + i * FC_NR, t[i]);
+}
+
+/* A run of panel rows streamed to consecutive 16-float slots from out, the
+ * first at slot 0: each row completes the line that starts sh floats before
+ * it.  The partial lines at the run's ends get plain stores: slot 0's row
+ * up to its line's end, and (fc_row_run_end) the last row's tail. */
+typedef struct {
+    float *out;      /* the next row's slot */
+    float *first;    /* slot 0 */
+    __m512 prev;     /* the last row */
+    __m512i idx;     /* lanes 16 - sh .. 31 - sh of (prev, row) */
+    __mmask16 head;  /* lanes of a row before its slot's next line: 16 - sh */
+} FC_NAME(fc_row_run);
+
+/* out[j] = row[j] for lo <= j < hi: plain stores through the stack (a masked
+ * 512-bit store to the partial lines made streaming A @ W five times slower) */
+static inline __attribute__((always_inline)) FC_TARGET void
+FC_NAME(fc_store_lanes)(float *out, __m512 row, int lo, int hi)
+{
+    float tmp[16];
+    _mm512_storeu_ps(tmp, row);
+    memcpy(out + lo, tmp + lo, (size_t)(hi - lo) * sizeof(float));
+}
+
+static inline __attribute__((always_inline)) FC_TARGET FC_NAME(fc_row_run)
+FC_NAME(fc_row_run_begin)(float *out)
+{
+    const int sh = (int)((uintptr_t)out % 64 / sizeof(float));
+    FC_NAME(fc_row_run) run;
+    run.out = run.first = out;
+    run.prev = _mm512_setzero_ps();
+    run.idx = _mm512_add_epi32(
+        _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+        _mm512_set1_epi32(16 - sh));
+    run.head = (__mmask16)((1u << (16 - sh)) - 1u);
+    return run;
+}
+
+static inline __attribute__((always_inline)) FC_TARGET void
+FC_NAME(fc_row_run_put)(FC_NAME(fc_row_run) *run, __m512 row)
+{
+    if (run->head == 0xffff)   /* slots are lines */
+        _mm512_stream_ps(run->out, row);
+    else if (run->out == run->first)
+        FC_NAME(fc_store_lanes)(run->out, row, 0, __builtin_popcount(run->head));
+    else
+        _mm512_stream_ps(run->out - (16 - __builtin_popcount(run->head)),
+                         _mm512_permutex2var_ps(run->prev, run->idx, row));
+    run->prev = row;
+    run->out += FC_NR;
+}
+
+static inline __attribute__((always_inline)) FC_TARGET void
+FC_NAME(fc_row_run_end)(FC_NAME(fc_row_run) *run)
+{
+    if (run->head != 0xffff && run->out != run->first)
+        FC_NAME(fc_store_lanes)(run->out - FC_NR, run->prev, __builtin_popcount(run->head), 16);
+}
+#elif FC_VBYTES == 32 && defined(FC_X86_INTRIN)
+/* the 16 x 16 block as four 8 x 8 transposes */
+static inline __attribute__((always_inline)) FC_TARGET void
+FC_NAME(fc_transpose16)(const float *s, ptrdiff_t ld, float *restrict d)
+{
+    for (int jb = 0; jb < 16; jb += 8)
+        for (int lb = 0; lb < 16; lb += 8) {
+            __m256 r[8], t[8], u[8];
+            for (int i = 0; i < 8; i++)
+                r[i] = _mm256_loadu_ps(s + (jb + i) * ld + lb);
+            for (int i = 0; i < 8; i += 2) {
+                t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+                t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+            }
+            for (int i = 0; i < 8; i += 4) {
+                u[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+                u[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xee);
+                u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+                u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xee);
+            }
+            float *o = d + lb * FC_NR + jb;
+            for (int i = 0; i < 4; i++) {
+                _mm256_storeu_ps(o + i * FC_NR, _mm256_permute2f128_ps(u[i], u[i + 4], 0x20));
+                _mm256_storeu_ps(o + (i + 4) * FC_NR,
+                                 _mm256_permute2f128_ps(u[i], u[i + 4], 0x31));
+            }
+        }
+}
+#else
+static inline __attribute__((always_inline)) FC_TARGET void
+FC_NAME(fc_transpose16)(const float *s, ptrdiff_t ld, float *restrict d)
+{
+    for (int l = 0; l < 16; l++)
+        for (int j = 0; j < FC_NR; j++)
+            d[l * FC_NR + j] = s[j * ld + l];
+}
+#endif
+
+FC_TARGET void FC_NAME(fc_pack_t)(const float *src, ptrdiff_t k, ptrdiff_t nfull,
+                                  ptrdiff_t cs, float *P, int stream)
+{
+    /* first l whose 16 x 16 block loads whole lines of row 0 (all rows, when
+     * cs is a multiple of 16) */
+    ptrdiff_t l0 = (ptrdiff_t)((64 - (uintptr_t)src % 64) % 64 / sizeof(float));
+    l0 = l0 < k ? l0 : k;
+    const ptrdiff_t l1 = l0 + (k - l0) / 16 * 16;   /* end of the blocks */
+#ifdef FC_HAVE_STREAM
+    if (stream) {
+        FC_NAME(fc_row_run) run = FC_NAME(fc_row_run_begin)(P);
+        for (ptrdiff_t j0 = 0; j0 < nfull; j0 += FC_NR) {
+            const float *s = src + j0 * cs;
+            const __m512i rows = _mm512_mullo_epi32(
+                _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                _mm512_set1_epi32((int)cs));
+            for (ptrdiff_t l = 0; l < l0; l++)
+                FC_NAME(fc_row_run_put)(&run, _mm512_i32gather_ps(rows, s + l, 4));
+            for (ptrdiff_t l = l0; l < l1; l += 16) {
+                __m512 t[16];
+                FC_NAME(fc_transpose16_regs)(s + l, cs, t);
+                for (int i = 0; i < 16; i++)
+                    FC_NAME(fc_row_run_put)(&run, t[i]);
+            }
+            for (ptrdiff_t l = l1; l < k; l++)
+                FC_NAME(fc_row_run_put)(&run, _mm512_i32gather_ps(rows, s + l, 4));
+        }
+        FC_NAME(fc_row_run_end)(&run);
+        return;
+    }
+#endif
+    (void)stream;
+    for (ptrdiff_t j0 = 0; j0 < nfull; j0 += FC_NR) {
+        float *panel = P + j0 * k;
+        const float *s = src + j0 * cs;
+        for (ptrdiff_t l = 0; l < l0; l++)
+            for (int j = 0; j < FC_NR; j++)
+                panel[l * FC_NR + j] = s[j * cs + l];
+        for (ptrdiff_t l = l0; l < l1; l += 16)
+            FC_NAME(fc_transpose16)(s + l, cs, panel + l * FC_NR);
+        for (ptrdiff_t l = l1; l < k; l++)
+            for (int j = 0; j < FC_NR; j++)
+                panel[l * FC_NR + j] = s[j * cs + l];
+    }
+}
+
+FC_TARGET void FC_NAME(fc_pack_n)(const float *src, ptrdiff_t k, ptrdiff_t nfull,
+                                  ptrdiff_t rs, float *P, int stream)
+{
+    (void)stream;
+    for (ptrdiff_t l0 = 0; l0 < k; l0 += 16) {
+        const ptrdiff_t lb = k - l0 < 16 ? k - l0 : 16;
+        const float *s = src + l0 * rs;
+        for (ptrdiff_t j0 = 0; j0 < nfull; j0 += FC_NR) {
+            float *restrict dst = P + j0 * k + l0 * FC_NR;
+#ifdef FC_HAVE_STREAM
+            if (stream) {   /* the block's rows are one run */
+                FC_NAME(fc_row_run) run = FC_NAME(fc_row_run_begin)(dst);
+                for (ptrdiff_t l = 0; l < lb; l++)
+                    FC_NAME(fc_row_run_put)(&run, _mm512_loadu_ps(s + l * rs + j0));
+                FC_NAME(fc_row_run_end)(&run);
+                continue;
+            }
+#endif
+            for (ptrdiff_t l = 0; l < lb; l++)
+                memcpy(dst + l * FC_NR, s + l * rs + j0, FC_NR * sizeof(float));
+        }
+    }
+}
+#undef FC_HAVE_STREAM
+
 FC_TARGET void FC_NAME(fc_gemm_packed)(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A,
                                        ptrdiff_t lda, const float *P, float *C, ptrdiff_t ldc)
 {
@@ -182,8 +425,8 @@ FC_TARGET void FC_NAME(fc_gemm_packed)(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, co
 
     /* Blocking: A's rows over one L2 block of k (FC_L2_BYTES) stay in L2
      * while every tile column passes over them; within it, the panels of one
-     * tile column over FC_KC stay in L1 while each row tile passes, and the
-     * C strip of that column stays in L1 across the FC_KC blocks.  k = 0
+     * tile column over FC_KC stay in L1 or L2 while each row tile passes, and
+     * the C strip of that column stays in L1 across the FC_KC blocks.  k = 0
      * still makes one (empty) pass so C is written with zeros. */
     ptrdiff_t kc2 = FC_L2_BYTES / (ptrdiff_t)(4 * m) / FC_KC * FC_KC;
     if (kc2 < FC_KC)

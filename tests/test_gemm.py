@@ -20,6 +20,8 @@ EPS32 = float(np.finfo(np.float32).eps)
 #: floats of guard on both sides of C that the kernel must leave alone
 GUARD = 64
 SENTINEL = np.float32(-7.25e33)
+#: columns per packed panel (FC_NR in csrc/gemm.h)
+PANEL = 16
 
 MS = range(1, 21)
 NS = (1, 15, 16, 17, 33, 100)
@@ -76,6 +78,8 @@ def test_gemm_matches_float64_matmul_on_awkward_sizes(n, k, isa, rng):
     (33, 700, 70),           # several k blocks per tile column
     (64, 1100, 40),          # k longer than the L2 block of A
     (130, 600, 33),          # L2 block of A shorter than k at this batch
+    (9, 2100, 40),           # k blocks of the AVX2 (2048) and AVX-512 (1024) paths
+    (130, 2100, 33),         # ... and their L2 blocks of A, one k block each
 ])
 def test_gemm_blocked_shapes(m, k, n, isa, rng):
     A = rng.standard_normal((m, k)).astype(np.float32)
@@ -109,6 +113,46 @@ def test_gemm_nan_and_inf_propagate(m, isa, rng):
     bound = ERR_UNITS * k * EPS32 * np.abs(A[np.isfinite(A)]).max() * np.abs(
         W[np.isfinite(W)]).max()
     assert np.abs(C[finite] - expected[finite]).max(initial=0.0) <= bound
+
+
+def reference_pack(B):
+    """The packed layout of gemm.h in NumPy: panel p holds B[:, 16p:16p+16]
+    (k x 16, row-major), the last one zero-padded; panels back to back."""
+    k, n = B.shape
+    npan = -(-n // PANEL)
+    padded = np.zeros((k, npan * PANEL), np.float32)
+    padded[:, :n] = B
+    return padded.reshape(k, npan, PANEL).transpose(1, 0, 2).ravel()
+
+
+@pytest.mark.parametrize("transpose", [True, False], ids=["A@W.T", "A@W"])
+@pytest.mark.parametrize("k, n", [
+    (1, 1), (1, 16), (1, 37), (5, 1), (16, 16), (17, 15), (31, 33), (64, 48),
+    (100, 250), (257, 129),
+])
+def test_pack_is_bit_identical_to_the_layout(k, n, transpose, isa, rng):
+    """Every ISA's packing writes exactly the layout (values and padding
+    bits: -0.0 and NaN payloads copied, padding +0.0), full and partial
+    16 x 16 blocks alike."""
+    B = rng.standard_normal((k, n)).astype(np.float32)
+    B.flat[::7] = -0.0
+    B.flat[3::11] = np.float32(np.nan)
+    W = B.T if transpose else B
+    P = pack(W, transpose)
+    expected = reference_pack(B)
+    assert P.shape[0] >= expected.shape[0]
+    np.testing.assert_array_equal(P[:expected.shape[0]].view(np.uint32),
+                                  expected.view(np.uint32))
+
+
+@pytest.mark.parametrize("transpose", [True, False], ids=["A@W.T", "A@W"])
+@pytest.mark.parametrize("k, n", [(1024, 2048 + 5), (1000, 2100)])
+def test_pack_of_large_matrices_is_bit_identical(k, n, transpose, isa, rng):
+    """Above 8 MiB of P, packing streams its stores past the cache, realigned
+    to P's cache lines (k % 16 == 0 for A @ W.T; any k for A @ W)."""
+    B = rng.standard_normal((k, n), dtype=np.float32)
+    P = pack(B.T if transpose else B, transpose)
+    np.testing.assert_array_equal(P.view(np.uint32), reference_pack(B).view(np.uint32))
 
 
 def test_packed_layout_does_not_depend_on_the_isa(rng):
