@@ -90,7 +90,12 @@ def pack(const float[:, ::1] W, bint transpose):
     else:
         k, n = W.shape[0], W.shape[1]
         rs, cs = W.shape[1], 1
-    out = np.empty(max(fc_packed_size(k, n), 1), dtype=np.float32)
+    # aligned to 64 bytes (a cache line, one AVX-512 register): NumPy gives 16,
+    # and a misaligned 64-byte load costs two (batch-1 products 4-20% slower)
+    cdef Py_ssize_t size = max(fc_packed_size(k, n), 1)
+    buf = np.empty(size + 15, dtype=np.float32)
+    cdef Py_ssize_t off = (16 - (<size_t>buf.ctypes.data // 4) % 16) % 16
+    out = buf[off:off + size]
     cdef float[::1] P = out
     if W.shape[0] and W.shape[1]:
         with nogil:

@@ -55,10 +55,10 @@ CHUNK_FLOATS = 1 << 18
 
 
 #: batch-1 forward calls of at most this many steps multiply by ``W_hh`` as it is,
-#: unpacked (``_kernels.gemm_nt``): packing costs as much as several steps
-#: (one 16 MiB transposing copy at H = 1024), while an unpacked step is only
-#: 0-15% slower than a packed one (both stream the weights from cache)
-UNPACKED_MAX_STEPS = 64
+#: unpacked (``_kernels.gemm_nt``): an unpacked step is 5-17% slower than a packed
+#: one (both stream the weights from cache), and packing costs 8-28 such savings
+#: (measured at H = 64-1024 with 64-byte aligned panels, one thread, Zen 4)
+UNPACKED_MAX_STEPS = 16
 
 
 def _unpacked_projection(rows: int, I: int) -> bool:

@@ -20,7 +20,7 @@ PYTHON="${PYTHON:-python}"
 # The tests that drive the kernels: every cell and option on every ISA path,
 # hostile input, properties, threads.  (The soak test is left out: the
 # sanitizers' own allocator makes RSS meaningless.)
-TESTS=(tests/test_kernels.py tests/test_gemm_nt.py tests/test_hostile.py
+TESTS=(tests/test_kernels.py tests/test_gemm.py tests/test_gemm_nt.py tests/test_hostile.py
        tests/test_properties.py tests/test_threads.py)
 
 copy_tree() {

@@ -171,3 +171,12 @@ def test_packed_layout_does_not_depend_on_the_isa(rng):
             assert np.abs(C - expected).max() <= bound, f"packed {packer}, run {runner}"
     finally:
         _kernels.set_isa(previous)
+
+
+@pytest.mark.parametrize("transpose", [True, False])
+@pytest.mark.parametrize("n,k", [(1, 1), (17, 5), (256, 64)])
+def test_packed_weights_start_on_a_cache_line(n, k, transpose):
+    """The packed buffer is 64-byte aligned (one AVX-512 load per panel row, not two)."""
+    P = pack(np.ones((n, k) if transpose else (k, n), np.float32), transpose)
+    assert P.ctypes.data % 64 == 0
+    assert P.flags.c_contiguous and P.dtype == np.float32
