@@ -106,11 +106,16 @@ def _projected_chunks(a, bias: Optional[np.ndarray], training: bool, reverse: bo
 def _chunks(a, W, bias: Optional[np.ndarray], reverse: bool):
     """The inference chunks of :func:`_projected_chunks`, one reused buffer."""
     steps = max(1, min(a.T, CHUNK_FLOATS // (a.B * a.G * a.H)))
-    buf = np.empty((steps, a.B, a.G * a.H), F32)
-    starts = range(0, a.T, steps)
-    for t0 in (reversed(starts) if reverse else starts):
-        n = min(steps, a.T - t0)
-        yield t0, _project(a.x[t0:t0 + n], W, bias, out=buf[:n])
+    starts = list(range(0, a.T, steps))
+    # never a chunk of one row (batch 1, one step left over): the packed product
+    # of one row is the GEMV, which sums in another order than the tiles of the
+    # whole call (training); the last chunk takes that step instead
+    if a.B == 1 and len(starts) > 1 and a.T - starts[-1] == 1:
+        starts.pop()
+    buf = np.empty((max(steps, a.T - starts[-1]), a.B, a.G * a.H), F32)   # the largest
+    ends = starts[1:] + [a.T]
+    for t0, t1 in (reversed if reverse else iter)(list(zip(starts, ends))):
+        yield t0, _project(a.x[t0:t1], W, bias, out=buf[:t1 - t0])
 
 
 def _fold_biases(a, lbr: bool = False):

@@ -180,3 +180,21 @@ def test_packed_weights_start_on_a_cache_line(n, k, transpose):
     P = pack(np.ones((n, k) if transpose else (k, n), np.float32), transpose)
     assert P.ctypes.data % 64 == 0
     assert P.flags.c_contiguous and P.dtype == np.float32
+
+
+# ----------------------------------------------------------------------------
+# many rows
+
+
+def test_a_row_gets_the_same_bits_however_many_rows_are_multiplied(isa, rng):
+    """L2 blocks of k and remainder tiles must not change a row's sums: projecting a
+    sequence whole (training) or in chunks of time (inference) gives the same bits.
+    From two rows up: one row is the batch-1 GEMV, which sums in its own order
+    (the projection never multiplies a lone row unless the whole call has one)."""
+    A = rng.standard_normal((1100, 600)).astype(np.float32)
+    n = 20
+    P = pack(rng.standard_normal((600, n)).astype(np.float32), False)
+    whole, _ = guarded_product(A, P, n)
+    for start, stop in [(0, 2), (5, 12), (100, 229), (507, 1100), (1098, 1100)]:
+        part, _ = guarded_product(A[start:stop], P, n)
+        np.testing.assert_array_equal(part, whole[start:stop], err_msg=f"rows {start}:{stop}")

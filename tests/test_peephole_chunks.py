@@ -136,6 +136,25 @@ def test_chunked_inference_equals_one_projection(monkeypatch, cell, reverse, len
         np.testing.assert_array_equal(out.h, whole.h)
 
 
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+def test_batch_one_chunks_never_leave_a_lone_step(monkeypatch, cell, reverse):
+    """Batch 1, T = 4k + 1 steps in chunks of 4: the last step joins the chunk before
+    it (a one-row product is the GEMV, which would change the bits)."""
+    rng = np.random.default_rng(6)
+    G, H, T = fastcells._checks.GATES[cell], 5, 41
+    I = 40                    # deep enough for the GEMV's interleaved sums to differ
+    x = rng.standard_normal((T, 1, I), dtype=np.float32)
+    W_ih = rng.standard_normal((G * H, I), dtype=np.float32) / np.float32(np.sqrt(I))
+    W_hh = rng.standard_normal((G * H, H), dtype=np.float32) * 0.5
+    assert not functional._unpacked_projection(T, I)       # the packed projection
+    forward = getattr(fastcells, f"{cell}_forward")
+    whole = forward(x, W_ih, W_hh, reverse=reverse, training=True)
+    monkeypatch.setattr(functional, "CHUNK_FLOATS", G * H * 4)
+    out = forward(x, W_ih, W_hh, reverse=reverse)
+    np.testing.assert_array_equal(out.y, whole.y)
+
+
 @pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
 def test_inference_memory_does_not_grow_with_T(cell):
     """Inference at T = 10,000 (B = 8, H = 128) allocates at most 1.1x its output."""
