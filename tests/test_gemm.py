@@ -195,6 +195,7 @@ def test_a_row_gets_the_same_bits_however_many_rows_are_multiplied(isa, rng):
     n = 20
     P = pack(rng.standard_normal((600, n)).astype(np.float32), False)
     whole, _ = guarded_product(A, P, n)
-    for start, stop in [(0, 2), (5, 12), (100, 229), (507, 1100), (1098, 1100)]:
+    for start, stop in [(0, 2), (20, 23), (30, 34), (5, 12), (100, 229), (507, 1100),
+                        (1098, 1100)]:
         part, _ = guarded_product(A[start:stop], P, n)
         np.testing.assert_array_equal(part, whole[start:stop], err_msg=f"rows {start}:{stop}")
