@@ -63,13 +63,13 @@ UNPACKED_MAX_STEPS = 16
 
 def _unpacked_projection(rows: int, I: int) -> bool:
     """Whether the input projection of ``rows`` (T*B) rows multiplies by ``W_ih`` as it
-    is (``_kernels.gemm_nt``) rather than packed (``_kernels.gemm``): packing, like
-    BLAS's own, costs a copy of ``W_ih`` that short projections do not amortize.
-    Measured (one thread, Zen 4): unpacked is 1.3-2x NumPy's matmul and 1.2-1.8x
-    packed at 25 rows, I >= 128; packed is 1.05-1.2x NumPy from 50 rows up.
-    Depends on the whole call's rows, not a chunk's, so training and inference
-    (chunked) project alike, bit for bit."""
-    return rows <= 32 or (rows <= 128 and I >= 256)
+    is (``_kernels.gemm_nt``) rather than packed (``_kernels.gemm``): packing costs
+    a copy of ``W_ih`` that a few rows do not amortize.  Measured (one thread,
+    Zen 4, paired): unpacked is 1.1-1.25x packed at 16 rows, and at 25 rows with
+    I >= 256; packed is 1.05-1.5x unpacked from 32 rows up (and 1.05-1.2x NumPy's
+    matmul).  Depends on the whole call's rows, not a chunk's, so training and
+    inference (chunked) project alike, bit for bit."""
+    return rows <= 16 or (rows < 32 and I >= 256)
 
 
 def _project(x: np.ndarray, W_ih: Union[np.ndarray, tuple], bias: Optional[np.ndarray],
