@@ -30,8 +30,10 @@ and relative to ``max(1, max|reference|)`` per array as in the tests; ``--check`
 ``CHECK_TOL``.
 
 Timing: a warm-up call, then repeats until about ``target`` seconds per
-measurement (0.2 s by default, less in ``--quick``, more in ``--full``); the
-median and the minimum per call are kept.  Ratios are ``system / fastcells``
+measurement (0.2 s by default, less in ``--quick``, more in ``--full``), in
+``ROUNDS`` rounds that take the systems of a row in turn (a slow spell of a
+shared machine then slows them all alike); the median over all rounds and
+the minimum per call are kept.  Ratios are ``system / fastcells``
 (above 1: fastcells is faster) and ``fastcells / floor`` (1 is the floor).
 GFLOP/s counts the flops of all the GEMMs above, ``2*m*n*k`` each.
 
@@ -466,20 +468,15 @@ def make_runner(system: str, p: Problem, mode: str) -> Callable:
 # timing
 
 
-def measure(fn: Callable, target: float, min_repeats: int = 3,
-            repeat: Optional[int] = None) -> dict:
-    """Median and minimum milliseconds per call of ``fn``.
+#: rounds per row: every system is timed once per round, in turn, so that a slow
+#: spell of a shared machine (its clock moved by 30% within minutes on the
+#: machine of the README's table) falls on all the systems of a row alike
+ROUNDS = 5
 
-    One warm-up call (which also estimates the cost), then ``repeat`` timed
-    calls or, if None, as many as fit in about ``target`` seconds (at least
-    ``min_repeats``).  The garbage collector is off while timing (as in timeit).
-    """
+
+def _timed_calls(fn: Callable, repeat: int) -> list:
+    """Seconds of each of ``repeat`` calls, the garbage collector off (as in timeit)."""
     perf = time.perf_counter
-    t0 = perf()
-    fn()
-    estimate = perf() - t0
-    if repeat is None:
-        repeat = int(min(max(target / max(estimate, 1e-7), min_repeats), 100_000))
     times = []
     # gc off, not gc.collect(): with torch imported a full collection takes ~0.4 s
     was_enabled = gc.isenabled()
@@ -492,8 +489,40 @@ def measure(fn: Callable, target: float, min_repeats: int = 3,
     finally:
         if was_enabled:
             gc.enable()
-    return {"median_ms": 1e3 * statistics.median(times), "min_ms": 1e3 * min(times),
-            "repeats": repeat}
+    return times
+
+
+def measure_rounds(fns: dict, target: float, min_repeats: int = 3,
+                   repeat: Optional[int] = None, rounds: int = ROUNDS) -> dict:
+    """Median and minimum milliseconds per call of each function in ``fns`` (name ->
+    callable), timed in ``rounds`` interleaved rounds.
+
+    One warm-up call each (which also estimates the cost), then per round
+    ``repeat`` timed calls or, if None, as many as fit in ``target / rounds``
+    seconds (at least ``min_repeats`` in all).  Medians pool every round.
+    """
+    per_round = {}
+    for name, fn in fns.items():
+        t0 = time.perf_counter()
+        fn()
+        estimate = time.perf_counter() - t0
+        total = repeat if repeat is not None else int(
+            min(max(target / max(estimate, 1e-7), min_repeats), 100_000))
+        # ``total`` calls in all, spread over the rounds
+        per_round[name] = [total // rounds + (i < total % rounds) for i in range(rounds)]
+    times = {name: [] for name in fns}
+    for i in range(rounds):
+        for name, fn in fns.items():
+            times[name] += _timed_calls(fn, per_round[name][i])
+    return {name: {"median_ms": 1e3 * statistics.median(t), "min_ms": 1e3 * min(t),
+                   "repeats": len(t)} for name, t in times.items()}
+
+
+def measure(fn: Callable, target: float, min_repeats: int = 3,
+            repeat: Optional[int] = None) -> dict:
+    """Median and minimum milliseconds per call of ``fn`` (one round; see
+    :func:`measure_rounds`)."""
+    return measure_rounds({"fn": fn}, target, min_repeats, repeat, rounds=1)["fn"]
 
 
 # ----------------------------------------------------------------------------
@@ -578,14 +607,15 @@ def run_row(cell: str, shape: Shape, mode: str, systems: Sequence[str], target: 
            "times": {}, "skipped": {}}
     got = outputs(_fc, p, mode)
     row["abs_err"], row["rel_err"] = errors(got, p.expected(mode))
+    fns = {}
     for system in systems:
         try:
-            fn = make_runner(system, p, mode)
+            fns[system] = make_runner(system, p, mode)
         except Unavailable as exc:
             row["skipped"][system] = str(exc)
-            continue
-        row["times"][system] = measure(fn, target, min_repeats, repeat)
-        progress(f"{system} {row['times'][system]['median_ms']:.3f} ms")
+    row["times"] = measure_rounds(fns, target, min_repeats, repeat)
+    for system, t in row["times"].items():
+        progress(f"{system} {t['median_ms']:.3f} ms")
     fc = row["times"].get("fastcells", {}).get("median_ms")
     row["ratios"] = {s: t["median_ms"] / fc for s, t in row["times"].items()
                      if fc and s not in ("fastcells", "floor")}

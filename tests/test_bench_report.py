@@ -70,3 +70,14 @@ def test_bad_arguments_exit_with_usage_error(argv, capsys):
         bench.main(argv)
     assert exc.value.code == 2
     assert "error" in capsys.readouterr().err
+
+
+def test_systems_are_timed_in_interleaved_rounds():
+    """A slow spell of the machine must fall on every system of a row alike: the
+    systems take turns, round by round, and each gets exactly the calls asked for."""
+    calls = []
+    fns = {name: (lambda name=name: calls.append(name)) for name in ("a", "b", "c")}
+    out = bench.measure_rounds(fns, target=1.0, repeat=4, rounds=3)
+    assert calls[:3] == ["a", "b", "c"]                          # one warm-up each
+    assert calls[3:] == ["a", "a", "b", "b", "c", "c", "a", "b", "c", "a", "b", "c"]
+    assert {name: t["repeats"] for name, t in out.items()} == {"a": 4, "b": 4, "c": 4}
