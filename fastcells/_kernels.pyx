@@ -122,9 +122,10 @@ def gemm_nt(const float[:, ::1] A, const float[:, ::1] W, float[:, ::1] C):
         raise ValueError(f"W: expected shape ({n}, {k}), got ({W.shape[0]}, {W.shape[1]})")
     if C.shape[0] != m or C.shape[1] != n:
         raise ValueError(f"C: expected shape ({m}, {n}), got ({C.shape[0]}, {C.shape[1]})")
+    cdef float dummy = 0     # k == 0: a valid address, never read (not NULL + offsets)
     if m and n:
         with nogil:
-            fc_gemm_nt(m, n, k, &A[0, 0] if k else NULL, k, &W[0, 0] if k else NULL, k,
+            fc_gemm_nt(m, n, k, &A[0, 0] if k else &dummy, k, &W[0, 0] if k else &dummy, k,
                        &C[0, 0], n)
 
 

@@ -7,7 +7,8 @@ Each function is the three phases of DESIGN.md:
    unpacked: ``_project``), fold the biases in, pack the recurrent weights once
    (or not, for short batch-1 calls), and run the compiled time loop
    (``_kernels``, GIL released);
-3. backward only: the weight gradients as one matmul each after the loop.
+3. backward only: the weight gradients as one matrix product each after the
+   loop (``dx`` by the packed GEMM, ``dW_ih``/``dW_hh`` by NumPy's BLAS).
 
 All buffers are allocated here, before the loop; the loop allocates nothing.
 """
@@ -105,11 +106,11 @@ def _projected_chunks(a, bias: Optional[np.ndarray], training: bool, reverse: bo
 
 def _chunks(a, W, bias: Optional[np.ndarray], reverse: bool):
     """The inference chunks of :func:`_projected_chunks`, one reused buffer."""
-    steps = max(1, min(a.T, CHUNK_FLOATS // (a.B * a.G * a.H)))
+    # never a chunk of one row: the packed product of one row is the GEMV, which
+    # sums in another order than the tiles of the whole call (training).  So at
+    # batch 1 chunks have 2 steps at least, and a step left over joins the last
+    steps = max(2 if a.B == 1 else 1, min(a.T, CHUNK_FLOATS // (a.B * a.G * a.H)))
     starts = list(range(0, a.T, steps))
-    # never a chunk of one row (batch 1, one step left over): the packed product
-    # of one row is the GEMV, which sums in another order than the tiles of the
-    # whole call (training); the last chunk takes that step instead
     if a.B == 1 and len(starts) > 1 and a.T - starts[-1] == 1:
         starts.pop()
     buf = np.empty((max(steps, a.T - starts[-1]), a.B, a.G * a.H), F32)   # the largest
@@ -195,7 +196,7 @@ def _prev_states(y: np.ndarray, init: np.ndarray, lengths: Optional[np.ndarray],
 
 def _weight_grads(x: np.ndarray, W_ih: np.ndarray, dGx: np.ndarray, dGh: np.ndarray,
                   hprev: np.ndarray, has_bias: bool, hprev_n: Optional[np.ndarray] = None):
-    """Phase 3: ``dx, dW_ih, dW_hh, db_ih, db_hh`` as one matmul (or sum) each.
+    """Phase 3: ``dx, dW_ih, dW_hh, db_ih, db_hh`` as one matrix product (or sum) each.
 
     ``hprev_n``: what the last H rows of ``W_hh`` multiply instead of ``hprev``
     (``r*h`` for a GRU without ``linear_before_reset``).

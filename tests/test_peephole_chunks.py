@@ -150,9 +150,10 @@ def test_batch_one_chunks_never_leave_a_lone_step(monkeypatch, cell, reverse):
     assert not functional._unpacked_projection(T, I)       # the packed projection
     forward = getattr(fastcells, f"{cell}_forward")
     whole = forward(x, W_ih, W_hh, reverse=reverse, training=True)
-    monkeypatch.setattr(functional, "CHUNK_FLOATS", G * H * 4)
-    out = forward(x, W_ih, W_hh, reverse=reverse)
-    np.testing.assert_array_equal(out.y, whole.y)
+    for steps in (1, 4):      # one step per chunk asked for: two given
+        monkeypatch.setattr(functional, "CHUNK_FLOATS", G * H * steps)
+        out = forward(x, W_ih, W_hh, reverse=reverse)
+        np.testing.assert_array_equal(out.y, whole.y, err_msg=f"chunks of {steps}")
 
 
 @pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
