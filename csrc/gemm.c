@@ -149,8 +149,12 @@ static void fc_pack_edge(const float *src, ptrdiff_t lb, ptrdiff_t nr, ptrdiff_t
 void fc_pack(const float *src, ptrdiff_t k, ptrdiff_t n, ptrdiff_t rs, ptrdiff_t cs, float *P)
 {
     const ptrdiff_t nfull = n / FC_NR * FC_NR;
+    /* streaming (AVX-512, A @ W.T) gathers rows by 32-bit offsets j*cs, j < 16:
+     * rows longer than INT32_MAX / 16 floats (a >= 9 GB matrix) take the
+     * plain path */
     const int stream = fc_packed_size(k, n) * (ptrdiff_t)sizeof(float) >= FC_PACK_STREAM_BYTES
-                       && (uintptr_t)P % sizeof(float) == 0;
+                       && (uintptr_t)P % sizeof(float) == 0
+                       && (rs != 1 || cs <= INT32_MAX / FC_NR);
     if (rs == 1 || cs == 1) {
         void (*pack)(const float *, ptrdiff_t, ptrdiff_t, ptrdiff_t, float *, int);
         switch (fc_get_isa()) {
