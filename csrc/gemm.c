@@ -66,17 +66,7 @@ void fc_gemm_nt(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A, ptrdiff_t
 #define FC_GV 2
 #define FC_KC 256
 #define FC_PF 0
-#include "gemm_impl.h"
-#include "activations_impl.h"
-#include "gemm_nt_impl.h"
-#undef FC_SFX
-#undef FC_TARGET
-#undef FC_VBYTES
-#undef FC_MR
-#undef FC_NP
-#undef FC_GV
-#undef FC_KC
-#undef FC_PF
+#include "isa_instance.h"
 
 #if defined(__x86_64__) || defined(_M_X64) || defined(__i386__)
 #define FC_SFX avx2
@@ -88,18 +78,7 @@ void fc_gemm_nt(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A, ptrdiff_t
 #define FC_GV 4
 #define FC_KC 2048
 #define FC_PF 256
-#include "gemm_impl.h"
-#include "activations_impl.h"
-#include "gemm_nt_impl.h"
-#undef FC_SFX
-#undef FC_TARGET
-#undef FC_VBYTES
-#undef FC_MR
-#undef FC_NP
-#undef FC_GV
-#undef FC_KC
-#undef FC_PF
-#undef FC_LOAD_ASM
+#include "isa_instance.h"
 
 #define FC_SFX avx512
 #define FC_TARGET __attribute__((target("avx512f,avx2,fma")))
@@ -109,17 +88,7 @@ void fc_gemm_nt(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A, ptrdiff_t
 #define FC_GV 8
 #define FC_KC 1024
 #define FC_PF 256
-#include "gemm_impl.h"
-#include "activations_impl.h"
-#include "gemm_nt_impl.h"
-#undef FC_SFX
-#undef FC_TARGET
-#undef FC_VBYTES
-#undef FC_MR
-#undef FC_NP
-#undef FC_GV
-#undef FC_KC
-#undef FC_PF
+#include "isa_instance.h"
 #endif
 
 /* Packing works on 16 x 16 blocks (gemm_impl.h, fc_pack_t / fc_pack_n per

@@ -73,20 +73,13 @@ def _unpacked_projection(rows: int, I: int) -> bool:
     return rows <= 16 or (rows < 32 and I >= 256)
 
 
-def _project(x: np.ndarray, W_ih: Union[np.ndarray, tuple], bias: Optional[np.ndarray],
+def _project(x: np.ndarray, product, GH: int, bias: Optional[np.ndarray],
              out: Optional[np.ndarray] = None) -> np.ndarray:
-    """Phase 1: ``x (T, B, I) @ W_ih.T + bias`` as one GEMM, float32 C order (T, B, G*H).
-
-    ``W_ih``: the weights as they are (unpacked product), or ``(packed, G*H)`` from
-    :func:`_projection_weights`."""
+    """Phase 1: ``x (T, B, I) @ W_ih.T + bias`` as one GEMM, float32 C order (T, B, G*H);
+    ``product(A, C)`` writes ``C = A @ W_ih.T`` (from :func:`_projected_chunks`)."""
     T, B, I = x.shape
-    packed = isinstance(W_ih, tuple)
-    GH = W_ih[1] if packed else W_ih.shape[0]
     gx = np.empty((T * B, GH), F32) if out is None else out.reshape(T * B, GH)
-    if packed:
-        _kernels.gemm(x.reshape(T * B, I), W_ih[0], GH, gx)
-    else:
-        _kernels.gemm_nt(x.reshape(T * B, I), W_ih, gx)
+    product(x.reshape(T * B, I), gx)
     if bias is not None:
         gx += bias
     return gx.reshape(T, B, GH)
@@ -97,14 +90,18 @@ def _projected_chunks(a, bias: Optional[np.ndarray], training: bool, reverse: bo
     order the loop walks time.  Training projects all steps at once (the gates of
     every step are kept anyway), and so does inference when that fits one chunk;
     longer inference a chunk at a time into one buffer."""
-    W = a.W_ih if _unpacked_projection(a.T * a.B, a.I) else (_kernels.pack(a.W_ih, True),
-                                                             a.G * a.H)
-    if training or a.T * a.B * a.G * a.H <= CHUNK_FLOATS:   # one piece: no generator
-        return ((0, _project(a.x, W, bias)),)
-    return _chunks(a, W, bias, reverse)
+    GH = a.G * a.H
+    if _unpacked_projection(a.T * a.B, a.I):
+        product = lambda A, C: _kernels.gemm_nt(A, a.W_ih, C)  # noqa: E731
+    else:
+        P = _kernels.pack(a.W_ih, True)
+        product = lambda A, C: _kernels.gemm(A, P, GH, C)      # noqa: E731
+    if training or a.T * a.B * GH <= CHUNK_FLOATS:   # one piece: no generator
+        return ((0, _project(a.x, product, GH, bias)),)
+    return _chunks(a, product, bias, reverse)
 
 
-def _chunks(a, W, bias: Optional[np.ndarray], reverse: bool):
+def _chunks(a, product, bias: Optional[np.ndarray], reverse: bool):
     """The inference chunks of :func:`_projected_chunks`, one reused buffer."""
     # never a chunk of one row: the packed product of one row is the GEMV, which
     # sums in another order than the tiles of the whole call (training).  So at
@@ -116,7 +113,7 @@ def _chunks(a, W, bias: Optional[np.ndarray], reverse: bool):
     buf = np.empty((max(steps, a.T - starts[-1]), a.B, a.G * a.H), F32)   # the largest
     ends = starts[1:] + [a.T]
     for t0, t1 in (reversed if reverse else iter)(list(zip(starts, ends))):
-        yield t0, _project(a.x[t0:t1], W, bias, out=buf[:t1 - t0])
+        yield t0, _project(a.x[t0:t1], product, a.G * a.H, bias, out=buf[:t1 - t0])
 
 
 def _fold_biases(a, lbr: bool = False):
