@@ -329,6 +329,8 @@ cdef void _lstm_fwd(Py_ssize_t t0, Py_ssize_t n, Py_ssize_t B, Py_ssize_t H, con
             yr = y + (t * B + b) * H
             if _masked(lens, t, b):
                 memset(yr, 0, H * sizeof(float))
+                if gates != NULL:     # may be gx's buffer: no projection left behind
+                    memset(gates + (t * B + b) * G, 0, G * sizeof(float))
                 continue
             a = gh + b * G
             g = gx + ((t - t0) * B + b) * G
@@ -363,7 +365,9 @@ def lstm_forward(Py_ssize_t t0, const float[:, :, ::1] gx, const float[::1] wp, 
                  float[:, :, ::1] gates, float[:, :, ::1] cs, float[:, ::1] gh):
     """Forward loop over a chunk of time (as :func:`rnn_forward`); ``h``/``c`` are the
     state in and out; ``peephole`` (3H: i, f, o) or None; ``gates`` (activated i, f, g, o)
-    and ``cs`` (cell state after each step), whole (T, ...) arrays, written when not None."""
+    and ``cs`` (cell state after each step), whole (T, ...) arrays, written when not None
+    (zeros at masked steps).  ``gates`` may be ``gx`` itself (one chunk, t0 = 0): a
+    step's row of ``gx`` is read before its gates overwrite it."""
     _check_chunk(t0, gx.shape[0], y.shape[0])
     cdef fc_fpenv_t env
     with nogil:
@@ -480,6 +484,8 @@ cdef void _gru_fwd(Py_ssize_t t0, Py_ssize_t n, Py_ssize_t B, Py_ssize_t H, cons
         for b in range(B):
             if _masked(lens, t, b):
                 memset(y + (t * B + b) * H, 0, H * sizeof(float))
+                if gates != NULL:     # may be gx's buffer: no projection left behind
+                    memset(gates + (t * B + b) * G, 0, G * sizeof(float))
                 continue
             a = gh + b * ldh
             g = gx + ((t - t0) * B + b) * G
@@ -510,8 +516,9 @@ def gru_forward(Py_ssize_t t0, const float[:, :, ::1] gx, const float[::1] wp,
                 float[:, ::1] rh, float[:, ::1] ghn):
     """Forward loop.  ``gx`` holds ``x W_ih^T + b_ih`` plus ``b_hr, b_hz`` (and ``b_hn``
     when not linear_before_reset); ``bhn`` is ``b_hn`` for linear_before_reset.
-    ``gates`` (r, z, n) and, for linear_before_reset, ``hn = W_hn h + b_hn`` are written
-    when not None.  Steps as in :func:`rnn_forward`."""
+    ``gates`` (r, z, n; zeros at masked steps) and, for linear_before_reset,
+    ``hn = W_hn h + b_hn`` are written when not None; ``gates`` may be ``gx`` itself, as
+    in :func:`lstm_forward`.  Steps as in :func:`rnn_forward`."""
     _check_chunk(t0, gx.shape[0], y.shape[0])
     cdef fc_fpenv_t env
     with nogil:

@@ -87,9 +87,12 @@ def _project(x: np.ndarray, product, GH: int, bias: Optional[np.ndarray],
 
 def _projected_chunks(a, bias: Optional[np.ndarray], training: bool, reverse: bool):
     """``(t0, gx)`` pairs: the input projection of steps ``[t0, t0 + len(gx))``, in the
-    order the loop walks time.  Training projects all steps at once (the gates of
-    every step are kept anyway), and so does inference when that fits one chunk;
-    longer inference a chunk at a time into one buffer."""
+    order the loop walks time.  Training projects all steps at once, and the
+    kernel then overwrites each step's projection with its activated gates (kept
+    for backward): one (T, B, G*H) buffer, not two, whose second copy cost a
+    fresh allocation's page faults, up to 20% of a large LSTM's training forward.
+    Inference projects at once too when that fits one chunk; longer inference a
+    chunk at a time into one buffer."""
     GH = a.G * a.H
     if _unpacked_projection(a.T * a.B, a.I):
         product = lambda A, C: _kernels.gemm_nt(A, a.W_ih, C)  # noqa: E731
@@ -228,7 +231,12 @@ def _cache(cell: str, args, options: dict, **arrays) -> Cache:
     # float32 and C order): copy them, so that a caller who reuses a buffer or
     # updates weights in place before backward still gets the right gradients.
     own = lambda a: None if a is None else a.copy()  # noqa: E731
-    base = dict(x=own(args.x), W_ih=own(args.W_ih), W_hh=own(args.W_hh), h0=own(args.h0),
+    x = own(args.x)
+    if args.lengths is not None:
+        # padding past a sequence's end is never read forward; zero it here so
+        # that inf/NaN padding cannot reach dW_ih as 0 * inf through dG^T x
+        x[np.arange(args.T)[:, None] >= args.lengths] = 0
+    base = dict(x=x, W_ih=own(args.W_ih), W_hh=own(args.W_hh), h0=own(args.h0),
                 c0=own(args.c0), lengths=own(args.lengths), peephole=own(args.peephole),
                 has_bias=args.b_ih is not None)
     base.update(arrays)
@@ -390,7 +398,6 @@ def lstm_forward(x, W_ih, W_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, peeph
         c = _initial(a.c0, a.B, a.H)
         y = np.empty((a.T, a.B, a.H), F32)
         if training:
-            gates = np.empty((a.T, a.B, 4 * a.H), F32)
             # zeros, not empty: masked steps are never written, and dpeephole
             # multiplies every step's cs by its (zero) gate gradient: 0 * garbage
             cs = np.zeros((a.T, a.B, a.H), F32)
@@ -398,6 +405,7 @@ def lstm_forward(x, W_ih, W_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, peeph
         wp, _ = _pack_recurrent(a.W_hh, False, True, packed)
         gh = np.empty((a.B, 4 * a.H), F32)
         for t0, gx in _projected_chunks(a, bias, training, reverse):
+            gates = gx if training else None     # see _projected_chunks
             _kernels.lstm_forward(t0, gx, wp, packed, P, h, c, y, a.lengths, reverse, gates,
                                   cs, gh)
     cache = _cache("lstm", a, options, y=y.copy(), gates=gates, cs=cs) if training else None
@@ -490,13 +498,13 @@ def gru_forward(x, W_ih, W_hh, b_ih=None, b_hh=None, h0=None, *, linear_before_r
         packed = _packs_forward(a)
         wp, wp_n = _pack_recurrent(a.W_hh, not lbr, True, packed)
         if training:
-            # zeros, not empty: the loop skips masked steps, and backward reads r at
-            # every step for dW_hn (0 * garbage could be NaN) when not lbr
-            gates = np.zeros((a.T, a.B, 3 * H), F32)
             hn = np.empty((a.T, a.B, H), F32) if lbr else None
         gh = np.empty((a.B, (3 if lbr else 2) * H), F32)
         rh, ghn = np.zeros((a.B, H), F32), np.empty((a.B, H), F32)
         for t0, gx in _projected_chunks(a, bias, training, reverse):
+            # see _projected_chunks; the kernel zeroes masked steps' gates (backward reads
+            # r at every step for dW_hn when not lbr: 0 * garbage could be NaN)
+            gates = gx if training else None
             _kernels.gru_forward(t0, gx, wp, wp_n, packed, bhn, h, y, a.lengths, reverse, lbr, gates,
                                  hn, gh, rh, ghn)
     cache = _cache("gru", a, options, y=y.copy(), gates=gates, hn=hn) if training else None

@@ -296,6 +296,24 @@ def test_nan_and_inf_propagate_like_the_reference(cell, isa, rng):
         assert_close(getattr(grads, name), getattr(ref_grads, name), GRAD_TOL, name)
 
 
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_padding_past_lengths_never_reaches_the_gradients(cell, reverse, isa, rng):
+    # inf/NaN in the padding of shorter sequences: the forward never reads it, and
+    # backward must give the gradients of zero padding, bit for bit (dW_ih sums
+    # dG^T x over every step, where 0 * inf would be NaN)
+    inputs, _, upstream = contract_case(cell, rng)
+    lengths = np.array([T0, 3, 1, 0])
+    padded = {k: v.copy() for k, v in inputs.items()}
+    for b, n in enumerate(lengths):
+        inputs["x"][n:, b] = 0.0
+        padded["x"][n:, b] = [np.nan, np.inf, -np.inf, 1e30][b]
+    want = run_both(cell, inputs, upstream, lengths=lengths, reverse=reverse)
+    got = run_both(cell, padded, upstream, lengths=lengths, reverse=reverse)
+    for w, g in zip(want, got):
+        assert_same(g, w)
+
+
 # ----------------------------------------------------------------------------
 # csrc: the packed GEMM and the activations
 
