@@ -337,6 +337,26 @@ def check_forward(
         check_shape("b_ih", b_ih, (f"{G}*H",), (G * H,))
         b_hh = as_float("b_hh", b_hh, dtype)
         check_shape("b_hh", b_hh, (f"{G}*H",), (G * H,))
+    if peephole is not None:
+        if cell != "lstm":
+            raise ValueError(f"peephole: only LSTM has peepholes, got peephole for {cell}")
+        peephole = as_float("peephole", peephole, dtype)
+        check_shape("peephole", peephole, ("3*H",), (3 * H,))
+    h0, c0, lengths = check_states(cell, h0, c0, lengths, T, B, H, dtype)
+    return ForwardArgs(x, W_ih, W_hh, b_ih, b_hh, h0, c0, lengths, peephole, T, B, I, H, G)
+
+
+def check_sequence(name: str, x: Any, I: int, dtype: np.dtype) -> np.ndarray:
+    """``x`` as a C-contiguous (T, B, I) array of ``dtype`` (``I`` known: prepared weights)."""
+    x = as_float(name, x, dtype)
+    if x.ndim != 3 or x.shape[2] != I:
+        raise ValueError(f"{name}: expected shape (T, B, I) = (T, B, {I}), got {x.shape}")
+    return x
+
+
+def check_states(cell: str, h0: Any, c0: Any, lengths: Any, T: int, B: int, H: int,
+                 dtype: np.dtype) -> tuple:
+    """The initial states and lengths of a (T, B) batch, as ``check_forward`` returns them."""
     if h0 is not None:
         h0 = as_float("h0", h0, dtype)
         check_shape("h0", h0, ("B", "H"), (B, H))
@@ -345,18 +365,14 @@ def check_forward(
             raise ValueError(f"c0: only LSTM has a cell state, got c0 for {cell}")
         c0 = as_float("c0", c0, dtype)
         check_shape("c0", c0, ("B", "H"), (B, H))
-    if peephole is not None:
-        if cell != "lstm":
-            raise ValueError(f"peephole: only LSTM has peepholes, got peephole for {cell}")
-        peephole = as_float("peephole", peephole, dtype)
-        check_shape("peephole", peephole, ("3*H",), (3 * H,))
     lengths = check_lengths(lengths, T, B)
     # the buffers are (T, B, G*H): fail clearly here (Python ints cannot
     # overflow) when they cannot exist, before any allocation is tried
+    G = GATES[cell]
     if T * B * G * H * np.dtype(dtype).itemsize > sys.maxsize:
         raise ValueError(f"x: (T, B) = ({T}, {B}) with G*H = {G * H} needs buffers of "
                          f"{T * B * G * H} elements, more than the address space holds")
-    return ForwardArgs(x, W_ih, W_hh, b_ih, b_hh, h0, c0, lengths, peephole, T, B, I, H, G)
+    return h0, c0, lengths
 
 
 def _forward_fast(cell: str, x: Any, W_ih: Any, W_hh: Any, b_ih: Any = None, b_hh: Any = None,

@@ -14,13 +14,14 @@ All buffers are allocated here, before the loop; the loop allocates nothing.
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Union
+from typing import Any, NamedTuple, Optional, Union
 
 import numpy as np
 
 from . import _kernels
 from ._checks import (
     Cache,
+    ForwardArgs,
     ForwardResult,
     Gradients,
     LSTMForwardResult,
@@ -31,7 +32,9 @@ from ._checks import (
     check_forward,
     check_grad,
     check_nonlinearity,
+    check_sequence,
     check_shape,
+    check_states,
     as_float,
     GATES,
 )
@@ -85,7 +88,7 @@ def _project(x: np.ndarray, product, GH: int, bias: Optional[np.ndarray],
     return gx.reshape(T, B, GH)
 
 
-def _projected_chunks(a, bias: Optional[np.ndarray], training: bool, reverse: bool):
+def _projected_chunks(a, w: "_Weights", training: bool, reverse: bool):
     """``(t0, gx)`` pairs: the input projection of steps ``[t0, t0 + len(gx))``, in the
     order the loop walks time.  Training projects all steps at once, and the
     kernel then overwrites each step's projection with its activated gates (kept
@@ -94,14 +97,9 @@ def _projected_chunks(a, bias: Optional[np.ndarray], training: bool, reverse: bo
     Inference projects at once too when that fits one chunk; longer inference a
     chunk at a time into one buffer."""
     GH = a.G * a.H
-    if _unpacked_projection(a.T * a.B, a.I):
-        product = lambda A, C: _kernels.gemm_nt(A, a.W_ih, C)  # noqa: E731
-    else:
-        P = _kernels.pack(a.W_ih, True)
-        product = lambda A, C: _kernels.gemm(A, P, GH, C)      # noqa: E731
     if training or a.T * a.B * GH <= CHUNK_FLOATS:   # one piece: no generator
-        return ((0, _project(a.x, product, GH, bias)),)
-    return _chunks(a, product, bias, reverse)
+        return ((0, _project(a.x, w.project, GH, w.bias)),)
+    return _chunks(a, w.project, w.bias, reverse)
 
 
 def _chunks(a, product, bias: Optional[np.ndarray], reverse: bool):
@@ -154,6 +152,39 @@ def _pack_recurrent(W_hh: np.ndarray, split_gru: bool, transpose: bool, packed: 
 def _packs_forward(a) -> bool:
     """Whether a forward call packs ``W_hh`` (else it multiplies by its rows as they are)."""
     return not (a.B == 1 and a.T <= UNPACKED_MAX_STEPS)
+
+
+class _Weights(NamedTuple):
+    """The weights as the time loop takes them: biases folded, products chosen.
+
+    ``project(A, C)`` writes ``C = A @ W_ih.T``; ``wp``/``wp_n`` are ``W_hh`` packed
+    (``packed``) or its rows as they are (see :func:`_pack_recurrent`).
+    """
+
+    bias: Optional[np.ndarray]
+    bhn: Optional[np.ndarray]
+    project: Any
+    packed: bool
+    wp: np.ndarray
+    wp_n: Optional[np.ndarray]
+    peephole: Optional[np.ndarray]
+
+
+def _packed_projection(P: np.ndarray, GH: int):
+    return lambda A, C: _kernels.gemm(A, P, GH, C)
+
+
+def _weights_for_call(a, lbr: bool = True) -> _Weights:
+    """The weights of one forward call: packed when the call's shape pays for it."""
+    bias, bhn = _fold_biases(a, lbr)
+    if _unpacked_projection(a.T * a.B, a.I):
+        W_ih = a.W_ih
+        project = lambda A, C: _kernels.gemm_nt(A, W_ih, C)  # noqa: E731
+    else:
+        project = _packed_projection(_kernels.pack(a.W_ih, True), a.G * a.H)
+    packed = _packs_forward(a)
+    wp, wp_n = _pack_recurrent(a.W_hh, a.G == 3 and not lbr, True, packed)
+    return _Weights(bias, bhn, project, packed, wp, wp_n, a.peephole)
 
 
 def _initial(state: Optional[np.ndarray], B: int, H: int) -> np.ndarray:
@@ -307,16 +338,18 @@ def rnn_forward(x, W_ih, W_hh, b_ih=None, b_hh=None, h0=None, *, nonlinearity="t
     if a.T == 0 or a.B == 0:
         y, h, _ = _empty_forward(a, False)
     else:
-        bias, _ = _fold_biases(a)
-        h = _initial(a.h0, a.B, a.H)
-        y = np.empty((a.T, a.B, a.H), F32)
-        packed = _packs_forward(a)
-        wp, _ = _pack_recurrent(a.W_hh, False, True, packed)
-        gh = np.empty((a.B, a.H), F32)
-        for t0, gx in _projected_chunks(a, bias, training, reverse):
-            _kernels.rnn_forward(t0, gx, wp, packed, h, y, a.lengths, reverse, relu, gh)
+        y, h = _rnn_loop(a, _weights_for_call(a), relu, reverse, training)
     cache = _cache("rnn", a, options, y=y.copy()) if training else None
     return ForwardResult(y, h, cache)
+
+
+def _rnn_loop(a, w: _Weights, relu: bool, reverse: bool, training: bool):
+    h = _initial(a.h0, a.B, a.H)
+    y = np.empty((a.T, a.B, a.H), F32)
+    gh = np.empty((a.B, a.H), F32)
+    for t0, gx in _projected_chunks(a, w, training, reverse):
+        _kernels.rnn_forward(t0, gx, w.wp, w.packed, h, y, a.lengths, reverse, relu, gh)
+    return y, h
 
 
 def rnn_backward(cache, dy=None, dh=None) -> Gradients:
@@ -387,29 +420,31 @@ def lstm_forward(x, W_ih, W_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, peeph
     training = check_bool("training", training)
     a = check_forward("lstm", x, W_ih, W_hh, b_ih, b_hh, h0, c0, lengths, dtype=F32,
                       peephole=peephole)
-    P = a.peephole
     options = dict(reverse=reverse)
     gates = cs = None
     if a.T == 0 or a.B == 0:
         y, h, c = _empty_forward(a, True)
     else:
-        bias, _ = _fold_biases(a)
-        h = _initial(a.h0, a.B, a.H)
-        c = _initial(a.c0, a.B, a.H)
-        y = np.empty((a.T, a.B, a.H), F32)
-        if training:
-            # zeros, not empty: masked steps are never written, and dpeephole
-            # multiplies every step's cs by its (zero) gate gradient: 0 * garbage
-            cs = np.zeros((a.T, a.B, a.H), F32)
-        packed = _packs_forward(a)
-        wp, _ = _pack_recurrent(a.W_hh, False, True, packed)
-        gh = np.empty((a.B, 4 * a.H), F32)
-        for t0, gx in _projected_chunks(a, bias, training, reverse):
-            gates = gx if training else None     # see _projected_chunks
-            _kernels.lstm_forward(t0, gx, wp, packed, P, h, c, y, a.lengths, reverse, gates,
-                                  cs, gh)
+        y, h, c, gates, cs = _lstm_loop(a, _weights_for_call(a), reverse, training)
     cache = _cache("lstm", a, options, y=y.copy(), gates=gates, cs=cs) if training else None
     return LSTMForwardResult(y, h, c, cache)
+
+
+def _lstm_loop(a, w: _Weights, reverse: bool, training: bool):
+    h = _initial(a.h0, a.B, a.H)
+    c = _initial(a.c0, a.B, a.H)
+    y = np.empty((a.T, a.B, a.H), F32)
+    gates = cs = None
+    if training:
+        # zeros, not empty: masked steps are never written, and dpeephole
+        # multiplies every step's cs by its (zero) gate gradient: 0 * garbage
+        cs = np.zeros((a.T, a.B, a.H), F32)
+    gh = np.empty((a.B, 4 * a.H), F32)
+    for t0, gx in _projected_chunks(a, w, training, reverse):
+        gates = gx if training else None     # see _projected_chunks
+        _kernels.lstm_forward(t0, gx, w.wp, w.packed, w.peephole, h, c, y, a.lengths, reverse,
+                              gates, cs, gh)
+    return y, h, c, gates, cs
 
 
 def lstm_backward(cache, dy=None, dh=None,
@@ -486,29 +521,31 @@ def gru_forward(x, W_ih, W_hh, b_ih=None, b_hh=None, h0=None, *, linear_before_r
     reverse = check_bool("reverse", reverse)
     training = check_bool("training", training)
     a = check_forward("gru", x, W_ih, W_hh, b_ih, b_hh, h0, None, lengths, dtype=F32)
-    H = a.H
     options = dict(linear_before_reset=lbr, reverse=reverse)
     gates = hn = None
     if a.T == 0 or a.B == 0:
         y, h, _ = _empty_forward(a, False)
     else:
-        bias, bhn = _fold_biases(a, lbr)
-        h = _initial(a.h0, a.B, H)
-        y = np.empty((a.T, a.B, H), F32)
-        packed = _packs_forward(a)
-        wp, wp_n = _pack_recurrent(a.W_hh, not lbr, True, packed)
-        if training:
-            hn = np.empty((a.T, a.B, H), F32) if lbr else None
-        gh = np.empty((a.B, (3 if lbr else 2) * H), F32)
-        rh, ghn = np.zeros((a.B, H), F32), np.empty((a.B, H), F32)
-        for t0, gx in _projected_chunks(a, bias, training, reverse):
-            # see _projected_chunks; the kernel zeroes masked steps' gates (backward reads
-            # r at every step for dW_hn when not lbr: 0 * garbage could be NaN)
-            gates = gx if training else None
-            _kernels.gru_forward(t0, gx, wp, wp_n, packed, bhn, h, y, a.lengths, reverse, lbr, gates,
-                                 hn, gh, rh, ghn)
+        y, h, gates, hn = _gru_loop(a, _weights_for_call(a, lbr), lbr, reverse, training)
     cache = _cache("gru", a, options, y=y.copy(), gates=gates, hn=hn) if training else None
     return ForwardResult(y, h, cache)
+
+
+def _gru_loop(a, w: _Weights, lbr: bool, reverse: bool, training: bool):
+    H = a.H
+    h = _initial(a.h0, a.B, H)
+    y = np.empty((a.T, a.B, H), F32)
+    gates = None
+    hn = np.empty((a.T, a.B, H), F32) if training and lbr else None
+    gh = np.empty((a.B, (3 if lbr else 2) * H), F32)
+    rh, ghn = np.zeros((a.B, H), F32), np.empty((a.B, H), F32)
+    for t0, gx in _projected_chunks(a, w, training, reverse):
+        # see _projected_chunks; the kernel zeroes masked steps' gates (backward reads
+        # r at every step for dW_hn when not lbr: 0 * garbage could be NaN)
+        gates = gx if training else None
+        _kernels.gru_forward(t0, gx, w.wp, w.wp_n, w.packed, w.bhn, h, y, a.lengths, reverse,
+                             lbr, gates, hn, gh, rh, ghn)
+    return y, h, gates, hn
 
 
 def gru_backward(cache, dy=None, dh=None) -> Gradients:
@@ -583,12 +620,62 @@ class Stepper:
                           dtype=F32, peephole=peephole)
         bias, bhn = _fold_biases(a, lbr)
         wp, wp_n = _pack_recurrent(a.W_hh, cell == "gru" and not lbr, True)
+        P_ih = _kernels.pack(a.W_ih, True)
+        peephole = None if a.peephole is None else a.peephole.copy()
         self.cell, self.input_size, self.hidden_size = cell, a.I, a.H
+        self._relu, self._lbr = relu, lbr
+        # what forward() runs whole sequences with: always packed, whatever the call
+        self._weights = _Weights(bias, bhn, _packed_projection(P_ih, a.G * a.H), True, wp,
+                                 wp_n, peephole)
         self._kernel = _kernels.Stepper(
-            cell, _kernels.pack(a.W_ih, True), wp, wp_n,
+            cell, P_ih, wp, wp_n,
             np.zeros(a.G * a.H, F32) if bias is None else bias,
-            np.zeros(a.H, F32) if bhn is None else bhn,
-            None if a.peephole is None else a.peephole.copy(), a.I, a.H, relu, lbr)
+            np.zeros(a.H, F32) if bhn is None else bhn, peephole, a.I, a.H, relu, lbr)
+
+    def forward(self, x, h0=None, c0=None, *, lengths=None, reverse=False):
+        """Run a whole sequence with the prepared weights (inference: serving).
+
+        The same as ``<cell>_forward(x, <the weights>, h0, c0, lengths=lengths,
+        reverse=reverse)`` without a cache, less the per-call work on the weights:
+        no checks, no bias folding and no packing (a copy of ``W_ih`` and
+        ``W_hh``, 2-9% of a batch 1-4 call at H = 512-1024).  The products are
+        always the packed ones; the functional call uses unpacked ones for a
+        few rows (``T*B < 32``, or batch 1 and ``T <= 16``), where its results
+        then differ from these by float32 rounding; elsewhere they are the same
+        bits.  Safe to call from several threads at once.
+
+        Parameters
+        ----------
+        x : array (T, B, I)
+        h0, c0 : array (B, H), optional
+            Initial states, zeros if None (``c0``: LSTM only).
+        lengths : int array (B,), optional
+        reverse : bool
+            As in :func:`rnn_forward`.
+
+        Returns
+        -------
+        ForwardResult or LSTMForwardResult
+            ``y`` (T, B, H), ``h`` (B, H) (LSTM also ``c``), float32; ``cache`` None.
+        """
+        reverse = check_bool("reverse", reverse)
+        I, H, lstm = self.input_size, self.hidden_size, self.cell == "lstm"
+        x = check_sequence("x", x, I, F32)
+        T, B = x.shape[:2]
+        h0, c0, lengths = check_states(self.cell, h0, c0, lengths, T, B, H, F32)
+        w = self._weights
+        a = ForwardArgs(x, None, None, None, None, h0, c0, lengths, w.peephole, T, B, I, H,
+                        GATES[self.cell])
+        c = None
+        if T == 0 or B == 0:
+            y, h, c = _empty_forward(a, lstm)
+        elif lstm:
+            y, h, c, _, _ = _lstm_loop(a, w, reverse, False)
+        elif self.cell == "gru":
+            y, h, _, _ = _gru_loop(a, w, self._lbr, reverse, False)
+        else:
+            y, h = _rnn_loop(a, w, self._relu, reverse, False)
+        return LSTMForwardResult(y, h, c, None) if lstm else ForwardResult(y, h, None)
 
     def _state(self, name: str, s, B: int) -> np.ndarray:
         if s is None:

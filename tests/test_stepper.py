@@ -137,3 +137,116 @@ def test_gru_stepper_copies_b_hn():
     before = step(x)
     weights[3] += 1          # b_hh, edited after the Stepper was built
     np.testing.assert_array_equal(step(x), before)
+
+
+# ----------------------------------------------------------------------------
+# Stepper.forward: whole sequences with the prepared weights (serving)
+
+
+def _variant(rng, cell, options, I, H):
+    kw = dict(options)
+    if kw.pop("peephole", False):
+        kw["peephole"] = rng.standard_normal(3 * H).astype(np.float32)
+    return _weights(rng, cell, I, H), kw
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("T,B", [(40, 1), (9, 4), (3, 2), (5, 1), (600, 3)])
+@pytest.mark.parametrize("cell,options", VARIANTS)
+def test_forward_equals_the_sequence_call(cell, options, T, B, reverse):
+    """Same bits as the functional call where both multiply packed; within STEP_TOL
+    where the call multiplies a few rows unpacked.  (600, 3) runs in several chunks."""
+    rng = np.random.default_rng(6)
+    I, H = 5, 17
+    weights, kw = _variant(rng, cell, options, I, H)
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+    n_states = 2 if cell == "lstm" else 1
+    state = [rng.standard_normal((B, H)).astype(np.float32) for _ in range(n_states)]
+    lengths = rng.integers(0, T + 1, B) if B > 1 else None
+    kept = [a.copy() for a in [x, *state, *weights]]
+    want = getattr(fastcells, f"{cell}_forward")(x, *weights, *state, lengths=lengths,
+                                                  reverse=reverse, **kw)
+    got = Stepper(cell, *weights, **kw).forward(x, *state, lengths=lengths, reverse=reverse)
+    assert type(got) is type(want) and got.cache is None
+    fn = fastcells.functional
+    packed = not fn._unpacked_projection(T * B, I) and fn._packs_forward(
+        fastcells._checks.ForwardArgs(*[None] * 9, T, B, I, H, 1))
+    for name in want._fields[:-1]:
+        if packed:
+            np.testing.assert_array_equal(getattr(got, name), getattr(want, name), name)
+        else:
+            assert_close(getattr(got, name), getattr(want, name), STEP_TOL, name)
+    for a, b in zip([x, *state, *weights], kept):     # nothing of the caller's written
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("cell,options", VARIANTS)
+def test_forward_equals_stepping(cell, options):
+    # batch > 1: one packed projection of every step is the per-step one, row by row
+    rng = np.random.default_rng(7)
+    weights, kw = _variant(rng, cell, options, 6, 20)
+    x = rng.standard_normal((7, 3, 6)).astype(np.float32)
+    step = Stepper(cell, *weights, **kw)
+    whole = step.forward(x)
+    s = ()
+    for t in range(x.shape[0]):
+        out = step(x[t], *s)
+        s = out if isinstance(out, tuple) else (out,)
+        np.testing.assert_array_equal(s[0], whole.y[t])
+    np.testing.assert_array_equal(s[0], whole.h)
+
+
+def test_forward_empty_and_converted_inputs():
+    rng = np.random.default_rng(8)
+    weights = _weights(rng, "lstm", 3, 4)
+    step = Stepper("lstm", *weights)
+    h0 = rng.standard_normal((2, 4))
+    out = step.forward(np.zeros((0, 2, 3)), h0)          # float64, converted; T = 0
+    assert out.y.shape == (0, 2, 4) and out.y.dtype == np.float32
+    np.testing.assert_array_equal(out.h, h0.astype(np.float32))
+    assert step.forward(np.zeros((5, 0, 3), np.float32)).y.shape == (5, 0, 4)
+    x = rng.standard_normal((20, 2, 3))
+    np.testing.assert_array_equal(step.forward(x).y, step.forward(x.astype(np.float32)).y)
+
+
+def test_forward_bad_input_names_the_argument():
+    rng = np.random.default_rng(9)
+    step = Stepper("gru", *_weights(rng, "gru", 3, 4))
+    x = np.zeros((5, 2, 3), np.float32)
+    with pytest.raises(ValueError, match=r"x: expected shape \(T, B, I\) = \(T, B, 3\), "
+                                         r"got \(5, 2, 4\)"):
+        step.forward(np.zeros((5, 2, 4), np.float32))
+    with pytest.raises(ValueError, match=r"x: expected shape \(T, B, I\) = \(T, B, 3\), "
+                                         r"got \(2, 3\)"):
+        step.forward(np.zeros((2, 3), np.float32))
+    with pytest.raises(TypeError, match="x"):
+        step.forward(x.astype(np.int32))
+    with pytest.raises(ValueError, match=r"h0: expected shape \(B, H\) = \(2, 4\), got \(1, 4\)"):
+        step.forward(x, np.zeros((1, 4), np.float32))
+    with pytest.raises(ValueError, match="c0: only LSTM"):
+        step.forward(x, None, np.zeros((2, 4), np.float32))
+    with pytest.raises(ValueError, match=r"lengths: expected values in \[0, T\] = \[0, 5\]"):
+        step.forward(x, lengths=np.array([6, 1]))
+    with pytest.raises(TypeError, match="reverse"):
+        step.forward(x, reverse="yes")
+
+
+def test_forward_from_threads_gives_the_serial_numbers():
+    import threading
+
+    rng = np.random.default_rng(10)
+    step = Stepper("lstm", *_weights(rng, "lstm", 8, 64))
+    xs = [rng.standard_normal((30, B, 8)).astype(np.float32) for B in (1, 4, 1, 4)]
+    serial = [step.forward(x).y for x in xs]
+    for _ in range(10):
+        got = [None] * len(xs)
+
+        def run(i):
+            got[i] = step.forward(xs[i]).y
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(len(xs))]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        for g, s in zip(got, serial):
+            np.testing.assert_array_equal(g, s)
