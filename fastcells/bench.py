@@ -4,7 +4,11 @@ For each cell (LSTM, GRU, RNN), shape ``(T, B, I, H)`` and mode — forward
 (inference, ``training=False``) and forward+backward (BPTT with one upstream
 gradient ``dy``) — it times, in one run and on one thread each:
 
-- ``fastcells`` (the compiled kernels);
+- ``fastcells`` (the compiled kernels, through ``<cell>_forward``/``_backward``:
+  every call checks, folds and packs the weights);
+- ``prepared``, forward only: ``fastcells.Stepper(cell, weights).forward(x, ...)``,
+  the same kernels with the weights prepared once, as a server holds them (the
+  way ONNX Runtime's session and torch's module hold theirs);
 - ``reference``: ``fastcells.reference`` on float32 inputs, so it computes in
   float32, the same arithmetic precision;
 - ``torch`` when installed: ``nn.RNN/GRU/LSTM`` with the same weights,
@@ -34,7 +38,8 @@ measurement (0.2 s by default, less in ``--quick``, more in ``--full``), in
 ``ROUNDS`` rounds that take the systems of a row in turn (a slow spell of a
 shared machine then slows them all alike); the median over all rounds and
 the minimum per call are kept.  Ratios are ``system / fastcells``
-(above 1: fastcells is faster) and ``fastcells / floor`` (1 is the floor).
+(above 1: fastcells is faster), ``peer/prep``: the fastest peer's time over
+``prepared``'s, and ``fastcells / floor`` (1 is the floor).
 GFLOP/s counts the flops of all the GEMMs above, ``2*m*n*k`` each.
 
 Single thread: run as a program, the module sets ``OMP_NUM_THREADS``,
@@ -57,7 +62,7 @@ Usage::
 
     python -m fastcells.bench [--quick | --full] [--cells lstm,gru,rnn]
         [--shape T,B,I,H ...] [--modes fwd,fwdbwd]
-        [--systems fastcells,reference,torch,ort,floor]
+        [--systems fastcells,prepared,reference,torch,ort,floor]
         [--repeat N] [--json FILE] [--plot FILE.png] [--check]
 
 Grids (``GRIDS``): the default is batch 1 and 16 at hidden 64 and 256, I = H
@@ -96,7 +101,9 @@ F32 = np.float32
 CELLS = ("lstm", "gru", "rnn")
 MODES = ("fwd", "fwdbwd")
 #: every system the report can time, in table order
-SYSTEMS = ("fastcells", "reference", "torch", "ort", "floor")
+SYSTEMS = ("fastcells", "prepared", "reference", "torch", "ort", "floor")
+#: the peers: other libraries, compared with fastcells' two ways of running
+PEERS = ("torch", "ort")
 #: relative error of fastcells against the float64 reference that fails --check
 CHECK_TOL = 1e-4
 #: relative disagreement of a peer with fastcells above which the peer is not timed
@@ -425,8 +432,19 @@ def _floor_runner(p: Problem, mode: str) -> Callable:
     return fwdbwd
 
 
+def _prepared_runner(p: Problem, mode: str) -> Callable:
+    if mode != "fwd":
+        raise Unavailable(NOT_APPLICABLE)
+    x, *weights = p.args(F32)
+    n_states = 2 if p.cell == "lstm" else 1
+    step = _fc.Stepper(p.cell, *weights[:4])
+    states = weights[4:4 + n_states]
+    return lambda: step.forward(x, *states)
+
+
 RUNNERS = {
     "fastcells": _fastcells_like(_fc),
+    "prepared": _prepared_runner,
     "reference": _fastcells_like(reference),
     "torch": _torch_runner,
     "ort": _ort_runner,
@@ -439,7 +457,7 @@ def make_runner(system: str, p: Problem, mode: str) -> Callable:
 
     Parameters
     ----------
-    system : {"fastcells", "reference", "torch", "ort", "floor"}
+    system : {"fastcells", "prepared", "reference", "torch", "ort", "floor"}
     p : Problem
         From :func:`make_problem`; float32 arrays, built once and shared.
     mode : {"fwd", "fwdbwd"}
@@ -619,6 +637,9 @@ def run_row(cell: str, shape: Shape, mode: str, systems: Sequence[str], target: 
     fc = row["times"].get("fastcells", {}).get("median_ms")
     row["ratios"] = {s: t["median_ms"] / fc for s, t in row["times"].items()
                      if fc and s not in ("fastcells", "floor")}
+    prep = row["times"].get("prepared", {}).get("median_ms")
+    peers = [row["times"][s]["median_ms"] for s in PEERS if s in row["times"]]
+    row["best_peer_over_prepared"] = min(peers) / prep if prep and peers else None
     floor = row["times"].get("floor", {}).get("median_ms")
     row["fastcells_over_floor"] = fc / floor if fc and floor else None
     flops = gemm_flops(cell, shape, mode)
@@ -634,9 +655,9 @@ def _fmt(v: Optional[float], spec: str) -> str:
 
 def format_table(rows: Sequence[dict]) -> str:
     """The rows as a fixed-width text table (times are medians in ms, and fastcells' minimum)."""
-    head = ["cell", "shape (T,B,I,H)", "mode", "fastcells", "fc min", "reference", "torch", "ort",
-            "floor", "ref/fc", "torch/fc", "ort/fc", "fc/floor", "GFLOP/s", "abs err",
-            "rel err"]
+    head = ["cell", "shape (T,B,I,H)", "mode", "fastcells", "fc min", "prepared", "reference",
+            "torch", "ort", "floor", "ref/fc", "torch/fc", "ort/fc", "peer/prep", "fc/floor",
+            "GFLOP/s", "abs err", "rel err"]
     body = []
     for r in rows:
         t = {s: r["times"].get(s, {}).get("median_ms") for s in SYSTEMS}
@@ -645,6 +666,7 @@ def format_table(rows: Sequence[dict]) -> str:
                      _fmt(t["fastcells"], ".3f"), _fmt(fc_min, ".3f"),
                      *(_fmt(t[s], ".3f") for s in SYSTEMS[1:]),
                      *(_fmt(r["ratios"].get(s), ".2f") for s in ("reference", "torch", "ort")),
+                     _fmt(r.get("best_peer_over_prepared"), ".2f"),
                      _fmt(r["fastcells_over_floor"], ".2f"), _fmt(r["gflops"], ".1f"),
                      _fmt(r["abs_err"], ".1e"), _fmt(r["rel_err"], ".1e")])
     widths = [max(len(str(c)) for c in col) for col in zip(head, *body)]
