@@ -81,8 +81,18 @@ def set_isa(str name):
 # ----------------------------------------------------------------------------
 # weight packing
 
-def pack(const float[:, ::1] W, bint transpose):
-    """Pack ``W`` (N_out, K) for ``A @ W.T`` (transpose=True) or ``W`` (K, N) for ``A @ W``."""
+def pack_floats(Py_ssize_t rows, Py_ssize_t cols, bint transpose):
+    """Floats of the buffer :func:`pack` needs for a (rows, cols) ``W`` (room to align)."""
+    if rows < 0 or cols < 0:
+        raise ValueError(f"rows, cols: expected sizes >= 0, got ({rows}, {cols})")
+    return max(fc_packed_size(cols if transpose else rows, rows if transpose else cols), 1) + 15
+
+
+def pack(const float[:, ::1] W, bint transpose, buf=None):
+    """Pack ``W`` (N_out, K) for ``A @ W.T`` (transpose=True) or ``W`` (K, N) for ``A @ W``.
+
+    Into ``buf`` (float32, C order, at least :func:`pack_floats` floats) when
+    given, else a new array; returns the 64-byte aligned packed view."""
     cdef Py_ssize_t k, n, rs, cs
     if transpose:
         n, k = W.shape[0], W.shape[1]
@@ -93,7 +103,13 @@ def pack(const float[:, ::1] W, bint transpose):
     # aligned to 64 bytes (a cache line, one AVX-512 register): NumPy gives 16,
     # and a misaligned 64-byte load costs two (batch-1 products 4-20% slower)
     cdef Py_ssize_t size = max(fc_packed_size(k, n), 1)
-    buf = np.empty(size + 15, dtype=np.float32)
+    if buf is None:
+        buf = np.empty(size + 15, dtype=np.float32)
+    elif not (type(buf) is np.ndarray and buf.dtype == np.float32 and buf.ndim == 1
+              and buf.flags.c_contiguous and buf.flags.writeable and buf.shape[0] >= size + 15):
+        raise ValueError(f"buf: expected a writable float32 array of at least {size + 15} "
+                         f"floats, got {getattr(buf, 'dtype', type(buf))} "
+                         f"{getattr(buf, 'shape', '')}")
     cdef Py_ssize_t off = (16 - (<size_t>buf.ctypes.data // 4) % 16) % 16
     out = buf[off:off + size]
     cdef float[::1] P = out

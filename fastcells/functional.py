@@ -14,6 +14,7 @@ All buffers are allocated here, before the loop; the loop allocates nothing.
 """
 from __future__ import annotations
 
+import threading
 from typing import Any, NamedTuple, Optional, Union
 
 import numpy as np
@@ -187,6 +188,59 @@ def _weights_for_call(a, lbr: bool = True) -> _Weights:
     return _Weights(bias, bhn, project, packed, wp, wp_n, a.peephole)
 
 
+#: backward keeps its scratch buffers (the pre-activation gradients, the packed
+#: weights, the previous states) per thread up to this many floats each (64 MiB)
+#: and reuses them from call to call; larger ones are allocated per call
+SCRATCH_MAX_FLOATS = 16 << 20
+
+
+class _ScratchPool(threading.local):
+    def __init__(self) -> None:
+        self.bufs: dict = {}
+        self.busy = False
+
+
+_POOL = _ScratchPool()
+
+
+class _Scratch:
+    """Backward's scratch, reused by the next backward call on the same thread.
+
+    A fresh allocation costs its page faults: glibc returns freed memory to
+    the system (above 32 MiB always, and by trimming the heap below), and a
+    training step's scratch is freed at every call.  On this VM the faults
+    were 10-25% of a GRU or LSTM backward.  Per thread, so threads never share
+    a buffer; a call made while the thread's buffers are in use (a signal
+    handler) gets fresh ones.  Nothing a backward returns is a view of them.
+    """
+
+    def __enter__(self) -> "_Scratch":
+        self.bufs = None if _POOL.busy else _POOL.bufs
+        _POOL.busy = True
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.bufs is not None:
+            _POOL.busy = False
+
+    def empty(self, name: str, shape: tuple) -> np.ndarray:
+        """An uninitialized float32 array of ``shape``, backed by the buffer ``name``."""
+        n = 1
+        for d in shape:
+            n *= d
+        if self.bufs is None or n > SCRATCH_MAX_FLOATS:
+            return np.empty(shape, F32)
+        buf = self.bufs.get(name)
+        if buf is None or buf.shape[0] < n:
+            buf = self.bufs[name] = np.empty(n, F32)
+        return buf[:n].reshape(shape)
+
+    def pack(self, name: str, W: np.ndarray, transpose: bool) -> np.ndarray:
+        """``_kernels.pack(W, transpose)`` into the buffer ``name``."""
+        n = _kernels.pack_floats(W.shape[0], W.shape[1], transpose)
+        return _kernels.pack(W, transpose, self.empty(name, (n,)))
+
+
 def _initial(state: Optional[np.ndarray], B: int, H: int) -> np.ndarray:
     """A new float32 (B, H) buffer holding the initial state (the kernel updates it)."""
     return np.zeros((B, H), F32) if state is None else state.copy()
@@ -206,13 +260,12 @@ def _empty_backward(cache: Cache, dh: np.ndarray, dc: Optional[np.ndarray]):
 
 
 def _prev_states(y: np.ndarray, init: np.ndarray, lengths: Optional[np.ndarray],
-                 reverse: bool) -> np.ndarray:
-    """(T, B, H) state before each step, in the processing order (for dW_hh).
-
-    Rows of masked steps are left as they fall: their gate gradients are zero.
+                 reverse: bool, prev: np.ndarray) -> np.ndarray:
+    """``prev`` (T, B, H) := the state before each step, in the processing order
+    (for dW_hh).  Rows of masked steps are left as they fall: their gate
+    gradients are zero.
     """
     T = y.shape[0]
-    prev = np.empty_like(y)
     if not reverse:
         prev[0] = init
         prev[1:] = y[:-1]
@@ -225,8 +278,9 @@ def _prev_states(y: np.ndarray, init: np.ndarray, lengths: Optional[np.ndarray],
     return prev
 
 
-def _weight_grads(x: np.ndarray, W_ih: np.ndarray, dGx: np.ndarray, dGh: np.ndarray,
-                  hprev: np.ndarray, has_bias: bool, hprev_n: Optional[np.ndarray] = None):
+def _weight_grads(s: _Scratch, x: np.ndarray, W_ih: np.ndarray, dGx: np.ndarray,
+                  dGh: np.ndarray, hprev: np.ndarray, has_bias: bool,
+                  hprev_n: Optional[np.ndarray] = None):
     """Phase 3: ``dx, dW_ih, dW_hh, db_ih, db_hh`` as one matrix product (or sum) each.
 
     ``hprev_n``: what the last H rows of ``W_hh`` multiply instead of ``hprev``
@@ -240,7 +294,7 @@ def _weight_grads(x: np.ndarray, W_ih: np.ndarray, dGx: np.ndarray, dGh: np.ndar
     # NumPy's matmul on these shapes; the transposed products dW stay with BLAS
     # (its packing of dG^T beats reading dG across rows, measured 1.2-2x)
     dx = np.empty((T * B, I), F32)
-    _kernels.gemm(dGx2, _kernels.pack(W_ih, False), I, dx)
+    _kernels.gemm(dGx2, s.pack("W_ih", W_ih, False), I, dx)
     dx = dx.reshape(T, B, I)
     # NumPy's matmul has no BLAS path for an inner size of 1 (T*B == 1): 36-67 us
     # for a (256, 1) @ (1, 64) outer product that np.dot does in 5
@@ -376,12 +430,14 @@ def rnn_backward(cache, dy=None, dh=None) -> Gradients:
         return _empty_backward(cache, dh, dc)
     o = cache.options
     y, lengths, W_hh = cache["y"], cache["lengths"], cache["W_hh"]
-    dG = np.empty((T, B, H), F32)
-    _kernels.rnn_backward(y, _kernels.pack(W_hh, False), dy, dh, dG, lengths, o["reverse"],
-                          o["nonlinearity"] == "relu", np.empty((B, H), F32))
-    hprev = _prev_states(y, _zeros_if_none(cache["h0"], B, H), lengths, o["reverse"])
-    dx, dW_ih, dW_hh, db_ih, db_hh = _weight_grads(cache["x"], cache["W_ih"], dG, dG, hprev,
-                                                   cache["has_bias"])
+    with _Scratch() as s:
+        dG = s.empty("dG", (T, B, H))
+        _kernels.rnn_backward(y, s.pack("W_hh", W_hh, False), dy, dh, dG, lengths,
+                              o["reverse"], o["nonlinearity"] == "relu", s.empty("tmp", (B, H)))
+        hprev = _prev_states(y, _zeros_if_none(cache["h0"], B, H), lengths, o["reverse"],
+                             s.empty("hprev", y.shape))
+        dx, dW_ih, dW_hh, db_ih, db_hh = _weight_grads(s, cache["x"], cache["W_ih"], dG, dG,
+                                                       hprev, cache["has_bias"])
     return Gradients(dx, dh, dW_ih, dW_hh, db_ih, db_hh)
 
 
@@ -471,19 +527,22 @@ def lstm_backward(cache, dy=None, dh=None,
         return _empty_backward(cache, dh, dc)
     reverse = cache.options["reverse"]
     lengths = cache["lengths"]
-    dG = np.empty((T, B, 4 * H), F32)
     c0, P = _zeros_if_none(cache["c0"], B, H), cache["peephole"]
-    _kernels.lstm_backward(cache["gates"], cache["cs"], c0, _kernels.pack(cache["W_hh"], False),
-                           P, dy, dh, dc, dG, lengths, reverse, np.empty((B, H), F32))
-    hprev = _prev_states(cache["y"], _zeros_if_none(cache["h0"], B, H), lengths, reverse)
-    dx, dW_ih, dW_hh, db_ih, db_hh = _weight_grads(cache["x"], cache["W_ih"], dG, dG, hprev,
-                                                   cache["has_bias"])
-    if P is None:
-        return LSTMGradients(dx, dh, dc, dW_ih, dW_hh, db_ih, db_hh)
-    cprev = _prev_states(cache["cs"], c0, lengths, reverse)
-    dP = np.concatenate([(dG[:, :, :H] * cprev).sum(axis=(0, 1)),
-                         (dG[:, :, H:2 * H] * cprev).sum(axis=(0, 1)),
-                         (dG[:, :, 3 * H:] * cache["cs"]).sum(axis=(0, 1))])
+    with _Scratch() as s:
+        dG = s.empty("dG", (T, B, 4 * H))
+        _kernels.lstm_backward(cache["gates"], cache["cs"], c0,
+                               s.pack("W_hh", cache["W_hh"], False), P, dy, dh, dc, dG,
+                               lengths, reverse, s.empty("tmp", (B, H)))
+        hprev = _prev_states(cache["y"], _zeros_if_none(cache["h0"], B, H), lengths, reverse,
+                             s.empty("hprev", (T, B, H)))
+        dx, dW_ih, dW_hh, db_ih, db_hh = _weight_grads(s, cache["x"], cache["W_ih"], dG, dG,
+                                                       hprev, cache["has_bias"])
+        if P is None:
+            return LSTMGradients(dx, dh, dc, dW_ih, dW_hh, db_ih, db_hh)
+        cprev = _prev_states(cache["cs"], c0, lengths, reverse, hprev)   # hprev is done
+        dP = np.concatenate([(dG[:, :, :H] * cprev).sum(axis=(0, 1)),
+                             (dG[:, :, H:2 * H] * cprev).sum(axis=(0, 1)),
+                             (dG[:, :, 3 * H:] * cache["cs"]).sum(axis=(0, 1))])
     return PeepholeLSTMGradients(dx, dh, dc, dW_ih, dW_hh, db_ih, db_hh, dP)
 
 
@@ -562,16 +621,21 @@ def gru_backward(cache, dy=None, dh=None) -> Gradients:
     reverse = cache.options["reverse"]
     lengths, W_hh, gates, y = cache["lengths"], cache["W_hh"], cache["gates"], cache["y"]
     h0 = _zeros_if_none(cache["h0"], B, H)
-    dGx = np.empty((T, B, 3 * H), F32)
-    dGh = np.empty((T, B, 3 * H), F32) if lbr else None
-    wpt, wpt_n = _pack_recurrent(W_hh, not lbr, False)
-    _kernels.gru_backward(gates, cache["hn"], y, h0, wpt, wpt_n, dy, dh, dGx, dGh, lengths,
-                          reverse, lbr, np.empty((B, H), F32), np.empty((B, H), F32))
-    hprev = _prev_states(y, h0, lengths, reverse)
-    # without linear_before_reset, n = tanh(... + W_hn (r*h) + b_hn): W_hn sees r*h
-    dx, dW_ih, dW_hh, db_ih, db_hh = _weight_grads(
-        cache["x"], cache["W_ih"], dGx, dGh if lbr else dGx, hprev, cache["has_bias"],
-        None if lbr else gates[:, :, :H] * hprev)
+    with _Scratch() as s:
+        dGx = s.empty("dG", (T, B, 3 * H))
+        dGh = s.empty("dGh", (T, B, 3 * H)) if lbr else None
+        if lbr:
+            wpt, wpt_n = s.pack("W_hh", W_hh, False), None
+        else:   # the r, z rows and the n rows apart, as _pack_recurrent
+            wpt, wpt_n = s.pack("W_hh", W_hh[:2 * H], False), s.pack("W_hn", W_hh[2 * H:],
+                                                                        False)
+        _kernels.gru_backward(gates, cache["hn"], y, h0, wpt, wpt_n, dy, dh, dGx, dGh, lengths,
+                              reverse, lbr, s.empty("tmp", (B, H)), s.empty("direct", (B, H)))
+        hprev = _prev_states(y, h0, lengths, reverse, s.empty("hprev", y.shape))
+        # without linear_before_reset, n = tanh(... + W_hn (r*h) + b_hn): W_hn sees r*h
+        rh = None if lbr else np.multiply(gates[:, :, :H], hprev, out=s.empty("rh", y.shape))
+        dx, dW_ih, dW_hh, db_ih, db_hh = _weight_grads(
+            s, cache["x"], cache["W_ih"], dGx, dGh if lbr else dGx, hprev, cache["has_bias"], rh)
     return Gradients(dx, dh, dW_ih, dW_hh, db_ih, db_hh)
 
 

@@ -1,0 +1,142 @@
+"""Backward's per-thread scratch (functional._Scratch): reuse never shows.
+
+Backward keeps its scratch buffers per thread and reuses them from call to
+call.  Whatever ran before on the thread (another shape, another cell, a
+bigger or a smaller problem), a backward gives the bits of a backward on
+fresh buffers, and nothing it returned earlier changes afterwards.
+"""
+import threading
+
+import numpy as np
+import pytest
+
+import fastcells
+from fastcells import _kernels, functional
+
+from conftest import CELLS, SEED, backward, forward, make_inputs, make_lengths, make_upstream
+
+
+def _case(cell, seed, T, B, I, H):
+    rng = np.random.default_rng(seed)
+    inputs = make_inputs(cell, rng, T, B, I, H)
+    lengths = make_lengths(rng, T, B)
+    out = forward(fastcells, cell, inputs, training=True, lengths=lengths)
+    return out.cache, make_upstream(cell, rng, T, B, H)
+
+
+def _grads(cell, case):
+    return backward(fastcells, cell, *case)
+
+
+def _same(a, b):
+    for name in b._fields:
+        x, y = getattr(a, name), getattr(b, name)
+        assert (x is None) == (y is None), name
+        if y is not None:
+            np.testing.assert_array_equal(x, y, err_msg=name)
+
+
+def _copy(grads):
+    return type(grads)(*(None if g is None else g.copy() for g in grads))
+
+
+@pytest.fixture
+def fresh(monkeypatch):
+    """Gradients computed with no buffer kept (every scratch array a new one)."""
+    def run(cell, case):
+        with monkeypatch.context() as m:
+            m.setattr(functional, "SCRATCH_MAX_FLOATS", -1)
+            return _grads(cell, case)
+    return run
+
+
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_reused_scratch_gives_the_bits_of_fresh_buffers(cell, fresh):
+    small = _case(cell, SEED, 6, 3, 5, 7)
+    big = _case(cell, SEED + 1, 9, 5, 11, 13)
+    want_small, want_big = fresh(cell, small), fresh(cell, big)
+    first = _grads(cell, small)
+    kept = _copy(first)
+    _same(_grads(cell, big), want_big)       # buffers grow
+    _same(_grads(cell, small), want_small)   # and serve a smaller call again
+    _same(first, kept)                       # an earlier result is never a view of them
+    _same(first, want_small)
+
+
+def test_cells_share_the_thread_s_buffers_safely(fresh):
+    cases = {cell: _case(cell, SEED + 2, 8, 4, 6, 10) for cell in CELLS}
+    want = {cell: fresh(cell, case) for cell, case in cases.items()}
+    for _ in range(2):
+        for cell, case in cases.items():
+            _same(_grads(cell, case), want[cell])
+
+
+def test_a_call_while_the_buffers_are_in_use_gets_fresh_ones(fresh):
+    # what a signal handler running a backward in the middle of one would see
+    case = _case("lstm", SEED + 3, 5, 2, 4, 6)
+    want = fresh("lstm", case)
+    pool = functional._POOL
+    before = dict(pool.bufs)
+    pool.busy = True
+    try:
+        _same(_grads("lstm", case), want)
+        assert pool.busy                        # the outer call still holds them
+        assert all(pool.bufs[k] is v for k, v in before.items())
+    finally:
+        pool.busy = False
+
+
+def test_threads_keep_their_own_buffers(fresh):
+    cases = [(cell, _case(cell, SEED + 4 + i, 12, 3 + i, 8, 24))
+             for i, cell in enumerate(["lstm", "gru-lbr", "gru-cho", "rnn-tanh"])]
+    want = [fresh(cell, case) for cell, case in cases]
+    got = [None] * len(cases)
+    errors = []
+
+    def run(i):
+        try:
+            for _ in range(15):
+                got[i] = _grads(*cases[i])
+                _same(got[i], want[i])
+        except AssertionError as exc:   # reported by the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(cases))]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors, errors[0]
+
+
+def test_an_exception_releases_the_buffers(monkeypatch, fresh):
+    case = _case("gru-lbr", SEED + 5, 4, 2, 3, 5)
+    want = fresh("gru-lbr", case)
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("inside the scratch")
+    with monkeypatch.context() as m:
+        m.setattr(functional, "_weight_grads", fail)
+        with pytest.raises(RuntimeError, match="inside the scratch"):
+            _grads("gru-lbr", case)
+    assert not functional._POOL.busy
+    _same(_grads("gru-lbr", case), want)
+
+
+def test_pack_into_a_buffer_checks_it():
+    W = np.arange(12, dtype=np.float32).reshape(3, 4)
+    n = _kernels.pack_floats(3, 4, True)
+    P = _kernels.pack(W, True, np.full(n, np.nan, np.float32))
+    np.testing.assert_array_equal(P, _kernels.pack(W, True))
+    assert P.ctypes.data % 64 == 0
+    with pytest.raises(ValueError, match=f"buf: expected a writable float32 array of at "
+                                         f"least {n} floats"):
+        _kernels.pack(W, True, np.empty(n - 1, np.float32))
+    with pytest.raises(ValueError, match="buf"):
+        _kernels.pack(W, True, np.empty(n, np.float64))
+    ro = np.empty(n, np.float32)
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="buf"):
+        _kernels.pack(W, True, ro)
+    with pytest.raises(ValueError, match="rows, cols"):
+        _kernels.pack_floats(-1, 4, True)
