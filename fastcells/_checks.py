@@ -349,8 +349,21 @@ def check_forward(
 def check_sequence(name: str, x: Any, I: int, dtype: np.dtype) -> np.ndarray:
     """``x`` as a C-contiguous (T, B, I) array of ``dtype`` (``I`` known: prepared weights)."""
     x = as_float(name, x, dtype)
-    if x.ndim != 3 or x.shape[2] != I:
-        raise ValueError(f"{name}: expected shape (T, B, I) = (T, B, {I}), got {x.shape}")
+    _check_ndim(name, x, ("T", "B", "I"))
+    check_shape(name, x, ("T", "B", "I"), (x.shape[0], x.shape[1], I))
+    return x
+
+
+def without_padding(x: np.ndarray, lengths: Optional[np.ndarray]) -> np.ndarray:
+    """A copy of ``x`` (T, B, I) with the steps past each sequence's length zeroed.
+
+    The forward pass never uses them, but ``dW_ih = dG^T x`` sums over every
+    step, where inf/NaN padding would give ``0 * inf = NaN``.  What both
+    backends' caches keep (and the reference computes with).
+    """
+    x = x.copy()
+    if lengths is not None:
+        x[np.arange(x.shape[0])[:, None] >= lengths] = 0
     return x
 
 

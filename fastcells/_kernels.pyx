@@ -81,11 +81,16 @@ def set_isa(str name):
 # ----------------------------------------------------------------------------
 # weight packing
 
+cdef inline Py_ssize_t _pack_floats(Py_ssize_t k, Py_ssize_t n) noexcept:
+    # the packed panels, plus room to start them on a 64-byte boundary
+    return max(fc_packed_size(k, n), 1) + 15
+
+
 def pack_floats(Py_ssize_t rows, Py_ssize_t cols, bint transpose):
     """Floats of the buffer :func:`pack` needs for a (rows, cols) ``W`` (room to align)."""
     if rows < 0 or cols < 0:
         raise ValueError(f"rows, cols: expected sizes >= 0, got ({rows}, {cols})")
-    return max(fc_packed_size(cols if transpose else rows, rows if transpose else cols), 1) + 15
+    return _pack_floats(cols, rows) if transpose else _pack_floats(rows, cols)
 
 
 def pack(const float[:, ::1] W, bint transpose, buf=None):
@@ -102,14 +107,11 @@ def pack(const float[:, ::1] W, bint transpose, buf=None):
         rs, cs = W.shape[1], 1
     # aligned to 64 bytes (a cache line, one AVX-512 register): NumPy gives 16,
     # and a misaligned 64-byte load costs two (batch-1 products 4-20% slower)
-    cdef Py_ssize_t size = max(fc_packed_size(k, n), 1)
+    cdef Py_ssize_t size = _pack_floats(k, n) - 15
     if buf is None:
         buf = np.empty(size + 15, dtype=np.float32)
-    elif not (type(buf) is np.ndarray and buf.dtype == np.float32 and buf.ndim == 1
-              and buf.flags.c_contiguous and buf.flags.writeable and buf.shape[0] >= size + 15):
-        raise ValueError(f"buf: expected a writable float32 array of at least {size + 15} "
-                         f"floats, got {getattr(buf, 'dtype', type(buf))} "
-                         f"{getattr(buf, 'shape', '')}")
+    else:
+        _check_pack_buffer(buf, size + 15)
     cdef Py_ssize_t off = (16 - (<size_t>buf.ctypes.data // 4) % 16) % 16
     out = buf[off:off + size]
     cdef float[::1] P = out
@@ -117,6 +119,19 @@ def pack(const float[:, ::1] W, bint transpose, buf=None):
         with nogil:
             fc_pack(&W[0, 0], k, n, rs, cs, &P[0])
     return out
+
+
+def _check_pack_buffer(buf, Py_ssize_t need):
+    want = f"buf: expected a writable 1-D C-contiguous float32 array of at least {need} floats"
+    if type(buf) is not np.ndarray:
+        raise ValueError(f"{want}, got {type(buf).__name__}")
+    for ok, got in ((buf.dtype == np.float32, f"dtype {buf.dtype}"),
+                    (buf.ndim == 1, f"{buf.ndim}-D array"),
+                    (buf.flags.c_contiguous, "a non-contiguous array"),
+                    (buf.flags.writeable, "a read-only array"),
+                    (buf.ndim != 1 or buf.shape[0] >= need, f"shape {buf.shape}")):
+        if not ok:
+            raise ValueError(f"{want}, got {got}")
 
 
 def gemm(const float[:, ::1] A, const float[::1] P, Py_ssize_t n, float[:, ::1] C):
@@ -202,6 +217,25 @@ cdef inline const float *_prev_row(const float *seq, const float *init, Py_ssize
 def _check_chunk(Py_ssize_t t0, Py_ssize_t n, Py_ssize_t T):
     if t0 < 0 or n < 1 or t0 + n > T:
         raise ValueError(f"chunk: expected steps within [0, {T}), got [{t0}, {t0 + n})")
+
+
+cdef _check_kept(Py_ssize_t t0, const float[:, :, ::1] gx, const float[:, :, ::1] y,
+                 float[:, :, ::1] gates, Py_ssize_t G, kept):
+    """What the loop keeps for backward covers every step (``gates`` (T, B, G*H),
+    each of ``kept`` (T, B, H)); ``gates`` may be ``gx`` only when that is all of T."""
+    cdef Py_ssize_t T = y.shape[0], B = y.shape[1], H = y.shape[2]
+    if gates is None:
+        return
+    got = (gates.shape[0], gates.shape[1], gates.shape[2])
+    if got != (T, B, G * H):
+        raise ValueError(f"gates: expected shape (T, B, G*H) = ({T}, {B}, {G * H}), got {got}")
+    for name, a in kept:
+        if a is not None and a.shape != (T, B, H):
+            raise ValueError(f"{name}: expected shape (T, B, H) = ({T}, {B}, {H}), got "
+                             f"{a.shape}")
+    if B and &gates[0, 0, 0] == &gx[0, 0, 0] and (t0 != 0 or gx.shape[0] != T):
+        raise ValueError(f"gates: may be gx's buffer only for one chunk of all {T} steps, "
+                         f"got steps [{t0}, {t0 + gx.shape[0]})")
 
 
 cdef inline void _recur(bint packed, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float *A,
@@ -385,6 +419,7 @@ def lstm_forward(Py_ssize_t t0, const float[:, :, ::1] gx, const float[::1] wp, 
     (zeros at masked steps).  ``gates`` may be ``gx`` itself (one chunk, t0 = 0): a
     step's row of ``gx`` is read before its gates overwrite it."""
     _check_chunk(t0, gx.shape[0], y.shape[0])
+    _check_kept(t0, gx, y, gates, 4, (("cs", cs),))
     cdef fc_fpenv_t env
     with nogil:
         env = fc_fpenv_enter()
@@ -536,6 +571,7 @@ def gru_forward(Py_ssize_t t0, const float[:, :, ::1] gx, const float[::1] wp,
     ``hn = W_hn h + b_hn`` are written when not None; ``gates`` may be ``gx`` itself, as
     in :func:`lstm_forward`.  Steps as in :func:`rnn_forward`."""
     _check_chunk(t0, gx.shape[0], y.shape[0])
+    _check_kept(t0, gx, y, gates, 3, (("hn", hn),))
     cdef fc_fpenv_t env
     with nogil:
         env = fc_fpenv_enter()

@@ -439,6 +439,7 @@ def _prepared_runner(p: Problem, mode: str) -> Callable:
     n_states = 2 if p.cell == "lstm" else 1
     step = _fc.Stepper(p.cell, *weights[:4])
     states = weights[4:4 + n_states]
+    _agree("prepared", step.forward(x, *states).y, p)
     return lambda: step.forward(x, *states)
 
 

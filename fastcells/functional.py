@@ -37,6 +37,7 @@ from ._checks import (
     check_shape,
     check_states,
     as_float,
+    without_padding,
     GATES,
 )
 
@@ -45,7 +46,7 @@ BACKEND = "fastcells"
 
 __all__ = [
     "rnn_forward", "rnn_backward", "gru_forward", "gru_backward",
-    "lstm_forward", "lstm_backward", "Stepper",
+    "lstm_forward", "lstm_backward", "Stepper", "release_scratch",
 ]
 
 
@@ -136,18 +137,16 @@ def _fold_biases(a, lbr: bool = False):
     return bias, bhn
 
 
-def _pack_recurrent(W_hh: np.ndarray, split_gru: bool, transpose: bool, packed: bool = True):
-    """Packed ``W_hh`` for the loop (``transpose``: ``h @ W_hh.T``, else ``dG @ W_hh``);
-    not ``packed`` (forward only): ``W_hh``'s own rows, flat.
-
-    A GRU without ``linear_before_reset`` needs its r, z rows and its n rows
-    apart (``split_gru``): n's product waits for r.  Returns ``(wp, wp_n or None)``.
+def _pack_recurrent(W_hh: np.ndarray, split_gru: bool, prep):
+    """``W_hh`` as the loop takes it: ``prep(W, i)`` of its part ``i`` (packed, or
+    its own rows flat).  A GRU without ``linear_before_reset`` needs its r, z
+    rows (part 0) and its n rows (part 1) apart (``split_gru``): n's product
+    waits for r.  Returns ``(wp, wp_n or None)``.
     """
-    prep = (lambda W: _kernels.pack(W, transpose)) if packed else np.ravel
     if not split_gru:
-        return prep(W_hh), None
+        return prep(W_hh, 0), None
     H = W_hh.shape[1]
-    return prep(W_hh[:2 * H]), prep(W_hh[2 * H:])
+    return prep(W_hh[:2 * H], 0), prep(W_hh[2 * H:], 1)
 
 
 def _packs_forward(a) -> bool:
@@ -184,7 +183,8 @@ def _weights_for_call(a, lbr: bool = True) -> _Weights:
     else:
         project = _packed_projection(_kernels.pack(a.W_ih, True), a.G * a.H)
     packed = _packs_forward(a)
-    wp, wp_n = _pack_recurrent(a.W_hh, a.G == 3 and not lbr, True, packed)
+    wp, wp_n = _pack_recurrent(a.W_hh, a.G == 3 and not lbr,
+                               lambda W, i: _kernels.pack(W, True) if packed else W.ravel())
     return _Weights(bias, bhn, project, packed, wp, wp_n, a.peephole)
 
 
@@ -239,6 +239,18 @@ class _Scratch:
         """``_kernels.pack(W, transpose)`` into the buffer ``name``."""
         n = _kernels.pack_floats(W.shape[0], W.shape[1], transpose)
         return _kernels.pack(W, transpose, self.empty(name, (n,)))
+
+
+def release_scratch() -> None:
+    """Free the calling thread's backward scratch (see ``SCRATCH_MAX_FLOATS``).
+
+    A thread keeps the largest scratch its backward calls have needed, at most
+    ``SCRATCH_MAX_FLOATS`` floats per buffer (up to four buffers of the size of
+    the gate gradients or the states, and the packed weights); call this when a
+    long-lived thread is done training.
+    """
+    if not _POOL.busy:
+        _POOL.bufs.clear()
 
 
 def _initial(state: Optional[np.ndarray], B: int, H: int) -> np.ndarray:
@@ -316,12 +328,7 @@ def _cache(cell: str, args, options: dict, **arrays) -> Cache:
     # float32 and C order): copy them, so that a caller who reuses a buffer or
     # updates weights in place before backward still gets the right gradients.
     own = lambda a: None if a is None else a.copy()  # noqa: E731
-    x = own(args.x)
-    if args.lengths is not None:
-        # padding past a sequence's end is never read forward; zero it here so
-        # that inf/NaN padding cannot reach dW_ih as 0 * inf through dG^T x
-        x[np.arange(args.T)[:, None] >= args.lengths] = 0
-    base = dict(x=x, W_ih=own(args.W_ih), W_hh=own(args.W_hh), h0=own(args.h0),
+    base = dict(x=without_padding(args.x, args.lengths), W_ih=own(args.W_ih), W_hh=own(args.W_hh), h0=own(args.h0),
                 c0=own(args.c0), lengths=own(args.lengths), peephole=own(args.peephole),
                 has_bias=args.b_ih is not None)
     base.update(arrays)
@@ -496,8 +503,10 @@ def _lstm_loop(a, w: _Weights, reverse: bool, training: bool):
         # multiplies every step's cs by its (zero) gate gradient: 0 * garbage
         cs = np.zeros((a.T, a.B, a.H), F32)
     gh = np.empty((a.B, 4 * a.H), F32)
-    for t0, gx in _projected_chunks(a, w, training, reverse):
-        gates = gx if training else None     # see _projected_chunks
+    chunks = _projected_chunks(a, w, training, reverse)
+    if training:
+        (_, gates), = chunks     # one chunk of every step: its buffer keeps the gates
+    for t0, gx in chunks:
         _kernels.lstm_forward(t0, gx, w.wp, w.packed, w.peephole, h, c, y, a.lengths, reverse,
                               gates, cs, gh)
     return y, h, c, gates, cs
@@ -598,10 +607,12 @@ def _gru_loop(a, w: _Weights, lbr: bool, reverse: bool, training: bool):
     hn = np.empty((a.T, a.B, H), F32) if training and lbr else None
     gh = np.empty((a.B, (3 if lbr else 2) * H), F32)
     rh, ghn = np.zeros((a.B, H), F32), np.empty((a.B, H), F32)
-    for t0, gx in _projected_chunks(a, w, training, reverse):
-        # see _projected_chunks; the kernel zeroes masked steps' gates (backward reads
-        # r at every step for dW_hn when not lbr: 0 * garbage could be NaN)
-        gates = gx if training else None
+    chunks = _projected_chunks(a, w, training, reverse)
+    if training:
+        # one chunk of every step: its buffer keeps the gates; the kernel zeroes
+        # masked steps' (backward reads r at every step for dW_hn when not lbr)
+        (_, gates), = chunks
+    for t0, gx in chunks:
         _kernels.gru_forward(t0, gx, w.wp, w.wp_n, w.packed, w.bhn, h, y, a.lengths, reverse,
                              lbr, gates, hn, gh, rh, ghn)
     return y, h, gates, hn
@@ -624,11 +635,8 @@ def gru_backward(cache, dy=None, dh=None) -> Gradients:
     with _Scratch() as s:
         dGx = s.empty("dG", (T, B, 3 * H))
         dGh = s.empty("dGh", (T, B, 3 * H)) if lbr else None
-        if lbr:
-            wpt, wpt_n = s.pack("W_hh", W_hh, False), None
-        else:   # the r, z rows and the n rows apart, as _pack_recurrent
-            wpt, wpt_n = s.pack("W_hh", W_hh[:2 * H], False), s.pack("W_hn", W_hh[2 * H:],
-                                                                        False)
+        wpt, wpt_n = _pack_recurrent(W_hh, not lbr,
+                                     lambda W, i: s.pack(("W_hh", "W_hn")[i], W, False))
         _kernels.gru_backward(gates, cache["hn"], y, h0, wpt, wpt_n, dy, dh, dGx, dGh, lengths,
                               reverse, lbr, s.empty("tmp", (B, H)), s.empty("direct", (B, H)))
         hprev = _prev_states(y, h0, lengths, reverse, s.empty("hprev", y.shape))
@@ -649,8 +657,9 @@ class Stepper:
     The weights are checked, packed and their biases folded once, here; each
     call then runs the input projection, the recurrent product and the gate
     pass of one step in one compiled call with the GIL released (a few
-    microseconds at H = 64).  The Stepper keeps float32 copies of the weights
-    as they were when it was built: build a new one after changing them.
+    microseconds at H = 64); :meth:`forward` runs whole sequences with the
+    same prepared weights (serving).  The Stepper keeps float32 copies of the
+    weights as they were when it was built: build a new one after changing them.
 
     Parameters
     ----------
@@ -683,7 +692,8 @@ class Stepper:
         a = check_forward(cell, np.zeros((0, 1, I), F32), W_ih, W_hh, b_ih, b_hh,
                           dtype=F32, peephole=peephole)
         bias, bhn = _fold_biases(a, lbr)
-        wp, wp_n = _pack_recurrent(a.W_hh, cell == "gru" and not lbr, True)
+        wp, wp_n = _pack_recurrent(a.W_hh, cell == "gru" and not lbr,
+                                   lambda W, i: _kernels.pack(W, True))
         P_ih = _kernels.pack(a.W_ih, True)
         peephole = None if a.peephole is None else a.peephole.copy()
         self.cell, self.input_size, self.hidden_size = cell, a.I, a.H
@@ -701,8 +711,8 @@ class Stepper:
 
         The same as ``<cell>_forward(x, <the weights>, h0, c0, lengths=lengths,
         reverse=reverse)`` without a cache, less the per-call work on the weights:
-        no checks, no bias folding and no packing (a copy of ``W_ih`` and
-        ``W_hh``, 2-9% of a batch 1-4 call at H = 512-1024).  The products are
+        no checks, no bias folding and no packing: 10-25% less time at batch
+        1-4, H = 512-1024 (paired, one thread, Zen 4).  The products are
         always the packed ones; the functional call uses unpacked ones for a
         few rows (``T*B < 32``, or batch 1 and ``T <= 16``), where its results
         then differ from these by float32 rounding; elsewhere they are the same
@@ -711,6 +721,7 @@ class Stepper:
         Parameters
         ----------
         x : array (T, B, I)
+            Real floats, converted to float32.
         h0, c0 : array (B, H), optional
             Initial states, zeros if None (``c0``: LSTM only).
         lengths : int array (B,), optional

@@ -81,8 +81,11 @@ def _forward(cell: str, args: _checks.ForwardArgs, step: Step, saved_widths: dic
     state entering step t for each state name s, and every key of
     ``saved_widths`` as a (T, B, width) array.
     """
-    x, W_ih, W_hh, b_ih, b_hh = args.x, args.W_ih, args.W_hh, args.b_ih, args.b_hh
+    W_ih, W_hh, b_ih, b_hh = args.W_ih, args.W_hh, args.b_ih, args.b_hh
     T, B, H = args.T, args.B, args.H
+    # every row computes every step (a mask keeps its state): padding past a
+    # sequence's length must not be inf/NaN, which would reach dW_ih (0 * inf)
+    x = _checks.without_padding(args.x, args.lengths)
     dtype = x.dtype
     initial = {"h": args.h0, "c": args.c0}
     state = tuple(np.zeros((B, H), dtype) if initial[s] is None else initial[s].copy()
@@ -107,9 +110,9 @@ def _forward(cell: str, args: _checks.ForwardArgs, step: Step, saved_widths: dic
 
     cache = None
     if training:
-        # copies, so that a caller who reuses x or the weights after this call
-        # does not change what backward computes
-        arrays = {"x": x.copy(), "W_ih": W_ih.copy(), "W_hh": W_hh.copy(),
+        # copies (x is one already), so that a caller who reuses x or the
+        # weights after this call does not change what backward computes
+        arrays = {"x": x, "W_ih": W_ih.copy(), "W_hh": W_hh.copy(),
                   "lengths": None if args.lengths is None else args.lengths.copy(),
                   "peephole": None if args.peephole is None else args.peephole.copy(), **saved}
         cache = Cache(cell, _BACKEND, {**options, "reverse": reverse, "bias": b_ih is not None},

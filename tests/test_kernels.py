@@ -303,15 +303,24 @@ def test_padding_past_lengths_never_reaches_the_gradients(cell, reverse, isa, rn
     # backward must give the gradients of zero padding, bit for bit (dW_ih sums
     # dG^T x over every step, where 0 * inf would be NaN)
     inputs, _, upstream = contract_case(cell, rng)
-    lengths = np.array([T0, 3, 1, 0])
+    lengths = np.array([3, 1, 0, T0])        # the last row has no padding
     padded = {k: v.copy() for k, v in inputs.items()}
     for b, n in enumerate(lengths):
         inputs["x"][n:, b] = 0.0
-        padded["x"][n:, b] = [np.nan, np.inf, -np.inf, 1e30][b]
+        padded["x"][n:, b] = [np.nan, np.inf, -np.inf, 0.0][b]
     want = run_both(cell, inputs, upstream, lengths=lengths, reverse=reverse)
     got = run_both(cell, padded, upstream, lengths=lengths, reverse=reverse)
     for w, g in zip(want, got):
         assert_same(g, w)
+    # the reference too (it computes the padded steps, masked): finite, and
+    # the same gradients within tolerance
+    ref = run_both(cell, as_float64(padded), as_float64(upstream), module=reference,
+                   lengths=lengths, reverse=reverse)[1]
+    for name in ref._fields:
+        value = getattr(ref, name)
+        if value is not None:
+            assert np.isfinite(value).all(), name
+            assert_close(getattr(got[1], name), value, GRAD_TOL, name)
 
 
 # ----------------------------------------------------------------------------
@@ -351,3 +360,31 @@ def test_activations_match_numpy_on_every_length_and_special_values(name, isa, r
         low = 0.0 if name == "sigmoid" else -1.0
         finite = ~np.isnan(got)
         assert np.all((got[finite] >= low) & (got[finite] <= 1.0)), name
+
+
+def test_the_loops_refuse_kept_arrays_that_miss_steps():
+    # gates/cs/hn cover every step, and gates may be the projection's own buffer
+    # only when that buffer is one chunk of all T steps (else rows would be
+    # overwritten before they are read, or past its end)
+    T, B, H = 4, 2, 3
+    f32 = lambda *s: np.zeros(s, np.float32)   # noqa: E731
+    wp = _kernels.pack(f32(4 * H, H), True)
+    gx = f32(T, B, 4 * H)
+
+    def lstm(t0, gx, gates, cs):
+        _kernels.lstm_forward(t0, gx, wp, True, None, f32(B, H), f32(B, H), f32(T, B, H),
+                              None, False, gates, cs, f32(B, 4 * H))
+    lstm(0, gx, gx, f32(T, B, H))                       # one chunk: allowed
+    with pytest.raises(ValueError, match=r"gates: may be gx's buffer only for one chunk "
+                                         r"of all 4 steps, got steps \[1, 3\)"):
+        lstm(1, gx[:2], gx, f32(T, B, H))             # a chunk's rows would be wrong
+    with pytest.raises(ValueError, match=r"gates: expected shape \(T, B, G\*H\) = "
+                                         r"\(4, 2, 12\), got \(2, 2, 12\)"):
+        lstm(0, gx, f32(2, B, 4 * H), f32(T, B, H))
+    with pytest.raises(ValueError, match=r"cs: expected shape \(T, B, H\) = \(4, 2, 3\)"):
+        lstm(0, gx, gx, f32(T - 1, B, H))
+    gxg = f32(T, B, 3 * H)
+    with pytest.raises(ValueError, match=r"hn: expected shape \(T, B, H\) = \(4, 2, 3\)"):
+        _kernels.gru_forward(0, gxg, _kernels.pack(f32(3 * H, H), True), None, True,
+                             f32(H), f32(B, H), f32(T, B, H), None, False, True, gxg,
+                             f32(1, B, H), f32(B, 3 * H), f32(B, H), f32(B, H))

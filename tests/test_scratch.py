@@ -76,14 +76,22 @@ def test_a_call_while_the_buffers_are_in_use_gets_fresh_ones(fresh):
     case = _case("lstm", SEED + 3, 5, 2, 4, 6)
     want = fresh("lstm", case)
     pool = functional._POOL
-    before = dict(pool.bufs)
+    kept = pool.bufs
+    # the outer call's buffers, big enough for any of this call's: never touched
+    pool.bufs = {name: np.full(4096, np.nan, np.float32)
+                 for name in ("dG", "dGh", "W_hh", "W_hn", "W_ih", "tmp", "direct", "hprev",
+                              "rh")}
+    held = dict(pool.bufs)
     pool.busy = True
     try:
         _same(_grads("lstm", case), want)
         assert pool.busy                        # the outer call still holds them
-        assert all(pool.bufs[k] is v for k, v in before.items())
+        assert pool.bufs.keys() == held.keys()
+        for name, buf in pool.bufs.items():
+            assert buf is held[name] and np.isnan(buf).all(), name
     finally:
         pool.busy = False
+        pool.bufs = kept
 
 
 def test_threads_keep_their_own_buffers(fresh):
@@ -98,7 +106,7 @@ def test_threads_keep_their_own_buffers(fresh):
             for _ in range(15):
                 got[i] = _grads(*cases[i])
                 _same(got[i], want[i])
-        except AssertionError as exc:   # reported by the main thread
+        except BaseException as exc:    # reported by the main thread
             errors.append(exc)
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(len(cases))]
@@ -123,20 +131,34 @@ def test_an_exception_releases_the_buffers(monkeypatch, fresh):
     _same(_grads("gru-lbr", case), want)
 
 
+def test_release_scratch_frees_the_thread_s_buffers(fresh):
+    case = _case("gru-lbr", SEED + 6, 6, 3, 4, 5)
+    want = fresh("gru-lbr", case)
+    _grads("gru-lbr", case)
+    assert functional._POOL.bufs
+    functional.release_scratch()
+    assert not functional._POOL.bufs
+    _same(_grads("gru-lbr", case), want)
+
+
 def test_pack_into_a_buffer_checks_it():
     W = np.arange(12, dtype=np.float32).reshape(3, 4)
     n = _kernels.pack_floats(3, 4, True)
     P = _kernels.pack(W, True, np.full(n, np.nan, np.float32))
     np.testing.assert_array_equal(P, _kernels.pack(W, True))
     assert P.ctypes.data % 64 == 0
-    with pytest.raises(ValueError, match=f"buf: expected a writable float32 array of at "
-                                         f"least {n} floats"):
+    with pytest.raises(ValueError, match=f"buf: expected a writable 1-D C-contiguous float32 "
+                                         fr"array of at least {n} floats, got shape \({n - 1},\)"):
         _kernels.pack(W, True, np.empty(n - 1, np.float32))
-    with pytest.raises(ValueError, match="buf"):
+    with pytest.raises(ValueError, match="buf: .*, got dtype float64"):
         _kernels.pack(W, True, np.empty(n, np.float64))
     ro = np.empty(n, np.float32)
     ro.flags.writeable = False
-    with pytest.raises(ValueError, match="buf"):
+    with pytest.raises(ValueError, match="buf: .*, got a read-only array"):
         _kernels.pack(W, True, ro)
+    with pytest.raises(ValueError, match="buf: .*, got a non-contiguous array"):
+        _kernels.pack(W, True, np.empty(2 * n, np.float32)[::2])
+    with pytest.raises(ValueError, match="buf: .*, got 2-D array"):
+        _kernels.pack(W, True, np.empty((1, n), np.float32))
     with pytest.raises(ValueError, match="rows, cols"):
         _kernels.pack_floats(-1, 4, True)

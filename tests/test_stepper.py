@@ -151,11 +151,18 @@ def _variant(rng, cell, options, I, H):
 
 
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
-@pytest.mark.parametrize("T,B", [(40, 1), (9, 4), (3, 2), (5, 1), (600, 3)])
+@pytest.mark.parametrize("T,B", [(40, 1), (9, 4), (3, 2), (5, 1), (60, 3)])
 @pytest.mark.parametrize("cell,options", VARIANTS)
-def test_forward_equals_the_sequence_call(cell, options, T, B, reverse):
+def test_forward_equals_the_sequence_call(cell, options, T, B, reverse, monkeypatch):
     """Same bits as the functional call where both multiply packed; within STEP_TOL
-    where the call multiplies a few rows unpacked.  (600, 3) runs in several chunks."""
+    where the call multiplies a few rows unpacked.  (60, 3) runs in chunks of a few
+    steps (CHUNK_FLOATS made small), both here and in the functional call."""
+    fn = fastcells.functional
+    chunked = []
+    if T == 60:
+        monkeypatch.setattr(fn, "CHUNK_FLOATS", 1024)
+        real = fn._chunks
+        monkeypatch.setattr(fn, "_chunks", lambda *a: chunked.append(1) or real(*a))
     rng = np.random.default_rng(6)
     I, H = 5, 17
     weights, kw = _variant(rng, cell, options, I, H)
@@ -168,7 +175,7 @@ def test_forward_equals_the_sequence_call(cell, options, T, B, reverse):
                                                   reverse=reverse, **kw)
     got = Stepper(cell, *weights, **kw).forward(x, *state, lengths=lengths, reverse=reverse)
     assert type(got) is type(want) and got.cache is None
-    fn = fastcells.functional
+    assert len(chunked) == (2 if T == 60 else 0)       # both calls chunked
     packed = not fn._unpacked_projection(T * B, I) and fn._packs_forward(
         fastcells._checks.ForwardArgs(*[None] * 9, T, B, I, H, 1))
     for name in want._fields[:-1]:
@@ -213,11 +220,11 @@ def test_forward_bad_input_names_the_argument():
     rng = np.random.default_rng(9)
     step = Stepper("gru", *_weights(rng, "gru", 3, 4))
     x = np.zeros((5, 2, 3), np.float32)
-    with pytest.raises(ValueError, match=r"x: expected shape \(T, B, I\) = \(T, B, 3\), "
+    with pytest.raises(ValueError, match=r"x: expected shape \(T, B, I\) = \(5, 2, 3\), "
                                          r"got \(5, 2, 4\)"):
         step.forward(np.zeros((5, 2, 4), np.float32))
-    with pytest.raises(ValueError, match=r"x: expected shape \(T, B, I\) = \(T, B, 3\), "
-                                         r"got \(2, 3\)"):
+    with pytest.raises(ValueError, match=r"x: expected a 3-D array of shape \(T, B, I\), "
+                                         r"got 2-D array of shape \(2, 3\)"):
         step.forward(np.zeros((2, 3), np.float32))
     with pytest.raises(TypeError, match="x"):
         step.forward(x.astype(np.int32))
