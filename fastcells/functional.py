@@ -174,24 +174,31 @@ def _packed_projection(P: np.ndarray, GH: int):
     return lambda A, C: _kernels.gemm(A, P, GH, C)
 
 
-def _weights_for_call(a, lbr: bool = True) -> _Weights:
-    """The weights of one forward call: packed when the call's shape pays for it."""
+def _weights_for_call(a, s: "_Scratch", lbr: bool = True) -> _Weights:
+    """The weights of one forward call: packed (into ``s``'s buffers, kept by the
+    thread: see :class:`_Scratch`) when the call's shape pays for it."""
     bias, bhn = _fold_biases(a, lbr)
     if _unpacked_projection(a.T * a.B, a.I):
         W_ih = a.W_ih
         project = lambda A, C: _kernels.gemm_nt(A, W_ih, C)  # noqa: E731
     else:
-        project = _packed_projection(_kernels.pack(a.W_ih, True), a.G * a.H)
+        project = _packed_projection(s.pack("fwd W_ih", a.W_ih, True), a.G * a.H)
     packed = _packs_forward(a)
-    wp, wp_n = _pack_recurrent(a.W_hh, a.G == 3 and not lbr,
-                               lambda W, i: _kernels.pack(W, True) if packed else W.ravel())
+    wp, wp_n = _pack_recurrent(
+        a.W_hh, a.G == 3 and not lbr,
+        lambda W, i: s.pack(("fwd W_hh", "fwd W_hn")[i], W, True) if packed else W.ravel())
     return _Weights(bias, bhn, project, packed, wp, wp_n, a.peephole)
 
 
-#: backward keeps its scratch buffers (the pre-activation gradients, the packed
-#: weights, the previous states) per thread up to this many floats each (64 MiB)
-#: and reuses them from call to call; larger ones are allocated per call
+#: the kernels keep their scratch buffers (the packed weights; in backward also
+#: the pre-activation gradients and the previous states) per thread up to this
+#: many floats each (64 MiB) and reuse them from call to call; larger ones are
+#: allocated per call
 SCRATCH_MAX_FLOATS = 16 << 20
+#: ... and from this many floats (128 KiB, glibc's first mmap threshold): smaller
+#: ones come back from the heap warm anyway, and keeping them measured 3% slower
+#: at H = 64 (the bookkeeping)
+SCRATCH_MIN_FLOATS = 32 << 10
 
 
 class _ScratchPool(threading.local):
@@ -204,40 +211,57 @@ _POOL = _ScratchPool()
 
 
 class _Scratch:
-    """Backward's scratch, reused by the next backward call on the same thread.
+    """The kernels' scratch (forward: the packed weights; backward: those, the
+    gate gradients and the previous states), reused by the thread's next call.
 
     A fresh allocation costs its page faults: glibc returns freed memory to
     the system (above 32 MiB always, and by trimming the heap below), and a
-    training step's scratch is freed at every call.  On this VM the faults
-    were 10-25% of a GRU or LSTM backward.  Per thread, so threads never share
-    a buffer; a call made while the thread's buffers are in use (a signal
-    handler) gets fresh ones.  Nothing a backward returns is a view of them.
+    call's scratch is freed at its end.  On this VM the faults were 10-25% of
+    a GRU or LSTM backward, and 30% of an LSTM (25,4,512,512) inference (its
+    two 4 MiB packs).  Per thread, so threads never share a buffer; a call
+    made while the thread's buffers are in use (a signal handler) gets fresh
+    ones.  Nothing a call returns or keeps in its cache is a view of them.
     """
 
+    __slots__ = ("bufs", "owner")
+
     def __enter__(self) -> "_Scratch":
-        self.bufs = None if _POOL.busy else _POOL.bufs
-        _POOL.busy = True
+        # the pool is claimed at the first buffer it keeps, not here: a call
+        # with only small buffers pays nothing for it (a few us at H = 64)
+        self.bufs: Optional[dict] = None
+        self.owner = False
         return self
 
     def __exit__(self, *exc) -> None:
-        if self.bufs is not None:
+        if self.owner:
             _POOL.busy = False
+
+    def _claim(self) -> dict:
+        if _POOL.busy:          # in use on this thread (a signal handler): fresh ones
+            self.bufs = {}
+        else:
+            _POOL.busy = self.owner = True
+            self.bufs = _POOL.bufs
+        return self.bufs
 
     def empty(self, name: str, shape: tuple) -> np.ndarray:
         """An uninitialized float32 array of ``shape``, backed by the buffer ``name``."""
         n = 1
         for d in shape:
             n *= d
-        if self.bufs is None or n > SCRATCH_MAX_FLOATS:
+        if not SCRATCH_MIN_FLOATS <= n <= SCRATCH_MAX_FLOATS:
             return np.empty(shape, F32)
-        buf = self.bufs.get(name)
+        bufs = self.bufs if self.bufs is not None else self._claim()
+        buf = bufs.get(name)
         if buf is None or buf.shape[0] < n:
-            buf = self.bufs[name] = np.empty(n, F32)
+            buf = bufs[name] = np.empty(n, F32)
         return buf[:n].reshape(shape)
 
     def pack(self, name: str, W: np.ndarray, transpose: bool) -> np.ndarray:
         """``_kernels.pack(W, transpose)`` into the buffer ``name``."""
         n = _kernels.pack_floats(W.shape[0], W.shape[1], transpose)
+        if n < SCRATCH_MIN_FLOATS:          # not kept: no bookkeeping
+            return _kernels.pack(W, transpose)
         return _kernels.pack(W, transpose, self.empty(name, (n,)))
 
 
@@ -399,7 +423,8 @@ def rnn_forward(x, W_ih, W_hh, b_ih=None, b_hh=None, h0=None, *, nonlinearity="t
     if a.T == 0 or a.B == 0:
         y, h, _ = _empty_forward(a, False)
     else:
-        y, h = _rnn_loop(a, _weights_for_call(a), relu, reverse, training)
+        with _Scratch() as s:
+            y, h = _rnn_loop(a, _weights_for_call(a, s), relu, reverse, training)
     cache = _cache("rnn", a, options, y=y.copy()) if training else None
     return ForwardResult(y, h, cache)
 
@@ -488,7 +513,8 @@ def lstm_forward(x, W_ih, W_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, peeph
     if a.T == 0 or a.B == 0:
         y, h, c = _empty_forward(a, True)
     else:
-        y, h, c, gates, cs = _lstm_loop(a, _weights_for_call(a), reverse, training)
+        with _Scratch() as s:
+            y, h, c, gates, cs = _lstm_loop(a, _weights_for_call(a, s), reverse, training)
     cache = _cache("lstm", a, options, y=y.copy(), gates=gates, cs=cs) if training else None
     return LSTMForwardResult(y, h, c, cache)
 
@@ -594,7 +620,9 @@ def gru_forward(x, W_ih, W_hh, b_ih=None, b_hh=None, h0=None, *, linear_before_r
     if a.T == 0 or a.B == 0:
         y, h, _ = _empty_forward(a, False)
     else:
-        y, h, gates, hn = _gru_loop(a, _weights_for_call(a, lbr), lbr, reverse, training)
+        with _Scratch() as s:
+            y, h, gates, hn = _gru_loop(a, _weights_for_call(a, s, lbr), lbr, reverse,
+                                        training)
     cache = _cache("gru", a, options, y=y.copy(), gates=gates, hn=hn) if training else None
     return ForwardResult(y, h, cache)
 

@@ -1,9 +1,11 @@
-"""Backward's per-thread scratch (functional._Scratch): reuse never shows.
+"""The kernels' per-thread scratch (functional._Scratch): reuse never shows.
 
-Backward keeps its scratch buffers per thread and reuses them from call to
-call.  Whatever ran before on the thread (another shape, another cell, a
-bigger or a smaller problem), a backward gives the bits of a backward on
-fresh buffers, and nothing it returned earlier changes afterwards.
+Forward (packed weights) and backward keep their scratch buffers per thread
+and reuse them from call to call.  Whatever ran before on the thread
+(another shape, another cell, a bigger or a smaller problem), a call gives
+the bits of a call on fresh buffers, and nothing it returned earlier
+changes afterwards.  The pool keeps buffers from SCRATCH_MIN_FLOATS up; the
+tests set that to 0, so their small problems use it.
 """
 import threading
 
@@ -40,6 +42,11 @@ def _copy(grads):
     return type(grads)(*(None if g is None else g.copy() for g in grads))
 
 
+@pytest.fixture(autouse=True)
+def pool_every_size(monkeypatch):
+    monkeypatch.setattr(functional, "SCRATCH_MIN_FLOATS", 0)
+
+
 @pytest.fixture
 def fresh(monkeypatch):
     """Gradients computed with no buffer kept (every scratch array a new one)."""
@@ -61,6 +68,27 @@ def test_reused_scratch_gives_the_bits_of_fresh_buffers(cell, fresh):
     _same(_grads(cell, small), want_small)   # and serve a smaller call again
     _same(first, kept)                       # an earlier result is never a view of them
     _same(first, want_small)
+
+
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_forward_with_kept_packs_gives_the_bits_of_fresh_ones(cell, monkeypatch):
+    rng = np.random.default_rng(SEED + 7)
+    big, small = (make_inputs(cell, rng, T, B, 9, H) for T, B, H in ((40, 3, 24), (20, 2, 8)))
+    want = {}
+    with monkeypatch.context() as m:
+        m.setattr(functional, "SCRATCH_MAX_FLOATS", -1)
+        for name, inputs in (("big", big), ("small", small)):
+            want[name] = forward(fastcells, cell, inputs, training=True)
+    outputs = lambda r: [a.copy() for a in r[:-1]]   # noqa: E731  (y, h[, c]; not the cache)
+    first = forward(fastcells, cell, small, training=True)
+    kept = outputs(first)
+    for name, inputs in (("big", big), ("small", small), ("big", big)):
+        got = forward(fastcells, cell, inputs, training=True)
+        for a, b in zip(outputs(got), outputs(want[name])):
+            np.testing.assert_array_equal(a, b, err_msg=name)
+    for a, b in zip(first[:-1], kept):            # never a view of the kept packs
+        np.testing.assert_array_equal(a, b)
+    assert functional._POOL.bufs and not functional._POOL.busy
 
 
 def test_cells_share_the_thread_s_buffers_safely(fresh):
