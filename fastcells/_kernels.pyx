@@ -107,11 +107,11 @@ def pack(const float[:, ::1] W, bint transpose, buf=None):
         rs, cs = W.shape[1], 1
     # aligned to 64 bytes (a cache line, one AVX-512 register): NumPy gives 16,
     # and a misaligned 64-byte load costs two (batch-1 products 4-20% slower)
-    cdef Py_ssize_t size = _pack_floats(k, n) - 15
+    cdef Py_ssize_t need = _pack_floats(k, n), size = need - 15
     if buf is None:
-        buf = np.empty(size + 15, dtype=np.float32)
+        buf = np.empty(need, dtype=np.float32)
     else:
-        _check_pack_buffer(buf, size + 15)
+        _check_pack_buffer(buf, need)
     cdef Py_ssize_t off = (16 - (<size_t>buf.ctypes.data // 4) % 16) % 16
     out = buf[off:off + size]
     cdef float[::1] P = out

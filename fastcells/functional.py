@@ -176,17 +176,19 @@ def _packed_projection(P: np.ndarray, GH: int):
 
 def _weights_for_call(a, s: "_Scratch", lbr: bool = True) -> _Weights:
     """The weights of one forward call: packed (into ``s``'s buffers, kept by the
-    thread: see :class:`_Scratch`) when the call's shape pays for it."""
+    thread: see :class:`_Scratch`) when the call's shape pays for it.  The packs
+    use backward's buffer names: a thread never runs both at once, so one
+    buffer per weight serves either layout."""
     bias, bhn = _fold_biases(a, lbr)
     if _unpacked_projection(a.T * a.B, a.I):
         W_ih = a.W_ih
         project = lambda A, C: _kernels.gemm_nt(A, W_ih, C)  # noqa: E731
     else:
-        project = _packed_projection(s.pack("fwd W_ih", a.W_ih, True), a.G * a.H)
+        project = _packed_projection(s.pack("W_ih", a.W_ih, True), a.G * a.H)
     packed = _packs_forward(a)
     wp, wp_n = _pack_recurrent(
         a.W_hh, a.G == 3 and not lbr,
-        lambda W, i: s.pack(("fwd W_hh", "fwd W_hn")[i], W, True) if packed else W.ravel())
+        lambda W, i: s.pack(("W_hh", "W_hn")[i], W, True) if packed else W.ravel())
     return _Weights(bias, bhn, project, packed, wp, wp_n, a.peephole)
 
 
@@ -266,12 +268,12 @@ class _Scratch:
 
 
 def release_scratch() -> None:
-    """Free the calling thread's backward scratch (see ``SCRATCH_MAX_FLOATS``).
+    """Free the calling thread's kept scratch (see ``SCRATCH_MAX_FLOATS``).
 
-    A thread keeps the largest scratch its backward calls have needed, at most
-    ``SCRATCH_MAX_FLOATS`` floats per buffer (up to four buffers of the size of
-    the gate gradients or the states, and the packed weights); call this when a
-    long-lived thread is done training.
+    A thread keeps the largest scratch its calls have needed, at most
+    ``SCRATCH_MAX_FLOATS`` floats per buffer (the packed weights; after a
+    backward also up to four buffers of the size of the gate gradients or the
+    states); call this when a long-lived thread is done with fastcells.
     """
     if not _POOL.busy:
         _POOL.bufs.clear()
@@ -352,8 +354,8 @@ def _cache(cell: str, args, options: dict, **arrays) -> Cache:
     # float32 and C order): copy them, so that a caller who reuses a buffer or
     # updates weights in place before backward still gets the right gradients.
     own = lambda a: None if a is None else a.copy()  # noqa: E731
-    base = dict(x=without_padding(args.x, args.lengths), W_ih=own(args.W_ih), W_hh=own(args.W_hh), h0=own(args.h0),
-                c0=own(args.c0), lengths=own(args.lengths), peephole=own(args.peephole),
+    base = dict(x=without_padding(args.x, args.lengths), W_ih=own(args.W_ih),
+                W_hh=own(args.W_hh), h0=own(args.h0), c0=own(args.c0), lengths=own(args.lengths), peephole=own(args.peephole),
                 has_bias=args.b_ih is not None)
     base.update(arrays)
     return Cache(cell, BACKEND, options, base)

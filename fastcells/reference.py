@@ -85,7 +85,7 @@ def _forward(cell: str, args: _checks.ForwardArgs, step: Step, saved_widths: dic
     T, B, H = args.T, args.B, args.H
     # every row computes every step (a mask keeps its state): padding past a
     # sequence's length must not be inf/NaN, which would reach dW_ih (0 * inf)
-    x = _checks.without_padding(args.x, args.lengths)
+    x = args.x if args.lengths is None else _checks.without_padding(args.x, args.lengths)
     dtype = x.dtype
     initial = {"h": args.h0, "c": args.c0}
     state = tuple(np.zeros((B, H), dtype) if initial[s] is None else initial[s].copy()
@@ -110,9 +110,9 @@ def _forward(cell: str, args: _checks.ForwardArgs, step: Step, saved_widths: dic
 
     cache = None
     if training:
-        # copies (x is one already), so that a caller who reuses x or the
-        # weights after this call does not change what backward computes
-        arrays = {"x": x, "W_ih": W_ih.copy(), "W_hh": W_hh.copy(),
+        # copies, so that a caller who reuses x or the weights after this call
+        # does not change what backward computes
+        arrays = {"x": x.copy() if x is args.x else x, "W_ih": W_ih.copy(), "W_hh": W_hh.copy(),
                   "lengths": None if args.lengths is None else args.lengths.copy(),
                   "peephole": None if args.peephole is None else args.peephole.copy(), **saved}
         cache = Cache(cell, _BACKEND, {**options, "reverse": reverse, "bias": b_ih is not None},
