@@ -12,7 +12,10 @@ int fc_isa_available(void)
 #if defined(FC_X86) && (defined(__GNUC__) || defined(__clang__))
     __builtin_cpu_init();
     /* libgcc's checks include the OS's XSAVE state (xgetbv), not only CPUID. */
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+    /* F16C (float16 loads, Stepper's float16 weights) came before AVX2 on every
+     * CPU that has both; required so that one AVX2 path needs no second check. */
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")
+        && __builtin_cpu_supports("f16c"))
         mask |= 1 << FC_ISA_AVX2;
     if ((mask & (1 << FC_ISA_AVX2)) && __builtin_cpu_supports("avx512f"))
         mask |= 1 << FC_ISA_AVX512;
@@ -31,7 +34,7 @@ const char *fc_isa_name(int isa)
 }
 
 static int current_isa = FC_ISA_GENERIC;
-fc_dispatch fc_kernels = FC_DISPATCH_INIT(generic);
+fc_dispatch fc_kernels = FC_DISPATCH_INIT(generic, NULL);
 
 int fc_set_isa(int isa)
 {
@@ -39,10 +42,10 @@ int fc_set_isa(int isa)
         return -1;
     switch (isa) {
 #ifdef FC_X86
-    case FC_ISA_AVX512: { fc_dispatch d = FC_DISPATCH_INIT(avx512); fc_kernels = d; break; }
-    case FC_ISA_AVX2: { fc_dispatch d = FC_DISPATCH_INIT(avx2); fc_kernels = d; break; }
+    case FC_ISA_AVX512: { fc_dispatch d = FC_DISPATCH_INIT(avx512, fc_gemv_half_avx512); fc_kernels = d; break; }
+    case FC_ISA_AVX2: { fc_dispatch d = FC_DISPATCH_INIT(avx2, fc_gemv_half_avx2); fc_kernels = d; break; }
 #endif
-    default: { fc_dispatch d = FC_DISPATCH_INIT(generic); fc_kernels = d; break; }
+    default: { fc_dispatch d = FC_DISPATCH_INIT(generic, NULL); fc_kernels = d; break; }
     }
     current_isa = isa;
     return 0;

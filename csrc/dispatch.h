@@ -15,12 +15,16 @@ typedef void (*fc_gemm_nt_fn)(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float
                               ptrdiff_t lda, const float *W, ptrdiff_t ldw, float *C,
                               ptrdiff_t ldc);
 typedef void (*fc_act_fn)(float *x, ptrdiff_t n);
+typedef void (*fc_gemv_half_fn)(ptrdiff_t n, ptrdiff_t k, const float *x, const unsigned short *P,
+                                float *C);
 
 typedef struct {
     fc_gemm_fn gemm;     /* C[m,n] = A[m,k] @ B[k,n], B packed by fc_pack */
     fc_gemm_nt_fn gemm_nt; /* C[m,n] = A[m,k] @ W[n,k].T, W unpacked */
     fc_act_fn sigmoid;   /* x <- 1 / (1 + exp(-x)), in place */
     fc_act_fn tanh;      /* x <- tanh(x), in place */
+    fc_gemv_half_fn gemv_half; /* C[1,n] = x[1,k] @ B[k,n], B packed as float16; NULL:
+                                  no hardware conversion on this path */
 } fc_dispatch;
 
 #define FC_DECLARE_ISA(sfx)                                                          \
@@ -29,7 +33,8 @@ typedef struct {
     void fc_gemm_nt_##sfx(ptrdiff_t, ptrdiff_t, ptrdiff_t, const float *, ptrdiff_t,      \
                           const float *, ptrdiff_t, float *, ptrdiff_t);                  \
     void fc_sigmoid_##sfx(float *, ptrdiff_t);                                        \
-    void fc_tanh_##sfx(float *, ptrdiff_t);
+    void fc_tanh_##sfx(float *, ptrdiff_t);                                           \
+    void fc_gemv_half_##sfx(ptrdiff_t, ptrdiff_t, const float *, const unsigned short *, float *);
 
 FC_DECLARE_ISA(generic)
 #if defined(__x86_64__) || defined(_M_X64) || defined(__i386__)
@@ -37,7 +42,8 @@ FC_DECLARE_ISA(avx2)
 FC_DECLARE_ISA(avx512)
 #endif
 
-#define FC_DISPATCH_INIT(sfx) { fc_gemm_packed_##sfx, fc_gemm_nt_##sfx, fc_sigmoid_##sfx, fc_tanh_##sfx }
+#define FC_DISPATCH_INIT(sfx, half) { fc_gemm_packed_##sfx, fc_gemm_nt_##sfx, fc_sigmoid_##sfx, \
+                                     fc_tanh_##sfx, half }
 
 /* The table in use; written only by fc_set_isa. */
 extern fc_dispatch fc_kernels;

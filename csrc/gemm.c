@@ -23,6 +23,19 @@ void fc_gemm(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A, ptrdiff_t ld
     fc_kernels.gemm(m, n, k, A, lda, P, C, ldc);
 }
 
+void fc_gemv_half(ptrdiff_t n, ptrdiff_t k, const float *x, const float *P,
+                  const unsigned short *Ph, float *C)
+{
+    if (n <= 0)
+        return;
+    if (fc_kernels.gemv_half)
+        fc_kernels.gemv_half(n, k, x, Ph, C);
+    else
+        fc_kernels.gemm(1, n, k, x, k, P, C, n);
+}
+
+int fc_has_half(void) { return fc_kernels.gemv_half != NULL; }
+
 void fc_gemm_nt(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A, ptrdiff_t lda,
                 const float *W, ptrdiff_t ldw, float *C, ptrdiff_t ldc)
 {
@@ -70,8 +83,9 @@ void fc_gemm_nt(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A, ptrdiff_t
 
 #if defined(__x86_64__) || defined(_M_X64) || defined(__i386__)
 #define FC_SFX avx2
-#define FC_TARGET __attribute__((target("avx2,fma")))
+#define FC_TARGET __attribute__((target("avx2,fma,f16c")))
 #define FC_LOAD_ASM "vmovups"
+#define FC_HALF 1
 #define FC_VBYTES 32
 #define FC_MR 6
 #define FC_NP 1
@@ -81,7 +95,8 @@ void fc_gemm_nt(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A, ptrdiff_t
 #include "isa_instance.h"
 
 #define FC_SFX avx512
-#define FC_TARGET __attribute__((target("avx512f,avx2,fma")))
+#define FC_TARGET __attribute__((target("avx512f,avx2,fma,f16c")))
+#define FC_HALF 1
 #define FC_VBYTES 64
 #define FC_MR 8
 #define FC_NP 1

@@ -9,6 +9,8 @@
  *   FC_KC      depth of one k block when m > 1
  *   FC_L2_BYTES  bytes of A kept in L2 per outer k block
  *   FC_PF      panel rows (64-byte lines) the m > 1 tiles prefetch ahead, 0: none
+ *   FC_HALF    defined where the ISA converts float16 in hardware: the batch-1
+ *              product over float16 panels (fc_gemv_half) exists
  *
  * The packed layout (gemm.h) is the same for every ISA; only how many
  * panels a tile reads at once differs, so packing never depends on the ISA
@@ -22,7 +24,10 @@
  *
  * Batch 1 is a matrix-vector product, bound by how fast the weights stream
  * in: it walks one panel at a time as one contiguous stream, with several
- * accumulators over interleaved rows (fc_gemv_panel).
+ * accumulators over interleaved rows (fc_gemv_panel).  Its float16 twin
+ * (Stepper's float16 weights) is the same code with converting loads, so the
+ * two give the same bits; software prefetch of the float16 stream (1 and 4
+ * KiB ahead) measured no gain on Zen 4.
  *
  * For m > 1 the k dimension is cut into blocks (see the loop below); the
  * first block stores C, later blocks add to it.
@@ -152,8 +157,34 @@ FC_NAME(fc_tile_column)(const int np, ptrdiff_t m, ptrdiff_t k, const float *A, 
  * side: panels lie 16*k floats apart, a multiple of 4 KiB for the usual k,
  * so side-by-side streams all map to the same L1 sets and evict each other. */
 #define FC_GU (8 / FC_PV > 1 ? 8 / FC_PV : 2)
+#ifdef FC_HALF
+/* One register of float16 weights (a panel packed as float16: the same
+ * layout, element by element), converted to float.  The conversion is
+ * exact, so a product over these gives the bits of the same product over
+ * their float values packed as floats. */
+static inline __attribute__((always_inline)) FC_TARGET FC_NAME(fc_vec)
+FC_NAME(fc_load_half)(const unsigned short *p)
+{
+    FC_NAME(fc_vec) v;
+#if FC_VBYTES == 64
+    __m512 r = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
+#else
+    __m256 r = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+#endif
+    memcpy(&v, &r, sizeof v);
+    return v;
+}
+#define FC_LOADW(P, i, half)                                                   \
+    ((half) ? FC_NAME(fc_load_half)((const unsigned short *)(P) + (i))          \
+            : FC_NAME(fc_load_packed)((const float *)(P) + (i)))
+#else
+#define FC_LOADW(P, i, half) FC_NAME(fc_load_packed)((const float *)(P) + (i))
+#endif
+
+/* half (a constant where inlined): Pp is float16, else float. */
 static inline __attribute__((always_inline)) FC_TARGET void
-FC_NAME(fc_gemv_panel)(ptrdiff_t k, const float *x, const float *Pp, float *c, ptrdiff_t nlast)
+FC_NAME(fc_gemv_panel)(ptrdiff_t k, const float *x, const void *Pp, float *c, ptrdiff_t nlast,
+                       int half)
 {
     typedef FC_NAME(fc_vec) vec;
     vec acc[FC_GU][FC_PV];
@@ -165,12 +196,12 @@ FC_NAME(fc_gemv_panel)(ptrdiff_t k, const float *x, const float *Pp, float *c, p
         for (int u = 0; u < FC_GU; u++) {
             vec a = x[l + u] - (vec){0};
             for (int v = 0; v < FC_PV; v++)
-                acc[u][v] += a * FC_NAME(fc_load_packed)(Pp + (l + u) * FC_NR + v * FC_VL);
+                acc[u][v] += a * FC_LOADW(Pp, (l + u) * FC_NR + v * FC_VL, half);
         }
     for (; l < k; l++) {
         vec a = x[l] - (vec){0};
         for (int v = 0; v < FC_PV; v++)
-            acc[0][v] += a * FC_NAME(fc_load_packed)(Pp + l * FC_NR + v * FC_VL);
+            acc[0][v] += a * FC_LOADW(Pp, l * FC_NR + v * FC_VL, half);
     }
     for (int u = 1; u < FC_GU; u++)
         for (int v = 0; v < FC_PV; v++)
@@ -179,6 +210,27 @@ FC_NAME(fc_gemv_panel)(ptrdiff_t k, const float *x, const float *Pp, float *c, p
     memcpy(tmp, acc[0], sizeof tmp);
     memcpy(c, tmp, (size_t)nlast * sizeof(float));
 }
+
+/* C (1 x n) = x (1 x k) @ B, B packed (as float16 when half): the batch-1 product. */
+static inline __attribute__((always_inline)) FC_TARGET void
+FC_NAME(fc_gemv)(ptrdiff_t n, ptrdiff_t k, const float *x, const void *P, float *C, int half)
+{
+    const ptrdiff_t npan = (n + FC_NR - 1) / FC_NR, ps = FC_NR * k;
+    const ptrdiff_t ntail = n - (npan - 1) * FC_NR;
+    for (ptrdiff_t p = 0; p < npan; p++)
+        FC_NAME(fc_gemv_panel)(k, x, half ? (const void *)((const unsigned short *)P + p * ps)
+                                          : (const void *)((const float *)P + p * ps),
+                               C + p * FC_NR, p + 1 == npan ? ntail : FC_NR, half);
+}
+
+#ifdef FC_HALF
+FC_TARGET void FC_NAME(fc_gemv_half)(ptrdiff_t n, ptrdiff_t k, const float *x,
+                                     const unsigned short *P, float *C)
+{
+    FC_NAME(fc_gemv)(n, k, x, P, C, 1);
+}
+#endif
+#undef FC_LOADW
 #undef FC_GU
 
 /* Packing (gemm.c, fc_pack), per ISA only for speed: the layout is the same.
@@ -456,11 +508,7 @@ FC_TARGET void FC_NAME(fc_gemm_packed)(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, co
                                        ptrdiff_t lda, const float *P, float *C, ptrdiff_t ldc)
 {
     if (m == 1) {
-        const ptrdiff_t npan = (n + FC_NR - 1) / FC_NR, ps = FC_NR * k;
-        const ptrdiff_t ntail = n - (npan - 1) * FC_NR;
-        for (ptrdiff_t p = 0; p < npan; p++)
-            FC_NAME(fc_gemv_panel)(k, A, P + p * ps, C + p * FC_NR,
-                                   p + 1 == npan ? ntail : FC_NR);
+        FC_NAME(fc_gemv)(n, k, A, P, C, 0);
         return;
     }
     /* Batch 2 or 4: a tile of m rows and one panel has too few independent

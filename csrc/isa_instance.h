@@ -1,7 +1,8 @@
 /* One ISA's instances of every per-ISA template, then the template
  * parameters cleared for the next ISA.  gemm.c defines FC_SFX, FC_TARGET,
  * FC_VBYTES, FC_MR, FC_NP, FC_GV, FC_KC, FC_PF (and FC_LOAD_ASM where a load
- * needs naming, see gemm_impl.h) and includes this once per ISA; no include
+ * needs naming, FC_HALF where float16 loads convert in hardware, see
+ * gemm_impl.h) and includes this once per ISA; no include
  * guard on purpose. */
 #include "gemm_impl.h"
 #include "activations_impl.h"
@@ -15,3 +16,4 @@
 #undef FC_KC
 #undef FC_PF
 #undef FC_LOAD_ASM
+#undef FC_HALF

@@ -37,6 +37,9 @@ cdef extern from "gemm.h" nogil:
                  const float *P, float *C, Py_ssize_t ldc)
     void fc_gemm_nt(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float *A, Py_ssize_t lda,
                     const float *W, Py_ssize_t ldw, float *C, Py_ssize_t ldc)
+    void fc_gemv_half(Py_ssize_t n, Py_ssize_t k, const float *x, const float *P,
+                      const unsigned short *Ph, float *C)
+    int fc_has_half()
 
 cdef extern from "activations.h" nogil:
     void fc_sigmoid(float *x, Py_ssize_t n)
@@ -118,6 +121,37 @@ def pack(const float[:, ::1] W, bint transpose, buf=None):
     if W.shape[0] and W.shape[1]:
         with nogil:
             fc_pack(&W[0, 0], k, n, rs, cs, &P[0])
+    return out
+
+
+cdef inline Py_ssize_t _half_offset(Py_ssize_t k, Py_ssize_t n) noexcept nogil:
+    # where pack_half's float16 panels start: after the float panels, 64-byte aligned
+    return (max(fc_packed_size(k, n), 1) + 15) // 16 * 16
+
+
+def has_half():
+    """Whether the ISA in use reads float16 weights in batch-1 products (:func:`pack_half`)."""
+    return bool(fc_has_half())
+
+
+def pack_half(const float[:, ::1] W):
+    """Pack ``W`` (N_out, K) for ``A @ W.T`` as :func:`pack` does, followed by the same
+    panels as float16: the batch-1 products read those (half the bytes) on ISA paths that
+    convert float16 in hardware (:func:`has_half`), with the same bits.  ``W``'s values
+    must be float16 values (the caller rounds them), so that the copy is exact; checked.
+    Returns the 64-byte aligned view of both (pass it with ``packed = 2``)."""
+    cdef Py_ssize_t n = W.shape[0], k = W.shape[1]
+    cdef Py_ssize_t size = fc_packed_size(k, n), off = _half_offset(k, n)
+    cdef Py_ssize_t total = off + (size + 1) // 2
+    buf = np.empty(total + 15, dtype=np.float32)
+    P = pack(W, True, buf)        # buf's aligned start, and the float panels there
+    start = (P.ctypes.data - buf.ctypes.data) // 4
+    out = buf[start:start + total]
+    halves = out[off:].view(np.float16)[:size]
+    halves[...] = P
+    if not np.array_equal(halves, P, equal_nan=True):
+        raise ValueError("W: expected float16 values (round with W.astype(np.float16)), "
+                         "got values float16 does not hold")
     return out
 
 
@@ -241,11 +275,14 @@ cdef _check_kept(Py_ssize_t t0, const float[:, :, ::1] gx, const float[:, :, ::1
                          f"got steps [{t0}, {t0 + gx.shape[0]})")
 
 
-cdef inline void _recur(bint packed, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float *A,
+cdef inline void _recur(int packed, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float *A,
                         const float *w, float *C) noexcept nogil:
     """C (m x n) = A (m x k) @ W.T for a forward step: ``w`` is W packed by :func:`pack`
-    (``packed``) or W's own rows, k floats apart (batch 1: no packing, see gemm_nt_impl.h)."""
-    if packed:
+    (``packed`` 1), by :func:`pack_half` (2: batch 1 reads the float16 panels) or W's own
+    rows, k floats apart (0; batch 1: no packing, see gemm_nt_impl.h)."""
+    if packed == 2 and m == 1:
+        fc_gemv_half(n, k, A, w, <const unsigned short *>(w + _half_offset(k, n)), C)
+    elif packed:
         fc_gemm(m, n, k, A, k, w, C, n)
     else:
         fc_gemm_nt(m, n, k, A, k, w, k, C, n)
@@ -282,7 +319,7 @@ cdef inline void _copy_rows_active(float *dst, const float *src, const float *ex
 # RNN
 
 cdef void _rnn_fwd(Py_ssize_t t0, Py_ssize_t n, Py_ssize_t B, Py_ssize_t H, const float *gx,
-                   const float *wp, bint packed,
+                   const float *wp, int packed,
                    float *h, float *y, const int64_t *lens, bint reverse, bint relu,
                    float *gh) noexcept nogil:
     cdef Py_ssize_t s, t, b, j
@@ -310,13 +347,14 @@ cdef void _rnn_fwd(Py_ssize_t t0, Py_ssize_t n, Py_ssize_t B, Py_ssize_t H, cons
             memcpy(y + (t * B + b) * H, a, H * sizeof(float))
 
 
-def rnn_forward(Py_ssize_t t0, const float[:, :, ::1] gx, const float[::1] wp, bint packed,
+def rnn_forward(Py_ssize_t t0, const float[:, :, ::1] gx, const float[::1] wp, int packed,
                 float[:, ::1] h, float[:, :, ::1] y, const int64_t[::1] lengths, bint reverse,
                 bint relu, float[:, ::1] gh):
     """Forward loop over the steps [t0, t0 + len(gx)) (a chunk of time, walked backwards
     when ``reverse``); ``gx`` holds ``x W_ih^T + b_ih + b_hh`` for those steps; ``h`` is
     the state before the chunk in, after it out; ``y`` is the whole (T, B, H) output.
-    ``wp`` is ``W_hh`` packed by :func:`pack` when ``packed``, else ``W_hh.ravel()``."""
+    ``wp`` is ``W_hh`` packed by :func:`pack` (``packed`` 1) or :func:`pack_half` (2), else
+    (0) ``W_hh.ravel()``."""
     _check_chunk(t0, gx.shape[0], y.shape[0])
     cdef fc_fpenv_t env
     with nogil:
@@ -367,7 +405,7 @@ def rnn_backward(const float[:, :, ::1] y, const float[::1] wpt, const float[:, 
 # LSTM
 
 cdef void _lstm_fwd(Py_ssize_t t0, Py_ssize_t n, Py_ssize_t B, Py_ssize_t H, const float *gx,
-                    const float *wp, bint packed, const float *P,
+                    const float *wp, int packed, const float *P,
                     float *h, float *c, float *y, const int64_t *lens, bint reverse,
                     float *gates, float *cs, float *gh) noexcept nogil:
     cdef Py_ssize_t s, t, b, j, G = 4 * H
@@ -412,7 +450,7 @@ cdef void _lstm_fwd(Py_ssize_t t0, Py_ssize_t n, Py_ssize_t B, Py_ssize_t H, con
                 memcpy(cs + (t * B + b) * H, cb, H * sizeof(float))
 
 
-def lstm_forward(Py_ssize_t t0, const float[:, :, ::1] gx, const float[::1] wp, bint packed,
+def lstm_forward(Py_ssize_t t0, const float[:, :, ::1] gx, const float[::1] wp, int packed,
                  const float[::1] peephole, float[:, ::1] h, float[:, ::1] c,
                  float[:, :, ::1] y, const int64_t[::1] lengths, bint reverse,
                  float[:, :, ::1] gates, float[:, :, ::1] cs, float[:, ::1] gh):
@@ -502,7 +540,7 @@ def lstm_backward(const float[:, :, ::1] gates, const float[:, :, ::1] cs,
 # GRU
 
 cdef void _gru_fwd(Py_ssize_t t0, Py_ssize_t n, Py_ssize_t B, Py_ssize_t H, const float *gx,
-                   const float *wp, const float *wp_n, bint packed,
+                   const float *wp, const float *wp_n, int packed,
                    const float *bhn, float *h, float *y,
                    const int64_t *lens, bint reverse, bint lbr, float *gates, float *hn_out,
                    float *gh, float *rh, float *ghn) noexcept nogil:
@@ -563,7 +601,7 @@ cdef void _gru_fwd(Py_ssize_t t0, Py_ssize_t n, Py_ssize_t B, Py_ssize_t H, cons
 
 
 def gru_forward(Py_ssize_t t0, const float[:, :, ::1] gx, const float[::1] wp,
-                const float[::1] wp_n, bint packed,
+                const float[::1] wp_n, int packed,
                 const float[::1] bhn, float[:, ::1] h, float[:, :, ::1] y,
                 const int64_t[::1] lengths, bint reverse, bint linear_before_reset,
                 float[:, :, ::1] gates, float[:, :, ::1] hn, float[:, ::1] gh,
@@ -683,6 +721,7 @@ cdef class Stepper:
     cdef readonly str cell
     cdef int kind               # 0 rnn, 1 gru, 2 lstm: tested inside nogil
     cdef bint relu, lbr
+    cdef int packed             # 1: weights packed by pack(), 2: by pack_half()
     cdef Py_ssize_t I, H, G, ldh, cap
     cdef object keep, scratch
     cdef const float *wih
@@ -695,9 +734,12 @@ cdef class Stepper:
 
     def __init__(self, str cell, const float[::1] wih, const float[::1] wp, const float[::1] wp_n,
                  const float[::1] bias, const float[::1] bhn, const float[::1] peephole,
-                 Py_ssize_t I, Py_ssize_t H, bint relu, bint linear_before_reset):
+                 Py_ssize_t I, Py_ssize_t H, bint relu, bint linear_before_reset, int packed=1):
         if cell not in ("rnn", "gru", "lstm"):
             raise ValueError(f"cell: expected 'rnn', 'gru' or 'lstm', got {cell!r}")
+        if packed not in (1, 2):
+            raise ValueError(f"packed: expected 1 (pack) or 2 (pack_half), got {packed}")
+        self.packed = packed
         self.cell, self.I, self.H = cell, I, H
         self.G = {"rnn": 1, "gru": 3, "lstm": 4}[cell]
         self.kind = ("rnn", "gru", "lstm").index(cell)
@@ -760,18 +802,18 @@ cdef class Stepper:
         with nogil:
             env = fc_fpenv_enter()
             if self.I:
-                fc_gemm(B, GH, self.I, &x[0, 0], self.I, self.wih, gx, GH)
+                _recur(self.packed, B, GH, self.I, &x[0, 0], self.wih, gx)
             else:
                 memset(gx, 0, B * GH * sizeof(float))
             for b in range(B):
                 for j in range(GH):
                     gx[b * GH + j] += self.bias[j]
             if self.kind == 2:
-                _lstm_fwd(0, 1, B, H, gx, self.wp, True, self.P, &h[0, 0], &c[0, 0], y,
+                _lstm_fwd(0, 1, B, H, gx, self.wp, self.packed, self.P, &h[0, 0], &c[0, 0], y,
                           NULL, False, NULL, NULL, gh)
             elif self.kind == 1:
-                _gru_fwd(0, 1, B, H, gx, self.wp, self.wp_n, True, self.bhn, &h[0, 0], y,
+                _gru_fwd(0, 1, B, H, gx, self.wp, self.wp_n, self.packed, self.bhn, &h[0, 0], y,
                          NULL, False, self.lbr, NULL, NULL, gh, rh, ghn)
             else:
-                _rnn_fwd(0, 1, B, H, gx, self.wp, True, &h[0, 0], y, NULL, False, self.relu, gh)
+                _rnn_fwd(0, 1, B, H, gx, self.wp, self.packed, &h[0, 0], y, NULL, False, self.relu, gh)
             fc_fpenv_exit(env)

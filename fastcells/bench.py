@@ -9,6 +9,12 @@ gradient ``dy``) — it times, in one run and on one thread each:
 - ``prepared``, forward only: ``fastcells.Stepper(cell, weights).forward(x, ...)``,
   the same kernels with the weights prepared once, as a server holds them (the
   way ONNX Runtime's session and torch's module hold theirs);
+- ``fp16w``, forward at batch 1 only: the same with ``weight_dtype="float16"``
+  (weights rounded to float16 once; batch-1 products read half the bytes).
+  Other numbers than float32 weights give, so it is checked against its own
+  contract instead: the bits of a float32 ``Stepper`` over the rounded weights;
+  its error against the float64 reference (``y``, relative, unrounded weights)
+  is the column ``fp16w err``;
 - ``reference``: ``fastcells.reference`` on float32 inputs, so it computes in
   float32, the same arithmetic precision;
 - ``torch`` when installed: ``nn.RNN/GRU/LSTM`` with the same weights,
@@ -38,8 +44,9 @@ measurement (0.2 s by default, less in ``--quick``, more in ``--full``), in
 ``ROUNDS`` rounds that take the systems of a row in turn (a slow spell of a
 shared machine then slows them all alike); the median over all rounds and
 the minimum per call are kept.  Ratios are ``system / fastcells``
-(above 1: fastcells is faster), ``peer/prep``: the fastest peer's time over
-``prepared``'s, and ``fastcells / floor`` (1 is the floor).
+(above 1: fastcells is faster), ``peer/prep`` and ``peer/fp16w``: the fastest
+peer's time over ``prepared``'s and ``fp16w``'s, and ``fastcells / floor`` (1 is
+the floor).
 GFLOP/s counts the flops of all the GEMMs above, ``2*m*n*k`` each.
 
 Single thread: run as a program, the module sets ``OMP_NUM_THREADS``,
@@ -62,7 +69,7 @@ Usage::
 
     python -m fastcells.bench [--quick | --full] [--cells lstm,gru,rnn]
         [--shape T,B,I,H ...] [--modes fwd,fwdbwd]
-        [--systems fastcells,prepared,reference,torch,ort,floor]
+        [--systems fastcells,prepared,fp16w,reference,torch,ort,floor]
         [--repeat N] [--json FILE] [--plot FILE.png] [--check]
 
 Grids (``GRIDS``): the default is batch 1 and 16 at hidden 64 and 256, I = H
@@ -101,7 +108,7 @@ F32 = np.float32
 CELLS = ("lstm", "gru", "rnn")
 MODES = ("fwd", "fwdbwd")
 #: every system the report can time, in table order
-SYSTEMS = ("fastcells", "prepared", "reference", "torch", "ort", "floor")
+SYSTEMS = ("fastcells", "prepared", "fp16w", "reference", "torch", "ort", "floor")
 #: the peers: other libraries, compared with fastcells' two ways of running
 PEERS = ("torch", "ort")
 #: relative error of fastcells against the float64 reference that fails --check
@@ -162,6 +169,8 @@ TIMING = {"quick": (0.03, 3), "default": (0.2, 3), "full": (0.5, 3)}
 
 #: why ONNX Runtime has no forward+backward time (not reported as a missing peer)
 NOT_APPLICABLE = "inference only"
+#: why fp16w has no time at batch > 1: those products read the float32 panels
+NOT_BATCH1 = "batch 1 only"
 
 
 class Unavailable(Exception):
@@ -443,9 +452,25 @@ def _prepared_runner(p: Problem, mode: str) -> Callable:
     return lambda: step.forward(x, *states)
 
 
+def _fp16w_runner(p: Problem, mode: str) -> Callable:
+    if mode != "fwd":
+        raise Unavailable(NOT_APPLICABLE)
+    if p.shape.B != 1:
+        raise Unavailable(NOT_BATCH1)
+    x, *weights = p.args(F32)
+    states = weights[4:6 if p.cell == "lstm" else 5]
+    step = _fc.Stepper(p.cell, *weights[:4], weight_dtype="float16")
+    rounded = [w.astype(np.float16).astype(F32) for w in weights[:2]]
+    want = _fc.Stepper(p.cell, *rounded, *weights[2:4]).forward(x, *states).y
+    if not np.array_equal(step.forward(x, *states).y, want):
+        raise Unavailable("fp16w disagrees with a float32 Stepper over the rounded weights")
+    return lambda: step.forward(x, *states)
+
+
 RUNNERS = {
     "fastcells": _fastcells_like(_fc),
     "prepared": _prepared_runner,
+    "fp16w": _fp16w_runner,
     "reference": _fastcells_like(reference),
     "torch": _torch_runner,
     "ort": _ort_runner,
@@ -458,7 +483,7 @@ def make_runner(system: str, p: Problem, mode: str) -> Callable:
 
     Parameters
     ----------
-    system : {"fastcells", "prepared", "reference", "torch", "ort", "floor"}
+    system : {"fastcells", "prepared", "fp16w", "reference", "torch", "ort", "floor"}
     p : Problem
         From :func:`make_problem`; float32 arrays, built once and shared.
     mode : {"fwd", "fwdbwd"}
@@ -632,15 +657,18 @@ def run_row(cell: str, shape: Shape, mode: str, systems: Sequence[str], target: 
             fns[system] = make_runner(system, p, mode)
         except Unavailable as exc:
             row["skipped"][system] = str(exc)
+    if "fp16w" in fns:      # what float16 weights cost in accuracy: y against float64
+        row["fp16w_rel_err"] = errors({"y": fns["fp16w"]().y}, {"y": p.expected(mode)["y"]})[1]
     row["times"] = measure_rounds(fns, target, min_repeats, repeat)
     for system, t in row["times"].items():
         progress(f"{system} {t['median_ms']:.3f} ms")
     fc = row["times"].get("fastcells", {}).get("median_ms")
     row["ratios"] = {s: t["median_ms"] / fc for s, t in row["times"].items()
                      if fc and s not in ("fastcells", "floor")}
-    prep = row["times"].get("prepared", {}).get("median_ms")
     peers = [row["times"][s]["median_ms"] for s in PEERS if s in row["times"]]
-    row["best_peer_over_prepared"] = min(peers) / prep if prep and peers else None
+    for system in ("prepared", "fp16w"):
+        t = row["times"].get(system, {}).get("median_ms")
+        row[f"best_peer_over_{system}"] = min(peers) / t if t and peers else None
     floor = row["times"].get("floor", {}).get("median_ms")
     row["fastcells_over_floor"] = fc / floor if fc and floor else None
     flops = gemm_flops(cell, shape, mode)
@@ -656,9 +684,9 @@ def _fmt(v: Optional[float], spec: str) -> str:
 
 def format_table(rows: Sequence[dict]) -> str:
     """The rows as a fixed-width text table (times are medians in ms, and fastcells' minimum)."""
-    head = ["cell", "shape (T,B,I,H)", "mode", "fastcells", "fc min", "prepared", "reference",
-            "torch", "ort", "floor", "ref/fc", "torch/fc", "ort/fc", "peer/prep", "fc/floor",
-            "GFLOP/s", "abs err", "rel err"]
+    head = ["cell", "shape (T,B,I,H)", "mode", "fastcells", "fc min", "prepared", "fp16w",
+            "reference", "torch", "ort", "floor", "ref/fc", "torch/fc", "ort/fc", "peer/prep",
+            "peer/fp16w", "fc/floor", "GFLOP/s", "abs err", "rel err", "fp16w err"]
     body = []
     for r in rows:
         t = {s: r["times"].get(s, {}).get("median_ms") for s in SYSTEMS}
@@ -668,8 +696,10 @@ def format_table(rows: Sequence[dict]) -> str:
                      *(_fmt(t[s], ".3f") for s in SYSTEMS[1:]),
                      *(_fmt(r["ratios"].get(s), ".2f") for s in ("reference", "torch", "ort")),
                      _fmt(r.get("best_peer_over_prepared"), ".2f"),
+                     _fmt(r.get("best_peer_over_fp16w"), ".2f"),
                      _fmt(r["fastcells_over_floor"], ".2f"), _fmt(r["gflops"], ".1f"),
-                     _fmt(r["abs_err"], ".1e"), _fmt(r["rel_err"], ".1e")])
+                     _fmt(r["abs_err"], ".1e"), _fmt(r["rel_err"], ".1e"),
+                     _fmt(r.get("fp16w_rel_err"), ".1e")])
     widths = [max(len(str(c)) for c in col) for col in zip(head, *body)]
     left = 3  # cell, shape and mode are text, the rest numbers
 
@@ -779,10 +809,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             limits.restore_original_limits()
     print()
     print(f"median ms per call, one thread; x/fc = time of x / fastcells' time; "
-          f"errors of fastcells vs the float64 reference ({elapsed:.1f} s)")
+          f"errors of fastcells vs the float64 reference; fp16w: float16 weights, batch 1 "
+          f"({elapsed:.1f} s)")
     print(format_table(rows))
     skipped = sorted({f"{s}: {why}" for r in rows for s, why in r["skipped"].items()
-                      if why != NOT_APPLICABLE})
+                      if why not in (NOT_APPLICABLE, NOT_BATCH1)})
     for line in skipped:
         print(f"  not timed - {line}")
     if args.json:

@@ -20,8 +20,8 @@ PYTHON="${PYTHON:-python}"
 # The tests that drive the kernels: every cell and option on every ISA path,
 # hostile input, properties, threads.  (The soak test is left out: the
 # sanitizers' own allocator makes RSS meaningless.)
-TESTS=(tests/test_kernels.py tests/test_gemm.py tests/test_gemm_nt.py tests/test_hostile.py
-       tests/test_properties.py tests/test_threads.py tests/test_scratch.py)
+TESTS=(tests/test_kernels.py tests/test_float16_weights.py tests/test_gemm.py tests/test_gemm_nt.py
+       tests/test_hostile.py tests/test_properties.py tests/test_threads.py tests/test_scratch.py)
 
 copy_tree() {
     local dst

@@ -44,9 +44,13 @@ def test_quick_report_json(tmp_path, capsys):
         assert r["ratios"] and all(v > 0 for v in r["ratios"].values()), where
         assert r["fastcells_over_floor"] > 0 and r["gflops"] > 0, where
         if r["mode"] == "fwdbwd":
-            assert "ort" not in r["times"] and "prepared" not in r["times"], where
+            assert not {"ort", "prepared", "fp16w"} & set(r["times"]), where
         else:       # timed only when it agrees with fastcells (bench._agree)
             assert "prepared" in r["times"], where
+            # float16 weights: timed at batch 1 only, where they hold their contract
+            assert ("fp16w" in r["times"]) == (r["shape"][1] == 1), where
+            if r["shape"][1] == 1:
+                assert 1e-7 < r["fp16w_rel_err"] < 1e-2, where    # rounded, and not garbage
 
 
 def test_check_fails_on_error_above_tolerance(tmp_path, monkeypatch):

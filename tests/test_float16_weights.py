@@ -1,0 +1,169 @@
+"""Stepper(..., weight_dtype="float16"): weights rounded to float16 once, float32 arithmetic.
+
+The contract: the results are the bits of a float32 Stepper built from
+``W.astype(np.float16)``, on every ISA path, for every call; products with
+one row read the float16 panels (half the bytes) where the ISA converts
+float16 in hardware (AVX2+F16C, AVX-512).  Checked here:
+- bit identity with the rounded-weights Stepper (forward and step, every cell
+  variant, batch 1 and more, lengths, reverse, float16 subnormal weights);
+- the float16 panels really are what batch-1 products read (and only there);
+- the numbers against the float64 reference with the rounded weights;
+- the range check, bad arguments, and the caller's arrays left alone.
+"""
+import numpy as np
+import pytest
+
+import fastcells
+from fastcells import _kernels
+from fastcells.functional import Stepper
+from fastcells import reference
+
+from conftest import assert_close
+from test_stepper import VARIANTS, _variant
+
+#: float32 kernels vs the float64 reference (same rounded weights), as test_kernels
+TOL = 2e-5
+
+
+def _rounded(w):
+    return [None if a is None else a.astype(np.float16).astype(np.float32) for a in w]
+
+
+def _with_tiny_weights(weights):
+    """Weights including float16 subnormals (normal floats): they must survive exactly."""
+    W_ih, W_hh = weights[0].copy(), weights[1].copy()
+    W_hh.flat[::7] = np.float32(3e-6)
+    W_hh.flat[3::11] = np.float32(-4.5e-5)
+    W_ih.flat[::5] = np.float32(1e-7)
+    return [W_ih, W_hh, *weights[2:]]
+
+
+def _states(rng, cell, B, H):
+    return [rng.standard_normal((B, H)).astype(np.float32)
+            for _ in range(2 if cell == "lstm" else 1)]
+
+
+@pytest.mark.parametrize("T,B", [(30, 1), (1, 1), (9, 3), (5, 4)])
+@pytest.mark.parametrize("cell,options", VARIANTS)
+def test_float16_weights_give_the_rounded_weights_bits(isa, cell, options, T, B):
+    rng = np.random.default_rng(11)
+    I, H = 7, 37                       # H not a multiple of 16: a partial last panel
+    weights, kw = _variant(rng, cell, options, I, H)
+    weights = _with_tiny_weights(weights)
+    kept = [a.copy() for a in weights]
+    half = Stepper(cell, *weights, weight_dtype="float16", **kw)
+    want = Stepper(cell, *_rounded(weights[:2]), *weights[2:], **kw)
+    assert half.weight_dtype == "float16" and want.weight_dtype == "float32"
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+    state = _states(rng, cell, B, H)
+    lengths = rng.integers(0, T + 1, B) if B > 1 else None
+    for reverse in (False, True):
+        got = half.forward(x, *state, lengths=lengths, reverse=reverse)
+        exp = want.forward(x, *state, lengths=lengths, reverse=reverse)
+        for name in exp._fields[:-1]:
+            np.testing.assert_array_equal(getattr(got, name), getattr(exp, name), name)
+    s_half = s_want = tuple(state)
+    for t in range(T):
+        a, b = half(x[t], *s_half), want(x[t], *s_want)
+        s_half = a if isinstance(a, tuple) else (a,)
+        s_want = b if isinstance(b, tuple) else (b,)
+        for u, v in zip(s_half, s_want):
+            np.testing.assert_array_equal(u, v)
+    for a, b in zip(weights, kept):          # the caller's weights were not rounded in place
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("cell,options", VARIANTS)
+def test_float16_weights_match_the_reference(cell, options):
+    rng = np.random.default_rng(12)
+    I, H, T, B = 6, 19, 25, 2
+    weights, kw = _variant(rng, cell, options, I, H)
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+    state = _states(rng, cell, B, H)
+    got = Stepper(cell, *weights, weight_dtype="float16", **kw).forward(x, *state)
+    r64 = [None if a is None else a.astype(np.float64)
+           for a in _rounded(weights[:2]) + weights[2:]]       # biases are not rounded
+    kw64 = {k: (v.astype(np.float64) if isinstance(v, np.ndarray) else v) for k, v in kw.items()}
+    want = getattr(reference, f"{cell}_forward")(x.astype(np.float64), *r64,
+                                                 *[s.astype(np.float64) for s in state], **kw64)
+    assert_close(got.y, want.y, TOL)
+    # and the rounding is what moved the numbers: float32 weights give other ones
+    exact = Stepper(cell, *weights, **kw).forward(x, *state)
+    assert not np.array_equal(exact.y, got.y)
+
+
+def test_batch1_products_read_the_float16_panels(isa):
+    """Change the float16 panels only: batch-1 results move where the ISA reads them
+    (has_half), batch-2 results never do (they read the float panels)."""
+    rng = np.random.default_rng(13)
+    H = 24
+    W = rng.standard_normal((H, H)).astype(np.float16).astype(np.float32)
+    wp = _kernels.pack_half(W)
+    off = (wp.size - (_kernels.pack_floats(H, H, True) - 15 + 1) // 2)
+    tail = wp[off:].view(np.float16)
+    results = {}
+    for label in ("intact", "changed"):
+        if label == "changed":
+            tail *= 2
+        for B in (1, 2):
+            h = np.ones((B, H), np.float32)
+            y = np.empty((1, B, H), np.float32)
+            gx = np.zeros((1, B, H), np.float32)
+            _kernels.rnn_forward(0, gx, wp, 2, h, y, None, False, False, np.empty((B, H), np.float32))
+            results[label, B] = y.copy()
+    np.testing.assert_array_equal(results["intact", 2], results["changed", 2])
+    assert _kernels.has_half() == (isa != "generic")
+    if _kernels.has_half():
+        assert not np.array_equal(results["intact", 1], results["changed", 1])
+    else:
+        np.testing.assert_array_equal(results["intact", 1], results["changed", 1])
+    # intact, the two batches agree with each other row by row and with float32 products
+    np.testing.assert_array_equal(results["intact", 1][0, 0], results["intact", 2][0, 0])
+
+
+def test_pack_half_wants_float16_values():
+    W = np.full((16, 4), 0.1, np.float32)          # 0.1 is not a float16 value
+    with pytest.raises(ValueError, match="W: expected float16 values"):
+        _kernels.pack_half(W)
+    P = _kernels.pack_half(W.astype(np.float16).astype(np.float32))
+    assert P.ctypes.data % 64 == 0
+
+
+@pytest.mark.parametrize("which", [0, 1])
+def test_weights_beyond_float16_range_are_refused(which):
+    rng = np.random.default_rng(14)
+    weights, _ = _variant(rng, "gru", {}, 4, 8)
+    weights[which] = weights[which].copy()
+    weights[which][2, 3] = 7e4
+    name = ("W_ih", "W_hh")[which]
+    with pytest.raises(ValueError, match=rf"{name}: expected magnitudes float16 holds .* "
+                                         r"got 70000.0 at \(2, 3\) \(1 such weights\)"):
+        Stepper("gru", *weights, weight_dtype="float16")
+    Stepper("gru", *weights)                           # float32 takes them
+
+
+def test_non_finite_weights_stay_non_finite():
+    rng = np.random.default_rng(15)
+    weights, _ = _variant(rng, "rnn", {}, 3, 5)
+    weights[1] = weights[1].copy()
+    weights[1][0, 0] = np.inf
+    x = rng.standard_normal((4, 1, 3)).astype(np.float32)
+    got = Stepper("rnn", *weights, weight_dtype="float16").forward(x).y
+    want = Stepper("rnn", *weights).forward(x).y
+    np.testing.assert_array_equal(np.isfinite(got), np.isfinite(want))
+
+
+@pytest.mark.parametrize("dtype", ["float16", np.float16, np.dtype("float16"), "f2"])
+def test_weight_dtype_spellings(dtype):
+    rng = np.random.default_rng(16)
+    weights, _ = _variant(rng, "lstm", {}, 3, 5)
+    assert Stepper("lstm", *weights, weight_dtype=dtype).weight_dtype == "float16"
+    assert Stepper("lstm", *weights, weight_dtype=np.float32).weight_dtype == "float32"
+
+
+@pytest.mark.parametrize("dtype", ["float64", "bfloat16", None, 16, np.int16])
+def test_bad_weight_dtype_names_the_argument(dtype):
+    rng = np.random.default_rng(17)
+    weights, _ = _variant(rng, "lstm", {}, 3, 5)
+    with pytest.raises(ValueError, match="weight_dtype: expected 'float32' or 'float16'"):
+        Stepper("lstm", *weights, weight_dtype=dtype)
