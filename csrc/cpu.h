@@ -1,6 +1,6 @@
 /* CPU feature detection and the instruction-set choice.
  *
- * Every hot routine in csrc/ exists once per ISA (generic C, AVX2+FMA,
+ * Every hot routine in csrc/ exists once per ISA (generic C, AVX2+FMA+F16C,
  * AVX-512F), compiled from one template with GCC/clang target attributes,
  * so the library is built without -march flags and still runs the widest
  * path the machine has.  fc_isa_available() says what the CPU (and OS)

@@ -15,16 +15,16 @@ typedef void (*fc_gemm_nt_fn)(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float
                               ptrdiff_t lda, const float *W, ptrdiff_t ldw, float *C,
                               ptrdiff_t ldc);
 typedef void (*fc_act_fn)(float *x, ptrdiff_t n);
-typedef void (*fc_gemv_half_fn)(ptrdiff_t n, ptrdiff_t k, const float *x, const unsigned short *P,
-                                float *C);
+typedef void (*fc_gemm_half_fn)(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A,
+                                ptrdiff_t lda, const unsigned short *P, float *C, ptrdiff_t ldc);
 
 typedef struct {
     fc_gemm_fn gemm;     /* C[m,n] = A[m,k] @ B[k,n], B packed by fc_pack */
     fc_gemm_nt_fn gemm_nt; /* C[m,n] = A[m,k] @ W[n,k].T, W unpacked */
     fc_act_fn sigmoid;   /* x <- 1 / (1 + exp(-x)), in place */
     fc_act_fn tanh;      /* x <- tanh(x), in place */
-    fc_gemv_half_fn gemv_half; /* C[1,n] = x[1,k] @ B[k,n], B packed as float16; NULL:
-                                  no hardware conversion on this path */
+    fc_gemm_half_fn gemm_half; /* gemm with B packed as float16; NULL: no hardware
+                                  conversion on this path */
 } fc_dispatch;
 
 #define FC_DECLARE_ISA(sfx)                                                          \
@@ -33,13 +33,18 @@ typedef struct {
     void fc_gemm_nt_##sfx(ptrdiff_t, ptrdiff_t, ptrdiff_t, const float *, ptrdiff_t,      \
                           const float *, ptrdiff_t, float *, ptrdiff_t);                  \
     void fc_sigmoid_##sfx(float *, ptrdiff_t);                                        \
-    void fc_tanh_##sfx(float *, ptrdiff_t);                                           \
-    void fc_gemv_half_##sfx(ptrdiff_t, ptrdiff_t, const float *, const unsigned short *, float *);
+    void fc_tanh_##sfx(float *, ptrdiff_t);
+/* only where the ISA converts float16 in hardware (FC_HALF in gemm.c) */
+#define FC_DECLARE_HALF(sfx)                                                          \
+    void fc_gemm_half_##sfx(ptrdiff_t, ptrdiff_t, ptrdiff_t, const float *, ptrdiff_t,  \
+                            const unsigned short *, float *, ptrdiff_t);
 
 FC_DECLARE_ISA(generic)
 #if defined(__x86_64__) || defined(_M_X64) || defined(__i386__)
 FC_DECLARE_ISA(avx2)
 FC_DECLARE_ISA(avx512)
+FC_DECLARE_HALF(avx2)
+FC_DECLARE_HALF(avx512)
 #endif
 
 #define FC_DISPATCH_INIT(sfx, half) { fc_gemm_packed_##sfx, fc_gemm_nt_##sfx, fc_sigmoid_##sfx, \

@@ -23,18 +23,18 @@ void fc_gemm(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A, ptrdiff_t ld
     fc_kernels.gemm(m, n, k, A, lda, P, C, ldc);
 }
 
-void fc_gemv_half(ptrdiff_t n, ptrdiff_t k, const float *x, const float *P,
-                  const unsigned short *Ph, float *C)
+void fc_gemm_half(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A, ptrdiff_t lda,
+                  const float *P, const unsigned short *Ph, float *C, ptrdiff_t ldc)
 {
-    if (n <= 0)
+    if (m <= 0 || n <= 0)
         return;
-    if (fc_kernels.gemv_half)
-        fc_kernels.gemv_half(n, k, x, Ph, C);
+    if (fc_kernels.gemm_half)
+        fc_kernels.gemm_half(m, n, k, A, lda, Ph, C, ldc);
     else
-        fc_kernels.gemm(1, n, k, x, k, P, C, n);
+        fc_kernels.gemm(m, n, k, A, lda, P, C, ldc);
 }
 
-int fc_has_half(void) { return fc_kernels.gemv_half != NULL; }
+int fc_has_half(void) { return fc_kernels.gemm_half != NULL; }
 
 void fc_gemm_nt(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A, ptrdiff_t lda,
                 const float *W, ptrdiff_t ldw, float *C, ptrdiff_t ldc)

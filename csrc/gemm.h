@@ -23,13 +23,13 @@ void fc_pack(const float *src, ptrdiff_t k, ptrdiff_t n, ptrdiff_t rs, ptrdiff_t
 void fc_gemm(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A, ptrdiff_t lda,
              const float *P, float *C, ptrdiff_t ldc);
 
-/* C (1 x n) = x (1 x k) @ B with B packed twice: as floats in P and as float16
- * in Ph, the same layout element by element (exact: B's values are float16
- * values).  Reads Ph where the ISA in use converts float16 in hardware
- * (AVX2+F16C, AVX-512), half the bytes of P, else P: the same bits either way. */
-void fc_gemv_half(ptrdiff_t n, ptrdiff_t k, const float *x, const float *P,
-                  const unsigned short *Ph, float *C);
-/* Whether the ISA in use reads float16 weights (fc_gemv_half uses Ph). */
+/* fc_gemm with B packed twice: as floats in P and as float16 in Ph, the same
+ * layout element by element (exact: B's values are float16 values).  Reads
+ * Ph where the ISA in use converts float16 in hardware (AVX2+F16C, AVX-512),
+ * half the bytes of P, else P: the same bits either way. */
+void fc_gemm_half(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A, ptrdiff_t lda,
+                  const float *P, const unsigned short *Ph, float *C, ptrdiff_t ldc);
+/* Whether the ISA in use reads float16 weights (fc_gemm_half uses Ph). */
 int fc_has_half(void);
 
 /* C[i, j] = sum_l A[i*lda + l] * W[j*ldw + l] for i < m, j < n: A @ W.T with

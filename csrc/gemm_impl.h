@@ -9,8 +9,8 @@
  *   FC_KC      depth of one k block when m > 1
  *   FC_L2_BYTES  bytes of A kept in L2 per outer k block
  *   FC_PF      panel rows (64-byte lines) the m > 1 tiles prefetch ahead, 0: none
- *   FC_HALF    defined where the ISA converts float16 in hardware: the batch-1
- *              product over float16 panels (fc_gemv_half) exists
+ *   FC_HALF    defined where the ISA converts float16 in hardware: the product
+ *              over float16 panels (fc_gemm_half) exists
  *
  * The packed layout (gemm.h) is the same for every ISA; only how many
  * panels a tile reads at once differs, so packing never depends on the ISA
@@ -24,10 +24,12 @@
  *
  * Batch 1 is a matrix-vector product, bound by how fast the weights stream
  * in: it walks one panel at a time as one contiguous stream, with several
- * accumulators over interleaved rows (fc_gemv_panel).  Its float16 twin
- * (Stepper's float16 weights) is the same code with converting loads, so the
- * two give the same bits; software prefetch of the float16 stream (1 and 4
- * KiB ahead) measured no gain on Zen 4.
+ * accumulators over interleaved rows (fc_gemv_panel).
+ *
+ * Float16 panels (Stepper's float16 weights, fc_gemm_half): the same code
+ * with converting loads (FC_LOADW), so the two give the same bits; for the
+ * few-row products that stream the weights.  Software prefetch of the
+ * float16 stream (1 and 4 KiB ahead) measured no gain on Zen 4.
  *
  * For m > 1 the k dimension is cut into blocks (see the loop below); the
  * first block stores C, later blocks add to it.
@@ -66,12 +68,40 @@ FC_NAME(fc_load_packed)(const float *p)
     return v;
 }
 
+#ifdef FC_HALF
+/* One register of float16 weights (a panel packed as float16: the same
+ * layout, element by element), converted to float.  The conversion is
+ * exact, so a product over these gives the bits of the same product over
+ * their float values packed as floats. */
+static inline __attribute__((always_inline)) FC_TARGET FC_NAME(fc_vec)
+FC_NAME(fc_load_half)(const unsigned short *p)
+{
+    FC_NAME(fc_vec) v;
+#if FC_VBYTES == 64
+    __m512 r = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
+#else
+    __m256 r = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+#endif
+    memcpy(&v, &r, sizeof v);
+    return v;
+}
+#define FC_LOADW(P, i, half)                                                   \
+    ((half) ? FC_NAME(fc_load_half)((const unsigned short *)(P) + (i))          \
+            : FC_NAME(fc_load_packed)((const float *)(P) + (i)))
+#else
+#define FC_LOADW(P, i, half) FC_NAME(fc_load_packed)((const float *)(P) + (i))
+#endif
+/* P advanced by i elements (float16 when half, else float) */
+#define FC_PADD(P, i, half)                                                    \
+    ((half) ? (const void *)((const unsigned short *)(P) + (i))                 \
+            : (const void *)((const float *)(P) + (i)))
+
 /* C tile (mr x 16*np, the last panel's valid width nlast) = or += A (mr x k)
- * times np panels that start ps floats apart. */
+ * times np panels that start ps elements apart (float16 ones when half). */
 static inline __attribute__((always_inline)) FC_TARGET void
 FC_NAME(fc_tile)(const int mr, const int np, ptrdiff_t k, const float *A, ptrdiff_t lda,
-                 const float *P, ptrdiff_t ps, float *C, ptrdiff_t ldc, ptrdiff_t nlast,
-                 int accumulate, const int prefetch)
+                 const void *P, ptrdiff_t ps, float *C, ptrdiff_t ldc, ptrdiff_t nlast,
+                 int accumulate, const int prefetch, const int half)
 {
     typedef FC_NAME(fc_vec) vec;
     vec acc[FC_MR > 1 ? FC_MR : 1][(FC_NP > FC_GV ? FC_NP : FC_GV) * FC_PV];
@@ -85,11 +115,11 @@ FC_NAME(fc_tile)(const int mr, const int np, ptrdiff_t k, const float *A, ptrdif
          * k block or the next panel, what the tiles read next */
         if (prefetch)
             for (int p = 0; p < np; p++)
-                __builtin_prefetch(P + p * ps + (l + FC_PF) * FC_NR, 0, 2);
+                __builtin_prefetch(FC_PADD(P, p * ps + (l + FC_PF) * FC_NR, half), 0, 2);
 #endif
         for (int p = 0; p < np; p++)
             for (int v = 0; v < FC_PV; v++)
-                b[p * FC_PV + v] = FC_NAME(fc_load_packed)(P + p * ps + l * FC_NR + v * FC_VL);
+                b[p * FC_PV + v] = FC_LOADW(P, p * ps + l * FC_NR + v * FC_VL, half);
         for (int r = 0; r < mr; r++) {
             vec a = A[r * lda + l] - (vec){0}; /* a splat; x - 0 folds to x */
             for (int v = 0; v < np * FC_PV; v++)
@@ -123,25 +153,25 @@ FC_NAME(fc_tile)(const int mr, const int np, ptrdiff_t k, const float *A, ptrdif
  * is its own register-allocated copy. */
 static inline __attribute__((always_inline)) FC_TARGET void
 FC_NAME(fc_tile_column)(const int np, ptrdiff_t m, ptrdiff_t k, const float *A, ptrdiff_t lda,
-                        const float *P, ptrdiff_t ps, float *C, ptrdiff_t ldc, ptrdiff_t nlast,
-                        int accumulate)
+                        const void *P, ptrdiff_t ps, float *C, ptrdiff_t ldc, ptrdiff_t nlast,
+                        int accumulate, const int half)
 {
     ptrdiff_t i = 0;
     /* The first full tile prefetches the panels for all (the others find
      * them in cache); a lone partial tile does not: with a few rows per k
      * step the prefetches cost more than they save (m = 3: -35%). */
     if (m >= FC_MR) {
-        FC_NAME(fc_tile)(FC_MR, np, k, A, lda, P, ps, C, ldc, nlast, accumulate, 1);
+        FC_NAME(fc_tile)(FC_MR, np, k, A, lda, P, ps, C, ldc, nlast, accumulate, 1, half);
         i = FC_MR;
     }
     for (; i + FC_MR <= m; i += FC_MR)
         FC_NAME(fc_tile)(FC_MR, np, k, A + i * lda, lda, P, ps, C + i * ldc, ldc, nlast,
-                         accumulate, 0);
+                         accumulate, 0, half);
     /* Remainder rows: one constant-size copy per count. */
 #define FC_REM(R)                                                                          \
     case R:                                                                                \
         FC_NAME(fc_tile)(R < FC_MR ? R : 1, np, k, A + i * lda, lda, P, ps, C + i * ldc,  \
-                         ldc, nlast, accumulate, 0);                                       \
+                         ldc, nlast, accumulate, 0, half);                                 \
         break;
     switch (m - i) {
         FC_REM(1) FC_REM(2) FC_REM(3) FC_REM(4) FC_REM(5) FC_REM(6) FC_REM(7)
@@ -157,29 +187,6 @@ FC_NAME(fc_tile_column)(const int np, ptrdiff_t m, ptrdiff_t k, const float *A, 
  * side: panels lie 16*k floats apart, a multiple of 4 KiB for the usual k,
  * so side-by-side streams all map to the same L1 sets and evict each other. */
 #define FC_GU (8 / FC_PV > 1 ? 8 / FC_PV : 2)
-#ifdef FC_HALF
-/* One register of float16 weights (a panel packed as float16: the same
- * layout, element by element), converted to float.  The conversion is
- * exact, so a product over these gives the bits of the same product over
- * their float values packed as floats. */
-static inline __attribute__((always_inline)) FC_TARGET FC_NAME(fc_vec)
-FC_NAME(fc_load_half)(const unsigned short *p)
-{
-    FC_NAME(fc_vec) v;
-#if FC_VBYTES == 64
-    __m512 r = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
-#else
-    __m256 r = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
-#endif
-    memcpy(&v, &r, sizeof v);
-    return v;
-}
-#define FC_LOADW(P, i, half)                                                   \
-    ((half) ? FC_NAME(fc_load_half)((const unsigned short *)(P) + (i))          \
-            : FC_NAME(fc_load_packed)((const float *)(P) + (i)))
-#else
-#define FC_LOADW(P, i, half) FC_NAME(fc_load_packed)((const float *)(P) + (i))
-#endif
 
 /* half (a constant where inlined): Pp is float16, else float. */
 static inline __attribute__((always_inline)) FC_TARGET void
@@ -218,19 +225,10 @@ FC_NAME(fc_gemv)(ptrdiff_t n, ptrdiff_t k, const float *x, const void *P, float 
     const ptrdiff_t npan = (n + FC_NR - 1) / FC_NR, ps = FC_NR * k;
     const ptrdiff_t ntail = n - (npan - 1) * FC_NR;
     for (ptrdiff_t p = 0; p < npan; p++)
-        FC_NAME(fc_gemv_panel)(k, x, half ? (const void *)((const unsigned short *)P + p * ps)
-                                          : (const void *)((const float *)P + p * ps),
-                               C + p * FC_NR, p + 1 == npan ? ntail : FC_NR, half);
+        FC_NAME(fc_gemv_panel)(k, x, FC_PADD(P, p * ps, half), C + p * FC_NR,
+                               p + 1 == npan ? ntail : FC_NR, half);
 }
 
-#ifdef FC_HALF
-FC_TARGET void FC_NAME(fc_gemv_half)(ptrdiff_t n, ptrdiff_t k, const float *x,
-                                     const unsigned short *P, float *C)
-{
-    FC_NAME(fc_gemv)(n, k, x, P, C, 1);
-}
-#endif
-#undef FC_LOADW
 #undef FC_GU
 
 /* Packing (gemm.c, fc_pack), per ISA only for speed: the layout is the same.
@@ -465,7 +463,7 @@ FC_TARGET void FC_NAME(fc_pack_n)(const float *src, ptrdiff_t k, ptrdiff_t nfull
  * allocation) over all rows, see the blocking below. */
 static inline __attribute__((always_inline)) FC_TARGET void
 FC_NAME(fc_gemm_strips)(const int np, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A,
-                        ptrdiff_t lda, const float *P, float *C, ptrdiff_t ldc)
+                        ptrdiff_t lda, const void *P, float *C, ptrdiff_t ldc, const int half)
 {
     const ptrdiff_t npan = (n + FC_NR - 1) / FC_NR;
     const ptrdiff_t ps = FC_NR * k;                 /* floats between panels */
@@ -488,15 +486,16 @@ FC_NAME(fc_gemm_strips)(const int np, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, con
             ptrdiff_t k0 = k1;
             do {
                 ptrdiff_t kb = k1e - k0 < FC_KC ? k1e - k0 : FC_KC;
-                const float *Pk = P + p * ps + k0 * FC_NR;
+                const void *Pk = FC_PADD(P, p * ps + k0 * FC_NR, half);
                 if (p + np <= npan)
                     FC_NAME(fc_tile_column)(np, m, kb, A + k0, lda, Pk, ps, C + p * FC_NR,
-                                            ldc, p + np == npan ? ntail : FC_NR, k0 > 0);
+                                            ldc, p + np == npan ? ntail : FC_NR, k0 > 0, half);
                 else /* fewer than np panels left: one at a time */
                     for (ptrdiff_t q = p; q < npan; q++)
-                        FC_NAME(fc_tile_column)(1, m, kb, A + k0, lda, Pk + (q - p) * ps, ps,
+                        FC_NAME(fc_tile_column)(1, m, kb, A + k0, lda,
+                                                FC_PADD(Pk, (q - p) * ps, half), ps,
                                                 C + q * FC_NR, ldc,
-                                                q + 1 == npan ? ntail : FC_NR, k0 > 0);
+                                                q + 1 == npan ? ntail : FC_NR, k0 > 0, half);
                 k0 += kb;
             } while (k0 < k1e);
         }
@@ -504,11 +503,14 @@ FC_NAME(fc_gemm_strips)(const int np, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, con
     } while (k1 < k);
 }
 
-FC_TARGET void FC_NAME(fc_gemm_packed)(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A,
-                                       ptrdiff_t lda, const float *P, float *C, ptrdiff_t ldc)
+/* The packed product, B as floats or (half) as float16: the same tiles and
+ * order either way, so the same bits for the same values. */
+static inline __attribute__((always_inline)) FC_TARGET void
+FC_NAME(fc_gemm_any)(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A, ptrdiff_t lda,
+                     const void *P, float *C, ptrdiff_t ldc, const int half)
 {
     if (m == 1) {
-        FC_NAME(fc_gemv)(n, k, A, P, C, 0);
+        FC_NAME(fc_gemv)(n, k, A, P, C, half);
         return;
     }
     /* Batch 2 or 4: a tile of m rows and one panel has too few independent
@@ -518,10 +520,27 @@ FC_TARGET void FC_NAME(fc_gemm_packed)(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, co
      * as slow with 2 or 4 panels, and AVX2 (2 panels at m = 2) was -27% in
      * one session and +5 to +20% in another: those keep one panel. */
     if (FC_NP == 1 && FC_PV == 1 && (m == 2 || m == 4))
-        FC_NAME(fc_gemm_strips)(4, m, n, k, A, lda, P, C, ldc);
+        FC_NAME(fc_gemm_strips)(4, m, n, k, A, lda, P, C, ldc, half);
     else
-        FC_NAME(fc_gemm_strips)(FC_NP, m, n, k, A, lda, P, C, ldc);
+        FC_NAME(fc_gemm_strips)(FC_NP, m, n, k, A, lda, P, C, ldc, half);
 }
+
+FC_TARGET void FC_NAME(fc_gemm_packed)(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A,
+                                       ptrdiff_t lda, const float *P, float *C, ptrdiff_t ldc)
+{
+    FC_NAME(fc_gemm_any)(m, n, k, A, lda, P, C, ldc, 0);
+}
+
+#ifdef FC_HALF
+FC_TARGET void FC_NAME(fc_gemm_half)(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A,
+                                     ptrdiff_t lda, const unsigned short *P, float *C,
+                                     ptrdiff_t ldc)
+{
+    FC_NAME(fc_gemm_any)(m, n, k, A, lda, P, C, ldc, 1);
+}
+#endif
+#undef FC_LOADW
+#undef FC_PADD
 
 #undef FC_VL
 #undef FC_PV

@@ -37,8 +37,8 @@ cdef extern from "gemm.h" nogil:
                  const float *P, float *C, Py_ssize_t ldc)
     void fc_gemm_nt(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float *A, Py_ssize_t lda,
                     const float *W, Py_ssize_t ldw, float *C, Py_ssize_t ldc)
-    void fc_gemv_half(Py_ssize_t n, Py_ssize_t k, const float *x, const float *P,
-                      const unsigned short *Ph, float *C)
+    void fc_gemm_half(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float *A, Py_ssize_t lda,
+                      const float *P, const unsigned short *Ph, float *C, Py_ssize_t ldc)
     int fc_has_half()
 
 cdef extern from "activations.h" nogil:
@@ -124,6 +124,18 @@ def pack(const float[:, ::1] W, bint transpose, buf=None):
     return out
 
 
+#: products of at most this many rows read pack_half's float16 panels: they stream the
+#: weights.  Paired step timings, Zen 4, H = 256-1024: batch 2 1.05-1.4x faster with
+#: them, batch 3-16 0.93-1.16x (mostly within noise: those tiles are not bound by
+#: the weights' bytes), so only up to 2.
+cdef Py_ssize_t HALF_MAX_ROWS = 2
+
+
+def half_max_rows():
+    """Products of at most this many rows read :func:`pack_half`'s float16 panels."""
+    return HALF_MAX_ROWS
+
+
 cdef inline Py_ssize_t _half_offset(Py_ssize_t k, Py_ssize_t n) noexcept nogil:
     # where pack_half's float16 panels start: after the float panels, 64-byte aligned
     return (max(fc_packed_size(k, n), 1) + 15) // 16 * 16
@@ -147,6 +159,7 @@ def pack_half(const float[:, ::1] W):
     P = pack(W, True, buf)        # buf's aligned start, and the float panels there
     start = (P.ctypes.data - buf.ctypes.data) // 4
     out = buf[start:start + total]
+    P = P[:size]                  # pack() keeps one float even when W is empty
     halves = out[off:].view(np.float16)[:size]
     halves[...] = P
     if not np.array_equal(halves, P, equal_nan=True):
@@ -280,8 +293,8 @@ cdef inline void _recur(int packed, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, co
     """C (m x n) = A (m x k) @ W.T for a forward step: ``w`` is W packed by :func:`pack`
     (``packed`` 1), by :func:`pack_half` (2: batch 1 reads the float16 panels) or W's own
     rows, k floats apart (0; batch 1: no packing, see gemm_nt_impl.h)."""
-    if packed == 2 and m == 1:
-        fc_gemv_half(n, k, A, w, <const unsigned short *>(w + _half_offset(k, n)), C)
+    if packed == 2 and m <= HALF_MAX_ROWS:
+        fc_gemm_half(m, n, k, A, k, w, <const unsigned short *>(w + _half_offset(k, n)), C, n)
     elif packed:
         fc_gemm(m, n, k, A, k, w, C, n)
     else:

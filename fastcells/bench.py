@@ -37,7 +37,7 @@ also gives the largest error of fastcells against the float64 reference
 (``y`` and final states; for forward+backward every gradient too), absolute
 and relative to ``max(1, max|reference|)`` per array as in the tests; ``--check``
 (on in ``--quick``) exits with status 1 if a relative error exceeds
-``CHECK_TOL``.
+``CHECK_TOL`` or ``prepared``/``fp16w`` break their contracts.
 
 Timing: a warm-up call, then repeats until about ``target`` seconds per
 measurement (0.2 s by default, less in ``--quick``, more in ``--full``), in
@@ -109,8 +109,10 @@ CELLS = ("lstm", "gru", "rnn")
 MODES = ("fwd", "fwdbwd")
 #: every system the report can time, in table order
 SYSTEMS = ("fastcells", "prepared", "fp16w", "reference", "torch", "ort", "floor")
-#: the peers: other libraries, compared with fastcells' two ways of running
+#: the peers: other libraries, compared with fastcells' ways of running
 PEERS = ("torch", "ort")
+#: fastcells' prepared-weights systems: a disagreement of theirs fails --check
+OWN_SYSTEMS = ("prepared", "fp16w")
 #: relative error of fastcells against the float64 reference that fails --check
 CHECK_TOL = 1e-4
 #: relative disagreement of a peer with fastcells above which the peer is not timed
@@ -441,27 +443,27 @@ def _floor_runner(p: Problem, mode: str) -> Callable:
     return fwdbwd
 
 
-def _prepared_runner(p: Problem, mode: str) -> Callable:
+def _stepper_setup(p: Problem, mode: str, **options):
+    """``(x, states, Stepper)`` of a prepared-weights system (forward only)."""
     if mode != "fwd":
         raise Unavailable(NOT_APPLICABLE)
     x, *weights = p.args(F32)
-    n_states = 2 if p.cell == "lstm" else 1
-    step = _fc.Stepper(p.cell, *weights[:4])
-    states = weights[4:4 + n_states]
+    states = weights[4:6 if p.cell == "lstm" else 5]
+    return x, states, _fc.Stepper(p.cell, *weights[:4], **options)
+
+
+def _prepared_runner(p: Problem, mode: str) -> Callable:
+    x, states, step = _stepper_setup(p, mode)
     _agree("prepared", step.forward(x, *states).y, p)
     return lambda: step.forward(x, *states)
 
 
 def _fp16w_runner(p: Problem, mode: str) -> Callable:
-    if mode != "fwd":
-        raise Unavailable(NOT_APPLICABLE)
-    if p.shape.B != 1:
+    if mode == "fwd" and p.shape.B != 1:
         raise Unavailable(NOT_BATCH1)
-    x, *weights = p.args(F32)
-    states = weights[4:6 if p.cell == "lstm" else 5]
-    step = _fc.Stepper(p.cell, *weights[:4], weight_dtype="float16")
-    rounded = [w.astype(np.float16).astype(F32) for w in weights[:2]]
-    want = _fc.Stepper(p.cell, *rounded, *weights[2:4]).forward(x, *states).y
+    x, states, step = _stepper_setup(p, mode, weight_dtype="float16")
+    rounded = [np.asarray(w, F32).astype(np.float16).astype(F32) for w in (p.W_ih, p.W_hh)]
+    want = _fc.Stepper(p.cell, *rounded, p.b_ih, p.b_hh).forward(x, *states).y
     if not np.array_equal(step.forward(x, *states).y, want):
         raise Unavailable("fp16w disagrees with a float32 Stepper over the rounded weights")
     return lambda: step.forward(x, *states)
@@ -832,9 +834,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for r in bad:
             print(f"CHECK FAILED: {r['cell']} {tuple(r['shape'])} {r['mode']}: relative error "
                   f"{r['rel_err']:.2e} > {CHECK_TOL:g}", file=sys.stderr)
-        if bad:
+        # fastcells' other ways of running must hold their contracts too
+        broken = [(r, s) for r in rows for s in OWN_SYSTEMS
+                  if "disagrees" in r["skipped"].get(s, "")]
+        for r, s in broken:
+            print(f"CHECK FAILED: {r['cell']} {tuple(r['shape'])} {r['mode']}: "
+                  f"{r['skipped'][s]}", file=sys.stderr)
+        if bad or broken:
             return 1
-        print(f"check passed: every relative error <= {CHECK_TOL:g}")
+        print(f"check passed: every relative error <= {CHECK_TOL:g}; prepared and fp16w "
+              "hold their contracts")
     return 0
 
 

@@ -682,11 +682,15 @@ def gru_backward(cache, dy=None, dh=None) -> Gradients:
 # streaming
 
 
+#: the largest float16 (weight_dtype="float16" refuses weights beyond it)
+F16_MAX = float(np.finfo(np.float16).max)
+
+
 def _check_weight_dtype(weight_dtype) -> bool:
     """Whether ``weight_dtype`` asks for float16 weights (else float32)."""
     try:
         dt = np.dtype(weight_dtype)
-    except TypeError:
+    except (TypeError, ValueError, SyntaxError):   # what np.dtype raises for odd strings
         dt = None
     if dt not in (np.dtype(np.float16), np.dtype(np.float32)):
         raise ValueError(f"weight_dtype: expected 'float32' or 'float16', got {weight_dtype!r}")
@@ -695,12 +699,13 @@ def _check_weight_dtype(weight_dtype) -> bool:
 
 def _float16_values(name: str, W: np.ndarray) -> np.ndarray:
     """``W`` rounded to float16 (to nearest even), as float32: a new array."""
+    over = np.abs(W) > F16_MAX          # NaN and inf compare False: they stay what they are
     with np.errstate(over="ignore"):
         W16 = W.astype(np.float16)
-    over = np.isinf(W16) & np.isfinite(W)
+    over &= np.isfinite(W)
     if over.any():
         at = tuple(int(i) for i in np.argwhere(over)[0])
-        raise ValueError(f"{name}: expected magnitudes float16 holds (at most 65504) for "
+        raise ValueError(f"{name}: expected magnitudes float16 holds (at most {F16_MAX:g}) for "
                          f"weight_dtype='float16', got {float(W[at])!r} at {at} "
                          f"({int(over.sum())} such weights)")
     return W16.astype(F32)
@@ -732,13 +737,15 @@ class Stepper:
         once, here, and every product uses the rounded values; the arithmetic
         stays float32, and biases and peepholes are not rounded.  The results
         are the bits of a float32 Stepper built from ``W.astype(np.float16)``.
-        Products with one row (batch-1 steps) then read the weights as float16,
-        half the bytes, on the AVX2 and AVX-512 paths (:func:`fastcells.show_config`):
-        1.3-1.9x faster batch-1 forward at H = 256-1024, where each step
-        streams ``W_hh`` from L2 or L3.  The cost: each weight's rounding error
+        Products of one or two rows (steps at batch 1 or 2) then read the
+        weights as float16, half the bytes, on the AVX2 and AVX-512 paths
+        (:func:`fastcells.show_config`), where each step streams ``W_hh`` from
+        L2 or L3: a batch-1 step at H = 512-1024 1.3-1.8x faster (batch 2
+        1.05-1.4x), a whole batch-1 sequence 1.15-1.3x (paired, one thread,
+        Zen 4).  The cost: each weight's rounding error
         (relative 2**-11; magnitudes under 6.1e-5 lose bits, under 3e-8 become
-        zero), and memory for both packs.  ValueError if a finite weight is
-        beyond float16's range (65504).
+        zero), and memory for both packs.  ValueError if a finite weight's
+        magnitude exceeds float16's largest value, 65504.
 
     Examples
     --------

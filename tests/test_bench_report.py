@@ -59,6 +59,15 @@ def test_check_fails_on_error_above_tolerance(tmp_path, monkeypatch):
     assert status == 1
 
 
+@pytest.mark.parametrize("system", bench.OWN_SYSTEMS)
+def test_check_fails_when_a_prepared_system_breaks_its_contract(tmp_path, monkeypatch, system):
+    def broken(p, mode):
+        raise bench.Unavailable(f"{system} disagrees with fastcells: relative error 1")
+    monkeypatch.setitem(bench.RUNNERS, system, broken)
+    status, _ = _run(tmp_path, "--systems", f"fastcells,{system}", "--cells", "gru")
+    assert status == 1
+
+
 def test_plot_written(tmp_path):
     pytest.importorskip("matplotlib")
     png = tmp_path / "ratios.png"

@@ -2,11 +2,12 @@
 
 The contract: the results are the bits of a float32 Stepper built from
 ``W.astype(np.float16)``, on every ISA path, for every call; products with
-one row read the float16 panels (half the bytes) where the ISA converts
-float16 in hardware (AVX2+F16C, AVX-512).  Checked here:
+few rows (``_kernels.half_max_rows()``: batch-1 steps and small batches) read
+the float16 panels (half the bytes) where the ISA converts float16 in
+hardware (AVX2+F16C, AVX-512).  Checked here:
 - bit identity with the rounded-weights Stepper (forward and step, every cell
   variant, batch 1 and more, lengths, reverse, float16 subnormal weights);
-- the float16 panels really are what batch-1 products read (and only there);
+- the float16 panels really are what few-row products read (and only those);
 - the numbers against the float64 reference with the rounded weights;
 - the range check, bad arguments, and the caller's arrays left alone.
 """
@@ -92,33 +93,37 @@ def test_float16_weights_match_the_reference(cell, options):
     assert not np.array_equal(exact.y, got.y)
 
 
-def test_batch1_products_read_the_float16_panels(isa):
-    """Change the float16 panels only: batch-1 results move where the ISA reads them
-    (has_half), batch-2 results never do (they read the float panels)."""
+def test_few_row_products_read_the_float16_panels(isa):
+    """Change the float16 panels only: results of products with at most
+    HALF_MAX_ROWS rows move where the ISA reads them (has_half); more rows never
+    do (they read the float panels)."""
     rng = np.random.default_rng(13)
     H = 24
     W = rng.standard_normal((H, H)).astype(np.float16).astype(np.float32)
     wp = _kernels.pack_half(W)
     off = (wp.size - (_kernels.pack_floats(H, H, True) - 15 + 1) // 2)
     tail = wp[off:].view(np.float16)
+    few = _kernels.half_max_rows()
+    batches = (1, 2, few, few + 1, 8)
     results = {}
     for label in ("intact", "changed"):
         if label == "changed":
             tail *= 2
-        for B in (1, 2):
+        for B in batches:
             h = np.ones((B, H), np.float32)
             y = np.empty((1, B, H), np.float32)
             gx = np.zeros((1, B, H), np.float32)
-            _kernels.rnn_forward(0, gx, wp, 2, h, y, None, False, False, np.empty((B, H), np.float32))
+            _kernels.rnn_forward(0, gx, wp, 2, h, y, None, False, False,
+                                 np.empty((B, H), np.float32))
             results[label, B] = y.copy()
-    np.testing.assert_array_equal(results["intact", 2], results["changed", 2])
     assert _kernels.has_half() == (isa != "generic")
-    if _kernels.has_half():
-        assert not np.array_equal(results["intact", 1], results["changed", 1])
-    else:
-        np.testing.assert_array_equal(results["intact", 1], results["changed", 1])
-    # intact, the two batches agree with each other row by row and with float32 products
-    np.testing.assert_array_equal(results["intact", 1][0, 0], results["intact", 2][0, 0])
+    for B in batches:
+        if _kernels.has_half() and B <= few:
+            assert not np.array_equal(results["intact", B], results["changed", B]), B
+        else:
+            np.testing.assert_array_equal(results["intact", B], results["changed", B])
+        # intact, every batch gives the same row (all rows are ones): one contract
+        np.testing.assert_array_equal(results["intact", B][0, -1], results["intact", 1][0, 0])
 
 
 def test_pack_half_wants_float16_values():
@@ -134,23 +139,58 @@ def test_weights_beyond_float16_range_are_refused(which):
     rng = np.random.default_rng(14)
     weights, _ = _variant(rng, "gru", {}, 4, 8)
     weights[which] = weights[which].copy()
-    weights[which][2, 3] = 7e4
+    weights[which][2, 3] = 65510.0     # rounds to 65504, but beyond it: refused too
     name = ("W_ih", "W_hh")[which]
-    with pytest.raises(ValueError, match=rf"{name}: expected magnitudes float16 holds .* "
-                                         r"got 70000.0 at \(2, 3\) \(1 such weights\)"):
+    with pytest.raises(ValueError, match=rf"{name}: expected magnitudes float16 holds \(at "
+                                         r"most 65504\) .* got 65510.0 at \(2, 3\) "
+                                         r"\(1 such weights\)"):
         Stepper("gru", *weights, weight_dtype="float16")
     Stepper("gru", *weights)                           # float32 takes them
+    weights[which][2, 3] = -65504.0                    # the largest float16 is fine
+    Stepper("gru", *weights, weight_dtype="float16")
 
 
-def test_non_finite_weights_stay_non_finite():
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
+def test_non_finite_weights_keep_the_contract(isa, bad):
     rng = np.random.default_rng(15)
     weights, _ = _variant(rng, "rnn", {}, 3, 5)
     weights[1] = weights[1].copy()
-    weights[1][0, 0] = np.inf
+    weights[1][0, 0] = bad
     x = rng.standard_normal((4, 1, 3)).astype(np.float32)
     got = Stepper("rnn", *weights, weight_dtype="float16").forward(x).y
-    want = Stepper("rnn", *weights).forward(x).y
-    np.testing.assert_array_equal(np.isfinite(got), np.isfinite(want))
+    want = Stepper("rnn", *_rounded(weights[:2]), *weights[2:]).forward(x).y
+    np.testing.assert_array_equal(got, want)         # NaN where NaN
+    assert not np.isfinite(got).all()
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+def test_no_inputs(cell):
+    """I = 0: an empty W_ih packs to nothing; the step is the recurrence alone."""
+    rng = np.random.default_rng(18)
+    weights, _ = _variant(rng, cell, {}, 0, 6)
+    x = np.zeros((3, 1, 0), np.float32)
+    got = Stepper(cell, *weights, weight_dtype="float16").forward(x)
+    want = Stepper(cell, *_rounded(weights[:2]), *weights[2:]).forward(x)
+    np.testing.assert_array_equal(got.y, want.y)
+
+
+@pytest.mark.parametrize("I,H", [(33, 70), (5, 257)])
+def test_larger_sizes_and_a_stepper_moved_across_isas(I, H):
+    """Several full panels and k blocks; a Stepper built on one ISA path serves on
+    every other (pack_half always writes both copies)."""
+    rng = np.random.default_rng(19)
+    weights, _ = _variant(rng, "lstm", {}, I, H)
+    half = Stepper("lstm", *weights, weight_dtype="float16")
+    want = Stepper("lstm", *_rounded(weights[:2]), *weights[2:])
+    previous = _kernels.get_isa()
+    try:
+        for isa in _kernels.isa_available():
+            _kernels.set_isa(isa)
+            for B in (1, 3):
+                x = rng.standard_normal((4, B, I)).astype(np.float32)
+                np.testing.assert_array_equal(half.forward(x).y, want.forward(x).y)
+    finally:
+        _kernels.set_isa(previous)
 
 
 @pytest.mark.parametrize("dtype", ["float16", np.float16, np.dtype("float16"), "f2"])
@@ -161,7 +201,7 @@ def test_weight_dtype_spellings(dtype):
     assert Stepper("lstm", *weights, weight_dtype=np.float32).weight_dtype == "float32"
 
 
-@pytest.mark.parametrize("dtype", ["float64", "bfloat16", None, 16, np.int16])
+@pytest.mark.parametrize("dtype", ["float64", "bfloat16", None, 16, np.int16, "(", "f2,f2"])
 def test_bad_weight_dtype_names_the_argument(dtype):
     rng = np.random.default_rng(17)
     weights, _ = _variant(rng, "lstm", {}, 3, 5)
