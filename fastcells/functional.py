@@ -686,19 +686,22 @@ def gru_backward(cache, dy=None, dh=None) -> Gradients:
 F16_MAX = float(np.finfo(np.float16).max)
 
 
-def _check_weight_dtype(weight_dtype) -> bool:
-    """Whether ``weight_dtype`` asks for float16 weights (else float32)."""
+def _check_weight_dtype(weight_dtype, name: str = "weight_dtype") -> bool:
+    """Whether ``weight_dtype`` (the argument ``name``) asks for float16 weights (else
+    float32)."""
     try:
         dt = np.dtype(weight_dtype)
     except (TypeError, ValueError, SyntaxError):   # what np.dtype raises for odd strings
         dt = None
     if dt not in (np.dtype(np.float16), np.dtype(np.float32)):
-        raise ValueError(f"weight_dtype: expected 'float32' or 'float16', got {weight_dtype!r}")
+        raise ValueError(f"{name}: expected 'float32' or 'float16', got {weight_dtype!r}")
     return dt == np.float16
 
 
 def _float16_values(name: str, W: np.ndarray) -> np.ndarray:
-    """``W`` rounded to float16 (to nearest even), as float32: a new array."""
+    """``W`` rounded to float16 (to nearest even), as float32: a new array.  A float64
+    ``W`` is rounded to float32 first, as a float32 Stepper would hold it."""
+    W = np.asarray(W, F32)
     over = np.abs(W) > F16_MAX          # NaN and inf compare False: they stay what they are
     with np.errstate(over="ignore"):
         W16 = W.astype(np.float16)

@@ -226,6 +226,7 @@ class _RNNBase(_Layer):
                           f"num_layers=1 (got dropout={dropout})", stacklevel=3)
         self._forward_fn, self._backward_fn = self._resolve_backend(backend)
         self.backend = backend
+        self._step_dtype = "float32"
         G = GATES[self._cell]
         D = self.num_directions
         # PyTorch's default: every parameter ~ U(-1/sqrt(H), 1/sqrt(H)), in state-dict order
@@ -548,13 +549,37 @@ class _RNNBase(_Layer):
                 out = self._stepper(k)(inp, *states_k)
                 out = out if type(out) is tuple else (out,)
             else:
-                res = self._forward_fn(inp[None], *self._weights[k], *states_k,
+                res = self._forward_fn(inp[None], *self._step_weights(k), *states_k,
                                        **self._direction_options(k))
                 out = tuple(res[1:1 + len(init)])
             inp = out[0]
             for f, o in zip(finals, out):
                 f.append(o)
         return inp, self._pack_states([_stack(f, True) for f in finals])
+
+    @property
+    def step_weight_dtype(self) -> str:
+        """What :meth:`step` multiplies by: ``"float32"`` (the default) or
+        ``"float16"``, the weights ``W_ih``/``W_hh`` rounded to float16 once (float32
+        arithmetic; batch-1 and batch-2 steps read half the bytes: see
+        :class:`fastcells.Stepper`'s ``weight_dtype``).  For serving; the sequence
+        call and training are not affected.  Setting it prepares the weights again
+        at the next step; the reference backend rounds the same weights."""
+        return self._step_dtype
+
+    @step_weight_dtype.setter
+    def step_weight_dtype(self, value) -> None:
+        half = functional._check_weight_dtype(value, "step_weight_dtype")
+        self._step_dtype = "float16" if half else "float32"
+        self._derived = None
+
+    def _step_weights(self, k: int) -> tuple:
+        """Layer ``k``'s weights as the reference backend's :meth:`step` takes them."""
+        w = self._weights[k]
+        if self._step_dtype == "float32":
+            return w
+        return tuple(functional._float16_values(n, W).astype(W.dtype)
+                     for n, W in zip(("W_ih", "W_hh"), w[:2])) + tuple(w[2:])
 
     def _stepper(self, k: int) -> "functional.Stepper":
         """The prepared weights of layer ``k`` for :meth:`step` (built on first use)."""
@@ -563,6 +588,7 @@ class _RNNBase(_Layer):
             derived = self._derived = [None] * self.num_layers
         if derived[k] is None:
             derived[k] = functional.Stepper(self._cell, *self._weights[k],
+                                            weight_dtype=self._step_dtype,
                                             **self._direction_options(k))
         return derived[k]
 

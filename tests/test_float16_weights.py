@@ -207,3 +207,65 @@ def test_bad_weight_dtype_names_the_argument(dtype):
     weights, _ = _variant(rng, "lstm", {}, 3, 5)
     with pytest.raises(ValueError, match="weight_dtype: expected 'float32' or 'float16'"):
         Stepper("lstm", *weights, weight_dtype=dtype)
+
+
+# ----------------------------------------------------------------------------
+# layers: step_weight_dtype
+
+
+LAYERS = [("RNN", {}), ("GRU", {}), ("LSTM", {})]
+
+
+def _layer_steps(layer, xs):
+    """y_t of layer.step over xs, and the final state."""
+    state, ys = None, []
+    for x_t in xs:
+        y, state = layer.step(x_t, state)
+        ys.append(y)
+    return np.stack(ys), state
+
+
+@pytest.mark.parametrize("B", [1, 2, 3])
+@pytest.mark.parametrize("name,options", LAYERS)
+def test_layer_step_with_float16_weights(name, options, B):
+    """Two stacked layers: float16 steps give the bits of the same layer with its
+    weights rounded to float16 values; the sequence call is not affected."""
+    rng = np.random.default_rng(20)
+    layer = getattr(fastcells, name)(6, 20, num_layers=2, seed=3, **options).eval()
+    xs = rng.standard_normal((5, B, 6)).astype(np.float32)
+    exact, _ = _layer_steps(layer, xs)
+    assert layer.step_weight_dtype == "float32"
+    layer.step_weight_dtype = "float16"
+    got, got_state = _layer_steps(layer, xs)
+    rounded = getattr(fastcells, name)(6, 20, num_layers=2, seed=3, **options).eval()
+    rounded.load_state_dict({k: (v.astype(np.float16).astype(np.float32) if "weight" in k else v)
+                             for k, v in layer.state_dict().items()})
+    want, want_state = _layer_steps(rounded, xs)
+    np.testing.assert_array_equal(got, want)
+    for a, b in zip(np.atleast_1d(got_state), np.atleast_1d(want_state)):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(got, exact)              # the setting took effect
+    # the sequence call keeps the float32 weights: it agrees with the float32 steps
+    # (to float32 rounding where it multiplies unpacked, see test_stepper)
+    assert_close(layer(xs)[0], exact, 1e-6)
+    layer.step_weight_dtype = "float32"                  # and back
+    np.testing.assert_array_equal(_layer_steps(layer, xs)[0], exact)
+
+
+def test_layer_float16_steps_match_the_reference_backend():
+    rng = np.random.default_rng(21)
+    compiled = fastcells.LSTM(5, 12, seed=4).eval()
+    oracle = fastcells.LSTM(5, 12, seed=4, backend=reference).eval()
+    for layer in (compiled, oracle):
+        layer.step_weight_dtype = np.float16
+    xs = rng.standard_normal((6, 2, 5))
+    got, _ = _layer_steps(compiled, xs.astype(np.float32))
+    want, _ = _layer_steps(oracle, xs)
+    assert_close(got, want, TOL)
+
+
+def test_layer_step_weight_dtype_names_the_attribute():
+    layer = fastcells.GRU(3, 4)
+    with pytest.raises(ValueError, match="step_weight_dtype: expected 'float32' or 'float16'"):
+        layer.step_weight_dtype = "int8"
+    assert layer.step_weight_dtype == "float32"
