@@ -698,10 +698,9 @@ def _check_weight_dtype(weight_dtype, name: str = "weight_dtype") -> bool:
     return dt == np.float16
 
 
-def _float16_values(name: str, W: np.ndarray) -> np.ndarray:
-    """``W`` rounded to float16 (to nearest even), as float32: a new array.  A float64
-    ``W`` is rounded to float32 first, as a float32 Stepper would hold it."""
-    W = np.asarray(W, F32)
+def _float16_values(name: str, W: np.ndarray, setting: str = "weight_dtype") -> np.ndarray:
+    """``W`` (float32, the argument ``name``) rounded to float16 (to nearest even), as
+    float32: a new array.  ``setting`` names what asked for it, in the error."""
     over = np.abs(W) > F16_MAX          # NaN and inf compare False: they stay what they are
     with np.errstate(over="ignore"):
         W16 = W.astype(np.float16)
@@ -709,7 +708,7 @@ def _float16_values(name: str, W: np.ndarray) -> np.ndarray:
     if over.any():
         at = tuple(int(i) for i in np.argwhere(over)[0])
         raise ValueError(f"{name}: expected magnitudes float16 holds (at most {F16_MAX:g}) for "
-                         f"weight_dtype='float16', got {float(W[at])!r} at {at} "
+                         f"{setting}='float16', got {float(W[at])!r} at {at} "
                          f"({int(over.sum())} such weights)")
     return W16.astype(F32)
 

@@ -128,6 +128,12 @@ class _Layer:
         for g in self.grads.values():
             g.fill(0)
 
+    def __getstate__(self) -> dict:
+        # the prepared weights (compiled Steppers) are derived: rebuilt at the next step
+        state = self.__dict__.copy()
+        state["_derived"] = None
+        return state
+
     def parameters_changed(self) -> None:
         """Forget what was derived from the parameters (the prepared weights of ``step``).
 
@@ -205,6 +211,7 @@ class _RNNBase(_Layer):
     _cell = "rnn"
     _state_names = ("h0",)
     _grad_names = ("dh",)
+    _step_dtype = "float32"     # also the value of layers pickled before it existed
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, *, seed=None, backend=None,
@@ -226,7 +233,6 @@ class _RNNBase(_Layer):
                           f"num_layers=1 (got dropout={dropout})", stacklevel=3)
         self._forward_fn, self._backward_fn = self._resolve_backend(backend)
         self.backend = backend
-        self._step_dtype = "float32"
         G = GATES[self._cell]
         D = self.num_directions
         # PyTorch's default: every parameter ~ U(-1/sqrt(H), 1/sqrt(H)), in state-dict order
@@ -560,11 +566,13 @@ class _RNNBase(_Layer):
     @property
     def step_weight_dtype(self) -> str:
         """What :meth:`step` multiplies by: ``"float32"`` (the default) or
-        ``"float16"``, the weights ``W_ih``/``W_hh`` rounded to float16 once (float32
-        arithmetic; batch-1 and batch-2 steps read half the bytes: see
-        :class:`fastcells.Stepper`'s ``weight_dtype``).  For serving; the sequence
-        call and training are not affected.  Setting it prepares the weights again
-        at the next step; the reference backend rounds the same weights."""
+        ``"float16"``, the weights ``W_ih``/``W_hh`` rounded to float16 when they are
+        prepared (float32 arithmetic; batch-1 and batch-2 steps read half the bytes:
+        see :class:`fastcells.Stepper`'s ``weight_dtype``).  For serving; the
+        sequence call and training are not affected.  Setting it prepares the
+        weights again at the next step; the reference backend rounds the same
+        weights, at each step.  A weight beyond float16's range raises ValueError
+        naming the parameter (``weight_hh_l0``, ...) at that step."""
         return self._step_dtype
 
     @step_weight_dtype.setter
@@ -574,12 +582,13 @@ class _RNNBase(_Layer):
         self._derived = None
 
     def _step_weights(self, k: int) -> tuple:
-        """Layer ``k``'s weights as the reference backend's :meth:`step` takes them."""
+        """Layer ``k``'s weights as :meth:`step` multiplies by them (rounded to float16
+        values for ``step_weight_dtype="float16"``; errors name the parameters)."""
         w = self._weights[k]
         if self._step_dtype == "float32":
             return w
-        return tuple(functional._float16_values(n, W).astype(W.dtype)
-                     for n, W in zip(("W_ih", "W_hh"), w[:2])) + tuple(w[2:])
+        return tuple(functional._float16_values(n, W, "step_weight_dtype")
+                     for n, W in zip(self._names[k][:2], w[:2])) + tuple(w[2:])
 
     def _stepper(self, k: int) -> "functional.Stepper":
         """The prepared weights of layer ``k`` for :meth:`step` (built on first use)."""
@@ -587,7 +596,7 @@ class _RNNBase(_Layer):
         if derived is None:
             derived = self._derived = [None] * self.num_layers
         if derived[k] is None:
-            derived[k] = functional.Stepper(self._cell, *self._weights[k],
+            derived[k] = functional.Stepper(self._cell, *self._step_weights(k),
                                             weight_dtype=self._step_dtype,
                                             **self._direction_options(k))
         return derived[k]

@@ -269,3 +269,40 @@ def test_layer_step_weight_dtype_names_the_attribute():
     with pytest.raises(ValueError, match="step_weight_dtype: expected 'float32' or 'float16'"):
         layer.step_weight_dtype = "int8"
     assert layer.step_weight_dtype == "float32"
+
+
+def test_layer_overflow_names_the_parameter():
+    for backend in (None, reference):
+        layer = fastcells.LSTM(3, 4, num_layers=2, seed=5, backend=backend).eval()
+        layer.parameters()["weight_hh_l1"][1, 2] = 1e5       # the live array
+        layer.parameters_changed()
+        layer.step_weight_dtype = "float16"
+        with pytest.raises(ValueError, match=r"weight_hh_l1: expected magnitudes float16 holds "
+                                             r"\(at most 65504\) for step_weight_dtype='float16'"):
+            layer.step(np.zeros((1, 3), np.float32))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_layer_copies_and_pickles_after_a_step(dtype):
+    """The prepared steppers are not state: copies rebuild them and step the same."""
+    import copy
+    import pickle
+    rng = np.random.default_rng(22)
+    layer = fastcells.GRU(4, 9, seed=6).eval()
+    layer.step_weight_dtype = dtype
+    xs = rng.standard_normal((3, 1, 4)).astype(np.float32)
+    want, _ = _layer_steps(layer, xs)                # prepares the steppers
+    for clone in (copy.deepcopy(layer), pickle.loads(pickle.dumps(layer))):
+        assert clone.step_weight_dtype == dtype
+        np.testing.assert_array_equal(_layer_steps(clone, xs)[0], want)
+
+
+def test_a_layer_pickled_before_step_weight_dtype_steps_in_float32():
+    layer = fastcells.RNN(3, 5, seed=7).eval()
+    state = layer.__getstate__()
+    state.pop("_step_dtype", None)                  # as pickled by fastcells before it existed
+    old = fastcells.RNN.__new__(fastcells.RNN)
+    old.__dict__.update(state)
+    assert old.step_weight_dtype == "float32"
+    x = np.ones((1, 3), np.float32)
+    np.testing.assert_array_equal(old.step(x)[0], layer.step(x)[0])
