@@ -466,7 +466,7 @@ FC_NAME(fc_gemm_strips)(const int np, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, con
                         ptrdiff_t lda, const void *P, float *C, ptrdiff_t ldc, const int half)
 {
     const ptrdiff_t npan = (n + FC_NR - 1) / FC_NR;
-    const ptrdiff_t ps = FC_NR * k;                 /* floats between panels */
+    const ptrdiff_t ps = FC_NR * k;                 /* elements between panels */
     const ptrdiff_t ntail = n - (npan - 1) * FC_NR; /* valid columns of the last panel */
 
     /* Blocking: A's rows over one L2 block of k (FC_L2_BYTES) stay in L2

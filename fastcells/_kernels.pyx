@@ -84,7 +84,7 @@ def set_isa(str name):
 # ----------------------------------------------------------------------------
 # weight packing
 
-cdef inline Py_ssize_t _pack_floats(Py_ssize_t k, Py_ssize_t n) noexcept:
+cdef inline Py_ssize_t _pack_floats(Py_ssize_t k, Py_ssize_t n) noexcept nogil:
     # the packed panels, plus room to start them on a 64-byte boundary
     return max(fc_packed_size(k, n), 1) + 15
 
@@ -138,19 +138,20 @@ def half_max_rows():
 
 cdef inline Py_ssize_t _half_offset(Py_ssize_t k, Py_ssize_t n) noexcept nogil:
     # where pack_half's float16 panels start: after the float panels, 64-byte aligned
-    return (max(fc_packed_size(k, n), 1) + 15) // 16 * 16
+    return _pack_floats(k, n) // 16 * 16
 
 
 def has_half():
-    """Whether the ISA in use reads float16 weights in batch-1 products (:func:`pack_half`)."""
+    """Whether the ISA in use reads float16 weights in few-row products (:func:`pack_half`)."""
     return bool(fc_has_half())
 
 
 def pack_half(const float[:, ::1] W):
     """Pack ``W`` (N_out, K) for ``A @ W.T`` as :func:`pack` does, followed by the same
-    panels as float16: the batch-1 products read those (half the bytes) on ISA paths that
-    convert float16 in hardware (:func:`has_half`), with the same bits.  ``W``'s values
-    must be float16 values (the caller rounds them), so that the copy is exact; checked.
+    panels as float16: products of at most :func:`half_max_rows` rows read those (half the
+    bytes) on ISA paths that convert float16 in hardware (:func:`has_half`), with the same
+    bits.  ``W``'s values must be float16 values (the caller rounds them), so that the
+    copy is exact; checked.
     Returns the 64-byte aligned view of both (pass it with ``packed = 2``)."""
     cdef Py_ssize_t n = W.shape[0], k = W.shape[1]
     cdef Py_ssize_t size = fc_packed_size(k, n), off = _half_offset(k, n)
@@ -291,7 +292,7 @@ cdef _check_kept(Py_ssize_t t0, const float[:, :, ::1] gx, const float[:, :, ::1
 cdef inline void _recur(int packed, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float *A,
                         const float *w, float *C) noexcept nogil:
     """C (m x n) = A (m x k) @ W.T for a forward step: ``w`` is W packed by :func:`pack`
-    (``packed`` 1), by :func:`pack_half` (2: batch 1 reads the float16 panels) or W's own
+    (``packed`` 1), by :func:`pack_half` (2: few rows read the float16 panels) or W's own
     rows, k floats apart (0; batch 1: no packing, see gemm_nt_impl.h)."""
     if packed == 2 and m <= HALF_MAX_ROWS:
         fc_gemm_half(m, n, k, A, k, w, <const unsigned short *>(w + _half_offset(k, n)), C, n)

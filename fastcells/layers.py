@@ -542,7 +542,7 @@ class _RNNBase(_Layer):
         init = self._states(state, shape[0], "state", self._state_names)
         if compiled and self.num_layers == 1:
             # the common streaming case, as the loop below computes it, less its bookkeeping
-            out = self._stepper(0)(x, *[None if s is None else s[0] for s in init])
+            out = self._prepared(0)(x, *[None if s is None else s[0] for s in init])
             if type(out) is tuple:
                 h, c = out
                 return h, (h[None], c[None])
@@ -552,10 +552,10 @@ class _RNNBase(_Layer):
         for k in range(self.num_layers):
             states_k = [None if s is None else s[k] for s in init]
             if compiled:
-                out = self._stepper(k)(inp, *states_k)
+                out = self._prepared(k)(inp, *states_k)
                 out = out if type(out) is tuple else (out,)
             else:
-                res = self._forward_fn(inp[None], *self._step_weights(k), *states_k,
+                res = self._forward_fn(inp[None], *self._prepared(k), *states_k,
                                        **self._direction_options(k))
                 out = tuple(res[1:1 + len(init)])
             inp = out[0]
@@ -571,7 +571,7 @@ class _RNNBase(_Layer):
         see :class:`fastcells.Stepper`'s ``weight_dtype``).  For serving; the
         sequence call and training are not affected.  Setting it prepares the
         weights again at the next step; the reference backend rounds the same
-        weights, at each step.  A weight beyond float16's range raises ValueError
+        weights.  A weight beyond float16's range raises ValueError
         naming the parameter (``weight_hh_l0``, ...) at that step."""
         return self._step_dtype
 
@@ -590,15 +590,17 @@ class _RNNBase(_Layer):
         return tuple(functional._float16_values(n, W, "step_weight_dtype")
                      for n, W in zip(self._names[k][:2], w[:2])) + tuple(w[2:])
 
-    def _stepper(self, k: int) -> "functional.Stepper":
-        """The prepared weights of layer ``k`` for :meth:`step` (built on first use)."""
+    def _prepared(self, k: int):
+        """Layer ``k``'s weights prepared for :meth:`step`, built on first use and dropped
+        when the parameters change: a compiled Stepper, or for the reference backend
+        the weights as a step multiplies by them."""
         derived = self._derived
         if derived is None:
             derived = self._derived = [None] * self.num_layers
         if derived[k] is None:
-            derived[k] = functional.Stepper(self._cell, *self._step_weights(k),
-                                            weight_dtype=self._step_dtype,
-                                            **self._direction_options(k))
+            w = self._step_weights(k)
+            derived[k] = w if self.backend is not None else functional.Stepper(
+                self._cell, *w, weight_dtype=self._step_dtype, **self._direction_options(k))
         return derived[k]
 
 

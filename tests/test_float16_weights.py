@@ -306,3 +306,18 @@ def test_a_layer_pickled_before_step_weight_dtype_steps_in_float32():
     assert old.step_weight_dtype == "float32"
     x = np.ones((1, 3), np.float32)
     np.testing.assert_array_equal(old.step(x)[0], layer.step(x)[0])
+
+
+def test_reference_layer_rounds_once_and_again_after_a_change():
+    """The reference backend keeps its rounded weights like a compiled stepper: reused
+    from step to step, rebuilt after parameters_changed()."""
+    layer = fastcells.GRU(3, 4, seed=8, backend=reference).eval()
+    layer.step_weight_dtype = "float16"
+    x = np.ones((1, 3))
+    first = layer.step(x)[0]
+    kept = layer._prepared(0)
+    assert layer._prepared(0) is kept and layer.step(x)[0].tolist() == first.tolist()
+    layer.parameters()["weight_hh_l0"][...] *= 2
+    layer.parameters_changed()
+    assert layer._prepared(0) is not kept
+    assert not np.array_equal(layer.step(x)[0], first)
