@@ -317,7 +317,7 @@ def test_reference_layer_rounds_once_and_again_after_a_change():
     first = layer.step(x)[0]
     kept = layer._prepared(0)
     assert layer._prepared(0) is kept and layer.step(x)[0].tolist() == first.tolist()
-    layer.parameters()["weight_hh_l0"][...] *= 2
+    layer.parameters()["weight_ih_l0"][...] *= 2    # h starts at zero: W_hh would not show
     layer.parameters_changed()
     assert layer._prepared(0) is not kept
     assert not np.array_equal(layer.step(x)[0], first)
