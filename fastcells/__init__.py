@@ -8,7 +8,7 @@ and the gradient-flow diagnostic (``diagnostics``).  ``fastcells.reference``
 is the pure-NumPy oracle with the same functions.
 """
 from . import diagnostics, interop, losses, optim, reference
-from ._checks import (
+from ._results import (
     Cache,
     ForwardResult,
     Gradients,

@@ -6,129 +6,18 @@ argument, what was expected and what was received.  The helpers never write
 to a caller's array: conversions make new arrays, and arrays that already
 have the right dtype and layout are passed on unchanged (and only read).
 
-The result types (named tuples) and the training cache live here too: they
-are the contract shared by ``fastcells.reference`` and ``fastcells.functional``.
+The cell facts (gate counts, state names) come from ``_cells``; the result
+types and the training cache live in ``_results``.
 """
 from __future__ import annotations
 
 import sys
-from types import MappingProxyType
 from typing import Any, NamedTuple, Optional
 
 import numpy as np
 
-#: gate count per cell, in PyTorch's parameter layout
-GATES = {"rnn": 1, "gru": 3, "lstm": 4}
-#: gate names per cell, in the order of the rows of W_ih / W_hh
-GATE_ORDER = {"rnn": ("h",), "gru": ("r", "z", "n"), "lstm": ("i", "f", "g", "o")}
-NONLINEARITIES = ("tanh", "relu")
-
-
-class ForwardResult(NamedTuple):
-    """Result of ``rnn_forward`` / ``gru_forward``.
-
-    y : (T, B, H) outputs, zeros at steps past a sequence's length.
-    h : (B, H) final hidden state (the state after each sequence's last step).
-    cache : a :class:`Cache` when ``training=True``, else None.
-    """
-
-    y: np.ndarray
-    h: np.ndarray
-    cache: Optional["Cache"]
-
-
-class LSTMForwardResult(NamedTuple):
-    """Result of ``lstm_forward``: as :class:`ForwardResult` plus the final cell state ``c`` (B, H)."""
-
-    y: np.ndarray
-    h: np.ndarray
-    c: np.ndarray
-    cache: Optional["Cache"]
-
-
-class Gradients(NamedTuple):
-    """Result of ``rnn_backward`` / ``gru_backward``.
-
-    Shapes follow the forward arguments: ``dx (T, B, I)``, ``dh0 (B, H)``,
-    ``dW_ih (G*H, I)``, ``dW_hh (G*H, H)``, ``db_ih, db_hh (G*H,)``.  The bias
-    gradients are None when the forward pass had no biases.  ``dh0`` is
-    always given (the gradient with respect to the initial state, zeros or not).
-    """
-
-    dx: np.ndarray
-    dh0: np.ndarray
-    dW_ih: np.ndarray
-    dW_hh: np.ndarray
-    db_ih: Optional[np.ndarray]
-    db_hh: Optional[np.ndarray]
-
-
-class LSTMGradients(NamedTuple):
-    """Result of ``lstm_backward``: as :class:`Gradients` plus ``dc0 (B, H)``."""
-
-    dx: np.ndarray
-    dh0: np.ndarray
-    dc0: np.ndarray
-    dW_ih: np.ndarray
-    dW_hh: np.ndarray
-    db_ih: Optional[np.ndarray]
-    db_hh: Optional[np.ndarray]
-
-
-class PeepholeLSTMGradients(NamedTuple):
-    """Result of ``lstm_backward`` for an LSTM with peepholes: as
-    :class:`LSTMGradients` plus ``dpeephole (3*H,)`` (order i, f, o)."""
-
-    dx: np.ndarray
-    dh0: np.ndarray
-    dc0: np.ndarray
-    dW_ih: np.ndarray
-    dW_hh: np.ndarray
-    db_ih: Optional[np.ndarray]
-    db_hh: Optional[np.ndarray]
-    dpeephole: np.ndarray
-
-
-class Cache:
-    """What a training forward pass keeps for its backward pass.
-
-    Opaque to users: pass it to the matching ``*_backward`` of the same module
-    (``fastcells`` or ``fastcells.reference``).  Its arrays are read-only, so a
-    cache can be used for several backward passes and is never changed by one.
-    """
-
-    __slots__ = ("cell", "backend", "options", "arrays")
-
-    def __init__(self, cell: str, backend: str, options: dict, arrays: dict):
-        frozen = {}
-        for key, value in arrays.items():
-            if isinstance(value, np.ndarray):
-                value = value.view()
-                value.setflags(write=False)   # as flags.writeable = False, 0.2 us cheaper
-            frozen[key] = value
-        # The kernels trust the shapes of these arrays: replacing one (or an
-        # option) between forward and backward must fail here, not read
-        # out of bounds there.
-        setattr_ = object.__setattr__
-        setattr_(self, "cell", cell)
-        setattr_(self, "backend", backend)
-        setattr_(self, "options", MappingProxyType(dict(options)))
-        setattr_(self, "arrays", MappingProxyType(frozen))
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        raise AttributeError(f"cache: read-only, cannot set {name!r}")
-
-    def __reduce__(self) -> tuple:  # copy and pickle go through __init__
-        return (Cache, (self.cell, self.backend, dict(self.options), dict(self.arrays)))
-
-    def __getitem__(self, key: str) -> Any:
-        return self.arrays[key]
-
-    def __repr__(self) -> str:
-        shapes = ", ".join(
-            f"{k}={v.shape}" for k, v in self.arrays.items() if isinstance(v, np.ndarray)
-        )
-        return f"<fastcells Cache cell={self.cell!r} backend={self.backend!r} {shapes}>"
+from ._cells import GATE_ORDER, GATES, NONLINEARITIES  # noqa: F401  (re-exported)
+from ._results import Cache
 
 
 # ----------------------------------------------------------------------------
@@ -149,6 +38,26 @@ def is_f32c(a: Any) -> bool:
     to the full checks, which convert or raise.
     """
     return type(a) is _NDARRAY and a.dtype is _F32 and a.flags.c_contiguous
+
+
+def to_numpy(value: Any) -> np.ndarray:
+    """A NumPy view of an array or a framework tensor, duck-typed (no framework import).
+
+    The one tensor -> NumPy conversion of fastcells (layers' state dicts,
+    interop, diagnostics).  PyTorch tensors (``detach``, ``cpu``, ``numpy``),
+    TensorFlow tensors and variables (``numpy``), and anything with
+    ``__array__`` (JAX, CuPy on host...).  Arrays are returned as they are.
+    """
+    if isinstance(value, np.ndarray):
+        return value
+    if hasattr(value, "detach"):
+        value = value.detach()
+        if hasattr(value, "cpu"):
+            value = value.cpu()
+        return np.asarray(value.numpy())
+    if hasattr(value, "numpy") and callable(value.numpy):
+        return np.asarray(value.numpy())
+    return np.asarray(value)
 
 
 def _describe(a: Any) -> str:
@@ -480,3 +389,13 @@ def check_bool(name: str, value: Any) -> bool:
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name}: expected True or False, got {value!r}")
     return bool(value)
+
+
+def check_int(name: str, value: Any, minimum: int) -> int:
+    """``value`` as an int, ``TypeError`` unless it is an integer (not a bool),
+    ``ValueError`` if it is below ``minimum``; both name the argument."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name}: expected an integer >= {minimum}, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value}")
+    return int(value)

@@ -20,14 +20,17 @@ from typing import Any, NamedTuple, Optional, Union
 import numpy as np
 
 from . import _kernels
-from ._checks import (
+from ._float16 import check_weight_dtype, float16_values
+from ._results import (
     Cache,
-    ForwardArgs,
     ForwardResult,
     Gradients,
     LSTMForwardResult,
     LSTMGradients,
     PeepholeLSTMGradients,
+)
+from ._checks import (
+    ForwardArgs,
     check_bool,
     check_cache,
     check_forward,
@@ -682,37 +685,6 @@ def gru_backward(cache, dy=None, dh=None) -> Gradients:
 # streaming
 
 
-#: the largest float16 (weight_dtype="float16" refuses weights beyond it)
-F16_MAX = float(np.finfo(np.float16).max)
-
-
-def _check_weight_dtype(weight_dtype, name: str = "weight_dtype") -> bool:
-    """Whether ``weight_dtype`` (the argument ``name``) asks for float16 weights (else
-    float32)."""
-    try:
-        dt = np.dtype(weight_dtype)
-    except (TypeError, ValueError, SyntaxError):   # what np.dtype raises for odd strings
-        dt = None
-    if dt not in (np.dtype(np.float16), np.dtype(np.float32)):
-        raise ValueError(f"{name}: expected 'float32' or 'float16', got {weight_dtype!r}")
-    return dt == np.float16
-
-
-def _float16_values(name: str, W: np.ndarray, setting: str = "weight_dtype") -> np.ndarray:
-    """``W`` (float32, the argument ``name``) rounded to float16 (to nearest even), as
-    float32: a new array.  ``setting`` names what asked for it, in the error."""
-    over = np.abs(W) > F16_MAX          # NaN and inf compare False: they stay what they are
-    with np.errstate(over="ignore"):
-        W16 = W.astype(np.float16)
-    over &= np.isfinite(W)
-    if over.any():
-        at = tuple(int(i) for i in np.argwhere(over)[0])
-        raise ValueError(f"{name}: expected magnitudes float16 holds (at most {F16_MAX:g}) for "
-                         f"{setting}='float16', got {float(W[at])!r} at {at} "
-                         f"({int(over.sum())} such weights)")
-    return W16.astype(F32)
-
-
 class Stepper:
     """Advance a cell one time step at a time, for streaming inference.
 
@@ -764,7 +736,7 @@ class Stepper:
             raise ValueError(f"cell: expected one of {tuple(GATES)}, got {cell!r}")
         lbr = check_bool("linear_before_reset", linear_before_reset)
         relu = check_nonlinearity(nonlinearity) == "relu"
-        half = _check_weight_dtype(weight_dtype)
+        half = check_weight_dtype(weight_dtype)
         I = np.shape(W_ih)[1] if np.ndim(W_ih) == 2 else 0
         # validate the weights with the one set of checks, on an empty sequence
         a = check_forward(cell, np.zeros((0, 1, I), F32), W_ih, W_hh, b_ih, b_hh,
@@ -772,7 +744,7 @@ class Stepper:
         bias, bhn = _fold_biases(a, lbr)
         if half:
             pack, packed = _kernels.pack_half, 2
-            W_ih, W_hh = _float16_values("W_ih", a.W_ih), _float16_values("W_hh", a.W_hh)
+            W_ih, W_hh = float16_values("W_ih", a.W_ih), float16_values("W_hh", a.W_hh)
         else:
             pack, packed = lambda W: _kernels.pack(W, True), 1  # noqa: E731
             W_ih, W_hh = a.W_ih, a.W_hh

@@ -27,6 +27,7 @@ from typing import Any, NamedTuple, Optional
 import numpy as np
 
 from . import functional
+from ._float16 import check_weight_dtype, float16_values
 from ._checks import (GATES, as_float, check_bool, check_nonlinearity, check_shape, float_dtype,
                       is_f32c)
 
@@ -577,7 +578,7 @@ class _RNNBase(_Layer):
 
     @step_weight_dtype.setter
     def step_weight_dtype(self, value) -> None:
-        half = functional._check_weight_dtype(value, "step_weight_dtype")
+        half = check_weight_dtype(value, "step_weight_dtype")
         self._step_dtype = "float16" if half else "float32"
         self._derived = None
 
@@ -587,7 +588,7 @@ class _RNNBase(_Layer):
         w = self._weights[k]
         if self._step_dtype == "float32":
             return w
-        return tuple(functional._float16_values(n, W, "step_weight_dtype")
+        return tuple(float16_values(n, W, "step_weight_dtype")
                      for n, W in zip(self._names[k][:2], w[:2])) + tuple(w[2:])
 
     def _prepared(self, k: int):

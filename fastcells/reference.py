@@ -4,8 +4,9 @@ How it is built, and why:
 - It computes in the input's dtype (the common float type of the arguments),
   so that float64 inputs give float64 results precise enough for finite
   differences and for judging the float32 kernels.
-- It imports nothing of fastcells but ``_checks`` (argument validation, result
-  types, the cache): an oracle must not share code with what it checks.
+- It imports nothing of fastcells but ``_checks`` (argument validation),
+  ``_results`` (result types, the cache) and ``_cells`` (the cell table, data
+  only): an oracle must not share code with what it checks.
 - One time-loop skeleton (``_forward`` / ``_backward``) serves the three cells.
   It handles what they have in common: the input projection of all steps at
   once, the direction, variable lengths and the weight gradients of the input
@@ -34,8 +35,9 @@ from typing import Any, Callable, NamedTuple, Optional, Union
 import numpy as np
 
 from . import _checks
-from ._checks import (Cache, ForwardResult, Gradients, LSTMForwardResult, LSTMGradients,
-                      PeepholeLSTMGradients)
+from ._cells import STATES
+from ._results import (Cache, ForwardResult, Gradients, LSTMForwardResult, LSTMGradients,
+                       PeepholeLSTMGradients)
 
 __all__ = [
     "rnn_forward", "rnn_backward",
@@ -45,7 +47,7 @@ __all__ = [
 
 _BACKEND = "reference"
 #: names of the recurrent state of each cell, in the order of the state tuples below
-_STATE = {"rnn": ("h",), "gru": ("h",), "lstm": ("h", "c")}
+_STATE = STATES
 
 
 def _sigmoid(a: np.ndarray) -> np.ndarray:
