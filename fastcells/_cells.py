@@ -100,3 +100,11 @@ def cell_spec(cell: Any, name: str = "cell") -> CellSpec:
     if spec is None:
         raise ValueError(f"{name}: expected one of {CELL_NAMES}, got {cell!r}")
     return spec
+
+
+def cell_functions(module: Any, cell: str) -> tuple[Any, Any]:
+    """``(module.<cell>_forward, module.<cell>_backward)``: the one way to find a
+    cell's functions in a backend module (``fastcells.functional`` or
+    ``fastcells.reference``)."""
+    spec = cell_spec(cell)
+    return getattr(module, f"{spec.name}_forward"), getattr(module, f"{spec.name}_backward")

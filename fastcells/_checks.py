@@ -399,3 +399,23 @@ def check_int(name: str, value: Any, minimum: int) -> int:
     if value < minimum:
         raise ValueError(f"{name}: expected an integer >= {minimum}, got {value}")
     return int(value)
+
+
+def check_number(name: str, value: Any, low: float = 0.0, high: float = float("inf"),
+                 high_open: bool = False) -> float:
+    """``value`` as a float in ``[low, high]`` (``[low, high)`` with ``high_open``):
+    ``TypeError`` unless it is a real number (not a bool), ``ValueError`` outside
+    the interval; both name the argument."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(
+            value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name}: expected a number in {_interval(low, high, high_open)}, "
+                        f"got {value!r}")
+    value = float(value)
+    if not (low <= value < high if high_open else low <= value <= high):
+        raise ValueError(f"{name}: expected a number in {_interval(low, high, high_open)}, "
+                         f"got {value}")
+    return value
+
+
+def _interval(low: float, high: float, high_open: bool) -> str:
+    return f"[{low:g}, {high:g}{')' if high_open else ']'}"
