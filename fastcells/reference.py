@@ -30,12 +30,13 @@ the hidden side of n (W_hn h + b_hn, or W_hn (r h) + b_hn); LSTM ``gates``
 """
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Optional, Union
+from typing import Any, Callable, Mapping, NamedTuple, Optional, TypeVar, Union
 
 import numpy as np
+import numpy.typing as npt
 
 from . import _checks
-from ._cells import STATES
+from ._cells import CELLS, STATES
 from ._results import (Cache, ForwardResult, Gradients, LSTMForwardResult, LSTMGradients,
                        PeepholeLSTMGradients)
 
@@ -46,37 +47,50 @@ __all__ = [
 ]
 
 _BACKEND = "reference"
-#: names of the recurrent state of each cell, in the order of the state tuples below
-_STATE = STATES
+#: an array of the compute dtype (the common float type of the arguments)
+Array = npt.NDArray[np.floating[Any]]
+#: the recurrent state of a cell, in the order of ``_cells.STATES`` (h, or h and c)
+State = tuple[Array, ...]
+#: the LSTM's gate count (i, f, g, o) and how many of its gates have a peephole (i, f, o)
+_LSTM_GATES = CELLS["lstm"].G
+_PEEPHOLES = 3
 
 
-def _sigmoid(a: np.ndarray) -> np.ndarray:
+def _sigmoid(a: Array) -> Array:
     # 1 / (1 + exp(-a)) without overflow for large negative a
-    return np.exp(-np.logaddexp(0, -a))
+    out: Array = np.exp(-np.logaddexp(0, -a))
+    return out
 
 
 def _time_order(T: int, reverse: bool) -> range:
     return range(T - 1, -1, -1) if reverse else range(T)
 
 
-def _active(lengths: Optional[np.ndarray], T: int, B: int) -> np.ndarray:
+def _active(lengths: Optional[npt.NDArray[np.int64]], T: int, B: int) -> npt.NDArray[np.bool_]:
     """(T, B, 1) bool: does step t of row b count (t < lengths[b])."""
     if lengths is None:
         return np.ones((T, B, 1), dtype=bool)
     return (np.arange(T)[:, None] < lengths[None, :])[:, :, None]
 
 
+def _options(cache: Cache) -> Mapping[str, Any]:
+    """The forward options a cache was made with (``reverse``, ``bias``, the cell's own)."""
+    options: Mapping[str, Any] = cache.options  # type: ignore[attr-defined]  # Cache's slots have no class annotations
+    return options
+
+
 # ----------------------------------------------------------------------------
 # the time loop shared by the three cells
 
-# step(gx_t, state, W_hh, b_hh) -> (new_state, saved): ``gx_t`` (B, G*H) is
-# W_ih x_t + b_ih, ``state`` a tuple of (B, H) arrays (h, or h and c), ``saved``
-# a dict of the (B, width) arrays that the step's backward needs.
-Step = Callable[..., tuple]
+#: step(gx_t, state, W_hh, b_hh) -> (new_state, saved): ``gx_t`` (B, G*H) is
+#: W_ih x_t + b_ih, ``state`` the (B, H) arrays entering the step, ``saved``
+#: the (B, width) arrays that the step's backward needs, by cache key.
+Step = Callable[[Array, State, Array, Optional[Array]], tuple[State, dict[str, Array]]]
 
 
-def _forward(cell: str, args: _checks.ForwardArgs, step: Step, saved_widths: dict,
-             options: dict, reverse: bool, training: bool):
+def _forward(cell: str, args: _checks.ForwardArgs, step: Step, saved_widths: Mapping[str, int],
+             options: Mapping[str, Any], reverse: bool,
+             training: bool) -> tuple[Array, State, Optional[Cache]]:
     """Run ``step`` over time; returns (y, final state tuple, cache or None).
 
     The cache holds, indexed by the original time t: ``<s>_prev`` (T, B, H) the
@@ -90,19 +104,19 @@ def _forward(cell: str, args: _checks.ForwardArgs, step: Step, saved_widths: dic
     x = args.x if args.lengths is None else _checks.without_padding(args.x, args.lengths)
     dtype = x.dtype
     initial = {"h": args.h0, "c": args.c0}
-    state = tuple(np.zeros((B, H), dtype) if initial[s] is None else initial[s].copy()
-                  for s in _STATE[cell])
+    state: State = tuple(np.zeros((B, H), dtype) if (s0 := initial[s]) is None else s0.copy()
+                         for s in STATES[cell])
 
     gx = x @ W_ih.T  # input projection of every step at once: (T, B, G*H)
     if b_ih is not None:
         gx += b_ih
     active = _active(args.lengths, T, B)
     y = np.zeros((T, B, H), dtype)
-    saved = {f"{s}_prev": np.empty((T, B, H), dtype) for s in _STATE[cell]}
+    saved = {f"{s}_prev": np.empty((T, B, H), dtype) for s in STATES[cell]}
     saved.update({key: np.empty((T, B, width), dtype) for key, width in saved_widths.items()})
 
     for t in _time_order(T, reverse):
-        for s, value in zip(_STATE[cell], state):
+        for s, value in zip(STATES[cell], state):
             saved[f"{s}_prev"][t] = value
         new_state, step_saved = step(gx[t], state, W_hh, b_hh)
         for key, value in step_saved.items():
@@ -134,24 +148,34 @@ class _StepGrads(NamedTuple):
     (LSTM peepholes, (3H,)), or None.
     """
 
-    dgx: np.ndarray
-    dgh: np.ndarray
-    dW_hh: np.ndarray
-    d_prev: tuple
-    dextra: Optional[np.ndarray] = None
+    dgx: Array
+    dgh: Array
+    dW_hh: Array
+    d_prev: State
+    dextra: Optional[Array] = None
 
 
-# step_backward(cache, t, d_new) -> _StepGrads, ``d_new`` the tuple of gradients
-# wrt the state the step produced (h, or h and c).
-StepBackward = Callable[..., _StepGrads]
+#: step_backward(cache, t, d_new) -> _StepGrads, ``d_new`` the gradients wrt
+#: the state the step produced (h, or h and c).
+StepBackward = Callable[[Cache, int, State], _StepGrads]
+
+
+class _BackwardResult(NamedTuple):
+    """What the shared backward loop returns; ``dextra`` is the gradient of the
+    cell's extra parameters (LSTM peepholes), None if it has none."""
+
+    dx: Array
+    d_initial: State
+    dW_ih: Array
+    dW_hh: Array
+    db_ih: Optional[Array]
+    db_hh: Optional[Array]
+    dextra: Optional[Array]
 
 
 def _backward(cell: str, cache: Any, step_backward: StepBackward, dy: Any,
-              d_final: dict):
+              d_final: Mapping[str, Any]) -> _BackwardResult:
     """Back-propagate through time.
-
-    Returns (dx, d_initial tuple, dW_ih, dW_hh, db_ih, db_hh, dextra), ``dextra``
-    the gradient of the cell's extra parameters (None if it has none).
 
     ``d_final`` maps each state name to the gradient wrt the final state (or None).
     """
@@ -162,23 +186,22 @@ def _backward(cell: str, cache: Any, step_backward: StepBackward, dy: Any,
     dtype = x.dtype
     dy = _checks.check_grad("dy", dy, ("T", "B", "H"), (T, B, H), dtype)
     d_state = []
-    for s in _STATE[cell]:
+    for s in STATES[cell]:
         g = _checks.check_grad(f"d{s}", d_final[s], ("B", "H"), (B, H), dtype)
         d_state.append(np.zeros((B, H), dtype) if g is None else g.copy())
 
     active = _active(cache["lengths"], T, B)
     dgx = np.zeros((T, B, GH), dtype)
     dW_hh = np.zeros((GH, H), dtype)
-    db_hh = np.zeros(GH, dtype)
+    db_hh: Optional[Array] = np.zeros(GH, dtype)
     dextra = None
-    for t in reversed(_time_order(T, cache.options["reverse"])):
+    for t in reversed(_time_order(T, _options(cache)["reverse"])):
         d_new = list(d_state)
         if dy is not None:
             d_new[0] = d_new[0] + dy[t]
         # masked rows: the step did not count, so it gets no gradient (and
         # adds nothing to the weights); their state gradient passes through
-        d_new = tuple(np.where(active[t], g, 0) for g in d_new)
-        step = step_backward(cache, t, d_new)
+        step = step_backward(cache, t, tuple(np.where(active[t], g, 0) for g in d_new))
         # where() rather than trusting the zero upstream gradient: 0 * NaN is NaN
         # when a finished sequence's state is not finite
         dgx[t] = np.where(active[t], step.dgx, 0)
@@ -190,18 +213,86 @@ def _backward(cell: str, cache: Any, step_backward: StepBackward, dy: Any,
 
     dx = dgx @ W_ih
     dW_ih = dgx.reshape(T * B, GH).T @ x.reshape(T * B, I)
-    if cache.options["bias"]:
-        db_ih = dgx.sum(axis=(0, 1))
-    else:
-        db_ih = db_hh = None
-    return dx, tuple(d_state), dW_ih, dW_hh, db_ih, db_hh, dextra
+    db_ih = dgx.sum(axis=(0, 1)) if _options(cache)["bias"] else None
+    if db_ih is None:
+        db_hh = None
+    return _BackwardResult(dx, tuple(d_state), dW_ih, dW_hh, db_ih, db_hh, dextra)
 
 
-def _hidden_projection(h: np.ndarray, W_hh: np.ndarray, b_hh: Optional[np.ndarray]) -> np.ndarray:
-    gh = h @ W_hh.T
+def _hidden_projection(h: Array, W_hh: Array, b_hh: Optional[Array]) -> Array:
+    gh: Array = h @ W_hh.T
     if b_hh is not None:
         gh += b_hh
     return gh
+
+
+# ----------------------------------------------------------------------------
+# the docstring sections every cell shares: written once here, filled into each
+# public function's docstring by @_doc, so that help() shows every page whole.
+# Lines after the first carry the 4-space indentation of a docstring body.
+
+_DOC_PARTS = {
+    "oracle": """The reference computes in the input's dtype (the common float dtype of all
+    array arguments: float64 inputs give float64 results, precise enough for
+    finite differences) with a Python loop over time.  It is the oracle the
+    compiled ``fastcells.%(cell)s_forward`` is tested against, not a fast path.""",
+    "x": """x : array (T, B, I)
+        Inputs, time-major.  Real floating point (bool, integer, complex and
+        object arrays raise ``TypeError``).""",
+    "biases": """b_ih, b_hh : array (%(G)s,) or None
+        Input and recurrent biases: both or neither; None means no bias.""",
+    "sequence": """lengths : int array (B,) or None
+        Valid steps per sequence, ``0 <= lengths[b] <= T``; None means all T.
+        Steps ``t >= lengths[b]`` leave row b's state unchanged and output zeros.
+    reverse : bool
+        Run from ``t = T-1`` down to 0 (each sequence from its own last valid
+        step).  ``y[t]`` is always indexed by the original time t.
+    training : bool
+        Keep the activations that :func:`fastcells.reference.%(cell)s_backward`
+        needs, in the result's ``cache``.""",
+    "forward_raises": """Raises
+    ------
+    TypeError, ValueError
+        An argument of the wrong type, dtype, shape or value; the message
+        names the argument, what was expected and what was received.""",
+    "backward": """Back-propagation through time in the dtype the forward pass computed in;
+    the oracle of ``fastcells.%(cell)s_backward``, checked by finite differences.
+
+    Parameters
+    ----------
+    cache : Cache
+        The ``cache`` of a ``fastcells.reference.%(cell)s_forward(..., training=True)``
+        result (a cache of the compiled ``fastcells.%(cell)s_forward`` is refused).
+    dy : array (T, B, H) or None
+        Gradient of the loss wrt the outputs ``y``; entries at masked steps
+        are ignored.  None means zeros.""",
+    "h_backward": """dh : array (B, H) or None
+        Gradient of the loss wrt the final hidden state ``h``.  None means zeros.
+
+    Returns
+    -------
+    Gradients
+        ``dx (T, B, I)``, ``dh0 (B, H)`` (also when h0 was None),
+        ``dW_ih (%(G)s, I)``, ``dW_hh (%(G)s, H)``, ``db_ih, db_hh (%(G)s,)`` (None
+        when the forward pass had no biases).  New arrays of the compute dtype.""",
+    "backward_raises": """Raises
+    ------
+    TypeError, ValueError
+        A cache that is not from this forward pass, or an upstream gradient
+        of the wrong dtype or shape, naming the argument.""",
+}
+
+_Function = TypeVar("_Function", bound=Callable[..., Any])
+
+
+def _doc(function: _Function) -> _Function:
+    """Fill the ``%(name)s`` sections of a public function's docstring from
+    :data:`_DOC_PARTS`, for the cell its name starts with."""
+    cell = function.__name__.split("_")[0]
+    values = {"cell": cell, "G": "H" if CELLS[cell].G == 1 else f"{CELLS[cell].G}*H"}
+    parts = {name: text % values for name, text in _DOC_PARTS.items()}
+    function.__doc__ = (function.__doc__ or "") % {**parts, **values}
+    return function
 
 
 # ----------------------------------------------------------------------------
@@ -209,57 +300,65 @@ def _hidden_projection(h: np.ndarray, W_hh: np.ndarray, b_hh: Optional[np.ndarra
 
 
 def _rnn_step(nonlinearity: str) -> Step:
-    act = np.tanh if nonlinearity == "tanh" else (lambda a: np.maximum(a, 0))
+    def relu(a: Array) -> Array:
+        return np.maximum(a, 0)
 
-    def step(gx_t, state, W_hh, b_hh):
+    act = np.tanh if nonlinearity == "tanh" else relu
+
+    def step(gx_t: Array, state: State, W_hh: Array,
+             b_hh: Optional[Array]) -> tuple[State, dict[str, Array]]:
         (h,) = state
-        h_new = act(gx_t + _hidden_projection(h, W_hh, b_hh))
+        h_new: Array = act(gx_t + _hidden_projection(h, W_hh, b_hh))
         return (h_new,), {"h_new": h_new}
 
     return step
 
 
-def _rnn_step_backward(cache: Cache, t: int, d_new: tuple) -> _StepGrads:
+def _rnn_step_backward(cache: Cache, t: int, d_new: State) -> _StepGrads:
     (dh,) = d_new
     h_prev, h_new = cache["h_prev"][t], cache["h_new"][t]
-    if cache.options["nonlinearity"] == "tanh":
+    if _options(cache)["nonlinearity"] == "tanh":
         da = dh * (1 - h_new * h_new)
     else:
         da = dh * (h_new > 0)
     return _StepGrads(da, da, da.T @ h_prev, (da @ cache["W_hh"],))
 
 
-def rnn_forward(x, W_ih, W_hh, b_ih=None, b_hh=None, h0=None, *, nonlinearity="tanh",
-                lengths=None, reverse=False, training=False) -> ForwardResult:
-    """Elman RNN over a sequence: ``h' = act(W_ih x + b_ih + W_hh h + b_hh)``.
+@_doc
+def rnn_forward(x: npt.ArrayLike, W_ih: npt.ArrayLike, W_hh: npt.ArrayLike,
+                b_ih: Optional[npt.ArrayLike] = None, b_hh: Optional[npt.ArrayLike] = None,
+                h0: Optional[npt.ArrayLike] = None, *, nonlinearity: str = "tanh",
+                lengths: Optional[npt.ArrayLike] = None, reverse: bool = False,
+                training: bool = False) -> ForwardResult:
+    """Elman RNN over a sequence, in pure NumPy (the oracle of ``fastcells.rnn_forward``).
+
+    ``h' = act(W_ih x + b_ih + W_hh h + b_hh)`` with ``act`` tanh or relu.
+
+    %(oracle)s
 
     Parameters
     ----------
-    x : array (T, B, I)
-        Inputs, time-major.  Real floating point; the computation runs in the
-        common float dtype of all array arguments.
+    %(x)s
     W_ih : array (H, I)
+        Input weights.
     W_hh : array (H, H)
-    b_ih, b_hh : array (H,) or None
-        Both or neither; None means no bias.
+        Recurrent weights.
+    %(biases)s
     h0 : array (B, H) or None
         Initial hidden state; None means zeros.
     nonlinearity : {"tanh", "relu"}
-    lengths : int array (B,) or None
-        Valid steps per sequence, ``0 <= lengths[b] <= T``; None means all T.
-        Steps ``t >= lengths[b]`` leave row b's state unchanged and output zeros.
-    reverse : bool
-        Run from ``t = T-1`` down to 0 (each sequence from its own last valid
-        step).  ``y[t]`` is always indexed by the original time t.
-    training : bool
-        Keep the activations that :func:`rnn_backward` needs.
+        The activation ``act``.
+    %(sequence)s
 
     Returns
     -------
     ForwardResult
-        ``y (T, B, H)``, ``h (B, H)`` the state after each sequence's last
-        valid step, ``cache`` (None unless ``training``).  New arrays of the
-        compute dtype.
+        ``y (T, B, H)`` the outputs (zeros at masked steps), ``h (B, H)`` the
+        state after each sequence's last valid step, ``cache`` (None unless
+        ``training``).  New arrays of the compute dtype; the arguments are
+        never written.
+
+    %(forward_raises)s
     """
     nonlinearity = _checks.check_nonlinearity(nonlinearity)
     reverse = _checks.check_bool("reverse", reverse)
@@ -270,28 +369,18 @@ def rnn_forward(x, W_ih, W_hh, b_ih=None, b_hh=None, h0=None, *, nonlinearity="t
     return ForwardResult(y, h, cache)
 
 
-def rnn_backward(cache, dy=None, dh=None) -> Gradients:
-    """Gradients of an :func:`rnn_forward` pass run with ``training=True``.
+@_doc
+def rnn_backward(cache: Cache, dy: Optional[npt.ArrayLike] = None,
+                 dh: Optional[npt.ArrayLike] = None) -> Gradients:
+    """Gradients of a :func:`fastcells.reference.rnn_forward` pass, in pure NumPy.
 
-    Parameters
-    ----------
-    cache : Cache
-        From :func:`fastcells.reference.rnn_forward`.
-    dy : array (T, B, H) or None
-        Gradient wrt ``y``; entries at masked steps are ignored.  None = zeros.
-    dh : array (B, H) or None
-        Gradient wrt the final hidden state ``h``.  None = zeros.
+    %(backward)s
+    %(h_backward)s
 
-    Returns
-    -------
-    Gradients
-        ``dx (T, B, I)``, ``dh0 (B, H)`` (also when h0 was None),
-        ``dW_ih (H, I)``, ``dW_hh (H, H)``, ``db_ih, db_hh (H,)`` or None when
-        the forward pass had no biases.  Arrays of the compute dtype.
+    %(backward_raises)s
     """
-    dx, (dh0,), dW_ih, dW_hh, db_ih, db_hh, _ = _backward(
-        "rnn", cache, _rnn_step_backward, dy, {"h": dh})
-    return Gradients(dx, dh0, dW_ih, dW_hh, db_ih, db_hh)
+    g = _backward("rnn", cache, _rnn_step_backward, dy, {"h": dh})
+    return Gradients(g.dx, g.d_initial[0], g.dW_ih, g.dW_hh, g.db_ih, g.db_hh)
 
 
 # ----------------------------------------------------------------------------
@@ -299,7 +388,8 @@ def rnn_backward(cache, dy=None, dh=None) -> Gradients:
 
 
 def _gru_step(linear_before_reset: bool) -> Step:
-    def step(gx_t, state, W_hh, b_hh):
+    def step(gx_t: Array, state: State, W_hh: Array,
+             b_hh: Optional[Array]) -> tuple[State, dict[str, Array]]:
         (h,) = state
         H = h.shape[1]
         gx_r, gx_z, gx_n = gx_t[:, :H], gx_t[:, H:2 * H], gx_t[:, 2 * H:]
@@ -319,7 +409,7 @@ def _gru_step(linear_before_reset: bool) -> Step:
     return step
 
 
-def _gru_step_backward(cache: Cache, t: int, d_new: tuple) -> _StepGrads:
+def _gru_step_backward(cache: Cache, t: int, d_new: State) -> _StepGrads:
     (dh,) = d_new
     h = cache["h_prev"][t]
     H = h.shape[1]
@@ -332,7 +422,7 @@ def _gru_step_backward(cache: Cache, t: int, d_new: tuple) -> _StepGrads:
     dh_prev = dh * z
     dan = dn * (1 - n * n)          # wrt the argument of tanh
     daz = dz * z * (1 - z)
-    if cache.options["linear_before_reset"]:
+    if _options(cache)["linear_before_reset"]:
         dhn = dan * r                # wrt W_hn h + b_hn
         dar = dan * hn * r * (1 - r)
         dgh = np.concatenate([dar, daz, dhn], axis=1)
@@ -348,67 +438,91 @@ def _gru_step_backward(cache: Cache, t: int, d_new: tuple) -> _StepGrads:
     return _StepGrads(dgx, dgh, dW_hh, (dh_prev,))
 
 
-def gru_forward(x, W_ih, W_hh, b_ih=None, b_hh=None, h0=None, *, linear_before_reset=True,
-                lengths=None, reverse=False, training=False) -> ForwardResult:
-    """GRU over a sequence, gates in PyTorch's order r, z, n.
+@_doc
+def gru_forward(x: npt.ArrayLike, W_ih: npt.ArrayLike, W_hh: npt.ArrayLike,
+                b_ih: Optional[npt.ArrayLike] = None, b_hh: Optional[npt.ArrayLike] = None,
+                h0: Optional[npt.ArrayLike] = None, *, linear_before_reset: bool = True,
+                lengths: Optional[npt.ArrayLike] = None, reverse: bool = False,
+                training: bool = False) -> ForwardResult:
+    """GRU over a sequence, in pure NumPy (the oracle of ``fastcells.gru_forward``).
 
+    Gates in PyTorch's order r, z, n:
     ``r, z = σ(W_i{r,z} x + b_i{r,z} + W_h{r,z} h + b_h{r,z})``;
     ``n = tanh(W_in x + b_in + r * (W_hn h + b_hn))`` when
-    ``linear_before_reset`` (PyTorch, cuDNN), else
+    ``linear_before_reset`` (PyTorch, cuDNN, Keras ``reset_after=True``), else
     ``n = tanh(W_in x + b_in + W_hn (r * h) + b_hn)`` (Cho et al. 2014, ONNX
     default); ``h' = (1 - z) * n + z * h``.
 
+    %(oracle)s
+
     Parameters
     ----------
-    x : array (T, B, I)
-        Inputs, time-major.  Real floating point; the computation runs in the
-        common float dtype of all array arguments.
+    %(x)s
     W_ih : array (3*H, I)
+        Input weights, row blocks r, z, n.
     W_hh : array (3*H, H)
-    b_ih, b_hh : array (3*H,) or None
-        Both or neither; None means no bias.
+        Recurrent weights, row blocks r, z, n.
+    %(biases)s
     h0 : array (B, H) or None
         Initial hidden state; None means zeros.
     linear_before_reset : bool
-    lengths, reverse, training
-        As in :func:`rnn_forward`.
+        Which form of ``n`` (see above); True is PyTorch's.
+    %(sequence)s
 
     Returns
     -------
     ForwardResult
-        ``y (T, B, H)``, ``h (B, H)``, ``cache`` (None unless ``training``).
+        ``y (T, B, H)`` the outputs (zeros at masked steps), ``h (B, H)`` the
+        state after each sequence's last valid step, ``cache`` (None unless
+        ``training``).  New arrays of the compute dtype; the arguments are
+        never written.
+
+    %(forward_raises)s
     """
     linear_before_reset = _checks.check_bool("linear_before_reset", linear_before_reset)
     reverse = _checks.check_bool("reverse", reverse)
     training = _checks.check_bool("training", training)
     args = _checks.check_forward("gru", x, W_ih, W_hh, b_ih, b_hh, h0, lengths=lengths)
     y, (h,), cache = _forward("gru", args, _gru_step(linear_before_reset),
-                              {"gates": 3 * args.H, "hn": args.H},
+                              {"gates": args.G * args.H, "hn": args.H},
                               {"linear_before_reset": linear_before_reset}, reverse, training)
     return ForwardResult(y, h, cache)
 
 
-def gru_backward(cache, dy=None, dh=None) -> Gradients:
-    """Gradients of a :func:`gru_forward` pass run with ``training=True``.
+@_doc
+def gru_backward(cache: Cache, dy: Optional[npt.ArrayLike] = None,
+                 dh: Optional[npt.ArrayLike] = None) -> Gradients:
+    """Gradients of a :func:`fastcells.reference.gru_forward` pass, in pure NumPy.
 
-    Parameters and results as in :func:`rnn_backward`, with ``3*H`` rows in
-    ``dW_ih (3*H, I)``, ``dW_hh (3*H, H)``, ``db_ih, db_hh (3*H,)``.
+    %(backward)s
+    %(h_backward)s
+
+    %(backward_raises)s
     """
-    dx, (dh0,), dW_ih, dW_hh, db_ih, db_hh, _ = _backward(
-        "gru", cache, _gru_step_backward, dy, {"h": dh})
-    return Gradients(dx, dh0, dW_ih, dW_hh, db_ih, db_hh)
+    g = _backward("gru", cache, _gru_step_backward, dy, {"h": dh})
+    return Gradients(g.dx, g.d_initial[0], g.dW_ih, g.dW_hh, g.db_ih, g.db_hh)
 
 
 # ----------------------------------------------------------------------------
 # LSTM (gates i, f, g, o)
 
 
-def _lstm_step(peephole: Optional[np.ndarray]) -> Step:
-    def step(gx_t, state, W_hh, b_hh):
+def _peephole_parts(peephole: Optional[Array]) -> tuple[Any, Any, Any]:
+    """(p_i, p_f, p_o), each (H,), or zeros when the LSTM has no peepholes."""
+    if peephole is None:
+        return 0, 0, 0
+    p_i, p_f, p_o = np.split(peephole, _PEEPHOLES)
+    return p_i, p_f, p_o
+
+
+def _lstm_step(peephole: Optional[Array]) -> Step:
+    p_i, p_f, p_o = _peephole_parts(peephole)
+
+    def step(gx_t: Array, state: State, W_hh: Array,
+             b_hh: Optional[Array]) -> tuple[State, dict[str, Array]]:
         h, c = state
         H = h.shape[1]
         a = gx_t + _hidden_projection(h, W_hh, b_hh)
-        p_i, p_f, p_o = (0, 0, 0) if peephole is None else np.split(peephole, 3)
         i = _sigmoid(a[:, :H] + p_i * c)
         f = _sigmoid(a[:, H:2 * H] + p_f * c)
         g = np.tanh(a[:, 2 * H:3 * H])
@@ -420,94 +534,102 @@ def _lstm_step(peephole: Optional[np.ndarray]) -> Step:
     return step
 
 
-def _lstm_step_backward(cache: Cache, t: int, d_new: tuple) -> _StepGrads:
+def _lstm_step_backward(cache: Cache, t: int, d_new: State) -> _StepGrads:
     dh, dc = d_new
     h, c = cache["h_prev"][t], cache["c_prev"][t]
-    gates = cache["gates"][t]
-    H = h.shape[1]
-    i, f, g, o = (gates[:, k * H:(k + 1) * H] for k in range(4))
+    i, f, g, o = np.split(cache["gates"][t], _LSTM_GATES, axis=1)
     tanh_c = np.tanh(f * c + i * g)
 
-    P = cache["peephole"]
-    p_i, p_f, p_o = (0, 0, 0) if P is None else np.split(P, 3)
+    peephole = cache["peephole"]
+    p_i, p_f, p_o = _peephole_parts(peephole)
     dao = dh * tanh_c * o * (1 - o)
     # total gradient wrt the new c: through h, and through o's peephole
     dc = dc + dh * o * (1 - tanh_c * tanh_c) + dao * p_o
     dai, daf, dag = dc * g * i * (1 - i), dc * c * f * (1 - f), dc * i * (1 - g * g)
     da = np.concatenate([dai, daf, dag, dao], axis=1)
     dc_prev = dc * f + dai * p_i + daf * p_f
-    dP = None
-    if P is not None:
+    dpeephole = None
+    if peephole is not None:
         c_new = f * c + i * g
-        dP = np.concatenate([(dai * c).sum(axis=0), (daf * c).sum(axis=0),
-                             (dao * c_new).sum(axis=0)])
-    return _StepGrads(da, da, da.T @ h, (da @ cache["W_hh"], dc_prev), dP)
+        dpeephole = np.concatenate([(dai * c).sum(axis=0), (daf * c).sum(axis=0),
+                                    (dao * c_new).sum(axis=0)])
+    return _StepGrads(da, da, da.T @ h, (da @ cache["W_hh"], dc_prev), dpeephole)
 
 
-def lstm_forward(x, W_ih, W_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, peephole=None,
-                 lengths=None, reverse=False, training=False) -> LSTMForwardResult:
-    """LSTM over a sequence, gates in PyTorch's order i, f, g, o.
+@_doc
+def lstm_forward(x: npt.ArrayLike, W_ih: npt.ArrayLike, W_hh: npt.ArrayLike,
+                 b_ih: Optional[npt.ArrayLike] = None, b_hh: Optional[npt.ArrayLike] = None,
+                 h0: Optional[npt.ArrayLike] = None, c0: Optional[npt.ArrayLike] = None, *,
+                 peephole: Optional[npt.ArrayLike] = None,
+                 lengths: Optional[npt.ArrayLike] = None, reverse: bool = False,
+                 training: bool = False) -> LSTMForwardResult:
+    """LSTM over a sequence, in pure NumPy (the oracle of ``fastcells.lstm_forward``).
 
-    ``i, f, g, o`` from ``W_ih x + b_ih + W_hh h + b_hh``; ``i, f, o = σ(·)``,
-    ``g = tanh(·)``; ``c' = f * c + i * g``; ``h' = o * tanh(c')``.  With
-    ``peephole = (p_i, p_f, p_o)``, i and f also get ``p_i * c``, ``p_f * c``
-    and o gets ``p_o * c'`` before their sigmoid.
+    Gates in PyTorch's order i, f, g, o, from ``W_ih x + b_ih + W_hh h + b_hh``;
+    ``i, f, o = σ(·)``, ``g = tanh(·)``; ``c' = f * c + i * g``;
+    ``h' = o * tanh(c')``.  With ``peephole = (p_i, p_f, p_o)``, i and f also
+    get ``p_i * c``, ``p_f * c`` and o gets ``p_o * c'`` before their sigmoid.
+
+    %(oracle)s
 
     Parameters
     ----------
-    x : array (T, B, I)
-        Inputs, time-major.  Real floating point; the computation runs in the
-        common float dtype of all array arguments.
+    %(x)s
     W_ih : array (4*H, I)
+        Input weights, row blocks i, f, g, o.
     W_hh : array (4*H, H)
-    b_ih, b_hh : array (4*H,) or None
-        Both or neither; None means no bias.
+        Recurrent weights, row blocks i, f, g, o.
+    %(biases)s
     h0, c0 : array (B, H) or None
         Initial hidden and cell states; None means zeros.
     peephole : array (3*H,) or None
-        Peephole weights, order i, f, o.
-    lengths, reverse, training
-        As in :func:`rnn_forward`; masked steps leave both h and c unchanged.
+        Peephole weights, blocks i, f, o; None means none.
+    %(sequence)s
 
     Returns
     -------
     LSTMForwardResult
-        ``y (T, B, H)``, ``h (B, H)``, ``c (B, H)``, ``cache`` (None unless
-        ``training``).
+        ``y (T, B, H)`` the outputs (zeros at masked steps), ``h (B, H)`` and
+        ``c (B, H)`` the states after each sequence's last valid step,
+        ``cache`` (None unless ``training``).  New arrays of the compute
+        dtype; the arguments are never written.
+
+    %(forward_raises)s
     """
     reverse = _checks.check_bool("reverse", reverse)
     training = _checks.check_bool("training", training)
     args = _checks.check_forward("lstm", x, W_ih, W_hh, b_ih, b_hh, h0, c0, lengths=lengths,
                                  peephole=peephole)
-    y, (h, c), cache = _forward("lstm", args, _lstm_step(args.peephole), {"gates": 4 * args.H},
-                                {}, reverse, training)
+    y, (h, c), cache = _forward("lstm", args, _lstm_step(args.peephole),
+                                {"gates": args.G * args.H}, {}, reverse, training)
     return LSTMForwardResult(y, h, c, cache)
 
 
-def lstm_backward(cache, dy=None, dh=None,
-                  dc=None) -> Union[LSTMGradients, PeepholeLSTMGradients]:
-    """Gradients of an :func:`lstm_forward` pass run with ``training=True``.
+@_doc
+def lstm_backward(cache: Cache, dy: Optional[npt.ArrayLike] = None,
+                  dh: Optional[npt.ArrayLike] = None, dc: Optional[npt.ArrayLike] = None
+                  ) -> Union[LSTMGradients, PeepholeLSTMGradients]:
+    """Gradients of a :func:`fastcells.reference.lstm_forward` pass, in pure NumPy.
 
-    Parameters
-    ----------
-    cache : Cache
-        From :func:`fastcells.reference.lstm_forward`.
-    dy : array (T, B, H) or None
-        Gradient wrt ``y``; entries at masked steps are ignored.  None = zeros.
+    %(backward)s
     dh, dc : array (B, H) or None
-        Gradients wrt the final states ``h`` and ``c``.  None = zeros.
+        Gradients of the loss wrt the final states ``h`` and ``c``.  None
+        means zeros.
 
     Returns
     -------
-    LSTMGradients
+    LSTMGradients or PeepholeLSTMGradients
         ``dx (T, B, I)``, ``dh0, dc0 (B, H)`` (also when h0/c0 were None),
-        ``dW_ih (4*H, I)``, ``dW_hh (4*H, H)``, ``db_ih, db_hh (4*H,)`` or None
-        when the forward pass had no biases.
+        ``dW_ih (4*H, I)``, ``dW_hh (4*H, H)``, ``db_ih, db_hh (4*H,)`` (None
+        when the forward pass had no biases); with peepholes also
+        ``dpeephole (3*H,)``.  New arrays of the compute dtype.
+
+    %(backward_raises)s
     """
-    dx, (dh0, dc0), dW_ih, dW_hh, db_ih, db_hh, dP = _backward(
-        "lstm", cache, _lstm_step_backward, dy, {"h": dh, "c": dc})
-    if dP is None and cache["peephole"] is not None:   # T == 0 or B == 0
-        dP = np.zeros_like(cache["peephole"])
-    if dP is None:
-        return LSTMGradients(dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh)
-    return PeepholeLSTMGradients(dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh, dP)
+    g = _backward("lstm", cache, _lstm_step_backward, dy, {"h": dh, "c": dc})
+    (dh0, dc0), dpeephole = g.d_initial, g.dextra
+    if dpeephole is None and cache["peephole"] is not None:   # T == 0 or B == 0
+        dpeephole = np.zeros_like(cache["peephole"])
+    if dpeephole is None:
+        return LSTMGradients(g.dx, dh0, dc0, g.dW_ih, g.dW_hh, g.db_ih, g.db_hh)
+    return PeepholeLSTMGradients(g.dx, dh0, dc0, g.dW_ih, g.dW_hh, g.db_ih, g.db_hh, dpeephole)
