@@ -18,26 +18,30 @@ gives plausible but wrong numbers, with no error to point at the mistake.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
-from ._checks import GATE_ORDER, GATES, _to_array
+from ._cells import GATE_ORDER, GATES, NONLINEARITIES
+from ._checks import _to_array, check_bool, to_numpy
 
 __all__ = ["from_onnx", "from_keras", "StateDict", "RunOptions", "GATE_LAYOUT"]
 
+#: a framework's gate layout: per cell (and ``"peephole"``) the gate names in
+#: the order of its weight blocks
+Layout = dict[str, tuple[str, ...]]
+
 #: Gate order of the weight blocks in each framework, in fastcells' gate names
-#: (``_checks.GATE_ORDER``: rnn h; gru r, z, n; lstm i, f, g, o).  ONNX calls
-#: LSTM's g "c" and GRU's n "h"; Keras calls LSTM's g "c" and GRU's n "h".
-#: The entry ``"peephole"`` is the order of the three peephole vectors.
-GATE_LAYOUT = {
-    "fastcells": {"rnn": ("h",), "gru": ("r", "z", "n"), "lstm": ("i", "f", "g", "o"),
-                  "peephole": ("i", "f", "o")},
+#: (rnn h; gru r, z, n; lstm i, f, g, o).  ONNX calls LSTM's g "c" and GRU's n
+#: "h"; Keras calls LSTM's g "c" and GRU's n "h".  The entry ``"peephole"`` is
+#: the order of the three peephole vectors.  fastcells' own entry is the cell
+#: table's (``fastcells._cells.GATE_ORDER``); the foreign ones are interop's.
+GATE_LAYOUT: dict[str, Layout] = {
+    "fastcells": {**GATE_ORDER, "peephole": ("i", "f", "o")},
     "onnx": {"rnn": ("h",), "gru": ("z", "r", "n"), "lstm": ("i", "o", "f", "g"),
              "peephole": ("i", "o", "f")},
     "keras": {"rnn": ("h",), "gru": ("z", "r", "n"), "lstm": ("i", "f", "g", "o")},
 }
-assert all(GATE_LAYOUT["fastcells"][c] == GATE_ORDER[c] for c in GATES)
 
 _ONNX_CELLS = {"RNN": "rnn", "GRU": "gru", "LSTM": "lstm"}
 _KERAS_CELLS = {"SimpleRNN": "rnn", "GRU": "gru", "LSTM": "lstm"}
@@ -58,7 +62,10 @@ class RunOptions:
     Attributes
     ----------
     cell : {"rnn", "gru", "lstm"}
+        The cell: the weights run with ``fastcells.<cell>_forward`` or the
+        layer ``fastcells.RNN`` / ``GRU`` / ``LSTM``.
     input_size, hidden_size : int
+        ``I`` and ``H`` of the weights.
     bidirectional : bool
         Two directions: keys ``*_l0`` (forward) and ``*_l0_reverse``.
     reverse : bool
@@ -86,26 +93,44 @@ class RunOptions:
     nonlinearity: str = "tanh"
     peephole: bool = False
 
-    def functional_kwargs(self) -> dict:
-        """Keyword arguments for ``fastcells.<cell>_forward`` (one direction)."""
-        kw: dict = {"reverse": self.reverse}
+    def functional_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``fastcells.<cell>_forward`` (one direction).
+
+        Returns
+        -------
+        dict
+            ``reverse``, and the cell's own option: ``nonlinearity`` (RNN) or
+            ``linear_before_reset`` (GRU).
+        """
+        kw: dict[str, Any] = {"reverse": self.reverse}
         if self.cell == "rnn":
             kw["nonlinearity"] = self.nonlinearity
         elif self.cell == "gru":
             kw["linear_before_reset"] = self.linear_before_reset
         return kw
 
-    def layer_kwargs(self) -> dict:
+    def layer_kwargs(self) -> dict[str, Any]:
         """Constructor arguments for ``fastcells.RNN`` / ``GRU`` / ``LSTM``.
 
-        Raises ``ValueError`` for a single reverse direction, which the layers
-        cannot express (use the functional API with ``reverse=True``).
+        Returns
+        -------
+        dict
+            ``input_size``, ``hidden_size``, ``bidirectional``,
+            ``batch_first``, and ``nonlinearity`` (RNN),
+            ``linear_before_reset`` (GRU) or ``peephole=True`` (an LSTM with
+            peepholes).
+
+        Raises
+        ------
+        ValueError
+            For a single reverse direction, which the layers cannot express
+            (use the functional API with ``reverse=True``).
         """
         if self.reverse:
             raise ValueError(
                 "direction: a single reverse direction has no layer equivalent; run the "
                 "weights with fastcells.<cell>_forward(..., reverse=True)")
-        kw: dict = {"input_size": self.input_size, "hidden_size": self.hidden_size,
+        kw: dict[str, Any] = {"input_size": self.input_size, "hidden_size": self.hidden_size,
                     "bidirectional": self.bidirectional, "batch_first": self.batch_first}
         if self.cell == "rnn":
             kw["nonlinearity"] = self.nonlinearity
@@ -116,14 +141,21 @@ class RunOptions:
         return kw
 
 
-class StateDict(dict):
+class StateDict(dict[str, np.ndarray]):
     """A state dict (``dict`` of PyTorch-named arrays) with its :class:`RunOptions`.
 
     It is an ordinary ``dict`` for every other purpose (``load_state_dict``
     takes it as it is); ``dict(sd)`` drops ``.options``.
+
+    Parameters
+    ----------
+    arrays : dict of str to array
+        The weights by PyTorch's names (``weight_ih_l0``, ...).
+    options : RunOptions
+        How the weights must be run; kept as ``.options``.
     """
 
-    def __init__(self, arrays: dict, options: RunOptions):
+    def __init__(self, arrays: dict[str, np.ndarray], options: RunOptions) -> None:
         super().__init__(arrays)
         self.options = options
 
@@ -145,13 +177,14 @@ def _to_fastcells_order(a: np.ndarray, source: str, cell: str, H: int) -> np.nda
 
 
 def _float_array(name: str, a: Any) -> np.ndarray:
-    """A real floating array (dtype kept) from an array, list or framework tensor."""
-    if hasattr(a, "detach") and hasattr(a, "numpy"):  # torch tensors, without importing torch
-        a = a.detach().cpu().numpy()
-    return _to_array(name, a)
+    """A real floating array (dtype kept) from an array, list or framework tensor;
+    ``TypeError`` naming ``name`` for anything else."""
+    # lists go to _to_array as they are, which names the argument when NumPy
+    # cannot convert them (ragged lists)
+    return _to_array(name, a if isinstance(a, (list, tuple)) else to_numpy(a))
 
 
-def _expect_shape(name: str, a: np.ndarray, symbols: str, shape: tuple) -> None:
+def _expect_shape(name: str, a: np.ndarray, symbols: str, shape: tuple[int, ...]) -> None:
     if a.shape != shape:
         raise ValueError(f"{name}: expected shape {symbols} = {shape}, got {a.shape}")
 
@@ -184,7 +217,7 @@ def _onnx_nonlinearity(cell: str, activations: Any, num_directions: int) -> str:
         acts = acts * num_directions
     if cell == "rnn":
         kinds = {a.lower() for a in acts}
-        if len(kinds) == 1 and kinds <= {"tanh", "relu"}:
+        if len(kinds) == 1 and kinds <= set(NONLINEARITIES):
             return kinds.pop()
         raise ValueError(
             "activations: RNN supports 'Tanh' or 'Relu', the same for every direction, "
@@ -204,6 +237,7 @@ def from_onnx(op_type: str, W: Any, R: Any, B: Any = None, P: Any = None,
     Parameters
     ----------
     op_type : {"RNN", "GRU", "LSTM"}
+        The node's operator.
     W : array (num_directions, G*H, I)
         Input weights, gates in ONNX order (LSTM i, o, f, c; GRU z, r, h).
     R : array (num_directions, G*H, H)
@@ -316,7 +350,8 @@ def from_onnx(op_type: str, W: Any, R: Any, B: Any = None, P: Any = None,
 # Keras
 
 
-_KERAS_ACTIVATIONS = {"activation": ("tanh", "relu"), "recurrent_activation": ("sigmoid",)}
+#: the Keras activations the kernels compute (Keras names the RNN's as we do)
+_KERAS_ACTIVATIONS = {"activation": NONLINEARITIES, "recurrent_activation": ("sigmoid",)}
 
 
 def from_keras(kind: str, kernel: Any, recurrent_kernel: Any, bias: Any = None,
@@ -335,6 +370,7 @@ def from_keras(kind: str, kernel: Any, recurrent_kernel: Any, bias: Any = None,
         Input weights, transposed with respect to ours; gates in Keras order
         (LSTM i, f, c, o; GRU z, r, h).
     recurrent_kernel : array (H, G*H)
+        Recurrent weights, transposed with respect to ours; same gate order.
     bias : array, optional
         ``(G*H,)``; for a GRU with ``reset_after=True`` ``(2, 3*H)`` holding
         the input and the recurrent bias.  None (``use_bias=False``) gives
@@ -367,8 +403,7 @@ def from_keras(kind: str, kernel: Any, recurrent_kernel: Any, bias: Any = None,
         raise ValueError(f"activation: expected {expected} for {kind}, got {activation!r}")
     if cell != "rnn" and recurrent_activation not in _KERAS_ACTIVATIONS["recurrent_activation"]:
         raise ValueError(f"recurrent_activation: expected 'sigmoid', got {recurrent_activation!r}")
-    if not isinstance(reset_after, (bool, np.bool_)):
-        raise TypeError(f"reset_after: expected True or False, got {reset_after!r}")
+    reset_after = check_bool("reset_after", reset_after)
 
     kernel = _float_array("kernel", kernel)
     recurrent_kernel = _float_array("recurrent_kernel", recurrent_kernel)
@@ -403,6 +438,6 @@ def from_keras(kind: str, kernel: Any, recurrent_kernel: Any, bias: Any = None,
         "bias_hh_l0": _to_fastcells_order(b_hh, "keras", cell, H),
     }
     options = RunOptions(cell=cell, input_size=I, hidden_size=H,
-                         linear_before_reset=bool(reset_after) if cell == "gru" else True,
+                         linear_before_reset=reset_after if cell == "gru" else True,
                          nonlinearity=activation if cell == "rnn" else "tanh")
     return StateDict(out, options)

@@ -11,12 +11,15 @@ import pytest
 
 import fastcells
 from fastcells import interop
+from fastcells._cells import GATES, cell_functions
 
 TOL = 1e-5          # float32 kernels against ORT / the float64 Keras equations
 OPSET = 14          # the first opset with the `layout` attribute
-G = {"RNN": 1, "GRU": 3, "LSTM": 4}
-FORWARD = {"RNN": fastcells.rnn_forward, "GRU": fastcells.gru_forward,
-           "LSTM": fastcells.lstm_forward}
+#: the ONNX operator and Keras class of each cell
+OP_TYPES = {"RNN": "rnn", "GRU": "gru", "LSTM": "lstm"}
+KERAS_KINDS = {"SimpleRNN": "rnn", "GRU": "gru", "LSTM": "lstm"}
+G = {op: GATES[cell] for op, cell in OP_TYPES.items()}
+FORWARD = {op: cell_functions(fastcells, cell)[0] for op, cell in OP_TYPES.items()}
 
 
 # ----------------------------------------------------------------------------
@@ -298,7 +301,7 @@ KERAS_CASES = [("SimpleRNN", True, "tanh"), ("SimpleRNN", True, "relu"), ("LSTM"
 
 @pytest.mark.parametrize("kind,reset_after,activation", KERAS_CASES)
 def test_keras_layout_round_trip(kind, reset_after, activation):
-    g = {"SimpleRNN": 1, "GRU": 3, "LSTM": 4}[kind]
+    g = GATES[KERAS_KINDS[kind]]
     H, I = 5, 3
     rng = np.random.default_rng(g)
     W_ih, W_hh = rng.standard_normal((g * H, I)), rng.standard_normal((g * H, H))
@@ -314,7 +317,7 @@ def test_keras_layout_round_trip(kind, reset_after, activation):
 @pytest.mark.parametrize("kind,reset_after,activation", KERAS_CASES)
 def test_keras_equations_match(kind, reset_after, activation):
     """Keras' own equations on Keras-layout weights equal fastcells on the converted ones."""
-    g = {"SimpleRNN": 1, "GRU": 3, "LSTM": 4}[kind]
+    g = GATES[KERAS_KINDS[kind]]
     T, B, I, H = 6, 3, 4, 5
     rng = np.random.default_rng(10 + g)
     kernel = (0.5 * rng.standard_normal((I, g * H))).astype(np.float32)
@@ -325,7 +328,7 @@ def test_keras_equations_match(kind, reset_after, activation):
     expected = _keras_run(kind, x.astype(np.float64), kernel.astype(np.float64),
                           rk.astype(np.float64), bias.astype(np.float64), reset_after, activation)
     sd = interop.from_keras(kind, kernel, rk, bias, reset_after=reset_after, activation=activation)
-    fwd = FORWARD[{"SimpleRNN": "RNN"}.get(kind, kind)]
+    fwd = cell_functions(fastcells, KERAS_KINDS[kind])[0]
     out = fwd(x, sd["weight_ih_l0"], sd["weight_hh_l0"], sd["bias_ih_l0"], sd["bias_hh_l0"],
               **sd.options.functional_kwargs())
     np.testing.assert_allclose(out.y, expected, atol=TOL, rtol=0)
@@ -373,3 +376,31 @@ def test_pytorch_state_dict_loads_as_is():
     y = fastcells.gru_forward(x.numpy(), sd["weight_ih_l0"], sd["weight_hh_l0"], sd["bias_ih_l0"],
                               sd["bias_hh_l0"]).y
     np.testing.assert_allclose(y, gru(x)[0].detach().numpy(), atol=TOL, rtol=0)
+
+
+class _TensorLike:
+    """A TensorFlow-like tensor: no ``__array__``, only ``.numpy()``."""
+
+    def __init__(self, a):
+        self._a = a
+
+    def numpy(self):
+        return self._a
+
+
+def test_tensors_with_numpy_method_accepted():
+    """Objects with ``.numpy()`` (TensorFlow tensors, variables) convert as their arrays do."""
+    rng = np.random.default_rng(5)
+    kernel, rk, bias = rng.standard_normal((2, 12)), rng.standard_normal((4, 12)), np.ones((2, 12))
+    want = interop.from_keras("GRU", kernel, rk, bias)
+    got = interop.from_keras("GRU", _TensorLike(kernel), _TensorLike(rk), _TensorLike(bias))
+    assert sorted(got) == sorted(want)
+    for key in want:
+        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+    with pytest.raises(TypeError, match="kernel: expected a real floating-point array"):
+        interop.from_keras("GRU", _TensorLike(np.ones((2, 12), int)), rk, bias)
+
+
+def test_ragged_list_names_the_argument():
+    with pytest.raises(TypeError, match="W: expected a real floating-point array, got list"):
+        interop.from_onnx("RNN", [[[1.0, 2.0]], [[1.0]]], np.zeros((1, 1, 1)))
