@@ -25,43 +25,53 @@ What counts as a layer (duck-typed, no framework import):
 from __future__ import annotations
 
 import re
-from typing import Any, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import numpy as np
+import numpy.typing as npt
 
 from . import functional
-from ._checks import GATES, as_float, check_shape
+from ._cells import CELLS, GATES, cell_functions
+from ._checks import as_float, check_shape, to_numpy
 
-F32 = np.float32
-#: float32 elements the kernels may keep per chunk of suffix problems (~64 MB)
+F32 = np.dtype(np.float32)
+#: float32 elements the kernels may keep per chunk of suffix problems (64 MiB)
 _CHUNK_ELEMENTS = 1 << 24
+#: (steps, rows, G*H) float32 buffers a training forward and its backward hold
+#: at once, about (input projections, saved gates, gate gradients, headroom)
+_BUFFERS = 4
 
 __all__ = ["gradient_flow"]
 
-_FORWARD = {"rnn": functional.rnn_forward, "gru": functional.gru_forward,
-            "lstm": functional.lstm_forward}
-_BACKWARD = {"rnn": functional.rnn_backward, "gru": functional.gru_backward,
-             "lstm": functional.lstm_backward}
+#: a float32 array
+Array = npt.NDArray[np.float32]
+#: PyTorch's ``mode`` of its RNN modules -> (cell, RNN nonlinearity or None)
 _TORCH_MODES = {"RNN_TANH": ("rnn", "tanh"), "RNN_RELU": ("rnn", "relu"), "GRU": ("gru", None),
                 "LSTM": ("lstm", None)}
+#: layer class name -> cell (``RNN``, ``GRU``, ``LSTM``: fastcells' and PyTorch's)
+_LAYER_CELLS = {spec.layer: name for name, spec in CELLS.items()}
 
 
-def _numpy(value: Any) -> np.ndarray:
-    if hasattr(value, "detach") and hasattr(value, "numpy"):
-        value = value.detach().cpu().numpy()
-    return np.asarray(value)
+class _Weights(NamedTuple):
+    """One layer's float32 weights (biases None when absent) and extra forward kwargs."""
+
+    W_ih: Array
+    W_hh: Array
+    b_ih: Optional[Array]
+    b_hh: Optional[Array]
+    extra: dict[str, Array]
 
 
-def _describe_layer(layer: Any) -> tuple[str, dict, dict, bool]:
+def _describe_layer(layer: Any) -> tuple[str, dict[str, Any], dict[str, np.ndarray], bool]:
     """(cell, forward options, state dict as float32 arrays, batch_first) of a layer."""
     options = getattr(layer, "options", None)
     if isinstance(layer, dict) and options is not None:           # interop.StateDict
         if options.bidirectional or options.reverse:
             raise ValueError("layer: expected one forward direction, got weights with "
                              f"bidirectional={options.bidirectional}, reverse={options.reverse}")
-        kw = options.functional_kwargs()
+        kw: dict[str, Any] = options.functional_kwargs()
         kw.pop("reverse")
-        return options.cell, kw, {k: _numpy(v) for k, v in layer.items()}, options.batch_first
+        return options.cell, kw, {k: to_numpy(v) for k, v in layer.items()}, options.batch_first
     if not callable(getattr(layer, "state_dict", None)):
         raise TypeError("layer: expected an RNN/GRU/LSTM layer with state_dict() (fastcells or "
                         f"PyTorch) or a fastcells.interop.StateDict, got {type(layer).__name__}")
@@ -71,8 +81,8 @@ def _describe_layer(layer: Any) -> tuple[str, dict, dict, bool]:
         cell, nl = _TORCH_MODES[mode]
         nonlinearity = nl or nonlinearity
     else:
-        names = [c.__name__ for c in type(layer).__mro__]
-        cells = [n.lower() for n in names if n in ("RNN", "GRU", "LSTM")]
+        cells = [_LAYER_CELLS[c.__name__] for c in type(layer).__mro__
+                 if c.__name__ in _LAYER_CELLS]
         if not cells:
             raise TypeError("layer: expected an RNN, GRU or LSTM layer, got "
                             f"{type(layer).__name__}")
@@ -87,28 +97,35 @@ def _describe_layer(layer: Any) -> tuple[str, dict, dict, bool]:
         kw["nonlinearity"] = nonlinearity
     elif cell == "gru":
         kw["linear_before_reset"] = bool(getattr(layer, "linear_before_reset", True))
-    state = {k: _numpy(v) for k, v in layer.state_dict().items()}
+    state = {k: to_numpy(v) for k, v in layer.state_dict().items()}
     return cell, kw, state, bool(getattr(layer, "batch_first", False))
 
 
-def _layer_weights(state: dict, cell: str) -> list:
-    """Per layer k: ((W_ih, W_hh, b_ih, b_hh), extra forward kwargs), float32 (None when absent)."""
+def _layer_weights(state: dict[str, np.ndarray]) -> list[_Weights]:
+    """Per layer k, its weights from the state dict (PyTorch's names)."""
     ks = sorted({int(m.group(1)) for key in state
                  if (m := re.fullmatch(r"weight_ih_l(\d+)", key))})
     if not ks or ks != list(range(len(ks))):
         raise ValueError(f"layer: expected state-dict keys weight_ih_l0, weight_hh_l0, ... "
                          f"(PyTorch's names), got {sorted(state)}")
+    def get(name: str) -> Optional[Array]:
+        return None if name not in state else as_float(name, state[name], F32)
+
     out = []
     for k in ks:
-        get = (lambda n: None if f"{n}_l{k}" not in state else
-               as_float(f"{n}_l{k}", state[f"{n}_l{k}"], F32))
-        peephole = get("peephole")
-        out.append(((get("weight_ih"), get("weight_hh"), get("bias_ih"), get("bias_hh")),
-                    {} if peephole is None else {"peephole": peephole}))
+        W_ih, W_hh = get(f"weight_ih_l{k}"), get(f"weight_hh_l{k}")
+        if W_hh is None or W_ih is None:
+            missing = f"weight_hh_l{k}" if W_hh is None else f"weight_ih_l{k}"
+            raise ValueError(f"layer: expected state-dict key {missing} beside weight_ih_l{k} "
+                             f"(PyTorch's names), got {sorted(state)}")
+        peephole = get(f"peephole_l{k}")
+        out.append(_Weights(W_ih, W_hh, get(f"bias_ih_l{k}"), get(f"bias_hh_l{k}"),
+                            {} if peephole is None else {"peephole": peephole}))
     return out
 
 
-def gradient_flow(layer: Any, x: Any, hx: Any = None, *, dy_last: Any = None) -> np.ndarray:
+def gradient_flow(layer: Any, x: npt.ArrayLike, hx: Any = None, *,
+                  dy_last: Optional[npt.ArrayLike] = None) -> npt.NDArray[np.float64]:
     """Norms of the gradient of a last-step loss with respect to each hidden state.
 
     With ``L = sum(dy_last * h_{T-1})`` (by default ``dy_last`` is ones, so
@@ -119,75 +136,100 @@ def gradient_flow(layer: Any, x: Any, hx: Any = None, *, dy_last: Any = None) ->
     with ``c_t`` held fixed).  A curve that falls geometrically going back in
     time is the vanishing gradient.
 
-    For a multi-layer layer the curve is that of the top layer.
+    For a multi-layer layer the curve is that of the top layer.  The work is
+    one forward and one backward pass of the compiled kernels over ``T*B``
+    suffix sequences (``O(T^2 B)`` row steps, in chunks of bounded memory), on
+    fastcells' threads (``fastcells.set_num_threads``).
 
     Parameters
     ----------
-    layer : fastcells or PyTorch RNN/GRU/LSTM (unidirectional), or an
-        :class:`fastcells.interop.StateDict`; see the module docstring.
+    layer : layer or StateDict
+        A unidirectional ``fastcells.RNN`` / ``GRU`` / ``LSTM``, a
+        ``torch.nn.RNN`` / ``GRU`` / ``LSTM`` (duck-typed: ``state_dict()``
+        with PyTorch's names, the cell from ``mode`` or the class name, the
+        options from the attributes ``nonlinearity``,
+        ``linear_before_reset``, ``batch_first``), or a
+        :class:`fastcells.interop.StateDict` of one forward direction.
     x : array (T, B, I), or (B, T, I) for a ``batch_first`` layer
-        Real floats, converted to float32.
+        Inputs: real floats (or a framework tensor), converted to float32.
     hx : array (num_layers, B, H), optional
-        Initial state (LSTM: a pair ``(h0, c0)``); zeros if None.
+        Initial hidden state of every layer; for an LSTM a pair ``(h0, c0)``
+        of such arrays (either may be None).  None means zeros.
     dy_last : array (B, H), optional
         Gradient of the loss with respect to the last output; ones if None.
 
     Returns
     -------
     float64 array (T,)
-        ``norms[t] = ||dL/dh_t||``; ``norms[T-1] = ||dy_last||``.
+        ``norms[t] = ||dL/dh_t||``; ``norms[T-1] = ||dy_last||``.  Empty when
+        ``T == 0``.
+
+    Raises
+    ------
+    TypeError
+        ``layer`` is not an RNN/GRU/LSTM layer or a state dict, or ``hx`` of
+        an LSTM is not a pair.
+    ValueError
+        A bidirectional layer, LSTM projections, a state dict without
+        PyTorch's names, or an array of the wrong shape (naming it).
     """
     cell, kw, state, batch_first = _describe_layer(layer)
-    weights = _layer_weights(state, cell)
-    x = as_float("x", _numpy(x), F32)
+    weights = _layer_weights(state)
+    x = as_float("x", to_numpy(x), F32)
     if x.ndim != 3:
         raise ValueError(f"x: expected a 3-D array {'(B, T, I)' if batch_first else '(T, B, I)'},"
                          f" got shape {x.shape}")
     if batch_first:
         x = np.ascontiguousarray(x.transpose(1, 0, 2))
     T, B, _ = x.shape
-    H = weights[0][0][1].shape[1]
+    H = weights[0].W_hh.shape[1]
     L = len(weights)
-    lstm = cell == "lstm"
-    h0s, c0s = [None] * L, [None] * L
+    lstm = CELLS[cell].has_cell_state
+    h0s: list[Optional[Array]] = [None] * L
+    c0s: list[Optional[Array]] = [None] * L
     if hx is not None:
         if lstm and (not isinstance(hx, (tuple, list)) or len(hx) != 2):
             raise TypeError(f"hx: expected a pair (h0, c0) for an LSTM, got {type(hx).__name__}")
         pair = hx if lstm else (hx, None)
         for name, value, dest in zip(("hx[0]" if lstm else "hx", "hx[1]"), pair, (h0s, c0s)):
             if value is not None:
-                value = as_float(name, _numpy(value), F32)
+                value = as_float(name, to_numpy(value), F32)
                 check_shape(name, value, ("num_layers", "B", "H"), (L, B, H))
                 dest[:] = list(value)
     if dy_last is None:
         dy = np.ones((B, H), F32)
     else:
-        dy = as_float("dy_last", _numpy(dy_last), F32)
+        dy = as_float("dy_last", to_numpy(dy_last), F32)
         check_shape("dy_last", dy, ("B", "H"), (B, H))
     if T == 0:
         return np.zeros(0)
 
+    fwd: Callable[..., Any]
+    bwd: Callable[..., Any]
+    fwd, bwd = cell_functions(functional, cell)
     # The top layer's input; the layers below do not depend on its states.
     inp = x
     for k in range(L - 1):
+        below = weights[k]
         extra = {"c0": c0s[k]} if lstm else {}
-        inp = _FORWARD[cell](inp, *weights[k][0], h0s[k], **extra, **weights[k][1], **kw).y
-    top, top_kw = weights[-1]
-    kw = {**kw, **top_kw}
-    fwd, bwd = _FORWARD[cell], _BACKWARD[cell]
+        inp = fwd(inp, below.W_ih, below.W_hh, below.b_ih, below.b_hh, h0s[k], **extra,
+                  **below.extra, **kw).y
+    top = weights[-1]
+    top_args = (top.W_ih, top.W_hh, top.b_ih, top.b_hh)
+    kw = {**kw, **top.extra}
 
     # h_t (and c_t) for every t: one step at a time, as lstm_forward returns no c_t sequence.
-    h = np.zeros((B, H), F32) if h0s[-1] is None else h0s[-1]
-    c = np.zeros((B, H), F32) if c0s[-1] is None else c0s[-1]
+    h = np.zeros((B, H), F32) if (h0 := h0s[-1]) is None else h0
+    c = np.zeros((B, H), F32) if (c0 := c0s[-1]) is None else c0
     hs, cs = np.empty((T, B, H), F32), np.empty((T, B, H), F32)
     for t in range(T):
-        out = fwd(inp[t:t + 1], *top, h, **({"c0": c} if lstm else {}), **kw)
+        out = fwd(inp[t:t + 1], *top_args, h, **({"c0": c} if lstm else {}), **kw)
         h = hs[t] = out.h
         if lstm:
             c = cs[t] = out.c
 
     grads = np.empty((T, B, H), F32)
-    per_problem = max(T - 1, 1) * B * GATES[cell] * H * 4
+    per_problem = max(T - 1, 1) * B * GATES[cell] * H * _BUFFERS
     chunk = max(1, _CHUNK_ELEMENTS // per_problem)
     for t0 in range(0, T, chunk):
         ts = np.arange(t0, min(t0 + chunk, T))
@@ -200,8 +242,10 @@ def gradient_flow(layer: Any, x: Any, hx: Any = None, *, dy_last: Any = None) ->
         state0 = {"h0": hs[ts].reshape(rows, H)}
         if lstm:
             state0["c0"] = cs[ts].reshape(rows, H)
-        out = fwd(xb.reshape(steps, rows, inp.shape[2]), *top, lengths=lengths, training=True,
-                  **state0, **kw)
+        out = fwd(xb.reshape(steps, rows, inp.shape[2]), *top_args, lengths=lengths,
+                  training=True, **state0, **kw)
         g = bwd(out.cache, dh=np.tile(dy, (len(ts), 1)))
         grads[ts] = g.dh0.reshape(len(ts), B, H)
-    return np.sqrt(np.einsum("tbh,tbh->t", grads.astype(np.float64), grads.astype(np.float64)))
+    grads64 = grads.astype(np.float64)
+    norms: npt.NDArray[np.float64] = np.sqrt(np.einsum("tbh,tbh->t", grads64, grads64))
+    return norms

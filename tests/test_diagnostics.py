@@ -153,3 +153,29 @@ def test_bad_arguments():
         gradient_flow(fastcells.LSTM(4, 5), x, np.zeros((1, 2, 5)))
     with pytest.raises(ValueError, match="x"):
         gradient_flow(fastcells.GRU(4, 5), x[0])
+
+
+def test_state_dict_missing_a_weight_names_it():
+    sd = fastcells.GRU(4, 5, seed=0).state_dict()
+    del sd["weight_hh_l0"]
+    state = interop.StateDict(sd, interop.RunOptions("gru", 4, 5))
+    with pytest.raises(ValueError, match="layer: expected state-dict key weight_hh_l0"):
+        gradient_flow(state, np.zeros((3, 2, 4)))
+
+
+def test_tensor_like_inputs_accepted():
+    """x, hx and dy_last may be framework tensors (anything with ``.numpy()``)."""
+
+    class TensorLike:
+        def __init__(self, a):
+            self._a = a
+
+        def numpy(self):
+            return self._a
+
+    rng = np.random.default_rng(6)
+    gru = fastcells.GRU(4, 5, seed=0)
+    x, h0, dy = rng.standard_normal((3, 2, 4)), rng.standard_normal((1, 2, 5)), np.ones((2, 5))
+    np.testing.assert_array_equal(
+        gradient_flow(gru, TensorLike(x), TensorLike(h0), dy_last=TensorLike(dy)),
+        gradient_flow(gru, x, h0, dy_last=dy))
