@@ -10,24 +10,47 @@ parameter name.
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator, Protocol, Sequence, TypedDict, Union
 
 import numpy as np
+import numpy.typing as npt
+
+from ._checks import check_bool, check_number
 
 __all__ = ["SGD", "Adam", "clip_grad_norm"]
 
+#: a float32 parameter or gradient array
+Array = npt.NDArray[np.float32]
+#: a parameter's key in an optimizer's state: (position of its layer, its name)
+Key = tuple[int, str]
 
-def _layers(layers: Any) -> list:
+
+class Layer(Protocol):
+    """What the optimizers need of a layer (``fastcells.RNN`` ... ``Linear``)."""
+
+    grads: dict[str, Array]
+
+    def parameters(self) -> dict[str, Array]: ...
+
+    def zero_grad(self) -> None: ...
+
+
+#: one layer, or several
+Layers = Union[Layer, Iterable[Layer]]
+
+
+def _layers(layers: Any) -> list[Layer]:
     """One layer or an iterable of layers -> a list, each with ``parameters()`` and ``grads``."""
     items = [layers] if hasattr(layers, "parameters") else list(layers)
     for i, layer in enumerate(items):
-        if not (callable(getattr(layer, "parameters", None)) and isinstance(getattr(layer, "grads", None), dict)):
+        if not (callable(getattr(layer, "parameters", None))
+                and isinstance(getattr(layer, "grads", None), dict)):
             raise TypeError(f"layers: expected a fastcells layer or a list of them (objects with "
                             f"parameters() and grads), got {type(layer).__name__} at position {i}")
     return items
 
 
-def _pairs(layers: list) -> Iterable:
+def _pairs(layers: Sequence[Layer]) -> Iterator[tuple[Key, Array, Array]]:
     """(key, parameter, gradient) for every parameter of every layer."""
     for i, layer in enumerate(layers):
         grads = layer.grads
@@ -35,25 +58,25 @@ def _pairs(layers: list) -> Iterable:
             yield (i, name), p, grads[name]
 
 
-def _check_number(name: str, value: Any, low: float = 0.0, high: float = math.inf,
-                  high_open: bool = False) -> float:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{name}: expected a number, got {value!r}")
-    value = float(value)
-    bad = not (low <= value < high if high_open else low <= value <= high)
-    if bad:
-        interval = f"[{low}, {high})" if high_open else f"[{low}, {high}]"
-        raise ValueError(f"{name}: expected a value in {interval}, got {value}")
-    return value
+def _hyperparameter(name: str, value: Any, low: float = 0.0, high: float = math.inf,
+                    high_open: bool = False) -> float:
+    """``_checks.check_number``, its range error worded "expected a value in" (as
+    the optimizers have always said it)."""
+    try:
+        return check_number(name, value, low, high, high_open)
+    except ValueError as exc:
+        raise ValueError(str(exc).replace("expected a number in", "expected a value in", 1)
+                         ) from None
 
 
 class _Optimizer:
-    def __init__(self, layers: Any) -> None:
+    """What the optimizers share: their layers, their per-parameter state, zero_grad."""
+
+    def __init__(self, layers: Layers) -> None:
         self.layers = _layers(layers)
-        self.state: dict = {}
 
     def zero_grad(self) -> None:
-        """Zero the accumulated gradients of every layer."""
+        """Zero the accumulated gradients of every layer (``layer.zero_grad()``)."""
         for layer in self.layers:
             layer.zero_grad()
 
@@ -71,31 +94,57 @@ class _Optimizer:
 class SGD(_Optimizer):
     """Stochastic gradient descent with momentum, as ``torch.optim.SGD``.
 
-    ``g = grad + weight_decay * p``; with momentum, ``buf = g`` at the first step,
-    then ``buf = momentum * buf + (1 - dampening) * g``; ``g = buf`` (Nesterov:
-    ``g + momentum * buf``); ``p -= lr * g``.
+    At each :meth:`step`, for every parameter ``p`` with accumulated gradient
+    ``grad``: ``g = grad + weight_decay * p``; with momentum, ``buf = g`` at
+    the first step, then ``buf = momentum * buf + (1 - dampening) * g`` and
+    ``g = buf`` (Nesterov: ``g = g + momentum * buf``); ``p -= lr * g``, in
+    place.
 
     Parameters
     ----------
-    layers : layer or list of layers
+    layers : layer or iterable of layers
+        fastcells layers (``RNN``, ``GRU``, ``LSTM``, ``Linear``) or any
+        objects with ``parameters()`` (name -> live float32 array), ``grads``
+        (name -> gradient array) and ``zero_grad()``.
     lr : float
-    momentum, weight_decay, dampening : float
-    nesterov : bool
+        Learning rate, ``>= 0``.
+    momentum : float, default 0
+        Momentum factor, ``>= 0``; 0 means plain SGD.
+    weight_decay : float, default 0
+        L2 penalty added to the gradient, ``>= 0``.
+    dampening : float, default 0
+        Dampening of the momentum, ``>= 0``.
+    nesterov : bool, default False
+        Nesterov momentum (needs ``momentum > 0`` and ``dampening == 0``).
+
+    Attributes
+    ----------
+    state : dict
+        The momentum buffer of each parameter, keyed by (layer position,
+        parameter name).
+
+    Raises
+    ------
+    TypeError
+        A hyperparameter that is not a number (``nesterov`` not a bool), or
+        ``layers`` that are not layers.
+    ValueError
+        A hyperparameter out of its range, naming it.
     """
 
-    def __init__(self, layers, lr, momentum=0.0, weight_decay=0.0, dampening=0.0,
-                 nesterov=False) -> None:
+    def __init__(self, layers: Layers, lr: float, momentum: float = 0.0,
+                 weight_decay: float = 0.0, dampening: float = 0.0,
+                 nesterov: bool = False) -> None:
         super().__init__(layers)
-        self.lr = _check_number("lr", lr)
-        self.momentum = _check_number("momentum", momentum)
-        self.weight_decay = _check_number("weight_decay", weight_decay)
-        self.dampening = _check_number("dampening", dampening)
-        if not isinstance(nesterov, (bool, np.bool_)):
-            raise TypeError(f"nesterov: expected True or False, got {nesterov!r}")
-        if nesterov and (self.momentum <= 0 or self.dampening != 0):
+        self.lr = _hyperparameter("lr", lr)
+        self.momentum = _hyperparameter("momentum", momentum)
+        self.weight_decay = _hyperparameter("weight_decay", weight_decay)
+        self.dampening = _hyperparameter("dampening", dampening)
+        self.nesterov = check_bool("nesterov", nesterov)
+        if self.nesterov and (self.momentum <= 0 or self.dampening != 0):
             raise ValueError("nesterov: needs momentum > 0 and dampening = 0, got "
                              f"momentum={self.momentum}, dampening={self.dampening}")
-        self.nesterov = bool(nesterov)
+        self.state: dict[Key, Array] = {}
 
     def step(self) -> None:
         """Update every parameter in place from its accumulated gradient."""
@@ -113,29 +162,64 @@ class SGD(_Optimizer):
         self._changed()
 
 
+class AdamState(TypedDict):
+    """Adam's state of one parameter (a plain dict): its step count and moments."""
+
+    step: int
+    m: Array
+    v: Array
+
+
 class Adam(_Optimizer):
     """Adam, as ``torch.optim.Adam`` (L2 ``weight_decay`` added to the gradient, not AdamW).
 
-    ``g = grad + weight_decay * p``; ``m = b1 m + (1-b1) g``; ``v = b2 v + (1-b2) g^2``;
-    ``p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)``.
+    At each :meth:`step` ``t`` (from 1), for every parameter ``p`` with
+    accumulated gradient ``grad``: ``g = grad + weight_decay * p``;
+    ``m = b1 m + (1-b1) g``; ``v = b2 v + (1-b2) g^2``;
+    ``p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)``, in place.
 
     Parameters
     ----------
-    layers : layer or list of layers
-    lr : float
-    betas : (float, float)
-    eps, weight_decay : float
+    layers : layer or iterable of layers
+        fastcells layers (``RNN``, ``GRU``, ``LSTM``, ``Linear``) or any
+        objects with ``parameters()`` (name -> live float32 array), ``grads``
+        (name -> gradient array) and ``zero_grad()``.
+    lr : float, default 1e-3
+        Learning rate, ``>= 0``.
+    betas : (float, float), default (0.9, 0.999)
+        ``(b1, b2)``, the decay rates of the moments, each in ``[0, 1)``.
+    eps : float, default 1e-8
+        Added to the denominator for stability, ``>= 0``.
+    weight_decay : float, default 0
+        L2 penalty added to the gradient, ``>= 0``.
+
+    Attributes
+    ----------
+    state : dict
+        Per parameter, keyed by (layer position, parameter name): a dict of
+        its step count ``"step"`` and moments ``"m"``, ``"v"``.
+
+    Raises
+    ------
+    TypeError
+        A hyperparameter that is not a number (``betas`` not a pair), or
+        ``layers`` that are not layers.
+    ValueError
+        A hyperparameter out of its range, naming it.
     """
 
-    def __init__(self, layers, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0) -> None:
+    def __init__(self, layers: Layers, lr: float = 1e-3,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0) -> None:
         super().__init__(layers)
-        self.lr = _check_number("lr", lr)
+        self.lr = _hyperparameter("lr", lr)
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             raise TypeError(f"betas: expected a pair (beta1, beta2), got {betas!r}")
-        self.betas = (_check_number("betas[0]", betas[0], 0.0, 1.0, high_open=True),
-                      _check_number("betas[1]", betas[1], 0.0, 1.0, high_open=True))
-        self.eps = _check_number("eps", eps)
-        self.weight_decay = _check_number("weight_decay", weight_decay)
+        self.betas = (_hyperparameter("betas[0]", betas[0], 0.0, 1.0, high_open=True),
+                      _hyperparameter("betas[1]", betas[1], 0.0, 1.0, high_open=True))
+        self.eps = _hyperparameter("eps", eps)
+        self.weight_decay = _hyperparameter("weight_decay", weight_decay)
+        self.state: dict[Key, AdamState] = {}
 
     def step(self) -> None:
         """Update every parameter in place from its accumulated gradient."""
@@ -157,7 +241,11 @@ class Adam(_Optimizer):
         self._changed()
 
 
-def clip_grad_norm(layers, max_norm, norm_type=2.0) -> float:
+#: torch.nn.utils.clip_grad_norm_'s guard against a zero norm
+_CLIP_EPS = 1e-6
+
+
+def clip_grad_norm(layers: Layers, max_norm: float, norm_type: float = 2.0) -> float:
     """Scale the accumulated gradients so that their joint norm is at most ``max_norm``.
 
     As ``torch.nn.utils.clip_grad_norm_``: the norm is taken over all gradients
@@ -166,20 +254,32 @@ def clip_grad_norm(layers, max_norm, norm_type=2.0) -> float:
 
     Parameters
     ----------
-    layers : layer or list of layers
+    layers : layer or iterable of layers
+        fastcells layers (``RNN``, ``GRU``, ``LSTM``, ``Linear``) or any
+        objects with ``parameters()`` and ``grads`` (name -> gradient array).
     max_norm : float
-    norm_type : float
-        2 (default), any p >= 1, or ``inf``.
+        The largest joint norm allowed, ``>= 0``.
+    norm_type : float, default 2
+        The p of the p-norm: any ``p >= 1``, or ``math.inf`` for the largest
+        absolute value.
 
     Returns
     -------
     float
-        The total norm before clipping.
+        The joint norm before clipping (0.0 when there are no parameters).
+
+    Raises
+    ------
+    TypeError
+        ``max_norm`` or ``norm_type`` not a number, or ``layers`` that are
+        not layers.
+    ValueError
+        ``max_norm < 0`` or ``norm_type < 1``.
     """
-    layers = _layers(layers)
-    max_norm = _check_number("max_norm", max_norm)
-    norm_type = _check_number("norm_type", norm_type, 1.0)
-    grads = [g for _, _, g in _pairs(layers)]
+    items = _layers(layers)
+    max_norm = _hyperparameter("max_norm", max_norm)
+    norm_type = _hyperparameter("norm_type", norm_type, 1.0)
+    grads = [g for _, _, g in _pairs(items)]
     if not grads:
         return 0.0
     if math.isinf(norm_type):
@@ -187,7 +287,7 @@ def clip_grad_norm(layers, max_norm, norm_type=2.0) -> float:
     else:
         total = float(sum(float(np.sum(np.abs(g.astype(np.float64)) ** norm_type)) for g in grads)
                       ** (1.0 / norm_type))
-    coef = min(1.0, max_norm / (total + 1e-6))
+    coef = min(1.0, max_norm / (total + _CLIP_EPS))
     if coef < 1.0:
         for g in grads:
             g *= np.float32(coef)
