@@ -5,7 +5,8 @@ functional API (``rnn_forward`` ... ``lstm_backward``, ``Stepper``), layers
 with PyTorch's API (``RNN``, ``GRU``, ``LSTM``, ``Linear``), training pieces
 (``optim``, ``losses``, ``clip_grad_norm``), weight conversion (``interop``)
 and the gradient-flow diagnostic (``diagnostics``).  ``fastcells.reference``
-is the pure-NumPy oracle with the same functions.
+is the pure-NumPy oracle with the same functions.  ``show_config()`` prints
+the version, the instruction-set path in use and NumPy's BLAS.
 """
 from . import diagnostics, interop, losses, optim, reference
 from ._results import (

@@ -8,19 +8,23 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Optional, TypedDict
 
 import numpy as np
 
 from . import _kernels
 
+#: the environment variable that forces an ISA path
+ISA_VARIABLE = "FASTCELLS_ISA"
+
 
 def _choose_isa() -> None:
-    wanted = os.environ.get("FASTCELLS_ISA", "").strip().lower()
+    wanted = os.environ.get(ISA_VARIABLE, "").strip().lower()
     if wanted:
         try:
             _kernels.set_isa(wanted)
         except ValueError as exc:
-            raise ImportError(f"FASTCELLS_ISA={wanted!r}: {exc}") from None
+            raise ImportError(f"{ISA_VARIABLE}={wanted!r}: {exc}") from None
     else:
         _kernels.set_isa(_kernels.isa_available()[-1])
 
@@ -34,15 +38,37 @@ def _blas_info() -> str:
         return "unknown"
 
 
-def config() -> dict:
-    """The configuration as a dict (what :func:`show_config` prints)."""
+class Config(TypedDict):
+    """What :func:`config` returns (a plain dict)."""
+
+    fastcells: str
+    isa: str
+    isa_available: list[str]
+    isa_forced: Optional[str]
+    numpy: str
+    numpy_blas: str
+    python: str
+
+
+def config() -> Config:
+    """The configuration as a dict: what :func:`show_config` prints.
+
+    Returns
+    -------
+    dict
+        ``fastcells`` (version), ``isa`` (the ISA path in use),
+        ``isa_available`` (those this CPU runs, narrowest first),
+        ``isa_forced`` (the value of ``FASTCELLS_ISA``, or None), ``numpy``
+        (version), ``numpy_blas`` (the BLAS NumPy was built with) and
+        ``python`` (version).
+    """
     from . import __version__
 
     return {
         "fastcells": __version__,
         "isa": _kernels.get_isa(),
         "isa_available": _kernels.isa_available(),
-        "isa_forced": os.environ.get("FASTCELLS_ISA") or None,
+        "isa_forced": os.environ.get(ISA_VARIABLE) or None,
         "numpy": np.__version__,
         "numpy_blas": _blas_info(),
         "python": sys.version.split()[0],
@@ -50,7 +76,27 @@ def config() -> dict:
 
 
 def show_config() -> None:
-    """Print the version, the ISA path in use and those available, and NumPy's BLAS."""
+    """Print the version, the ISA path in use and those available, and NumPy's BLAS.
+
+    The kernels' instruction-set path (generic, avx2 or avx512) is chosen at
+    import: the widest this CPU supports, unless the environment variable
+    ``FASTCELLS_ISA`` names another (set it before importing fastcells; an
+    ISA the CPU cannot run makes the import fail).  Every path is tested
+    against the same NumPy reference.
+
+    Prints, for example::
+
+        fastcells 0.1.0
+          ISA in use:    avx512
+          ISA available: generic, avx2, avx512
+          NumPy:         2.1.0 (BLAS: scipy-openblas 0.3.27)
+          Python:        3.11.7
+
+    Returns
+    -------
+    None
+        The same facts as a dict: ``fastcells._config.config()``.
+    """
     c = config()
     print(f"fastcells {c['fastcells']}")
     print(f"  ISA in use:    {c['isa']}" + (" (forced by FASTCELLS_ISA)" if c["isa_forced"] else ""))

@@ -6,30 +6,42 @@ gradient has the shape of the prediction and feeds straight into a layer's
 """
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
+import numpy.typing as npt
 
 from ._checks import as_float
 
-F32 = np.float32
+F32 = np.dtype(np.float32)
+#: a float32 array
+Array = npt.NDArray[np.float32]
 
 __all__ = ["mse", "cross_entropy"]
 
 
-def mse(pred: Any, target: Any):
+def mse(pred: npt.ArrayLike, target: npt.ArrayLike) -> tuple[float, Array]:
     """Mean squared error, ``mean((pred - target)**2)`` over every element.
 
     Parameters
     ----------
-    pred, target : array, same shape
-        Real floats, converted to float32.
+    pred : array
+        Predictions, any shape.  Real floats, converted to float32.
+    target : array, shape of ``pred``
+        Targets.  Real floats, converted to float32.
 
     Returns
     -------
     loss : float
+        The mean (NaN when ``pred`` is empty).
     grad : float32 array, shape of ``pred``
-        ``2 * (pred - target) / pred.size``.
+        ``2 * (pred - target) / pred.size``: the gradient of ``loss`` wrt
+        ``pred``, ready for a layer's ``backward``.
+
+    Raises
+    ------
+    TypeError
+        Arrays that are not real floating point, naming them.
+    ValueError
+        ``target`` of another shape than ``pred``.
     """
     pred = as_float("pred", pred, F32)
     target = as_float("target", target, F32)
@@ -38,10 +50,11 @@ def mse(pred: Any, target: Any):
     diff = pred - target
     n = max(diff.size, 1)
     loss = float(np.dot(diff.ravel(), diff.ravel())) / n if diff.size else float("nan")
-    return loss, diff * F32(2.0 / n)
+    grad: Array = diff * np.float32(2.0 / n)
+    return loss, grad
 
 
-def cross_entropy(logits: Any, labels: Any):
+def cross_entropy(logits: npt.ArrayLike, labels: npt.ArrayLike) -> tuple[float, Array]:
     """Mean cross-entropy of integer class labels under softmax(logits) over the last axis.
 
     ``loss = mean(-log_softmax(logits)[..., labels])``, computed with the
@@ -59,8 +72,18 @@ def cross_entropy(logits: Any, labels: Any):
     Returns
     -------
     loss : float
+        The mean over the labels (NaN when there are none).
     grad : float32 array (..., C)
-        ``(softmax(logits) - onehot(labels)) / N``, N the number of labels.
+        ``(softmax(logits) - onehot(labels)) / N``, N the number of labels:
+        the gradient of ``loss`` wrt ``logits``.
+
+    Raises
+    ------
+    TypeError
+        ``logits`` not real floating point, or ``labels`` not integers.
+    ValueError
+        No class axis, ``labels`` of the wrong shape, or a label outside
+        ``[0, C)``.
     """
     logits = as_float("logits", logits, F32)
     if logits.ndim < 1 or logits.shape[-1] < 1:
@@ -85,5 +108,6 @@ def cross_entropy(logits: Any, labels: Any):
     loss = float(-log_p[rows, idx].astype(np.float64).mean()) if N else float("nan")
     grad = np.exp(log_p)
     grad[rows, idx] -= 1.0
-    grad *= F32(1.0 / max(N, 1))
-    return loss, grad.reshape(logits.shape)
+    grad *= np.float32(1.0 / max(N, 1))
+    out: Array = grad.reshape(logits.shape)
+    return loss, out
