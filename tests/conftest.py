@@ -23,6 +23,8 @@ import pytest
 
 import fastcells
 from fastcells import _kernels
+from fastcells._cells import CELLS as CELL_TABLE
+from fastcells._cells import cell_functions
 
 #: forward results (y, h, c) vs the float64 reference, relative to max(1, max|ref|)
 FWD_TOL = 1e-5
@@ -33,20 +35,25 @@ SEED = 20240611
 
 
 class Cell(NamedTuple):
-    """A cell variant: the function family, its gate count and forward options."""
+    """A cell variant: the function family and its forward options (the facts of
+    the family, gate count and states, come from ``fastcells._cells``)."""
 
     family: str    # "rnn", "gru" or "lstm": the prefix of <family>_forward/_backward
-    gates: int
     options: dict
+
+    @property
+    def gates(self) -> int:
+        """The gate count G of the family."""
+        return CELL_TABLE[self.family].G
 
 
 #: every kernel variant, by test id
 CELLS = {
-    "rnn-tanh": Cell("rnn", 1, {"nonlinearity": "tanh"}),
-    "rnn-relu": Cell("rnn", 1, {"nonlinearity": "relu"}),
-    "gru-lbr": Cell("gru", 3, {"linear_before_reset": True}),
-    "gru-cho": Cell("gru", 3, {"linear_before_reset": False}),
-    "lstm": Cell("lstm", 4, {}),
+    "rnn-tanh": Cell("rnn", {"nonlinearity": "tanh"}),
+    "rnn-relu": Cell("rnn", {"nonlinearity": "relu"}),
+    "gru-lbr": Cell("gru", {"linear_before_reset": True}),
+    "gru-cho": Cell("gru", {"linear_before_reset": False}),
+    "lstm": Cell("lstm", {}),
 }
 #: forward argument -> name of its gradient in the backward result
 GRAD_OF = {"x": "dx", "h0": "dh0", "c0": "dc0", "W_ih": "dW_ih", "W_hh": "dW_hh",
@@ -54,7 +61,8 @@ GRAD_OF = {"x": "dx", "h0": "dh0", "c0": "dc0", "W_ih": "dW_ih", "W_hh": "dW_hh"
 
 
 def is_lstm(cell: str) -> bool:
-    return CELLS[cell].family == "lstm"
+    """Whether the variant carries a cell state ``c`` (the LSTM)."""
+    return CELL_TABLE[CELLS[cell].family].has_cell_state
 
 
 # ----------------------------------------------------------------------------
@@ -185,12 +193,12 @@ def as_float64(arrays: dict) -> dict:
 def forward(module, cell: str, inputs: dict, **kwargs):
     """``module.<family>_forward(**inputs, <cell options>, **kwargs)``."""
     c = CELLS[cell]
-    return getattr(module, f"{c.family}_forward")(**inputs, **c.options, **kwargs)
+    return cell_functions(module, c.family)[0](**inputs, **c.options, **kwargs)
 
 
 def backward(module, cell: str, cache, upstream: Optional[dict] = None):
     """``module.<family>_backward(cache, **upstream)``."""
-    return getattr(module, f"{CELLS[cell].family}_backward")(cache, **(upstream or {}))
+    return cell_functions(module, CELLS[cell].family)[1](cache, **(upstream or {}))
 
 
 def run_both(cell: str, inputs: dict, upstream: dict, module=fastcells, **kwargs):
@@ -200,4 +208,16 @@ def run_both(cell: str, inputs: dict, upstream: dict, module=fastcells, **kwargs
 
 
 def state_names(cell: str) -> tuple:
-    return ("h", "c") if is_lstm(cell) else ("h",)
+    """The recurrent state names of the variant (``("h",)`` or ``("h", "c")``)."""
+    return CELL_TABLE[CELLS[cell].family].states
+
+
+class TensorLike:
+    """A framework tensor as fastcells sees it (TensorFlow's): no ``__array__``,
+    only ``.numpy()``."""
+
+    def __init__(self, a):
+        self._a = a
+
+    def numpy(self):
+        return self._a

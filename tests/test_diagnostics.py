@@ -3,19 +3,23 @@ import numpy as np
 import pytest
 
 import fastcells
+from conftest import TensorLike
 from fastcells import diagnostics, interop, reference
+from fastcells._cells import CELL_NAMES, cell_functions
+from fastcells._cells import CELLS as CELL_TABLE
 from fastcells.diagnostics import gradient_flow
 
 RTOL = 1e-4          # float32 kernels against float64 finite differences / torch
 FD_EPS = 1e-6
-CELLS = {"rnn": fastcells.RNN, "gru": fastcells.GRU, "lstm": fastcells.LSTM}
+#: the layer class of each cell
+CELLS = {name: getattr(fastcells, spec.layer) for name, spec in CELL_TABLE.items()}
 
 
 def _fd_norms(layer, cell, x, dy, **kw):
     """||dL/dh_t|| by central differences on the float64 reference (one layer, zeros init)."""
     sd = {k: v.astype(np.float64) for k, v in layer.state_dict().items()}
     w = [sd[n + "_l0"] for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
-    fwd = getattr(reference, f"{cell}_forward")
+    fwd = cell_functions(reference, cell)[0]
     if kw.pop("peephole", False):
         kw["peephole"] = sd["peephole_l0"]
     T, B, _ = x.shape
@@ -57,7 +61,7 @@ def test_matches_finite_differences(cell, kw):
     assert got[-1] == pytest.approx(np.linalg.norm(dy), rel=1e-6)
 
 
-@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+@pytest.mark.parametrize("cell", CELL_NAMES)
 def test_matches_torch_unrolled(cell):
     """Against PyTorch's h_t.grad in an unrolled two-layer loop (top layer's states)."""
     torch = pytest.importorskip("torch")
@@ -165,13 +169,6 @@ def test_state_dict_missing_a_weight_names_it():
 
 def test_tensor_like_inputs_accepted():
     """x, hx and dy_last may be framework tensors (anything with ``.numpy()``)."""
-
-    class TensorLike:
-        def __init__(self, a):
-            self._a = a
-
-        def numpy(self):
-            return self._a
 
     rng = np.random.default_rng(6)
     gru = fastcells.GRU(4, 5, seed=0)

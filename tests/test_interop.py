@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import fastcells
+from conftest import TensorLike
 from fastcells import interop
 from fastcells._cells import GATES, cell_functions
 
@@ -378,27 +379,17 @@ def test_pytorch_state_dict_loads_as_is():
     np.testing.assert_allclose(y, gru(x)[0].detach().numpy(), atol=TOL, rtol=0)
 
 
-class _TensorLike:
-    """A TensorFlow-like tensor: no ``__array__``, only ``.numpy()``."""
-
-    def __init__(self, a):
-        self._a = a
-
-    def numpy(self):
-        return self._a
-
-
 def test_tensors_with_numpy_method_accepted():
     """Objects with ``.numpy()`` (TensorFlow tensors, variables) convert as their arrays do."""
     rng = np.random.default_rng(5)
     kernel, rk, bias = rng.standard_normal((2, 12)), rng.standard_normal((4, 12)), np.ones((2, 12))
     want = interop.from_keras("GRU", kernel, rk, bias)
-    got = interop.from_keras("GRU", _TensorLike(kernel), _TensorLike(rk), _TensorLike(bias))
+    got = interop.from_keras("GRU", TensorLike(kernel), TensorLike(rk), TensorLike(bias))
     assert sorted(got) == sorted(want)
     for key in want:
         np.testing.assert_array_equal(got[key], want[key], err_msg=key)
     with pytest.raises(TypeError, match="kernel: expected a real floating-point array"):
-        interop.from_keras("GRU", _TensorLike(np.ones((2, 12), int)), rk, bias)
+        interop.from_keras("GRU", TensorLike(np.ones((2, 12), int)), rk, bias)
 
 
 def test_ragged_list_names_the_argument():

@@ -1,5 +1,5 @@
 """The NumPy reference, checked on its own: gradients by finite differences,
-the forward equations by hand, and the conventions of DESIGN.md.
+the forward equations by hand, and the documented conventions.
 
 Every kernel is tested against this reference, so it must be right by
 itself: nothing here compares it with other fastcells code.
@@ -7,7 +7,10 @@ itself: nothing here compares it with other fastcells code.
 import numpy as np
 import pytest
 
+from conftest import CELLS as VARIANTS
+from conftest import is_lstm
 from fastcells import reference
+from fastcells._cells import cell_functions
 
 #: central-difference step (float64)
 EPS = 1e-6
@@ -21,21 +24,12 @@ FORWARD_RTOL = 1e-12
 T, B, I, H = 4, 3, 3, 2
 LENGTHS = np.array([4, 0, 2])  # a full sequence, an empty one, a partial one
 
-# name -> (forward, backward, gate count, options)
-CELLS = {
-    "rnn-tanh": (reference.rnn_forward, reference.rnn_backward, 1, {"nonlinearity": "tanh"}),
-    "rnn-relu": (reference.rnn_forward, reference.rnn_backward, 1, {"nonlinearity": "relu"}),
-    "gru-lbr": (reference.gru_forward, reference.gru_backward, 3, {"linear_before_reset": True}),
-    "gru-cho": (reference.gru_forward, reference.gru_backward, 3, {"linear_before_reset": False}),
-    "lstm": (reference.lstm_forward, reference.lstm_backward, 4, {}),
-}
+# name -> (forward, backward, gate count, options), for the variants of conftest
+CELLS = {name: (*cell_functions(reference, v.family), v.gates, v.options)
+         for name, v in VARIANTS.items()}
 #: forward argument -> name of its gradient
 GRAD_NAME = {"x": "dx", "h0": "dh0", "c0": "dc0", "W_ih": "dW_ih", "W_hh": "dW_hh",
              "b_ih": "db_ih", "b_hh": "db_hh"}
-
-
-def is_lstm(cell):
-    return cell == "lstm"
 
 
 def make_inputs(cell, rng, T=T, B=B, I=I, H=H, bias=True, initial_state=True, dtype=np.float64):
