@@ -99,7 +99,8 @@ def show_config() -> None:
     """
     c = config()
     print(f"fastcells {c['fastcells']}")
-    print(f"  ISA in use:    {c['isa']}" + (" (forced by FASTCELLS_ISA)" if c["isa_forced"] else ""))
+    forced = f" (forced by {ISA_VARIABLE})" if c["isa_forced"] else ""
+    print(f"  ISA in use:    {c['isa']}{forced}")
     print(f"  ISA available: {', '.join(c['isa_available'])}")
     print(f"  NumPy:         {c['numpy']} (BLAS: {c['numpy_blas']})")
     print(f"  Python:        {c['python']}")

@@ -391,7 +391,17 @@ def from_keras(kind: str, kernel: Any, recurrent_kernel: Any, bias: Any = None,
         Keras' single bias becomes ``bias_ih_l0`` with ``bias_hh_l0 = 0``.
         A layer with ``go_backwards=True`` is these weights run with
         ``reverse=True``; a ``Bidirectional`` wrapper is two conversions, the
-        backward one renamed with suffix ``_reverse``.
+        backward one renamed with suffix ``_reverse``.  Arrays keep their
+        floating dtype; ``.options`` (:class:`RunOptions`) says how to run them.
+
+    Raises
+    ------
+    TypeError
+        An unknown ``kind``, ``reset_after`` not a bool, or weights that are
+        not real floating point, naming the argument.
+    ValueError
+        A shape that does not fit, or an activation the kernels do not
+        compute, naming the argument.
     """
     if kind not in _KERAS_CELLS:
         raise TypeError(f"kind: expected one of {tuple(_KERAS_CELLS)}, got {kind!r}")

@@ -90,7 +90,8 @@ def cross_entropy(logits: npt.ArrayLike, labels: npt.ArrayLike) -> tuple[float, 
         raise ValueError(f"logits: expected shape (..., C) with C >= 1 classes, got {logits.shape}")
     labels = np.asarray(labels)
     if labels.dtype.kind not in "iu":
-        raise TypeError(f"labels: expected an integer array of class indices, got dtype {labels.dtype}")
+        raise TypeError("labels: expected an integer array of class indices, got dtype "
+                        f"{labels.dtype}")
     C = logits.shape[-1]
     if labels.shape != logits.shape[:-1]:
         raise ValueError(f"labels: expected shape logits.shape[:-1] = {logits.shape[:-1]}, "

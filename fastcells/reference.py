@@ -75,7 +75,7 @@ def _active(lengths: Optional[npt.NDArray[np.int64]], T: int, B: int) -> npt.NDA
 
 def _options(cache: Cache) -> Mapping[str, Any]:
     """The forward options a cache was made with (``reverse``, ``bias``, the cell's own)."""
-    options: Mapping[str, Any] = cache.options  # type: ignore[attr-defined]  # Cache's slots have no class annotations
+    options: Mapping[str, Any] = cache.options  # type: ignore[attr-defined]  # unannotated slot
     return options
 
 
