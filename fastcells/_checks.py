@@ -412,7 +412,7 @@ def check_number(name: str, value: Any, low: float = 0.0, high: float = float("i
                         f"got {value!r}")
     value = float(value)
     if not (low <= value < high if high_open else low <= value <= high):
-        raise ValueError(f"{name}: expected a number in {_interval(low, high, high_open)}, "
+        raise ValueError(f"{name}: expected a value in {_interval(low, high, high_open)}, "
                          f"got {value}")
     return value
 

@@ -9,7 +9,7 @@ keeps for its backward pass.  They are the contract shared by
 from __future__ import annotations
 
 from types import MappingProxyType
-from typing import Any, NamedTuple, Optional
+from typing import Any, Mapping, NamedTuple, Optional
 
 import numpy as np
 
@@ -91,6 +91,10 @@ class Cache:
     """
 
     __slots__ = ("cell", "backend", "options", "arrays")
+    cell: str
+    backend: str
+    options: Mapping[str, Any]
+    arrays: Mapping[str, Any]
 
     def __init__(self, cell: str, backend: str, options: dict, arrays: dict):
         frozen = {}

@@ -58,17 +58,6 @@ def _pairs(layers: Sequence[Layer]) -> Iterator[tuple[Key, Array, Array]]:
             yield (i, name), p, grads[name]
 
 
-def _hyperparameter(name: str, value: Any, low: float = 0.0, high: float = math.inf,
-                    high_open: bool = False) -> float:
-    """``_checks.check_number``, its range error worded "expected a value in" (as
-    the optimizers have always said it)."""
-    try:
-        return check_number(name, value, low, high, high_open)
-    except ValueError as exc:
-        raise ValueError(str(exc).replace("expected a number in", "expected a value in", 1)
-                         ) from None
-
-
 class _Optimizer:
     """What the optimizers share: their layers, their per-parameter state, zero_grad."""
 
@@ -136,10 +125,10 @@ class SGD(_Optimizer):
                  weight_decay: float = 0.0, dampening: float = 0.0,
                  nesterov: bool = False) -> None:
         super().__init__(layers)
-        self.lr = _hyperparameter("lr", lr)
-        self.momentum = _hyperparameter("momentum", momentum)
-        self.weight_decay = _hyperparameter("weight_decay", weight_decay)
-        self.dampening = _hyperparameter("dampening", dampening)
+        self.lr = check_number("lr", lr)
+        self.momentum = check_number("momentum", momentum)
+        self.weight_decay = check_number("weight_decay", weight_decay)
+        self.dampening = check_number("dampening", dampening)
         self.nesterov = check_bool("nesterov", nesterov)
         if self.nesterov and (self.momentum <= 0 or self.dampening != 0):
             raise ValueError("nesterov: needs momentum > 0 and dampening = 0, got "
@@ -212,13 +201,13 @@ class Adam(_Optimizer):
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0) -> None:
         super().__init__(layers)
-        self.lr = _hyperparameter("lr", lr)
+        self.lr = check_number("lr", lr)
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             raise TypeError(f"betas: expected a pair (beta1, beta2), got {betas!r}")
-        self.betas = (_hyperparameter("betas[0]", betas[0], 0.0, 1.0, high_open=True),
-                      _hyperparameter("betas[1]", betas[1], 0.0, 1.0, high_open=True))
-        self.eps = _hyperparameter("eps", eps)
-        self.weight_decay = _hyperparameter("weight_decay", weight_decay)
+        self.betas = (check_number("betas[0]", betas[0], 0.0, 1.0, high_open=True),
+                      check_number("betas[1]", betas[1], 0.0, 1.0, high_open=True))
+        self.eps = check_number("eps", eps)
+        self.weight_decay = check_number("weight_decay", weight_decay)
         self.state: dict[Key, AdamState] = {}
 
     def step(self) -> None:
@@ -277,8 +266,8 @@ def clip_grad_norm(layers: Layers, max_norm: float, norm_type: float = 2.0) -> f
         ``max_norm < 0`` or ``norm_type < 1``.
     """
     items = _layers(layers)
-    max_norm = _hyperparameter("max_norm", max_norm)
-    norm_type = _hyperparameter("norm_type", norm_type, 1.0)
+    max_norm = check_number("max_norm", max_norm)
+    norm_type = check_number("norm_type", norm_type, 1.0)
     grads = [g for _, _, g in _pairs(items)]
     if not grads:
         return 0.0
