@@ -7,6 +7,8 @@ layout table, never restated here.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from fastcells import _cells
@@ -43,7 +45,7 @@ def model_bytes(p: Problem) -> bytes:
              numpy_helper.from_array(reorder(p.W_hh), "R"),
              numpy_helper.from_array(np.concatenate([reorder(p.b_ih), reorder(p.b_hh)], 1), "B")]
     states = state_inputs(p)
-    attrs = {"hidden_size": H}
+    attrs: dict[str, Any] = {"hidden_size": H}
     if "linear_before_reset" in p.spec.options:       # fastcells' default: PyTorch's GRU
         attrs["linear_before_reset"] = int(p.spec.options["linear_before_reset"])
     # ONNX names its operators as the layer classes are named: RNN, GRU, LSTM

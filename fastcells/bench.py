@@ -82,7 +82,7 @@ BENCH_DIR = Path(__file__).resolve().parent.parent / "bench"
 #: the file that tells fastcells' bench folder from any other folder named bench
 _BENCH_MARKER = "peers.py"
 #: why a peer or the plot is missing when the bench folder is not found
-NO_BENCH_DIR = "need bench/ from a clone of the repository, or --bench-dir"
+NO_BENCH_DIR = "no bench/ folder of a clone beside the package; see --bench-dir"
 
 
 @dataclass(frozen=True)
@@ -332,8 +332,8 @@ def _fp16w_runner(p: Problem, mode: str) -> Runner:
     if mode == "fwd" and p.shape.B != 1:
         raise Unavailable(NOT_BATCH1)
     x, states, step = _stepper_setup(p, mode, weight_dtype="float16")
-    rounded = [np.asarray(w, F32).astype(np.float16).astype(F32) for w in (p.W_ih, p.W_hh)]
-    want = _fc.Stepper(p.cell, *rounded, p.b_ih, p.b_hh).forward(x, *states).y
+    W_ih, W_hh = (np.asarray(w, F32).astype(np.float16).astype(F32) for w in (p.W_ih, p.W_hh))
+    want = _fc.Stepper(p.cell, W_ih, W_hh, p.b_ih, p.b_hh).forward(x, *states).y
     if not np.array_equal(step.forward(x, *states).y, want):
         raise Unavailable("fp16w disagrees with a float32 Stepper over the rounded weights")
     return lambda: step.forward(x, *states)
@@ -531,7 +531,7 @@ def machine_info() -> dict:
     info = dict(config())
     info.update(cpu=_cpu_model(), cores=os.cpu_count(), platform=platform.platform(),
                 commit=_git_commit(),
-                peers={s: _version(d) for s, d in PEER_DISTRIBUTIONS.items()},
+                **{d: _version(d) for d in PEER_DISTRIBUTIONS.values()},
                 env={k: v for k, v in sorted(os.environ.items())
                      if k in THREAD_VARS or k in BLAS_TUNING_VARS})
     try:
@@ -572,6 +572,8 @@ def header(info: dict) -> str:
             lines.append(f"thread pool: {d['internal_api']} {d['version']}, "
                          f"{d['num_threads']} thread(s)"
                          + (f", core type {d['architecture']}" if d.get("architecture") else ""))
+    lines.append("  ".join(f"{d} {info[d] or 'not installed'}"
+                           for d in PEER_DISTRIBUTIONS.values()))
     lines.append(THREADS_LINE)
     env = info["env"]
     lines.append("env: " + (" ".join(f"{k}={v}" for k, v in env.items()) or "(none set)"))
@@ -756,8 +758,7 @@ def write_markdown(path: str, rows: Sequence[dict], info: dict, *, grid: str,
                    elapsed: float, command: str) -> None:
     """Write the report as Markdown: the machine, the date, the commit, the version, the
     threads, a short legend, the default table and then every column."""
-    peers = ", ".join(f"{s} {v}" if v else f"{s} not installed"
-                      for s, v in info["peers"].items())
+    peers = ", ".join(f"{d} {info[d] or 'not installed'}" for d in PEER_DISTRIBUTIONS.values())
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         "# fastcells benchmark results", "",
@@ -824,11 +825,11 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(
         prog="python -m fastcells.bench",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Time fastcells' RNN, GRU and LSTM against the NumPy reference, PyTorch "
-                    "and ONNX Runtime, one thread each, and check fastcells against the "
-                    "float64 reference.  Prints the machine, then per cell, shape and mode "
-                    "fastcells' time, the fastest installed peer's, the reference's and the "
-                    "ratios.  Progress goes to stderr.",
+        description=textwrap.fill(
+            "Time fastcells' RNN, GRU and LSTM against the NumPy reference, PyTorch and ONNX "
+            "Runtime, one thread each, and check fastcells against the float64 reference.  "
+            "Prints the machine, then per cell, shape and mode fastcells' time, the fastest "
+            "installed peer's, the reference's and the ratios.  Progress goes to stderr.", 88),
         epilog=_EPILOG)
     grid = ap.add_mutually_exclusive_group()
     grid.add_argument("--quick", action="store_true",
@@ -962,7 +963,7 @@ def _plot(rows: Sequence[dict], info: dict, path: str, bench_dir: Path | None) -
     """Draw the plot with the bench/ folder's plotter, or say what is missing."""
     bench = load_bench(bench_dir)
     if bench is None:
-        print(f"not writing {path}: the plot {NO_BENCH_DIR}")
+        print(wrap(f"not writing {path}: the plot is drawn by bench/plot.py: {NO_BENCH_DIR}"))
     elif bench.plot.write_plot(rows, info, path):
         print(f"wrote {path}")
     else:
