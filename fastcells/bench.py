@@ -56,8 +56,18 @@ F32 = np.float32
 #: the cells, in the cell table's order
 CELLS: tuple[str, ...] = _cells.CELL_NAMES
 MODES = ("fwd", "fwdbwd")
-#: every system the report can time, in the wide table's order
-SYSTEMS = ("fastcells", "prepared", "fp16w", "reference", "torch", "ort", "floor")
+#: every system the report can time, in the wide table's order, and what it runs
+#: (the --help text and the wide table's legend)
+SYSTEM_NOTES = {
+    "fastcells": "the functional <cell>_forward/_backward (checks and packs weights every call)",
+    "prepared": "Stepper.forward, the weights prepared once (fwd only)",
+    "fp16w": "the same with float16 weights (fwd, batch 1 only)",
+    "reference": "fastcells.reference, pure NumPy, on float32 inputs",
+    "torch": "PyTorch nn.RNN/GRU/LSTM (peer)",
+    "ort": "ONNX Runtime, a one-node model (peer, fwd only)",
+    "floor": "NumPy's BLAS alone doing the same matrix products",
+}
+SYSTEMS = tuple(SYSTEM_NOTES)
 #: the peers: other libraries, whose runners live in the repository's bench/ folder
 PEERS = ("torch", "ort")
 #: the distribution that brings each peer (what ``pip install`` takes)
@@ -687,19 +697,11 @@ COMPACT = _KEY + (
 LEGEND = ("ms: median per call; peer: fastest of torch, ort; ref: NumPy reference; "
           "x/fc > 1: fastcells faster")
 #: the wide table: every system and ratio, the floor and the errors
-WIDE = _KEY + (
-    Column("fastcells", "fastcells' median ms (the functional call)", _ms("fastcells")),
+WIDE = _KEY + tuple(Column(s, f"{note}; median ms", _ms(s)) for s, note in SYSTEM_NOTES.items()) + (
     Column("fc min", "fastcells' fastest call, ms",
            lambda r: _fmt(r["times"].get("fastcells", {}).get("min_ms"), ".3f")),
-    Column("prepared", "Stepper.forward, the weights prepared once (fwd), ms", _ms("prepared")),
-    Column("fp16w", "the same with float16 weights (fwd, batch 1), ms", _ms("fp16w")),
-    Column("reference", "the NumPy reference on float32, ms", _ms("reference")),
-    Column("torch", "PyTorch nn.RNN/GRU/LSTM, ms", _ms("torch")),
-    Column("ort", "ONNX Runtime (fwd), ms", _ms("ort")),
-    Column("floor", "NumPy's BLAS alone doing the same matrix products, ms", _ms("floor")),
-    Column("ref/fc", "reference ms / fastcells ms", _ratio("reference")),
-    Column("torch/fc", "torch ms / fastcells ms", _ratio("torch")),
-    Column("ort/fc", "ort ms / fastcells ms", _ratio("ort")),
+    *(Column(f"{short}/fc", f"{short} ms / fastcells ms", _ratio(s))
+      for s, short in (("reference", "ref"), ("torch", "torch"), ("ort", "ort"))),
     Column("peer/prep", "the fastest peer's ms / prepared ms",
            _field("best_peer_over_prepared", ".2f")),
     Column("peer/fp16w", "the fastest peer's ms / fp16w ms", _field("best_peer_over_fp16w", ".2f")),
@@ -793,21 +795,12 @@ grids (--shape replaces them):
            {' '.join(map(str, GRIDS['full'][5:]))}
 
 systems:
-  fastcells  the functional <cell>_forward/_backward (checks and packs weights every call)
-  prepared   Stepper.forward, the weights prepared once (fwd only)
-  fp16w      the same with float16 weights (fwd, batch 1 only)
-  reference  fastcells.reference, pure NumPy, on float32 inputs
-  torch      PyTorch nn.RNN/GRU/LSTM (peer)
-  ort        ONNX Runtime, a one-node model (peer, fwd only)
-  floor      NumPy's BLAS alone doing the same matrix products
+{chr(10).join(f"  {s:<10} {note}" for s, note in SYSTEM_NOTES.items())}
 
 default columns:
-  fastcells ms, peer ms, ref ms   median milliseconds per call
-  peer      the fastest installed peer of the row
-  peer/fc, ref/fc   that time over fastcells' (above 1: fastcells is faster)
---wide adds every system, fastcells' minimum, peer/prep and peer/fp16w (the fastest
-peer over prepared / fp16w), fc/floor, GFLOP/s and fastcells' errors against the
-float64 reference.
+{chr(10).join(f"  {c.head:<13} {c.meaning}" for c in COMPACT[3:])}
+{textwrap.fill("--wide prints every column: " + ", ".join(
+    c.head.replace(" ", chr(0xA0)) for c in WIDE[3:]) + ".", 88).replace(chr(0xA0), " ")}
 
 Every system runs on one thread: run as a program, the report sets
 {', '.join(THREAD_VARS)} to 1 and re-executes itself if
