@@ -2,7 +2,7 @@
 
 Run with ``python -m pytest bench --benchmark-only`` (the normal test run
 collects ``tests/`` only).  ``--fastcells-grid quick|default|full`` picks the
-grid of ``fastcells.bench.GRIDS`` (default: full, the issue-3 grid);
+grid of ``fastcells.bench.GRIDS`` (default: full, the report's ``--full`` grid);
 ``--fastcells-cells`` and ``--fastcells-systems`` narrow it.
 """
 import os
@@ -12,9 +12,9 @@ import os
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[_var] = "1"
 
-import pytest  # noqa: E402
+import pytest
 
-from fastcells import bench  # noqa: E402
+from fastcells import bench
 
 
 def pytest_addoption(parser):

@@ -10,6 +10,8 @@ pytest-benchmark's table puts the systems side by side::
 
 A system that is not installed (torch, onnxruntime), does not apply (ONNX
 Runtime backward) or disagrees with fastcells is skipped with the reason.
+The peers' runners are this folder's ``peers`` module, which
+``fastcells.bench.make_runner`` loads from here.
 """
 import pytest
 

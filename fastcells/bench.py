@@ -1,116 +1,77 @@
 """The benchmark report: ``python -m fastcells.bench``.
 
-For each cell (LSTM, GRU, RNN), shape ``(T, B, I, H)`` and mode — forward
-(inference, ``training=False``) and forward+backward (BPTT with one upstream
-gradient ``dy``) — it times, in one run and on one thread each:
+For each cell, shape ``(T, B, I, H)`` and mode — ``fwd`` (inference,
+``training=False``) and ``fwdbwd`` (a training forward and the backward of
+one upstream gradient ``dy``) — the report times these systems, one thread
+each, and checks fastcells against the float64 reference:
 
-- ``fastcells`` (the compiled kernels, through ``<cell>_forward``/``_backward``:
-  every call checks, folds and packs the weights);
-- ``prepared``, forward only: ``fastcells.Stepper(cell, weights).forward(x, ...)``,
-  the same kernels with the weights prepared once, as a server holds them (the
-  way ONNX Runtime's session and torch's module hold theirs);
-- ``fp16w``, forward at batch 1 only: the same with ``weight_dtype="float16"``
-  (weights rounded to float16 once; batch-1 products read half the bytes).
-  Other numbers than float32 weights give, so it is checked against its own
-  contract instead: the bits of a float32 ``Stepper`` over the rounded weights;
-  its error against the float64 reference (``y``, relative, unrounded weights)
-  is the column ``fp16w err``;
-- ``reference``: ``fastcells.reference`` on float32 inputs, so it computes in
-  float32, the same arithmetic precision;
-- ``torch`` when installed: ``nn.RNN/GRU/LSTM`` with the same weights,
-  ``torch.set_num_threads(1)``, forward under ``torch.inference_mode()``,
-  forward+backward with ``y.backward(dy)`` and gradients for the input, the
-  initial state and the parameters (what fastcells computes);
-- ``ort`` (ONNX Runtime) when installed, forward only: an RNN/GRU/LSTM node
-  model built in memory with ``onnx.helper``, one intra- and one inter-op
-  thread;
-- ``floor``, the *GEMM floor*: NumPy's BLAS alone doing the same matrix
-  products — the input projection ``(T*B, I) @ (I, G*H)`` and ``T`` recurrent
-  products ``(B, H) @ (H, G*H)``; for forward+backward also ``T`` products
-  ``dGates_t @ W_hh`` and the three gradient GEMMs ``dW_ih``, ``dW_hh``,
-  ``dx``.  At batch 1 it includes about a microsecond of Python call overhead
-  per step, so it is a floor for batched shapes and a loose one at batch 1.
+- ``fastcells``: ``<cell>_forward`` / ``<cell>_backward`` (every call checks
+  and packs the weights);
+- ``prepared`` (fwd): ``Stepper(cell, weights).forward``, the weights
+  prepared once, as a server holds them (and as torch's module and ONNX
+  Runtime's session hold theirs);
+- ``fp16w`` (fwd, batch 1): the same with ``weight_dtype="float16"``;
+- ``reference``: ``fastcells.reference`` on float32 inputs;
+- ``floor``: NumPy's BLAS alone doing the same matrix products;
+- the peers ``torch`` (``nn.RNN/GRU/LSTM``) and ``ort`` (ONNX Runtime, fwd),
+  when installed.
 
-Every peer's output is checked against fastcells' (within ``PEER_TOL``)
-before it is timed; a peer that disagrees is reported, not timed.  Each row
-also gives the largest error of fastcells against the float64 reference
-(``y`` and final states; for forward+backward every gradient too), absolute
-and relative to ``max(1, max|reference|)`` per array as in the tests; ``--check``
-(on in ``--quick``) exits with status 1 if a relative error exceeds
-``CHECK_TOL`` or ``prepared``/``fp16w`` break their contracts.
-
-Timing: a warm-up call, then repeats until about ``target`` seconds per
-measurement (0.2 s by default, less in ``--quick``, more in ``--full``), in
-``ROUNDS`` rounds that take the systems of a row in turn (a slow spell of a
-shared machine then slows them all alike); the median over all rounds and
-the minimum per call are kept.  Ratios are ``system / fastcells``
-(above 1: fastcells is faster), ``peer/prep`` and ``peer/fp16w``: the fastest
-peer's time over ``prepared``'s and ``fp16w``'s, and ``fastcells / floor`` (1 is
-the floor).
-GFLOP/s counts the flops of all the GEMMs above, ``2*m*n*k`` each.
-
-Single thread: run as a program, the module sets ``OMP_NUM_THREADS``,
-``OPENBLAS_NUM_THREADS`` and ``MKL_NUM_THREADS`` to 1 and re-executes itself
-if they were not (``python -m`` imports NumPy, through the package, before
-this module runs, and BLAS reads them only when it loads); it also applies
-``threadpoolctl.threadpool_limits(1)`` when threadpoolctl is installed, and
-``torch.set_num_threads(1)``.
-
-Comparing honestly with NumPy's BLAS: some machines set ``OPENBLAS_CORETYPE``
-or ``OPENBLAS_L2_SIZE``, which make OpenBLAS pick a slower kernel than the
-CPU supports.  There, run::
-
-    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m fastcells.bench
-
-The header prints such variables and, with threadpoolctl, the OpenBLAS core
-type in use.  (Tests and CI never unset them.)
-
-Usage::
-
-    python -m fastcells.bench [--quick | --full] [--cells lstm,gru,rnn]
-        [--shape T,B,I,H ...] [--modes fwd,fwdbwd]
-        [--systems fastcells,prepared,fp16w,reference,torch,ort,floor]
-        [--repeat N] [--json FILE] [--plot FILE.png] [--check]
-
-Grids (``GRIDS``): the default is batch 1 and 16 at hidden 64 and 256, I = H
-(under a minute on a 2-core machine); ``--quick`` two small shapes with short
-timing, for CI; ``--full`` the issue-3 grid — latency, training and the
-serving (DeepBench inference) shapes — which takes several minutes.
-``--shape`` (repeatable) replaces the grid.  Peers are optional and imported
-lazily: ``pip install .[bench]`` brings onnxruntime, onnx, matplotlib and
-threadpoolctl; install torch separately (``pip install torch==2.13.0``, the
-CPU build), as an extra would pull a CUDA build on some platforms.
-
-The same problems and runners serve the pytest-benchmark suite in ``bench/``
-(``python -m pytest bench --benchmark-only``): one source for both.
+This module holds what the command needs: the grids, the seeded problems,
+fastcells' own systems and the floor, the timing, the correctness check, the
+tables and the Markdown report.  The peers' runners, the ONNX model builder
+and the plot live in the repository's ``bench/`` folder; run from a clone
+(or an editable install of one), the report finds it beside the package.
+From an installed wheel without the clone, the peers and the plot are
+reported as missing and everything else runs.  ``bench/README.md`` explains
+the columns and how the published figures are made.
 """
 from __future__ import annotations
 
 import argparse
+import datetime
 import gc
+import importlib
+import importlib.util
 import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
+import textwrap
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import numpy as np
 
-from . import _checks, reference
+from . import _cells, reference
 from . import functional as _fc
-from .interop import GATE_LAYOUT
 
 F32 = np.float32
 
-CELLS = ("lstm", "gru", "rnn")
+#: the cells, in the cell table's order
+CELLS: tuple[str, ...] = _cells.CELL_NAMES
 MODES = ("fwd", "fwdbwd")
-#: every system the report can time, in table order
-SYSTEMS = ("fastcells", "prepared", "fp16w", "reference", "torch", "ort", "floor")
-#: the peers: other libraries, compared with fastcells' ways of running
+#: every system the report can time, in the wide table's order, and what it runs
+#: (the --help text and the wide table's legend)
+SYSTEM_NOTES = {
+    "fastcells": "the functional <cell>_forward/_backward (checks and packs weights every call)",
+    "prepared": "Stepper.forward, the weights prepared once (fwd only)",
+    "fp16w": "the same with float16 weights (fwd, batch 1 only)",
+    "reference": "fastcells.reference, pure NumPy, on float32 inputs",
+    "torch": "PyTorch nn.RNN/GRU/LSTM (peer)",
+    "ort": "ONNX Runtime, a one-node model (peer, fwd only)",
+    "floor": "NumPy's BLAS alone doing the same matrix products",
+}
+SYSTEMS = tuple(SYSTEM_NOTES)
+#: the peers: other libraries, whose runners live in the repository's bench/ folder
 PEERS = ("torch", "ort")
+#: the distribution that brings each peer (what ``pip install`` takes)
+PEER_DISTRIBUTIONS = {"torch": "torch", "ort": "onnxruntime"}
 #: fastcells' prepared-weights systems: a disagreement of theirs fails --check
 OWN_SYSTEMS = ("prepared", "fp16w")
 #: relative error of fastcells against the float64 reference that fails --check
@@ -122,6 +83,16 @@ THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 #: variables that change which OpenBLAS kernel runs (reported, never changed)
 BLAS_TUNING_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_VERBOSE",
                     "MKL_ENABLE_INSTRUCTIONS", "MKL_DEBUG_CPU_TYPE")
+#: the widest line of the default output
+MAX_WIDTH = 100
+
+#: the repository's benchmark folder (peers, ONNX model builder, plot), beside the
+#: package in a clone; absent beside an installed wheel
+BENCH_DIR = Path(__file__).resolve().parent.parent / "bench"
+#: the file that tells fastcells' bench folder from any other folder named bench
+_BENCH_MARKER = "peers.py"
+#: why a peer or the plot is missing when the bench folder is not found
+NO_BENCH_DIR = "no bench/ folder of a clone beside the package; see --bench-dir"
 
 
 @dataclass(frozen=True)
@@ -137,7 +108,8 @@ class Shape:
         return f"({self.T},{self.B},{self.I},{self.H})"
 
     @classmethod
-    def parse(cls, text: str) -> "Shape":
+    def parse(cls, text: str) -> Shape:
+        """``"T,B,I,H"`` (parentheses allowed) as a :class:`Shape`; ``ValueError`` otherwise."""
         parts = text.strip().strip("()").split(",")
         try:
             values = [int(p) for p in parts]
@@ -148,7 +120,7 @@ class Shape:
         return cls(*values)
 
 
-def _shapes(*tuples) -> tuple:
+def _shapes(*tuples: tuple[int, int, int, int]) -> tuple[Shape, ...]:
     return tuple(Shape(*t) for t in tuples)
 
 
@@ -156,10 +128,10 @@ def _shapes(*tuples) -> tuple:
 GRIDS = {
     # CI smoke run: small, but both a batch-1 and a batched shape
     "quick": _shapes((50, 1, 32, 32), (20, 8, 64, 64)),
-    # issue 2: batch 1 and 16, hidden 64 and 256, I = H
+    # batch 1 and 16, hidden 64 and 256, I = H
     "default": _shapes((100, 1, 64, 64), (100, 1, 256, 256), (50, 16, 64, 64),
                        (50, 16, 256, 256)),
-    # issue 3: latency, training and the serving (DeepBench inference) shapes
+    # latency (batch 1), training (batched) and serving (DeepBench inference) shapes
     "full": _shapes((100, 1, 64, 64), (100, 1, 256, 256), (100, 16, 128, 128),
                     (50, 64, 256, 256), (50, 64, 512, 512), (25, 128, 1024, 1024),
                     (25, 1, 512, 512), (25, 4, 512, 512), (25, 1, 1024, 1024),
@@ -167,9 +139,11 @@ GRIDS = {
 }
 #: seconds of repeats per measurement, and the fewest repeats, per grid
 TIMING = {"quick": (0.03, 3), "default": (0.2, 3), "full": (0.5, 3)}
+#: rounds per row: every system is timed once per round, in turn, so that a slow
+#: spell of a shared machine falls on all the systems of a row alike
+ROUNDS = 5
 
-
-#: why ONNX Runtime has no forward+backward time (not reported as a missing peer)
+#: why a system has no forward+backward time (not reported as a missing peer)
 NOT_APPLICABLE = "inference only"
 #: why fp16w has no time at batch > 1: those products read the float32 panels
 NOT_BATCH1 = "batch 1 only"
@@ -200,19 +174,27 @@ class Problem:
     b_ih: np.ndarray
     b_hh: np.ndarray
     h0: np.ndarray
-    c0: Optional[np.ndarray]
+    c0: np.ndarray | None
     dy: np.ndarray
     _expected: dict = field(default_factory=dict, repr=False)
 
     @property
-    def G(self) -> int:
-        return _checks.GATES[self.cell]
+    def spec(self) -> _cells.CellSpec:
+        """The cell's entry of the cell table."""
+        return _cells.CELLS[self.cell]
 
-    def args(self, dtype=F32) -> tuple:
+    @property
+    def G(self) -> int:
+        """The cell's gate count."""
+        return self.spec.G
+
+    def states(self) -> tuple[np.ndarray, ...]:
+        """The initial states, in the cell table's order (``h0``, and ``c0`` for the LSTM)."""
+        return tuple(getattr(self, f"{name}0") for name in self.spec.states)
+
+    def args(self, dtype: Any = F32) -> tuple[np.ndarray, ...]:
         """Positional arguments of ``<cell>_forward``, in ``dtype``."""
-        a = (self.x, self.W_ih, self.W_hh, self.b_ih, self.b_hh, self.h0)
-        if self.cell == "lstm":
-            a += (self.c0,)
+        a = (self.x, self.W_ih, self.W_hh, self.b_ih, self.b_hh, *self.states())
         return tuple(v.astype(dtype) for v in a)
 
     def expected(self, mode: str) -> dict:
@@ -224,42 +206,35 @@ class Problem:
 
 def make_problem(cell: str, shape: Shape, seed: int = 0) -> Problem:
     """The seeded :class:`Problem` of ``cell`` at ``shape``."""
-    if cell not in CELLS:
-        raise ValueError(f"cell: expected one of {CELLS}, got {cell!r}")
+    spec = _cells.cell_spec(cell)
     T, B, I, H = shape.T, shape.B, shape.I, shape.H
-    GH = _checks.GATES[cell] * H
+    GH = spec.G * H
     rng = np.random.default_rng([seed, CELLS.index(cell), T, B, I, H])
     k = 1.0 / np.sqrt(H)
 
-    def uniform(*s):
+    def uniform(*s: int) -> np.ndarray:
         return rng.uniform(-k, k, s).astype(F32)
 
-    def normal(*s):
+    def normal(*s: int) -> np.ndarray:
         return rng.standard_normal(s, dtype=F32)
 
     return Problem(cell, shape, x=normal(T, B, I), W_ih=uniform(GH, I), W_hh=uniform(GH, H),
                    b_ih=uniform(GH), b_hh=uniform(GH), h0=normal(B, H),
-                   c0=normal(B, H) if cell == "lstm" else None, dy=normal(T, B, H))
+                   c0=normal(B, H) if spec.has_cell_state else None, dy=normal(T, B, H))
 
 
-def _module_fns(module, cell: str) -> tuple:
-    return getattr(module, f"{cell}_forward"), getattr(module, f"{cell}_backward")
-
-
-def outputs(module, p: Problem, mode: str, dtype=F32) -> dict:
+def outputs(module: ModuleType, p: Problem, mode: str, dtype: Any = F32) -> dict:
     """Run ``module`` (fastcells or its reference) once; the results by name."""
-    forward, backward = _module_fns(module, p.cell)
+    forward, backward = _cells.cell_functions(module, p.cell)
     out = forward(*p.args(dtype), training=(mode == "fwdbwd"))
-    result = {"y": out.y, "h": out.h}
-    if p.cell == "lstm":
-        result["c"] = out.c
+    result = {name: getattr(out, name) for name in ("y", *p.spec.states)}
     if mode == "fwdbwd":
         grads = backward(out.cache, dy=p.dy.astype(dtype))
         result.update((k, v) for k, v in grads._asdict().items() if v is not None)
     return result
 
 
-def errors(got: dict, want: dict) -> tuple:
+def errors(got: dict, want: dict) -> tuple[float, float]:
     """Largest absolute error over the arrays in ``want``, and the largest relative one.
 
     The relative error of an array is its largest absolute error divided by
@@ -273,137 +248,36 @@ def errors(got: dict, want: dict) -> tuple:
     return abs_err, rel_err
 
 
-# ----------------------------------------------------------------------------
-# runners: a zero-argument callable per system, problem and mode
-
-
-def _fastcells_like(module) -> Callable:
-    def make(p: Problem, mode: str) -> Callable:
-        forward, backward = _module_fns(module, p.cell)
-        args, dy = p.args(F32), p.dy
-        if mode == "fwd":
-            return lambda: forward(*args)
-
-        def run():
-            return backward(forward(*args, training=True).cache, dy=dy)
-        return run
-    return make
-
-
-#: PyTorch's parameter name of each weight (single layer, forward direction)
-TORCH_NAMES = {"W_ih": "weight_ih_l0", "W_hh": "weight_hh_l0", "b_ih": "bias_ih_l0",
-               "b_hh": "bias_hh_l0"}
-
-
-def _torch_runner(p: Problem, mode: str) -> Callable:
-    try:
-        import torch
-    except ImportError:
-        raise Unavailable("torch not installed") from None
-    torch.set_num_threads(1)
-    T, B, I, H = p.shape.T, p.shape.B, p.shape.I, p.shape.H
-    cls = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}[p.cell]
-    mod = cls(I, H)
-    with torch.no_grad():
-        for ours, theirs in TORCH_NAMES.items():
-            getattr(mod, theirs).copy_(torch.from_numpy(getattr(p, ours)))
-    x = torch.from_numpy(p.x)
-    state = [torch.from_numpy(p.h0)[None]]
-    if p.cell == "lstm":
-        state.append(torch.from_numpy(p.c0)[None])
-
-    def call(x, state):
-        return mod(x, tuple(state) if p.cell == "lstm" else state[0])[0]
-
-    with torch.inference_mode():
-        y = call(x, state).numpy()
-    _agree("torch", y, p)
-    if mode == "fwd":
-        def run():
-            with torch.inference_mode():
-                return call(x, state)
-        return run
-
-    dy = torch.from_numpy(p.dy)
-
-    def run_bwd():
-        # gradients for the input and the initial state too: fastcells computes them
-        xg = x.detach().requires_grad_(True)
-        sg = [s.detach().requires_grad_(True) for s in state]
-        mod.zero_grad(set_to_none=True)
-        call(xg, sg).backward(dy)
-        return xg.grad
-    return run_bwd
-
-
-#: ONNX gate order (LSTM i,o,f,c; GRU z,r,h) as indices of fastcells' gate blocks,
-#: from the one gate-layout table of ``fastcells.interop``
-ONNX_GATES = {c: tuple(GATE_LAYOUT["fastcells"][c].index(g) for g in GATE_LAYOUT["onnx"][c])
-              for c in CELLS}
-
-
-def _onnx_model_bytes(p: Problem) -> bytes:
-    """A one-node ONNX model of ``p``'s cell, weights as initializers, inputs X and states."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    H = p.shape.H
-
-    def reorder(a):
-        return np.concatenate([a[g * H:(g + 1) * H] for g in ONNX_GATES[p.cell]])[None]
-
-    inits = [numpy_helper.from_array(reorder(p.W_ih), "W"),
-             numpy_helper.from_array(reorder(p.W_hh), "R"),
-             numpy_helper.from_array(np.concatenate([reorder(p.b_ih), reorder(p.b_hh)], 1), "B")]
-    states = ["initial_h"] + (["initial_c"] if p.cell == "lstm" else [])
-    attrs = {"hidden_size": H}
-    if p.cell == "gru":
-        attrs["linear_before_reset"] = 1  # PyTorch's GRU
-    node = helper.make_node(p.cell.upper(), ["X", "W", "R", "B", ""] + states,
-                            ["Y", "Y_h"], **attrs)
-    T, B, I = p.x.shape
-    f32 = TensorProto.FLOAT
-    graph = helper.make_graph(
-        [node], f"fastcells_bench_{p.cell}",
-        [helper.make_tensor_value_info("X", f32, [T, B, I])]
-        + [helper.make_tensor_value_info(s, f32, [1, B, H]) for s in states],
-        [helper.make_tensor_value_info("Y", f32, [T, 1, B, H]),
-         helper.make_tensor_value_info("Y_h", f32, [1, B, H])],
-        initializer=inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8  # what opset 17 needs; older runtimes refuse newer IR versions
-    return model.SerializeToString()
-
-
-def _ort_runner(p: Problem, mode: str) -> Callable:
-    if mode != "fwd":
-        raise Unavailable(NOT_APPLICABLE)
-    try:
-        import onnx  # noqa: F401  (the model builder)
-        import onnxruntime as ort
-    except ImportError as exc:
-        raise Unavailable(f"{exc.name} not installed") from None
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.inter_op_num_threads = 1
-    sess = ort.InferenceSession(_onnx_model_bytes(p), opts, providers=["CPUExecutionProvider"])
-    feed = {"X": p.x, "initial_h": p.h0[None]}
-    if p.cell == "lstm":
-        feed["initial_c"] = p.c0[None]
-    _agree("ort", sess.run(["Y"], feed)[0][:, 0], p)
-    return lambda: sess.run(["Y"], feed)
-
-
-def _agree(system: str, y: np.ndarray, p: Problem) -> None:
+def agree(system: str, y: np.ndarray, p: Problem) -> None:
     """Raise :class:`Unavailable` if ``system``'s ``y`` differs from fastcells' by > PEER_TOL."""
     _, rel = errors({"y": y}, {"y": outputs(_fc, p, "fwd")["y"].astype(np.float64)})
     if not rel <= PEER_TOL:
         raise Unavailable(f"{system} disagrees with fastcells: relative error {rel:.2e}")
 
 
+# ----------------------------------------------------------------------------
+# fastcells' systems and the floor: a zero-argument callable per problem and mode
+
+Runner = Callable[[], Any]
+
+
+def _fastcells_like(module: ModuleType) -> Callable[[Problem, str], Runner]:
+    def make(p: Problem, mode: str) -> Runner:
+        forward, backward = _cells.cell_functions(module, p.cell)
+        args, dy = p.args(F32), p.dy
+        if mode == "fwd":
+            return lambda: forward(*args)
+
+        def run() -> Any:
+            return backward(forward(*args, training=True).cache, dy=dy)
+        return run
+    return make
+
+
 def gemm_flops(cell: str, shape: Shape, mode: str) -> int:
     """Flops (``2*m*n*k`` per product) of the GEMMs of one call, as the floor does them."""
     T, B, I, H = shape.T, shape.B, shape.I, shape.H
-    GH = _checks.GATES[cell] * H
+    GH = _cells.GATES[cell] * H
     proj, rec = 2 * T * B * I * GH, 2 * T * B * H * GH
     if mode == "fwd":
         return proj + rec
@@ -411,7 +285,11 @@ def gemm_flops(cell: str, shape: Shape, mode: str) -> int:
     return proj + rec + rec + 2 * GH * T * B * I + 2 * GH * T * B * H + 2 * T * B * GH * I
 
 
-def _floor_runner(p: Problem, mode: str) -> Callable:
+def _floor_runner(p: Problem, mode: str) -> Runner:
+    """NumPy's BLAS doing the GEMMs of one call: the input projection, ``T``
+    recurrent products, and for ``fwdbwd`` ``T`` products ``dGates_t @ W_hh``
+    and the three gradient GEMMs.  Called from Python, so at batch 1 it carries
+    call overhead per step: a true floor for batched shapes only."""
     T, B, I, H = p.shape.T, p.shape.B, p.shape.I, p.shape.H
     GH = p.G * H
     x2, W_ih, W_hh = p.x.reshape(T * B, I), p.W_ih, p.W_hh
@@ -425,7 +303,7 @@ def _floor_runner(p: Problem, mode: str) -> Callable:
     dW_ih, dW_hh, dx = np.empty((GH, I), F32), np.empty((GH, H), F32), np.empty((T * B, I), F32)
     matmul = np.matmul
 
-    def forward():
+    def forward() -> None:
         matmul(x2, W_ihT, out=gx)
         for _ in range(T):
             matmul(h, W_hhT, out=gh)
@@ -433,7 +311,7 @@ def _floor_runner(p: Problem, mode: str) -> Callable:
     if mode == "fwd":
         return forward
 
-    def fwdbwd():
+    def fwdbwd() -> None:
         forward()
         for t in range(T - 1, -1, -1):
             matmul(dG[t * B:(t + 1) * B], W_hh, out=dh)
@@ -443,53 +321,89 @@ def _floor_runner(p: Problem, mode: str) -> Callable:
     return fwdbwd
 
 
-def _stepper_setup(p: Problem, mode: str, **options):
+def _stepper_setup(p: Problem, mode: str, **options: Any) -> tuple:
     """``(x, states, Stepper)`` of a prepared-weights system (forward only)."""
     if mode != "fwd":
         raise Unavailable(NOT_APPLICABLE)
-    x, *weights = p.args(F32)
-    states = weights[4:6 if p.cell == "lstm" else 5]
-    return x, states, _fc.Stepper(p.cell, *weights[:4], **options)
+    x, W_ih, W_hh, b_ih, b_hh, *states = p.args(F32)
+    return x, states, _fc.Stepper(p.cell, W_ih, W_hh, b_ih, b_hh, **options)
 
 
-def _prepared_runner(p: Problem, mode: str) -> Callable:
+def _prepared_runner(p: Problem, mode: str) -> Runner:
     x, states, step = _stepper_setup(p, mode)
-    _agree("prepared", step.forward(x, *states).y, p)
+    agree("prepared", step.forward(x, *states).y, p)
     return lambda: step.forward(x, *states)
 
 
-def _fp16w_runner(p: Problem, mode: str) -> Callable:
+def _fp16w_runner(p: Problem, mode: str) -> Runner:
+    """Float16 weights give other numbers than float32 ones, so they are checked
+    against their own contract: the bits of a float32 ``Stepper`` over the
+    rounded weights."""
     if mode == "fwd" and p.shape.B != 1:
         raise Unavailable(NOT_BATCH1)
     x, states, step = _stepper_setup(p, mode, weight_dtype="float16")
-    rounded = [np.asarray(w, F32).astype(np.float16).astype(F32) for w in (p.W_ih, p.W_hh)]
-    want = _fc.Stepper(p.cell, *rounded, p.b_ih, p.b_hh).forward(x, *states).y
+    W_ih, W_hh = (np.asarray(w, F32).astype(np.float16).astype(F32) for w in (p.W_ih, p.W_hh))
+    want = _fc.Stepper(p.cell, W_ih, W_hh, p.b_ih, p.b_hh).forward(x, *states).y
     if not np.array_equal(step.forward(x, *states).y, want):
         raise Unavailable("fp16w disagrees with a float32 Stepper over the rounded weights")
     return lambda: step.forward(x, *states)
 
 
-RUNNERS = {
+#: the runners this module holds; the peers' come from the bench/ folder
+RUNNERS: dict[str, Callable[[Problem, str], Runner]] = {
     "fastcells": _fastcells_like(_fc),
     "prepared": _prepared_runner,
     "fp16w": _fp16w_runner,
     "reference": _fastcells_like(reference),
-    "torch": _torch_runner,
-    "ort": _ort_runner,
     "floor": _floor_runner,
 }
 
 
-def make_runner(system: str, p: Problem, mode: str) -> Callable:
+# ----------------------------------------------------------------------------
+# the repository's bench/ folder: the peers, the ONNX model builder, the plot
+
+_loaded_benches: dict[Path, ModuleType] = {}
+
+
+def load_bench(folder: Path | None = None) -> ModuleType | None:
+    """The repository's ``bench`` package found in ``folder`` (default :data:`BENCH_DIR`),
+    or None when the folder does not hold it (an installed wheel without the clone).
+
+    It is loaded under a private module name, so an unrelated top-level module
+    named ``bench`` is neither used nor shadowed.
+    """
+    folder = Path(folder if folder is not None else BENCH_DIR).resolve()
+    if folder in _loaded_benches:
+        return _loaded_benches[folder]
+    if not (folder / _BENCH_MARKER).is_file() or not (folder / "__init__.py").is_file():
+        return None
+    name = f"_fastcells_bench_{len(_loaded_benches)}"
+    spec = importlib.util.spec_from_file_location(
+        name, folder / "__init__.py", submodule_search_locations=[str(folder)])
+    assert spec is not None and spec.loader is not None
+    package = importlib.util.module_from_spec(spec)
+    sys.modules[name] = package
+    spec.loader.exec_module(package)
+    for module in ("peers", "plot"):
+        importlib.import_module(f"{name}.{module}")
+    _loaded_benches[folder] = package
+    return package
+
+
+def make_runner(system: str, p: Problem, mode: str, bench_dir: Path | None = None) -> Runner:
     """A zero-argument callable that runs ``system`` once on ``p``.
 
     Parameters
     ----------
     system : {"fastcells", "prepared", "fp16w", "reference", "torch", "ort", "floor"}
+        The system to time.
     p : Problem
         From :func:`make_problem`; float32 arrays, built once and shared.
     mode : {"fwd", "fwdbwd"}
         Inference forward, or a training forward and the backward of ``p.dy``.
+    bench_dir : Path, optional
+        The repository's bench/ folder, which holds the peers' runners
+        (default: :data:`BENCH_DIR`).
 
     Returns
     -------
@@ -500,31 +414,31 @@ def make_runner(system: str, p: Problem, mode: str) -> Callable:
     Raises
     ------
     Unavailable
-        The system is not installed, does not apply (ONNX Runtime backward)
-        or its output disagrees with fastcells' by more than ``PEER_TOL``.
+        The system is not installed, does not apply (ONNX Runtime backward),
+        its runner is in a bench/ folder that is not found, or its output
+        disagrees with fastcells' by more than ``PEER_TOL``.
     """
-    if system not in RUNNERS:
+    if system not in SYSTEMS:
         raise ValueError(f"system: expected one of {SYSTEMS}, got {system!r}")
     if mode not in MODES:
         raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
-    return RUNNERS[system](p, mode)
+    if system in RUNNERS:
+        return RUNNERS[system](p, mode)
+    bench = load_bench(bench_dir)
+    if bench is None:
+        raise Unavailable(NO_BENCH_DIR)
+    return bench.peers.RUNNERS[system](p, mode)
 
 
 # ----------------------------------------------------------------------------
 # timing
 
 
-#: rounds per row: every system is timed once per round, in turn, so that a slow
-#: spell of a shared machine (its clock moved by 30% within minutes on the
-#: machine of the README's table) falls on all the systems of a row alike
-ROUNDS = 5
-
-
-def _timed_calls(fn: Callable, repeat: int) -> list:
+def _timed_calls(fn: Runner, repeat: int) -> list[float]:
     """Seconds of each of ``repeat`` calls, the garbage collector off (as in timeit)."""
     perf = time.perf_counter
     times = []
-    # gc off, not gc.collect(): with torch imported a full collection takes ~0.4 s
+    # gc off rather than gc.collect(): a full collection with torch loaded is slow
     was_enabled = gc.isenabled()
     gc.disable()
     try:
@@ -539,7 +453,7 @@ def _timed_calls(fn: Callable, repeat: int) -> list:
 
 
 def measure_rounds(fns: dict, target: float, min_repeats: int = 3,
-                   repeat: Optional[int] = None, rounds: int = ROUNDS) -> dict:
+                   repeat: int | None = None, rounds: int = ROUNDS) -> dict:
     """Median and minimum milliseconds per call of each function in ``fns`` (name ->
     callable), timed in ``rounds`` interleaved rounds.
 
@@ -556,7 +470,7 @@ def measure_rounds(fns: dict, target: float, min_repeats: int = 3,
             min(max(target / max(estimate, 1e-7), min_repeats), 100_000))
         # ``total`` calls in all, spread over the rounds
         per_round[name] = [total // rounds + (i < total % rounds) for i in range(rounds)]
-    times = {name: [] for name in fns}
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for i in range(rounds):
         for name, fn in fns.items():
             times[name] += _timed_calls(fn, per_round[name][i])
@@ -564,11 +478,20 @@ def measure_rounds(fns: dict, target: float, min_repeats: int = 3,
                    "repeats": len(t)} for name, t in times.items()}
 
 
-def measure(fn: Callable, target: float, min_repeats: int = 3,
-            repeat: Optional[int] = None) -> dict:
+def measure(fn: Runner, target: float, min_repeats: int = 3,
+            repeat: int | None = None) -> dict:
     """Median and minimum milliseconds per call of ``fn`` (one round; see
     :func:`measure_rounds`)."""
     return measure_rounds({"fn": fn}, target, min_repeats, repeat, rounds=1)["fn"]
+
+
+def pin_threads() -> Any | None:
+    """Limit BLAS/OpenMP pools to one thread now (threadpoolctl), if installed."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return None
+    return threadpool_limits(1)
 
 
 # ----------------------------------------------------------------------------
@@ -586,13 +509,28 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def _version(distribution: str) -> Optional[str]:
-    """The installed version, without importing the package (torch takes seconds)."""
+def _version(distribution: str) -> str | None:
+    """The installed version, without importing the package (importing torch is slow)."""
     from importlib.metadata import PackageNotFoundError, version
 
     try:
         return version(distribution)
     except PackageNotFoundError:
+        return None
+
+
+def _git_commit() -> str | None:
+    """The short commit of the clone the package runs from, ``+`` if it has local changes."""
+    root = Path(__file__).resolve().parent.parent
+    if not (root / ".git").exists():
+        return None
+    try:
+        def git(*args: str) -> str:
+            return subprocess.run(["git", "-C", str(root), *args], capture_output=True,
+                                  text=True, timeout=10, check=True).stdout.strip()
+        commit = git("rev-parse", "--short", "HEAD")
+        return commit + ("+" if git("status", "--porcelain", "--untracked-files=no") else "")
+    except (OSError, subprocess.SubprocessError):
         return None
 
 
@@ -602,7 +540,8 @@ def machine_info() -> dict:
 
     info = dict(config())
     info.update(cpu=_cpu_model(), cores=os.cpu_count(), platform=platform.platform(),
-                torch=_version("torch"), onnxruntime=_version("onnxruntime"),
+                commit=_git_commit(),
+                **{d: _version(d) for d in PEER_DISTRIBUTIONS.values()},
                 env={k: v for k, v in sorted(os.environ.items())
                      if k in THREAD_VARS or k in BLAS_TUNING_VARS})
     try:
@@ -615,9 +554,24 @@ def machine_info() -> dict:
     return info
 
 
-def _header(info: dict) -> str:
-    lines = [f"fastcells {info['fastcells']}  ISA {info['isa']} "
-             f"(available: {', '.join(info['isa_available'])})"
+#: how every system is held to one thread (the header and the Markdown report say it)
+THREADS_LINE = ("threads: every system pinned to one thread: BLAS/OpenMP (environment, "
+                "threadpoolctl), torch.set_num_threads(1), ONNX Runtime one intra- and one "
+                "inter-op thread; fastcells runs on the calling thread")
+
+
+def wrap(line: str) -> str:
+    """``line`` broken at spaces into lines of at most :data:`MAX_WIDTH`, indented after
+    the first."""
+    return "\n".join(textwrap.wrap(line, MAX_WIDTH, subsequent_indent="  ",
+                                   break_long_words=False, break_on_hyphens=False))
+
+
+def header(info: dict) -> str:
+    """The machine lines printed above the table, each at most :data:`MAX_WIDTH` wide."""
+    lines = [f"fastcells {info['fastcells']}"
+             + (f" (commit {info['commit']})" if info.get("commit") else "")
+             + f"  ISA {info['isa']} (available: {', '.join(info['isa_available'])})"
              + ("  [forced by FASTCELLS_ISA]" if info["isa_forced"] else ""),
              f"CPU: {info['cpu']} ({info['cores']} logical cores)  Python {info['python']}",
              f"NumPy {info['numpy']}  BLAS: {info['numpy_blas']}"]
@@ -628,35 +582,37 @@ def _header(info: dict) -> str:
             lines.append(f"thread pool: {d['internal_api']} {d['version']}, "
                          f"{d['num_threads']} thread(s)"
                          + (f", core type {d['architecture']}" if d.get("architecture") else ""))
-    lines.append(f"torch {info['torch'] or 'not installed'}  "
-                 f"onnxruntime {info['onnxruntime'] or 'not installed'}")
+    lines.append("  ".join(f"{d} {info[d] or 'not installed'}"
+                           for d in PEER_DISTRIBUTIONS.values()))
+    lines.append(THREADS_LINE)
     env = info["env"]
     lines.append("env: " + (" ".join(f"{k}={v}" for k, v in env.items()) or "(none set)"))
     tuned = [k for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if k in env]
     if tuned:
         lines.append(f"warning: {', '.join(tuned)} set: NumPy's BLAS may run a slower kernel; "
-                     "for an honest floor run: env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE "
+                     "for an honest floor: env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE "
                      "python -m fastcells.bench")
-    return "\n".join(lines)
+    return "\n".join(wrap(line) for line in lines)
 
 
 # ----------------------------------------------------------------------------
-# the report
+# one row: every system on one cell, shape and mode
 
 
 def run_row(cell: str, shape: Shape, mode: str, systems: Sequence[str], target: float,
-            min_repeats: int, repeat: Optional[int], problem: Optional[Problem] = None,
-            progress: Callable[[str], None] = lambda s: None) -> dict:
+            min_repeats: int, repeat: int | None, problem: Problem | None = None,
+            progress: Callable[[str], None] = lambda s: None,
+            bench_dir: Path | None = None) -> dict:
     """Time every system on one cell, shape and mode; the row of the table as a dict."""
     p = problem or make_problem(cell, shape)
-    row = {"cell": cell, "shape": [shape.T, shape.B, shape.I, shape.H], "mode": mode,
-           "times": {}, "skipped": {}}
+    row: dict[str, Any] = {"cell": cell, "shape": [shape.T, shape.B, shape.I, shape.H],
+                           "mode": mode, "times": {}, "skipped": {}}
     got = outputs(_fc, p, mode)
     row["abs_err"], row["rel_err"] = errors(got, p.expected(mode))
     fns = {}
     for system in systems:
         try:
-            fns[system] = make_runner(system, p, mode)
+            fns[system] = make_runner(system, p, mode, bench_dir)
         except Unavailable as exc:
             row["skipped"][system] = str(exc)
     if "fp16w" in fns:      # what float16 weights cost in accuracy: y against float64
@@ -664,14 +620,16 @@ def run_row(cell: str, shape: Shape, mode: str, systems: Sequence[str], target: 
     row["times"] = measure_rounds(fns, target, min_repeats, repeat)
     for system, t in row["times"].items():
         progress(f"{system} {t['median_ms']:.3f} ms")
-    fc = row["times"].get("fastcells", {}).get("median_ms")
-    row["ratios"] = {s: t["median_ms"] / fc for s, t in row["times"].items()
-                     if fc and s not in ("fastcells", "floor")}
-    peers = [row["times"][s]["median_ms"] for s in PEERS if s in row["times"]]
-    for system in ("prepared", "fp16w"):
-        t = row["times"].get(system, {}).get("median_ms")
-        row[f"best_peer_over_{system}"] = min(peers) / t if t and peers else None
-    floor = row["times"].get("floor", {}).get("median_ms")
+    median = {s: t["median_ms"] for s, t in row["times"].items()}
+    fc = median.get("fastcells")
+    row["ratios"] = {s: t / fc for s, t in median.items() if fc and s not in ("fastcells", "floor")}
+    peers = {s: median[s] for s in PEERS if s in median}
+    row["best_peer"] = min(peers, key=peers.__getitem__) if peers else None
+    for system in OWN_SYSTEMS:
+        t = median.get(system)
+        row[f"peer_over_{system}"] = {s: v / t for s, v in peers.items()} if t else {}
+        row[f"best_peer_over_{system}"] = min(peers.values()) / t if t and peers else None
+    floor = median.get("floor")
     row["fastcells_over_floor"] = fc / floor if fc and floor else None
     flops = gemm_flops(cell, shape, mode)
     row["gflop"] = flops / 1e9
@@ -680,96 +638,228 @@ def run_row(cell: str, shape: Shape, mode: str, systems: Sequence[str], target: 
     return row
 
 
-def _fmt(v: Optional[float], spec: str) -> str:
+# ----------------------------------------------------------------------------
+# tables: one column list per table, rendered as text or Markdown
+
+
+def _fmt(v: float | None, spec: str) -> str:
     return "-" if v is None else format(v, spec)
 
 
-def format_table(rows: Sequence[dict]) -> str:
-    """The rows as a fixed-width text table (times are medians in ms, and fastcells' minimum)."""
-    head = ["cell", "shape (T,B,I,H)", "mode", "fastcells", "fc min", "prepared", "fp16w",
-            "reference", "torch", "ort", "floor", "ref/fc", "torch/fc", "ort/fc", "peer/prep",
-            "peer/fp16w", "fc/floor", "GFLOP/s", "abs err", "rel err", "fp16w err"]
-    body = []
-    for r in rows:
-        t = {s: r["times"].get(s, {}).get("median_ms") for s in SYSTEMS}
-        fc_min = r["times"].get("fastcells", {}).get("min_ms")
-        body.append([r["cell"], "(" + ",".join(map(str, r["shape"])) + ")", r["mode"],
-                     _fmt(t["fastcells"], ".3f"), _fmt(fc_min, ".3f"),
-                     *(_fmt(t[s], ".3f") for s in SYSTEMS[1:]),
-                     *(_fmt(r["ratios"].get(s), ".2f") for s in ("reference", "torch", "ort")),
-                     _fmt(r.get("best_peer_over_prepared"), ".2f"),
-                     _fmt(r.get("best_peer_over_fp16w"), ".2f"),
-                     _fmt(r["fastcells_over_floor"], ".2f"), _fmt(r["gflops"], ".1f"),
-                     _fmt(r["abs_err"], ".1e"), _fmt(r["rel_err"], ".1e"),
-                     _fmt(r.get("fp16w_rel_err"), ".1e")])
-    widths = [max(len(str(c)) for c in col) for col in zip(head, *body)]
-    left = 3  # cell, shape and mode are text, the rest numbers
+def _ms(system: str) -> Callable[[dict], str]:
+    return lambda r: _fmt(r["times"].get(system, {}).get("median_ms"), ".3f")
 
-    def line(cells):
-        return "  ".join(c.ljust(w) if i < left else c.rjust(w)
-                         for i, (c, w) in enumerate(zip(cells, widths)))
+
+def _ratio(system: str) -> Callable[[dict], str]:
+    return lambda r: _fmt(r["ratios"].get(system), ".2f")
+
+
+def _field(key: str, spec: str) -> Callable[[dict], str]:
+    return lambda r: _fmt(r.get(key), spec)
+
+
+def _best_peer_ms(r: dict) -> str:
+    return _ms(r["best_peer"])(r) if r.get("best_peer") else "-"
+
+
+def _best_peer_ratio(r: dict) -> str:
+    return _ratio(r["best_peer"])(r) if r.get("best_peer") else "-"
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column of a table: its head, what it means, and its cell of a row."""
+
+    head: str
+    meaning: str
+    cell: Callable[[dict], str]
+    text: bool = False      # left-aligned (names), otherwise right-aligned (numbers)
+
+
+_KEY = (
+    Column("cell", "the recurrent cell", lambda r: r["cell"], text=True),
+    Column("shape (T,B,I,H)", "steps, batch, input size, hidden size",
+           lambda r: "(" + ",".join(map(str, r["shape"])) + ")", text=True),
+    Column("mode", "fwd: inference forward; fwdbwd: training forward + backward",
+           lambda r: r["mode"], text=True),
+)
+#: the default table: fastcells, the best installed peer and the reference
+COMPACT = _KEY + (
+    Column("fastcells ms", "fastcells' median ms per call", _ms("fastcells")),
+    Column("peer ms", "the fastest installed peer's median ms", _best_peer_ms),
+    Column("peer", "which peer that is (torch or ort)",
+           lambda r: r.get("best_peer") or "-", text=True),
+    Column("ref ms", "the NumPy reference's median ms (float32)", _ms("reference")),
+    Column("peer/fc", "peer ms / fastcells ms (above 1: fastcells faster)", _best_peer_ratio),
+    Column("ref/fc", "ref ms / fastcells ms", _ratio("reference")),
+)
+#: the one-line legend above the default table
+LEGEND = ("ms: median per call; peer: fastest of torch, ort; ref: NumPy reference; "
+          "x/fc > 1: fastcells faster")
+#: the wide table: every system and ratio, the floor and the errors
+WIDE = _KEY + tuple(Column(s, f"{note}; median ms", _ms(s)) for s, note in SYSTEM_NOTES.items()) + (
+    Column("fc min", "fastcells' fastest call, ms",
+           lambda r: _fmt(r["times"].get("fastcells", {}).get("min_ms"), ".3f")),
+    *(Column(f"{short}/fc", f"{short} ms / fastcells ms", _ratio(s))
+      for s, short in (("reference", "ref"), ("torch", "torch"), ("ort", "ort"))),
+    Column("peer/prep", "the fastest peer's ms / prepared ms",
+           _field("best_peer_over_prepared", ".2f")),
+    Column("peer/fp16w", "the fastest peer's ms / fp16w ms", _field("best_peer_over_fp16w", ".2f")),
+    Column("fc/floor", "fastcells ms / floor ms (1 is the floor)",
+           _field("fastcells_over_floor", ".2f")),
+    Column("GFLOP/s", "fastcells' GEMM flops (2*m*n*k) per second", _field("gflops", ".1f")),
+    Column("abs err", "fastcells' largest absolute error against the float64 reference",
+           _field("abs_err", ".1e")),
+    Column("rel err", "the same, relative to max(1, max|reference|) per array",
+           _field("rel_err", ".1e")),
+    Column("fp16w err", "fp16w's relative error on y against the float64 reference",
+           _field("fp16w_rel_err", ".1e")),
+)
+
+
+def format_table(rows: Sequence[dict], columns: Sequence[Column] = COMPACT) -> str:
+    """The rows as a fixed-width text table of ``columns`` (default: :data:`COMPACT`)."""
+    head = [c.head for c in columns]
+    body = [[c.cell(r) for c in columns] for r in rows]
+    widths = [max(len(s) for s in col) for col in zip(head, *body)]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(s.ljust(w) if c.text else s.rjust(w)
+                         for s, w, c in zip(cells, widths, columns)).rstrip()
     return "\n".join([line(head), line(["-" * w for w in widths])] + [line(b) for b in body])
 
 
-def write_plot(rows: Sequence[dict], path: str) -> bool:
-    """A bar chart of each peer's time / fastcells' per row; False if matplotlib is missing."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
-    peers = [s for s in ("reference", "torch", "ort") if any(s in r["ratios"] for r in rows)]
-    labels = [f"{r['cell']} {'(' + ','.join(map(str, r['shape'])) + ')'} {r['mode']}"
-              for r in rows]
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(rows) + 2), 5))
-    width = 0.8 / max(len(peers), 1)
-    xs = np.arange(len(rows))
-    for k, s in enumerate(peers):
-        vals = [r["ratios"].get(s, np.nan) for r in rows]
-        ax.bar(xs + (k - (len(peers) - 1) / 2) * width, vals, width, label=f"{s} / fastcells")
-    ax.axhline(1.0, color="k", linewidth=0.8)
-    ax.set_yscale("log")
-    ax.set_ylabel("time / fastcells' time (above 1: fastcells faster)")
-    ax.set_xticks(xs)
-    ax.set_xticklabels(labels, rotation=60, ha="right", fontsize=7)
-    ax.set_title("fastcells benchmark, one thread, median")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return True
+def markdown_table(rows: Sequence[dict], columns: Sequence[Column] = COMPACT) -> str:
+    """The rows as a Markdown (GitHub) table of ``columns``."""
+    lines = ["| " + " | ".join(c.head for c in columns) + " |",
+             "|" + "|".join(":---" if c.text else "---:" for c in columns) + "|"]
+    lines += ["| " + " | ".join(c.cell(r) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
 
 
-def pin_threads() -> Optional[object]:
-    """Limit BLAS/OpenMP pools to one thread now (threadpoolctl), if installed."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return None
-    return threadpool_limits(1)
+def missing_peers(rows: Sequence[dict], systems: Sequence[str]) -> str:
+    """One line: the peers asked for that were not timed, and why (or that none is missing)."""
+    why = {s: r["skipped"][s] for r in rows for s in PEERS if s in r["skipped"]
+           and r["skipped"][s] != NOT_APPLICABLE}
+    missing = [s for s in PEERS if s in systems and s in why
+               and not any(s in r["times"] for r in rows)]
+    wanted = [s for s in PEERS if s in systems]
+    if not missing:
+        return f"peers: {', '.join(wanted) or 'none asked for'}" + (
+            " (all installed)" if wanted else "")
+    reasons = dict.fromkeys(why[s] for s in missing)      # peers that share a reason together
+    return "peers missing: " + "; ".join(
+        f"{', '.join(s for s in missing if why[s] == reason)} ({reason})" for reason in reasons)
 
 
-def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+def _legend_lines(columns: Sequence[Column]) -> list[str]:
+    return [f"- `{c.head}`: {c.meaning}" for c in columns]
+
+
+def write_markdown(path: str, rows: Sequence[dict], info: dict, *, grid: str,
+                   elapsed: float, command: str) -> None:
+    """Write the report as Markdown: the machine, the date, the commit, the version, the
+    threads, a short legend, the default table and then every column."""
+    peers = ", ".join(f"{d} {info[d] or 'not installed'}" for d in PEER_DISTRIBUTIONS.values())
+    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [
+        "# fastcells benchmark results", "",
+        (f"Written by `{command}` on {date} ({grid} grid, {len(rows)} rows, "
+         f"{elapsed:.0f} s). Regenerate it rather than edit it; `bench/README.md` says how."),
+        "",
+        f"- fastcells {info['fastcells']}, commit {info.get('commit') or 'unknown (not a clone)'}",
+        f"- CPU: {info['cpu']} ({info['cores']} logical cores), {info['platform']}",
+        f"- ISA: {info['isa']} (available: {', '.join(info['isa_available'])})",
+        f"- Python {info['python']}, NumPy {info['numpy']} (BLAS: {info['numpy_blas']})",
+        f"- peers: {peers}",
+        f"- {THREADS_LINE}",
+        "",
+        ("Times are medians over interleaved rounds; ratios `x/fc` are a system's time over "
+         "fastcells' (above 1: fastcells is faster). Every fastcells result was checked against "
+         "the float64 reference (`rel err` below)."),
+        "", "## Summary", "", *_legend_lines(COMPACT[3:]), "", markdown_table(rows, COMPACT),
+        "", "## Every column", "", *_legend_lines(WIDE[3:]), "", markdown_table(rows, WIDE), "",
+    ]
+    Path(path).write_text("\n".join(lines))
+
+
+# ----------------------------------------------------------------------------
+# the command
+
+_EPILOG = f"""\
+grids (--shape replaces them):
+  default  {' '.join(map(str, GRIDS['default']))}
+  --quick  {' '.join(map(str, GRIDS['quick']))} (short timing, --check on)
+  --full   latency, training and serving shapes:
+           {' '.join(map(str, GRIDS['full'][:5]))}
+           {' '.join(map(str, GRIDS['full'][5:]))}
+
+systems:
+{chr(10).join(f"  {s:<10} {note}" for s, note in SYSTEM_NOTES.items())}
+
+default columns:
+{chr(10).join(f"  {c.head:<13} {c.meaning}" for c in COMPACT[3:])}
+{textwrap.fill("--wide prints every column: " + ", ".join(
+    c.head.replace(" ", chr(0xA0)) for c in WIDE[3:]) + ".", 88).replace(chr(0xA0), " ")}
+
+Every system runs on one thread: run as a program, the report sets
+{', '.join(THREAD_VARS)} to 1 and re-executes itself if
+they were not, and applies threadpoolctl's limit when installed.
+
+The peers' runners, the ONNX model builder and the plot are in the repository's bench/
+folder, found beside the package when it runs from a clone (pip install -e .).  From an
+installed wheel without the clone, torch, ort and --plot are reported missing unless
+--bench-dir names that folder.  Peers: pip install torch onnxruntime onnx; plot:
+pip install matplotlib.
+"""
+
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(
         prog="python -m fastcells.bench",
-        description="Time fastcells against the NumPy reference, torch, ONNX Runtime "
-                    "and the GEMM floor, one thread each.")
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=textwrap.fill(
+            "Time fastcells' RNN, GRU and LSTM against the NumPy reference, PyTorch and ONNX "
+            "Runtime, one thread each, and check fastcells against the float64 reference.  "
+            "Prints the machine, then per cell, shape and mode fastcells' time, the fastest "
+            "installed peer's, the reference's and the ratios.  Progress goes to stderr.", 88),
+        epilog=_EPILOG)
     grid = ap.add_mutually_exclusive_group()
-    grid.add_argument("--quick", action="store_true", help="small grid, short timing (CI)")
-    grid.add_argument("--full", action="store_true", help="the issue-3 grid incl. serving shapes")
+    grid.add_argument("--quick", action="store_true",
+                      help="two small shapes, short timing, and --check (for CI)")
+    grid.add_argument("--full", action="store_true",
+                      help="the full grid: latency, training and serving shapes (minutes)")
+    ap.add_argument("--wide", action="store_true",
+                    help="print every column (every system, the floor, errors) instead of "
+                         "the default table")
     ap.add_argument("--cells", default=",".join(CELLS),
-                    help="comma-separated cells (default: %(default)s)")
+                    help="comma-separated cells to run (default: %(default)s)")
     ap.add_argument("--shape", action="append", type=Shape.parse, metavar="T,B,I,H",
                     help="run this shape instead of the grid (repeatable)")
-    ap.add_argument("--modes", default=",".join(MODES), help="default: %(default)s")
-    ap.add_argument("--systems", default=",".join(SYSTEMS), help="default: %(default)s")
+    ap.add_argument("--modes", default=",".join(MODES),
+                    help="comma-separated modes: fwd (inference), fwdbwd (training forward "
+                         "+ backward) (default: %(default)s)")
+    ap.add_argument("--systems", default=",".join(SYSTEMS),
+                    help="comma-separated systems to time (default: %(default)s)")
     ap.add_argument("--repeat", type=int, metavar="N",
-                    help="timed calls per measurement (default: enough for the time target)")
-    ap.add_argument("--json", metavar="FILE", help="write the rows and the machine info")
-    ap.add_argument("--plot", metavar="FILE.png", help="bar chart of the ratios (matplotlib)")
+                    help="timed calls per measurement (default: as many as fit the grid's "
+                         "time per measurement)")
+    ap.add_argument("--json", metavar="FILE",
+                    help="write every row (median, minimum, repeats per system) and the "
+                         "machine as JSON")
+    ap.add_argument("--markdown", metavar="FILE",
+                    help="write the report as Markdown: machine, date, commit, version, "
+                         "threads, legend, the default table and every column")
+    ap.add_argument("--plot", metavar="FILE.png",
+                    help="draw fastcells' speed-up over each peer per shape as a PNG "
+                         "(needs matplotlib and the bench/ folder)")
+    ap.add_argument("--bench-dir", metavar="DIR", type=Path,
+                    help="the repository's bench/ folder, with the peers and the plot "
+                         "(default: beside the package, in a clone)")
     ap.add_argument("--check", action="store_true",
-                    help=f"exit 1 if a relative error exceeds {CHECK_TOL:g} (on with --quick)")
+                    help=f"exit with status 1 if fastcells' relative error against the float64 "
+                         f"reference exceeds {CHECK_TOL:g}, or prepared/fp16w break their "
+                         f"contracts (on with --quick)")
     args = ap.parse_args(argv)
     for name, allowed in (("cells", CELLS), ("modes", MODES), ("systems", SYSTEMS)):
         values = [v.strip() for v in getattr(args, name).split(",") if v.strip()]
@@ -780,10 +870,30 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
         setattr(args, name, values)
     if args.repeat is not None and args.repeat < 1:
         ap.error(f"--repeat: expected a positive integer, got {args.repeat}")
+    if args.bench_dir is not None and load_bench(args.bench_dir) is None:
+        ap.error(f"--bench-dir: expected the repository's bench/ folder (with {_BENCH_MARKER}),"
+                 f" got {str(args.bench_dir)!r}")
     return args
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def _check(rows: Sequence[dict]) -> bool:
+    """Print why each failing row fails --check (stderr); True when none does."""
+    ok = True
+    for r in rows:
+        where = f"{r['cell']} {tuple(r['shape'])} {r['mode']}"
+        if not r["rel_err"] <= CHECK_TOL:
+            ok = False
+            print(f"CHECK FAILED: {where}: relative error {r['rel_err']:.2e} > {CHECK_TOL:g}",
+                  file=sys.stderr)
+        # fastcells' other ways of running must hold their contracts too
+        for s in OWN_SYSTEMS:
+            if "disagrees" in r["skipped"].get(s, ""):
+                ok = False
+                print(f"CHECK FAILED: {where}: {r['skipped'][s]}", file=sys.stderr)
+    return ok
+
+
+def main(argv: Sequence[str] | None = None) -> int:
     """Run the report; the exit status (1 when ``--check`` fails)."""
     args = _parse_args(argv)
     grid = "quick" if args.quick else "full" if args.full else "default"
@@ -793,58 +903,64 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     limits = pin_threads()
     try:
         info = machine_info()
-        print(_header(info), flush=True)
+        print(header(info), flush=True)
         jobs = [(c, s, m) for c in args.cells for s in shapes for m in args.modes]
         rows = []
         start = time.perf_counter()
         for k, (cell, shape, mode) in enumerate(jobs, 1):
-            tag = f"[{k}/{len(jobs)}] {cell} {shape} {mode}:"
-            print(tag, end="", file=sys.stderr, flush=True)
+            print(f"[{k}/{len(jobs)}] {cell} {shape} {mode}:", end="", file=sys.stderr,
+                  flush=True)
             rows.append(run_row(cell, shape, mode, args.systems, target, min_repeats,
                                 args.repeat,
                                 progress=lambda s: print(" " + s, end="", file=sys.stderr,
-                                                         flush=True)))
+                                                         flush=True),
+                                bench_dir=args.bench_dir))
             print(file=sys.stderr, flush=True)
         elapsed = time.perf_counter() - start
     finally:
         if limits is not None:
             limits.restore_original_limits()
-    print()
-    print(f"median ms per call, one thread; x/fc = time of x / fastcells' time; "
-          f"errors of fastcells vs the float64 reference; fp16w: float16 weights, batch 1 "
-          f"({elapsed:.1f} s)")
-    print(format_table(rows))
-    skipped = sorted({f"{s}: {why}" for r in rows for s, why in r["skipped"].items()
-                      if why not in (NOT_APPLICABLE, NOT_BATCH1)})
-    for line in skipped:
-        print(f"  not timed - {line}")
+    print(f"\n{grid} grid, {len(rows)} rows in {elapsed:.1f} s")
+    if args.wide:
+        print("\n".join(f"{c.head}: {c.meaning}" for c in WIDE[3:]))
+        print(format_table(rows, WIDE))
+    else:
+        print(LEGEND)
+        print(format_table(rows, COMPACT))
+    print(wrap(missing_peers(rows, args.systems)))
+    for line in sorted({f"{s}: {why}" for r in rows for s, why in r["skipped"].items()
+                        if "disagrees" in why}):
+        print(wrap(f"not timed - {line}"))
+    command = " ".join(["python -m fastcells.bench", *(argv if argv is not None
+                                                         else sys.argv[1:])])
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"machine": info, "grid": grid, "target_seconds": target,
-                       "elapsed_seconds": elapsed, "rows": rows}, f, indent=1)
+                       "elapsed_seconds": elapsed, "command": command, "rows": rows}, f,
+                      indent=1)
         print(f"wrote {args.json}")
+    if args.markdown:
+        write_markdown(args.markdown, rows, info, grid=grid, elapsed=elapsed, command=command)
+        print(f"wrote {args.markdown}")
     if args.plot:
-        if write_plot(rows, args.plot):
-            print(f"wrote {args.plot}")
-        else:
-            print(f"not writing {args.plot}: matplotlib is not installed "
-                  "(pip install matplotlib, or the 'bench' extra)")
+        _plot(rows, info, args.plot, args.bench_dir)
     if check:
-        bad = [r for r in rows if not r["rel_err"] <= CHECK_TOL]
-        for r in bad:
-            print(f"CHECK FAILED: {r['cell']} {tuple(r['shape'])} {r['mode']}: relative error "
-                  f"{r['rel_err']:.2e} > {CHECK_TOL:g}", file=sys.stderr)
-        # fastcells' other ways of running must hold their contracts too
-        broken = [(r, s) for r in rows for s in OWN_SYSTEMS
-                  if "disagrees" in r["skipped"].get(s, "")]
-        for r, s in broken:
-            print(f"CHECK FAILED: {r['cell']} {tuple(r['shape'])} {r['mode']}: "
-                  f"{r['skipped'][s]}", file=sys.stderr)
-        if bad or broken:
+        if not _check(rows):
             return 1
         print(f"check passed: every relative error <= {CHECK_TOL:g}; prepared and fp16w "
               "hold their contracts")
     return 0
+
+
+def _plot(rows: Sequence[dict], info: dict, path: str, bench_dir: Path | None) -> None:
+    """Draw the plot with the bench/ folder's plotter, or say what is missing."""
+    bench = load_bench(bench_dir)
+    if bench is None:
+        print(wrap(f"not writing {path}: the plot is drawn by bench/plot.py: {NO_BENCH_DIR}"))
+    elif bench.plot.write_plot(rows, info, path):
+        print(f"wrote {path}")
+    else:
+        print(f"not writing {path}: matplotlib is not installed (pip install matplotlib)")
 
 
 def _reexec_single_threaded() -> None:
@@ -863,4 +979,6 @@ def _reexec_single_threaded() -> None:
 
 if __name__ == "__main__":
     _reexec_single_threaded()
-    sys.exit(main())
+    # Run the imported module, not this ``__main__`` copy, so that the bench/ folder's
+    # peers (which import fastcells.bench) raise the same Unavailable that is caught.
+    sys.exit(importlib.import_module("fastcells.bench").main())

@@ -3,9 +3,15 @@
 It checks the harness, not speed: every row is present, fastcells is timed
 and matches the float64 reference, every peer that is installed agrees with
 fastcells (so the torch and ONNX weight layouts are right) and every ratio is
-positive.  No timing is asserted.
+positive.  No timing is asserted.  The output's form is checked too: the
+default table fits :data:`fastcells.bench.MAX_WIDTH` columns, the Markdown
+report carries the machine and the table, and a run without the repository's
+``bench/`` folder (an installed wheel) says what is missing.
 """
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -13,6 +19,15 @@ from fastcells import bench
 
 #: tiny shapes: a batch-1 and a batched one, I != H
 SHAPES = ("5,1,3,4", "4,3,6,5")
+#: the repository's bench/ folder, beside this tests/ folder (also when the package
+#: under test is an installed wheel)
+REPO_BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+
+@pytest.fixture(autouse=True)
+def _repo_bench(monkeypatch):
+    """The peers and the plot come from this checkout's bench/ folder."""
+    monkeypatch.setattr(bench, "BENCH_DIR", REPO_BENCH)
 
 
 def _run(tmp_path, *extra):
@@ -43,9 +58,11 @@ def test_quick_report_json(tmp_path, capsys):
         assert all(t["median_ms"] > 0 and t["repeats"] == 2 for t in r["times"].values()), where
         assert r["ratios"] and all(v > 0 for v in r["ratios"].values()), where
         assert r["fastcells_over_floor"] > 0 and r["gflops"] > 0, where
+        peers = {s: r["times"][s]["median_ms"] for s in bench.PEERS if s in r["times"]}
+        assert r["best_peer"] == (min(peers, key=peers.get) if peers else None), where
         if r["mode"] == "fwdbwd":
             assert not {"ort", "prepared", "fp16w"} & set(r["times"]), where
-        else:       # timed only when it agrees with fastcells (bench._agree)
+        else:       # timed only when it agrees with fastcells (bench.agree)
             assert "prepared" in r["times"], where
             # float16 weights: timed at batch 1 only, where they hold their contract
             assert ("fp16w" in r["times"]) == (r["shape"][1] == 1), where
@@ -68,18 +85,28 @@ def test_check_fails_when_a_prepared_system_breaks_its_contract(tmp_path, monkey
     assert status == 1
 
 
-def test_plot_written(tmp_path):
+def test_plot_written(tmp_path, capsys):
     pytest.importorskip("matplotlib")
     png = tmp_path / "ratios.png"
-    status, _ = _run(tmp_path, "--systems", "fastcells,reference", "--cells", "rnn",
+    status, _ = _run(tmp_path, "--systems", "fastcells,prepared,reference", "--cells", "rnn",
                      "--plot", str(png))
     assert status == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"wrote {png}" in capsys.readouterr().out
+
+
+def test_plot_ticks_are_labelled_near_one_and_not_crowded():
+    plot = bench.load_bench(REPO_BENCH).plot
+    ticks = plot._ticks(0.6, 3.0)
+    assert {0.75, 1.0, 1.25, 1.5, 2.0} <= set(ticks)     # 1.1x and 1.9x fall between labels
+    wide = plot._ticks(0.5, 200.0)
+    assert 1.0 in wide and len(wide) <= plot.MOST_TICKS
 
 
 @pytest.mark.parametrize("argv", [["--cells", "lstm,foo"], ["--systems", ""],
                                   ["--shape", "1,2,3"], ["--shape", "0,1,1,1"],
-                                  ["--repeat", "0"], ["--quick", "--full"]])
+                                  ["--repeat", "0"], ["--quick", "--full"],
+                                  ["--bench-dir", "/nonexistent/bench"]])
 def test_bad_arguments_exit_with_usage_error(argv, capsys):
     with pytest.raises(SystemExit) as exc:
         bench.main(argv)
@@ -96,3 +123,159 @@ def test_systems_are_timed_in_interleaved_rounds():
     assert calls[:3] == ["a", "b", "c"]                          # one warm-up each
     assert calls[3:] == ["a", "a", "b", "b", "c", "c", "a", "b", "c", "a", "b", "c"]
     assert {name: t["repeats"] for name, t in out.items()} == {"a": 4, "b": 4, "c": 4}
+
+
+# ----------------------------------------------------------------------------
+# the output's form
+
+
+def _synthetic_row(cell, shape, mode, ms):
+    """A row as run_row makes it, every system timed at ``ms`` times a factor."""
+    times = {s: {"median_ms": ms * (k + 1), "min_ms": ms, "repeats": 3}
+             for k, s in enumerate(bench.SYSTEMS)}
+    fc = times["fastcells"]["median_ms"]
+    return {"cell": cell, "shape": list(shape), "mode": mode, "times": times, "skipped": {},
+            "ratios": {s: t["median_ms"] / fc for s, t in times.items()
+                       if s not in ("fastcells", "floor")},
+            "best_peer": "torch", "best_peer_over_prepared": 1.5, "best_peer_over_fp16w": 1.5,
+            "peer_over_prepared": {"torch": 1.5}, "fastcells_over_floor": 0.1, "gflops": 12.5,
+            "abs_err": 1.5e-6, "rel_err": 2.5e-7, "fp16w_rel_err": 3.5e-4}
+
+
+#: the widest values a row can hold: the largest shape, every time in four-digit seconds
+WIDEST_ROWS = [_synthetic_row(c, (1000, 1024, 10000, 10000), m, 9999.999)
+               for c in bench.CELLS for m in bench.MODES]
+
+
+def test_default_table_fits_the_width():
+    table = bench.format_table(WIDEST_ROWS)
+    lines = table.splitlines()
+    assert len(lines) == 2 + len(WIDEST_ROWS)
+    assert max(len(line) for line in lines) <= bench.MAX_WIDTH, table
+    for head in ("fastcells ms", "peer ms", "peer", "ref ms", "peer/fc", "ref/fc"):
+        assert head in lines[0]
+    # the legend is one line, fits too, and explains the units and the ratios
+    assert "\n" not in bench.LEGEND and len(bench.LEGEND) <= bench.MAX_WIDTH
+    for word in ("ms", "peer", "ref", "x/fc"):
+        assert word in bench.LEGEND
+
+
+def test_wide_table_has_every_column():
+    head = bench.format_table(WIDEST_ROWS[:1], bench.WIDE).splitlines()[0]
+    for column in bench.WIDE:
+        assert column.head in head
+    assert len(head) > bench.MAX_WIDTH        # which is why it is not the default
+
+
+def test_default_output_fits_the_width(tmp_path, capsys):
+    status, _ = _run(tmp_path, "--cells", "lstm")
+    assert status == 0
+    printed = capsys.readouterr().out
+    lines = printed.splitlines()
+    assert all(len(line) <= bench.MAX_WIDTH for line in lines), max(lines, key=len)
+    assert bench.LEGEND in lines
+    assert any(line.startswith("threads: every system pinned to one thread") for line in lines)
+    table = lines[lines.index(bench.LEGEND) + 1:]
+    assert table[0].split()[:2] == ["cell", "shape"]
+    assert len([line for line in table if line.startswith("lstm ")]) == 2 * len(SHAPES)
+
+
+def test_wide_flag_prints_every_column(tmp_path, capsys):
+    status, _ = _run(tmp_path, "--cells", "rnn", "--wide")
+    assert status == 0
+    printed = capsys.readouterr().out
+    head = next(line for line in printed.splitlines() if line.startswith("cell "))
+    assert all(c.head in head for c in bench.WIDE)
+    assert bench.LEGEND not in printed
+
+
+def test_markdown_report(tmp_path, capsys):
+    md = tmp_path / "RESULTS.md"
+    status, _ = _run(tmp_path, "--cells", "gru", "--markdown", str(md))
+    assert status == 0
+    assert f"wrote {md}" in capsys.readouterr().out
+    text = md.read_text()
+    info = bench.machine_info()
+    assert text.startswith("# fastcells benchmark results")
+    for fact in (f"fastcells {info['fastcells']}", info["cpu"], f"ISA: {info['isa']}",
+                 "threads: every system pinned to one thread", "python -m fastcells.bench",
+                 " UTC "):
+        assert fact in text, fact
+    if info["commit"]:
+        assert f"commit {info['commit']}" in text
+    lines = text.splitlines()
+    for table_head in ("| cell | shape (T,B,I,H) | mode | fastcells ms |", "| cell | shape"):
+        assert any(line.startswith(table_head) for line in lines)
+    rows = [line for line in lines if line.startswith("| gru |")]
+    assert len(rows) == 2 * 2 * len(SHAPES)         # both tables
+    widths = {len(line.split("|")) for line in lines if line.startswith("| gru |")}
+    assert len(widths) == 2                          # the summary's columns and every column
+    for column in bench.COMPACT[3:]:
+        assert f"`{column.head}`: {column.meaning}" in text
+
+
+def test_missing_peers_line_names_the_reason():
+    row = _synthetic_row("rnn", (2, 1, 2, 2), "fwd", 1.0)
+    del row["times"]["ort"]
+    row["skipped"]["ort"] = "onnxruntime not installed"
+    line = bench.missing_peers([row], bench.SYSTEMS)
+    assert line == "peers missing: ort (onnxruntime not installed)"
+    del row["times"]["torch"]
+    row["skipped"]["torch"] = "torch not installed"
+    assert bench.missing_peers([row], bench.SYSTEMS) == (
+        "peers missing: torch (torch not installed); ort (onnxruntime not installed)")
+    assert bench.missing_peers([_synthetic_row("rnn", (2, 1, 2, 2), "fwd", 1.0)],
+                               bench.SYSTEMS) == "peers: torch, ort (all installed)"
+
+
+def test_without_the_bench_folder_the_report_runs_and_says_what_is_missing(
+        tmp_path, monkeypatch, capsys):
+    """An installed wheel without the clone: no peers and no plot, the rest runs."""
+    monkeypatch.setattr(bench, "BENCH_DIR", tmp_path / "no-bench")
+    png = tmp_path / "plot.png"
+    status, out = _run(tmp_path, "--cells", "rnn", "--plot", str(png))
+    assert status == 0
+    printed = capsys.readouterr().out
+    assert f"peers missing: torch, ort ({bench.NO_BENCH_DIR})" in printed.splitlines()
+    assert f"not writing {png}" in printed and not png.exists()
+    assert "check passed" in printed
+    rows = json.loads(out.read_text())["rows"]
+    assert all(not set(bench.PEERS) & set(r["times"]) for r in rows)
+
+
+def test_bench_dir_option_finds_the_peers(tmp_path, monkeypatch):
+    monkeypatch.setattr(bench, "BENCH_DIR", tmp_path / "no-bench")
+    status, out = _run(tmp_path, "--cells", "rnn", "--systems", "fastcells,torch,ort",
+                       "--bench-dir", str(REPO_BENCH))
+    assert status == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert all(bench.NO_BENCH_DIR not in r["skipped"].values() for r in rows)
+
+
+def test_help_explains_every_option_without_history(capsys):
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    assert "issue" not in text.lower()
+    for option in ("--quick", "--full", "--wide", "--cells", "--shape", "--modes", "--systems",
+                   "--repeat", "--json", "--markdown", "--plot", "--bench-dir", "--check"):
+        assert option in text, option
+    for system in bench.SYSTEMS:
+        assert f"\n  {system} " in text, system
+    assert "bench/" in text and "wheel" in text     # what runs without the clone
+
+
+def test_command_line_runs_the_peers(tmp_path):
+    """``python -m fastcells.bench`` (re-executed with one BLAS thread) from the repository."""
+    out = tmp_path / "cli.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "fastcells.bench", "--quick", "--cells", "rnn", "--modes", "fwd",
+         "--shape", SHAPES[0], "--repeat", "2", "--systems", "fastcells,reference,torch,ort",
+         "--json", str(out), "--bench-dir", str(REPO_BENCH)],
+        check=False, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "check passed" in proc.stdout
+    row, = json.loads(out.read_text())["rows"]
+    assert all("disagrees" not in why for why in row["skipped"].values()), row["skipped"]
+    assert bench.NO_BENCH_DIR not in row["skipped"].values()
