@@ -63,8 +63,9 @@ def main() -> None:
                 h = hashlib.sha256(b"".join(r.tobytes() for r in results[isa]))
                 digests.append(f"{isa}:{h.hexdigest()[:10]}")
             diff = max(rel(a, np.asarray(b, np.float64)) for i in isas for j in isas
-                       for a, b in zip(results[i], results[j]))
-            errs = [max(rel(a, r) for a, r in zip(results[i], ref)) for i in isas]
+                       for a, b in zip(results[i], results[j], strict=True))
+            errs = [max(rel(a, r) for a, r in zip(results[i], ref, strict=True))
+                    for i in isas]
             print(f"{name:9s} {f'{T},{B},{I},{H}':16s} {diff:23.2e}  "
                   + "  ".join(f"{e:15.2e}" for e in errs) + "  " + " ".join(digests))
     _kernels.set_isa(previous)

@@ -65,11 +65,11 @@ def bench_pack(rounds: int, isas, shapes) -> None:
         for rows, cols in shapes:
             W = rng.standard_normal((rows, cols), dtype=np.float32)
             nbytes = 2 * W.nbytes
-            t_copy = median_time(lambda: np.copy(W), rounds)
+            t_copy = median_time(lambda W=W: np.copy(W), rounds)
             for isa in isas:
                 _kernels.set_isa(isa)
                 for transpose in (True, False):
-                    t = median_time(lambda: _kernels.pack(W, transpose), rounds)
+                    t = median_time(lambda W=W, t=transpose: _kernels.pack(W, t), rounds)
                     name = "A@W.T" if transpose else "A@W"
                     print(f"{name:<8}{isa:>8}{f'{rows}x{cols}':>11}{t * 1e3:8.3f}"
                           f"{nbytes / t / 1e9:7.1f}{t_copy * 1e3:9.3f}{nbytes / t_copy / 1e9:7.1f}")
@@ -88,7 +88,8 @@ def bench_gemm(rounds: int, isas, shapes) -> None:
                 A = rng.standard_normal((m, k), dtype=np.float32)
                 P = _kernels.pack(rng.standard_normal((k, n), dtype=np.float32), False)
                 C = np.empty((m, n), np.float32)
-                t = median_time(lambda: _kernels.gemm(A, P, n, C), rounds)
+                t = median_time(lambda A=A, P=P, n=n, C=C: _kernels.gemm(A, P, n, C),
+                                rounds)
                 results[isa, (m, k, n)] = 2.0 * m * k * n / t / 1e9
     finally:
         _kernels.set_isa(previous)

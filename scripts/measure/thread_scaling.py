@@ -25,7 +25,6 @@ import fastcells  # noqa: E402
 from fastcells._cells import CELLS  # noqa: E402
 
 
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)

@@ -46,7 +46,7 @@ def check_cell(name: str, rng) -> tuple[float, float]:
     g = backward(out.cache, dy=dy)
     rg = ref_backward(ref.cache, dy=dy.astype(np.float64))
     fwd = max(rel_err(out.y, ref.y), rel_err(out.h, ref.h))
-    grad = max(rel_err(a, b) for a, b in zip(g, rg) if a is not None)
+    grad = max(rel_err(a, b) for a, b in zip(g, rg, strict=True) if a is not None)
     return fwd, grad
 
 
@@ -66,7 +66,8 @@ def main() -> int:
         fwd, grad = check_cell(name, rng)
         good = fwd <= FWD_TOL and grad <= GRAD_TOL
         ok &= good
-        print(f"{name:5s} forward err {fwd:.2e}  gradient err {grad:.2e}  {'ok' if good else 'FAIL'}")
+        verdict = "ok" if good else "FAIL"
+        print(f"{name:5s} forward err {fwd:.2e}  gradient err {grad:.2e}  {verdict}")
     print("smoke test", "passed" if ok else "FAILED")
     return 0 if ok else 1
 
