@@ -13,9 +13,10 @@ import sys
 import numpy as np
 from Cython.Build import cythonize
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
 
 DEBUG = os.environ.get("FASTCELLS_DEBUG", "") not in ("", "0")
-#: e.g. "address,undefined": a sanitizer build for scripts/sanitize.sh (not for wheels)
+#: e.g. "address,undefined": a sanitizer build for scripts/checks/sanitize.sh (not for wheels)
 SANITIZE = os.environ.get("FASTCELLS_SANITIZE", "")
 
 EXTENSIONS = {
@@ -60,7 +61,21 @@ extensions = [
     for name, spec in EXTENSIONS.items()
 ]
 
+
+class BuildExtSaysSo(build_ext):
+    """build_ext that says what it is about to do: the compile is the long,
+    silent part of an install.  The line goes to stderr, which ``pip install
+    -v`` and ``python setup.py build_ext`` show (plain ``pip install`` hides a
+    build's output unless it fails)."""
+
+    def run(self) -> None:
+        print("fastcells: compiling the Cython kernels and csrc/ (about a minute)...",
+              file=sys.stderr, flush=True)
+        super().run()
+
+
 setup(
+    cmdclass={"build_ext": BuildExtSaysSo},
     ext_modules=cythonize(
         extensions,
         compiler_directives=DIRECTIVES,

@@ -1,18 +1,27 @@
-"""The examples run as scripts in their quick mode and reach their scores.
+"""The examples run and reach their scores: the README's code blocks, and the
+programs of examples/ as scripts in their quick mode.
 
-Each runs in a subprocess, as a user runs it (so its BLAS thread setting
-applies); the scores are read from what it prints.  Skipped when the package
-that ships its data is not installed.
+Each program runs in a subprocess, as a user runs it (so its BLAS thread
+setting applies); the scores are read from what it prints.  Skipped when the
+package that ships its data is not installed.  The README's blocks run as
+written, each in a fresh namespace, as a reader pastes them.
 """
+import contextlib
 import importlib.util
+import io
 import pathlib
 import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
-EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+README = ROOT / "README.md"
+#: the size a newcomer reads in two minutes
+README_MAX_BYTES = 12 * 1024
 TIMEOUT = 300        # seconds per quick run: generous for a busy CI machine
 
 
@@ -78,3 +87,62 @@ def test_examples_exit_cleanly_without_their_data_package(monkeypatch, capsys):
     assert _load("forecast_lstm").main(["--quick"]) is None
     assert _load("classify_digits_bigru").main(["--quick"]) is None
     assert capsys.readouterr().out.count("not installed") == 2
+
+
+def _readme_blocks():
+    """The README's ```python blocks, in order."""
+    return re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), re.S)
+
+
+def _run_block(code):
+    """Run one README block in a fresh namespace; return (namespace, printed text)."""
+    namespace = {"__name__": "__readme__"}
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(code, str(README), "exec"), namespace)
+    return namespace, out.getvalue()
+
+
+def _block_with(text):
+    blocks = [b for b in _readme_blocks() if text in b]
+    assert len(blocks) == 1, f"expected one README block with {text!r}, found {len(blocks)}"
+    return blocks[0]
+
+
+def test_readme_is_short_and_has_its_blocks():
+    assert len(README.read_bytes()) <= README_MAX_BYTES
+    assert len(_readme_blocks()) >= 2
+
+
+@pytest.mark.parametrize("index", range(len(_readme_blocks())))
+def test_readme_block_runs(index):
+    _run_block(_readme_blocks()[index])
+
+
+def test_readme_forward_backward_example_matches_the_reference():
+    ns, printed = _run_block(_block_with("lstm_backward"))
+    out, grads, ref = ns["out"], ns["grads"], ns["ref"]
+    assert out.y.dtype == np.float32 and out.y.shape == (ns["T"], ns["B"], ns["H"])
+    assert float(printed) == np.abs(out.y - ref.y).max() < 1e-5
+    assert grads.dW_hh.shape == ns["W_hh"].shape and np.abs(grads.dW_hh).max() > 0
+
+
+def test_readme_training_example_learns():
+    ns, printed = _run_block(_block_with("optim.Adam"))
+    # the running mean of unit normals has variance about 0.1 (mean of 1/t, t = 1..40)
+    assert ns["loss"] < 0.1 * float(np.var(ns["target"])), printed
+    assert printed == f"mse {ns['loss']:.4f}\n"
+
+
+def _relative_links(path):
+    text = path.read_text(encoding="utf-8")
+    for target in re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", text):
+        if not re.match(r"[a-z]+:", target):
+            yield target
+
+
+@pytest.mark.parametrize("doc", [README, *sorted((ROOT / "docs").glob("*.md"))],
+                         ids=lambda p: p.name)
+def test_doc_links_resolve(doc):
+    missing = [t for t in _relative_links(doc) if not (doc.parent / t).exists()]
+    assert not missing, f"{doc.name} links to missing files: {missing}"

@@ -3,11 +3,11 @@
 Each call is an LSTM inference over a long sequence (the time loop dominates,
 the NumPy projection is small).  With the GIL released for the loop, two
 threads on two cores do nearly twice the work per second.  A measurement for
-the record (README), not a test: on a shared machine, quote the median of
+the record (docs/design.md), not a test: on a shared machine, quote the median of
 several rounds.  BLAS is pinned to one thread so that only our threads count.
 
-Run: ``python scripts/thread_scaling.py [--rounds 5] [--threads 2] [--shape T,B,I,H]
-[--calls N]`` (issue 3's case: ``--shape 100,16,128,128 --calls 200``).
+Run: ``python scripts/measure/thread_scaling.py [--rounds 5] [--threads 2] [--shape T,B,I,H]
+[--calls N]`` (batched inference: ``--shape 100,16,128,128 --calls 200``).
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 import numpy as np  # noqa: E402
 
 import fastcells  # noqa: E402
-
+from fastcells._cells import CELLS  # noqa: E402
 
 
 def main() -> None:
@@ -36,8 +36,9 @@ def main() -> None:
     CALLS = a.calls
     rng = np.random.default_rng(0)
     x = rng.standard_normal((T, B, I), dtype=np.float32)
-    W_ih = rng.standard_normal((4 * H, I), dtype=np.float32) * 0.1
-    W_hh = rng.standard_normal((4 * H, H), dtype=np.float32) * 0.1
+    G = CELLS["lstm"].G
+    W_ih = rng.standard_normal((G * H, I), dtype=np.float32) * 0.1
+    W_hh = rng.standard_normal((G * H, H), dtype=np.float32) * 0.1
 
     def work(n):
         for _ in range(n):

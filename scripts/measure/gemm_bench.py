@@ -11,7 +11,7 @@ many repeats (the machine is shared and noisy); BLAS is pinned to one thread.
   per-step shapes of the time loops, forward (n = G*k) and backward
   ((k, n) = (4H, H)), for each ISA path this machine runs (or ``--isa``).
 
-Run: ``taskset -c 1 python scripts/gemm_bench.py [--what pack,gemm] [--isa avx512]
+Run: ``taskset -c 1 python scripts/measure/gemm_bench.py [--what pack,gemm] [--isa avx512]
 [--rounds 15] [--quick]``.
 """
 from __future__ import annotations
@@ -28,13 +28,16 @@ import numpy as np  # noqa: E402
 
 # Measure the checkout this script lives in (a worktree's in-place build), not
 # whichever fastcells an editable install elsewhere puts on the path.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from fastcells import _kernels  # noqa: E402
+from fastcells._cells import CELLS  # noqa: E402
 
-#: (m, k, n): forward m x (k, n) with n = 4k (LSTM), and backward (4H, H)
-FORWARD = [(m, k, 4 * k) for m in (16, 64, 128) for k in (128, 256, 512, 1024)]
-BACKWARD = [(m, 4 * h, h) for m in (16, 64, 128) for h in (128, 256, 512, 1024)]
-BATCH1 = [(1, k, 4 * k) for k in (128, 256, 512, 1024)]
+#: the LSTM's gate count: the widest per-step products of the three cells
+G = CELLS["lstm"].G
+#: (m, k, n): forward m x (k, n) with n = G*k, and backward (G*H, H)
+FORWARD = [(m, k, G * k) for m in (16, 64, 128) for k in (128, 256, 512, 1024)]
+BACKWARD = [(m, G * h, h) for m in (16, 64, 128) for h in (128, 256, 512, 1024)]
+BATCH1 = [(1, k, G * k) for k in (128, 256, 512, 1024)]
 
 
 def median_time(fn, rounds: int, min_seconds: float = 0.02) -> float:
@@ -62,11 +65,11 @@ def bench_pack(rounds: int, isas, shapes) -> None:
         for rows, cols in shapes:
             W = rng.standard_normal((rows, cols), dtype=np.float32)
             nbytes = 2 * W.nbytes
-            t_copy = median_time(lambda: np.copy(W), rounds)
+            t_copy = median_time(lambda W=W: np.copy(W), rounds)
             for isa in isas:
                 _kernels.set_isa(isa)
                 for transpose in (True, False):
-                    t = median_time(lambda: _kernels.pack(W, transpose), rounds)
+                    t = median_time(lambda W=W, t=transpose: _kernels.pack(W, t), rounds)
                     name = "A@W.T" if transpose else "A@W"
                     print(f"{name:<8}{isa:>8}{f'{rows}x{cols}':>11}{t * 1e3:8.3f}"
                           f"{nbytes / t / 1e9:7.1f}{t_copy * 1e3:9.3f}{nbytes / t_copy / 1e9:7.1f}")
@@ -85,7 +88,8 @@ def bench_gemm(rounds: int, isas, shapes) -> None:
                 A = rng.standard_normal((m, k), dtype=np.float32)
                 P = _kernels.pack(rng.standard_normal((k, n), dtype=np.float32), False)
                 C = np.empty((m, n), np.float32)
-                t = median_time(lambda: _kernels.gemm(A, P, n, C), rounds)
+                t = median_time(lambda A=A, P=P, n=n, C=C: _kernels.gemm(A, P, n, C),
+                                rounds)
                 results[isa, (m, k, n)] = 2.0 * m * k * n / t / 1e9
     finally:
         _kernels.set_isa(previous)

@@ -6,11 +6,11 @@
 # that forcing FASTCELLS_ISA=avx2 on that CPU fails at import with a clear
 # error instead of crashing.
 #
-# Usage: scripts/qemu_smoke.sh [path/to/fastcells-*.whl]   (default: dist/*.whl)
+# Usage: scripts/release/qemu_smoke.sh [path/to/fastcells-*.whl]   (default: dist/*.whl)
 # Needs: qemu-user (Debian/Ubuntu: apt-get install -y qemu-user), an x86-64 host.
 set -euo pipefail
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 PYTHON="${PYTHON:-python}"
 CPU="${QEMU_CPU:-Nehalem}"
 WHEEL="${1:-$(ls "$ROOT"/dist/*.whl | head -1)}"
@@ -27,7 +27,7 @@ PY="$WORK/venv/bin/python"
 
 cd "$WORK"
 echo "== qemu-x86_64 -cpu $CPU: smoke test, expecting the generic path"
-qemu-x86_64 -cpu "$CPU" "$PY" "$ROOT/scripts/smoke.py" --expect-isa generic
+qemu-x86_64 -cpu "$CPU" "$PY" "$ROOT/scripts/release/smoke.py" --expect-isa generic
 
 echo "== qemu-x86_64 -cpu $CPU: FASTCELLS_ISA=avx2 must fail at import, not crash"
 set +e

@@ -9,11 +9,11 @@
 #   debug  FASTCELLS_DEBUG=1: Cython bounds, wraparound and initialisation
 #          checks on, -O0 -g.
 #
-# Usage: scripts/sanitize.sh [asan|debug|all] [extra pytest arguments]
+# Usage: scripts/checks/sanitize.sh [asan|debug|all] [extra pytest arguments]
 # Exit status: non-zero if a build or a test run fails.
 set -euo pipefail
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 MODE="${1:-all}"
 shift || true
 PYTHON="${PYTHON:-python}"

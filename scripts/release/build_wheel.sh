@@ -2,13 +2,13 @@
 # Build the sdist and the wheel into dist/, repair the wheel with auditwheel
 # (manylinux tag, when auditwheel and patchelf are installed), show its tag,
 # size and exported symbols, then install it into a fresh virtual environment
-# and run scripts/smoke.py from outside the source tree: no compiler needed there.
+# and run scripts/release/smoke.py from outside the source tree: no compiler needed there.
 #
-# Usage: scripts/build_wheel.sh            (PYTHON=python3.12 to pick the interpreter)
+# Usage: scripts/release/build_wheel.sh            (PYTHON=python3.12 to pick the interpreter)
 # Needs: build (pip install build); optional: auditwheel, patchelf.
 set -euo pipefail
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 PYTHON="${PYTHON:-python}"
 DIST="$ROOT/dist"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/fastcells-wheel.XXXXXX")"
@@ -53,7 +53,7 @@ done
 echo "== fresh venv, install the wheel (no build tools), smoke test outside the tree"
 "$PYTHON" -m venv "$WORK/venv"
 "$WORK/venv/bin/python" -m pip install -q "$WHEEL"
-(cd "$WORK" && "$WORK/venv/bin/python" "$ROOT/scripts/smoke.py")
+(cd "$WORK" && "$WORK/venv/bin/python" "$ROOT/scripts/release/smoke.py")
 if command -v mypy > /dev/null; then
     echo "== mypy --strict on examples/typed_usage.py against the installed wheel"
     (cd "$WORK" && mypy --strict --python-executable "$WORK/venv/bin/python" \
