@@ -5,7 +5,8 @@ time and takes one gradient step, then runs a GRU over variable-length
 sequences: every value has the type mypy infers from fastcells' annotations
 (named tuples of float32 arrays).
 
-Run: ``python examples/typed_usage.py``; check: ``mypy --strict --follow-imports=silent examples/typed_usage.py``
+Run: ``python examples/typed_usage.py``; check:
+``mypy --strict --follow-imports=silent examples/typed_usage.py``
 (silent: the package's own sources are annotated at their API but not yet
 strict-clean inside).
 """

@@ -9,6 +9,7 @@ is the pure-NumPy oracle with the same functions.  ``show_config()`` prints
 the version, the instruction-set path in use and NumPy's BLAS.
 """
 from . import diagnostics, interop, losses, optim, reference
+from ._config import show_config
 from ._results import (
     Cache,
     ForwardResult,
@@ -17,7 +18,6 @@ from ._results import (
     LSTMGradients,
     PeepholeLSTMGradients,
 )
-from ._config import show_config
 from .functional import (
     Stepper,
     gru_backward,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Optional, TypedDict
+from typing import TypedDict
 
 import numpy as np
 
@@ -44,7 +44,7 @@ class Config(TypedDict):
     fastcells: str
     isa: str
     isa_available: list[str]
-    isa_forced: Optional[str]
+    isa_forced: str | None
     numpy: str
     numpy_blas: str
     python: str

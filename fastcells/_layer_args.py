@@ -79,9 +79,9 @@ def _kind_error(spec: CellSpec, arg: str, names: Sequence[str], value: Any,
                if isinstance(value, (tuple, list)) else type(value).__name__)
         return TypeError(
             f"{arg}: expected None or a pair ({', '.join(names)}) of arrays of shape {shape}, "
-            f"got {got}; {_article(layer)} {layer}'s state is the pair ({', '.join(names)}) (a bare "
-            f"{names[0]} is the state of an RNN or GRU): pass ({names[0]}, None) for a zero "
-            f"cell state")
+            f"got {got}; {_article(layer)} {layer}'s state is the pair ({', '.join(names)}) "
+            f"(a bare {names[0]} is the state of an RNN or GRU): pass ({names[0]}, None) for a "
+            f"zero cell state")
     if isinstance(value, (tuple, list)) and len(value) == 2:
         shapes = ", ".join(str(np.shape(v)) if v is not None else "None" for v in value)
         return ValueError(

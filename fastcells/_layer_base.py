@@ -52,7 +52,7 @@ class _Layer:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.forward(*args, **kwargs)
 
-    def forward(self, *args: Any, **kwargs: Any) -> Any:  # pragma: no cover - every layer defines it
+    def forward(self, *args: Any, **kwargs: Any) -> Any:  # pragma: no cover - defined by each layer
         raise NotImplementedError
 
     def _drop_tape(self) -> None:

@@ -41,7 +41,7 @@ _CELL_TEXT: dict[str, dict[str, str]] = {
     "lstm": {
         "summary": "LSTM layer (gates i, f, g, o, as PyTorch) with PyTorch's API "
                    "(``torch.nn.LSTM``).",
-        "equations": """    i, f, g, o = W_ih x + b_ih + W_hh h + b_hh        (split in 4 blocks of H)
+        "equations": """    i, f, g, o = W_ih x + b_ih + W_hh h + b_hh    (split in 4 blocks of H)
     i, f, o = sigmoid(i, f, o);  g = tanh(g)
     c' = f * c + i * g;  h' = o * tanh(c')""",
         "option": """peephole : bool, default False

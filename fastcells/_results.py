@@ -8,8 +8,9 @@ keeps for its backward pass.  They are the contract shared by
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any, Mapping, NamedTuple, Optional
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -27,16 +28,17 @@ class ForwardResult(NamedTuple):
 
     y: np.ndarray
     h: np.ndarray
-    cache: Optional["Cache"]
+    cache: Cache | None
 
 
 class LSTMForwardResult(NamedTuple):
-    """Result of ``lstm_forward``: as :class:`ForwardResult` plus the final cell state ``c`` (B, H)."""
+    """Result of ``lstm_forward``: as :class:`ForwardResult` plus the final cell state
+    ``c`` (B, H)."""
 
     y: np.ndarray
     h: np.ndarray
     c: np.ndarray
-    cache: Optional["Cache"]
+    cache: Cache | None
 
 
 class Gradients(NamedTuple):
@@ -52,8 +54,8 @@ class Gradients(NamedTuple):
     dh0: np.ndarray
     dW_ih: np.ndarray
     dW_hh: np.ndarray
-    db_ih: Optional[np.ndarray]
-    db_hh: Optional[np.ndarray]
+    db_ih: np.ndarray | None
+    db_hh: np.ndarray | None
 
 
 class LSTMGradients(NamedTuple):
@@ -64,8 +66,8 @@ class LSTMGradients(NamedTuple):
     dc0: np.ndarray
     dW_ih: np.ndarray
     dW_hh: np.ndarray
-    db_ih: Optional[np.ndarray]
-    db_hh: Optional[np.ndarray]
+    db_ih: np.ndarray | None
+    db_hh: np.ndarray | None
 
 
 class PeepholeLSTMGradients(NamedTuple):
@@ -77,8 +79,8 @@ class PeepholeLSTMGradients(NamedTuple):
     dc0: np.ndarray
     dW_ih: np.ndarray
     dW_hh: np.ndarray
-    db_ih: Optional[np.ndarray]
-    db_hh: Optional[np.ndarray]
+    db_ih: np.ndarray | None
+    db_hh: np.ndarray | None
     dpeephole: np.ndarray
 
 

@@ -25,7 +25,8 @@ What counts as a layer (duck-typed, no framework import):
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, NamedTuple, Optional
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -57,8 +58,8 @@ class _Weights(NamedTuple):
 
     W_ih: Array
     W_hh: Array
-    b_ih: Optional[Array]
-    b_hh: Optional[Array]
+    b_ih: Array | None
+    b_hh: Array | None
     extra: dict[str, Array]
 
 
@@ -108,7 +109,7 @@ def _layer_weights(state: dict[str, np.ndarray]) -> list[_Weights]:
     if not ks or ks != list(range(len(ks))):
         raise ValueError(f"layer: expected state-dict keys weight_ih_l0, weight_hh_l0, ... "
                          f"(PyTorch's names), got {sorted(state)}")
-    def get(name: str) -> Optional[Array]:
+    def get(name: str) -> Array | None:
         return None if name not in state else as_float(name, state[name], F32)
 
     out = []
@@ -125,7 +126,7 @@ def _layer_weights(state: dict[str, np.ndarray]) -> list[_Weights]:
 
 
 def gradient_flow(layer: Any, x: npt.ArrayLike, hx: Any = None, *,
-                  dy_last: Optional[npt.ArrayLike] = None) -> npt.NDArray[np.float64]:
+                  dy_last: npt.ArrayLike | None = None) -> npt.NDArray[np.float64]:
     """Norms of the gradient of a last-step loss with respect to each hidden state.
 
     With ``L = sum(dy_last * h_{T-1})`` (by default ``dy_last`` is ones, so
@@ -185,8 +186,8 @@ def gradient_flow(layer: Any, x: npt.ArrayLike, hx: Any = None, *,
     H = weights[0].W_hh.shape[1]
     L = len(weights)
     lstm = CELLS[cell].has_cell_state
-    h0s: list[Optional[Array]] = [None] * L
-    c0s: list[Optional[Array]] = [None] * L
+    h0s: list[Array | None] = [None] * L
+    c0s: list[Array | None] = [None] * L
     if hx is not None:
         if lstm and (not isinstance(hx, (tuple, list)) or len(hx) != 2):
             raise TypeError(f"hx: expected a pair (h0, c0) for an LSTM, got {type(hx).__name__}")

@@ -510,7 +510,8 @@ class Linear(_Layer):
         self._add_param("weight", ("out_features", "in_features"),
                         rng.uniform(-bound, bound, (self.out_features, self.in_features)))
         if self.bias:
-            self._add_param("bias", ("out_features",), rng.uniform(-bound, bound, self.out_features))
+            self._add_param("bias", ("out_features",),
+                            rng.uniform(-bound, bound, self.out_features))
         self._x: Array | None = None
 
     def __repr__(self) -> str:

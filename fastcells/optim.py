@@ -10,7 +10,8 @@ parameter name.
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Iterator, Protocol, Sequence, TypedDict, Union
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, Protocol, TypedDict
 
 import numpy as np
 import numpy.typing as npt
@@ -36,7 +37,7 @@ class Layer(Protocol):
 
 
 #: one layer, or several
-Layers = Union[Layer, Iterable[Layer]]
+Layers = Layer | Iterable[Layer]
 
 
 def _layers(layers: Any) -> list[Layer]:

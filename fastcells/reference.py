@@ -30,15 +30,22 @@ the hidden side of n (W_hn h + b_hn, or W_hn (r h) + b_hn); LSTM ``gates``
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, NamedTuple, Optional, TypeVar, Union
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
 from . import _checks
 from ._cells import CELLS, STATES
-from ._results import (Cache, ForwardResult, Gradients, LSTMForwardResult, LSTMGradients,
-                       PeepholeLSTMGradients)
+from ._results import (
+    Cache,
+    ForwardResult,
+    Gradients,
+    LSTMForwardResult,
+    LSTMGradients,
+    PeepholeLSTMGradients,
+)
 
 __all__ = [
     "rnn_forward", "rnn_backward",
@@ -66,7 +73,7 @@ def _time_order(T: int, reverse: bool) -> range:
     return range(T - 1, -1, -1) if reverse else range(T)
 
 
-def _active(lengths: Optional[npt.NDArray[np.int64]], T: int, B: int) -> npt.NDArray[np.bool_]:
+def _active(lengths: npt.NDArray[np.int64] | None, T: int, B: int) -> npt.NDArray[np.bool_]:
     """(T, B, 1) bool: does step t of row b count (t < lengths[b])."""
     if lengths is None:
         return np.ones((T, B, 1), dtype=bool)
@@ -85,12 +92,12 @@ def _options(cache: Cache) -> Mapping[str, Any]:
 #: step(gx_t, state, W_hh, b_hh) -> (new_state, saved): ``gx_t`` (B, G*H) is
 #: W_ih x_t + b_ih, ``state`` the (B, H) arrays entering the step, ``saved``
 #: the (B, width) arrays that the step's backward needs, by cache key.
-Step = Callable[[Array, State, Array, Optional[Array]], tuple[State, dict[str, Array]]]
+Step = Callable[[Array, State, Array, Array | None], tuple[State, dict[str, Array]]]
 
 
 def _forward(cell: str, args: _checks.ForwardArgs, step: Step, saved_widths: Mapping[str, int],
              options: Mapping[str, Any], reverse: bool,
-             training: bool) -> tuple[Array, State, Optional[Cache]]:
+             training: bool) -> tuple[Array, State, Cache | None]:
     """Run ``step`` over time; returns (y, final state tuple, cache or None).
 
     The cache holds, indexed by the original time t: ``<s>_prev`` (T, B, H) the
@@ -152,7 +159,7 @@ class _StepGrads(NamedTuple):
     dgh: Array
     dW_hh: Array
     d_prev: State
-    dextra: Optional[Array] = None
+    dextra: Array | None = None
 
 
 #: step_backward(cache, t, d_new) -> _StepGrads, ``d_new`` the gradients wrt
@@ -168,9 +175,9 @@ class _BackwardResult(NamedTuple):
     d_initial: State
     dW_ih: Array
     dW_hh: Array
-    db_ih: Optional[Array]
-    db_hh: Optional[Array]
-    dextra: Optional[Array]
+    db_ih: Array | None
+    db_hh: Array | None
+    dextra: Array | None
 
 
 def _backward(cell: str, cache: Any, step_backward: StepBackward, dy: Any,
@@ -193,7 +200,7 @@ def _backward(cell: str, cache: Any, step_backward: StepBackward, dy: Any,
     active = _active(cache["lengths"], T, B)
     dgx = np.zeros((T, B, GH), dtype)
     dW_hh = np.zeros((GH, H), dtype)
-    db_hh: Optional[Array] = np.zeros(GH, dtype)
+    db_hh: Array | None = np.zeros(GH, dtype)
     dextra = None
     for t in reversed(_time_order(T, _options(cache)["reverse"])):
         d_new = list(d_state)
@@ -219,7 +226,7 @@ def _backward(cell: str, cache: Any, step_backward: StepBackward, dy: Any,
     return _BackwardResult(dx, tuple(d_state), dW_ih, dW_hh, db_ih, db_hh, dextra)
 
 
-def _hidden_projection(h: Array, W_hh: Array, b_hh: Optional[Array]) -> Array:
+def _hidden_projection(h: Array, W_hh: Array, b_hh: Array | None) -> Array:
     gh: Array = h @ W_hh.T
     if b_hh is not None:
         gh += b_hh
@@ -306,7 +313,7 @@ def _rnn_step(nonlinearity: str) -> Step:
     act = np.tanh if nonlinearity == "tanh" else relu
 
     def step(gx_t: Array, state: State, W_hh: Array,
-             b_hh: Optional[Array]) -> tuple[State, dict[str, Array]]:
+             b_hh: Array | None) -> tuple[State, dict[str, Array]]:
         (h,) = state
         h_new: Array = act(gx_t + _hidden_projection(h, W_hh, b_hh))
         return (h_new,), {"h_new": h_new}
@@ -326,9 +333,9 @@ def _rnn_step_backward(cache: Cache, t: int, d_new: State) -> _StepGrads:
 
 @_doc
 def rnn_forward(x: npt.ArrayLike, W_ih: npt.ArrayLike, W_hh: npt.ArrayLike,
-                b_ih: Optional[npt.ArrayLike] = None, b_hh: Optional[npt.ArrayLike] = None,
-                h0: Optional[npt.ArrayLike] = None, *, nonlinearity: str = "tanh",
-                lengths: Optional[npt.ArrayLike] = None, reverse: bool = False,
+                b_ih: npt.ArrayLike | None = None, b_hh: npt.ArrayLike | None = None,
+                h0: npt.ArrayLike | None = None, *, nonlinearity: str = "tanh",
+                lengths: npt.ArrayLike | None = None, reverse: bool = False,
                 training: bool = False) -> ForwardResult:
     """Elman RNN over a sequence, in pure NumPy (the oracle of ``fastcells.rnn_forward``).
 
@@ -370,8 +377,8 @@ def rnn_forward(x: npt.ArrayLike, W_ih: npt.ArrayLike, W_hh: npt.ArrayLike,
 
 
 @_doc
-def rnn_backward(cache: Cache, dy: Optional[npt.ArrayLike] = None,
-                 dh: Optional[npt.ArrayLike] = None) -> Gradients:
+def rnn_backward(cache: Cache, dy: npt.ArrayLike | None = None,
+                 dh: npt.ArrayLike | None = None) -> Gradients:
     """Gradients of a :func:`fastcells.reference.rnn_forward` pass, in pure NumPy.
 
     %(backward)s
@@ -389,7 +396,7 @@ def rnn_backward(cache: Cache, dy: Optional[npt.ArrayLike] = None,
 
 def _gru_step(linear_before_reset: bool) -> Step:
     def step(gx_t: Array, state: State, W_hh: Array,
-             b_hh: Optional[Array]) -> tuple[State, dict[str, Array]]:
+             b_hh: Array | None) -> tuple[State, dict[str, Array]]:
         (h,) = state
         H = h.shape[1]
         gx_r, gx_z, gx_n = gx_t[:, :H], gx_t[:, H:2 * H], gx_t[:, 2 * H:]
@@ -440,9 +447,9 @@ def _gru_step_backward(cache: Cache, t: int, d_new: State) -> _StepGrads:
 
 @_doc
 def gru_forward(x: npt.ArrayLike, W_ih: npt.ArrayLike, W_hh: npt.ArrayLike,
-                b_ih: Optional[npt.ArrayLike] = None, b_hh: Optional[npt.ArrayLike] = None,
-                h0: Optional[npt.ArrayLike] = None, *, linear_before_reset: bool = True,
-                lengths: Optional[npt.ArrayLike] = None, reverse: bool = False,
+                b_ih: npt.ArrayLike | None = None, b_hh: npt.ArrayLike | None = None,
+                h0: npt.ArrayLike | None = None, *, linear_before_reset: bool = True,
+                lengths: npt.ArrayLike | None = None, reverse: bool = False,
                 training: bool = False) -> ForwardResult:
     """GRU over a sequence, in pure NumPy (the oracle of ``fastcells.gru_forward``).
 
@@ -490,8 +497,8 @@ def gru_forward(x: npt.ArrayLike, W_ih: npt.ArrayLike, W_hh: npt.ArrayLike,
 
 
 @_doc
-def gru_backward(cache: Cache, dy: Optional[npt.ArrayLike] = None,
-                 dh: Optional[npt.ArrayLike] = None) -> Gradients:
+def gru_backward(cache: Cache, dy: npt.ArrayLike | None = None,
+                 dh: npt.ArrayLike | None = None) -> Gradients:
     """Gradients of a :func:`fastcells.reference.gru_forward` pass, in pure NumPy.
 
     %(backward)s
@@ -507,7 +514,7 @@ def gru_backward(cache: Cache, dy: Optional[npt.ArrayLike] = None,
 # LSTM (gates i, f, g, o)
 
 
-def _peephole_parts(peephole: Optional[Array]) -> tuple[Any, Any, Any]:
+def _peephole_parts(peephole: Array | None) -> tuple[Any, Any, Any]:
     """(p_i, p_f, p_o), each (H,), or zeros when the LSTM has no peepholes."""
     if peephole is None:
         return 0, 0, 0
@@ -515,11 +522,11 @@ def _peephole_parts(peephole: Optional[Array]) -> tuple[Any, Any, Any]:
     return p_i, p_f, p_o
 
 
-def _lstm_step(peephole: Optional[Array]) -> Step:
+def _lstm_step(peephole: Array | None) -> Step:
     p_i, p_f, p_o = _peephole_parts(peephole)
 
     def step(gx_t: Array, state: State, W_hh: Array,
-             b_hh: Optional[Array]) -> tuple[State, dict[str, Array]]:
+             b_hh: Array | None) -> tuple[State, dict[str, Array]]:
         h, c = state
         H = h.shape[1]
         a = gx_t + _hidden_projection(h, W_hh, b_hh)
@@ -558,10 +565,10 @@ def _lstm_step_backward(cache: Cache, t: int, d_new: State) -> _StepGrads:
 
 @_doc
 def lstm_forward(x: npt.ArrayLike, W_ih: npt.ArrayLike, W_hh: npt.ArrayLike,
-                 b_ih: Optional[npt.ArrayLike] = None, b_hh: Optional[npt.ArrayLike] = None,
-                 h0: Optional[npt.ArrayLike] = None, c0: Optional[npt.ArrayLike] = None, *,
-                 peephole: Optional[npt.ArrayLike] = None,
-                 lengths: Optional[npt.ArrayLike] = None, reverse: bool = False,
+                 b_ih: npt.ArrayLike | None = None, b_hh: npt.ArrayLike | None = None,
+                 h0: npt.ArrayLike | None = None, c0: npt.ArrayLike | None = None, *,
+                 peephole: npt.ArrayLike | None = None,
+                 lengths: npt.ArrayLike | None = None, reverse: bool = False,
                  training: bool = False) -> LSTMForwardResult:
     """LSTM over a sequence, in pure NumPy (the oracle of ``fastcells.lstm_forward``).
 
@@ -606,9 +613,9 @@ def lstm_forward(x: npt.ArrayLike, W_ih: npt.ArrayLike, W_hh: npt.ArrayLike,
 
 
 @_doc
-def lstm_backward(cache: Cache, dy: Optional[npt.ArrayLike] = None,
-                  dh: Optional[npt.ArrayLike] = None, dc: Optional[npt.ArrayLike] = None
-                  ) -> Union[LSTMGradients, PeepholeLSTMGradients]:
+def lstm_backward(cache: Cache, dy: npt.ArrayLike | None = None,
+                  dh: npt.ArrayLike | None = None, dc: npt.ArrayLike | None = None
+                  ) -> LSTMGradients | PeepholeLSTMGradients:
     """Gradients of a :func:`fastcells.reference.lstm_forward` pass, in pure NumPy.
 
     %(backward)s

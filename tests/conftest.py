@@ -16,7 +16,7 @@ Test files import the helpers with ``from conftest import ...`` (pytest puts
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -196,7 +196,7 @@ def forward(module, cell: str, inputs: dict, **kwargs):
     return cell_functions(module, c.family)[0](**inputs, **c.options, **kwargs)
 
 
-def backward(module, cell: str, cache, upstream: Optional[dict] = None):
+def backward(module, cell: str, cache, upstream: dict | None = None):
     """``module.<family>_backward(cache, **upstream)``."""
     return cell_functions(module, CELLS[cell].family)[1](cache, **(upstream or {}))
 

@@ -1,9 +1,9 @@
 """fastcells.diagnostics.gradient_flow: exact per-step gradient norms of a last-step loss."""
 import numpy as np
 import pytest
+from conftest import TensorLike
 
 import fastcells
-from conftest import TensorLike
 from fastcells import diagnostics, interop, reference
 from fastcells._cells import CELL_NAMES, cell_functions
 from fastcells._cells import CELLS as CELL_TABLE
@@ -31,7 +31,7 @@ def _fd_norms(layer, cell, x, dy, **kw):
         h, c = out.h, (out.c if cell == "lstm" else None)
         extra = {"c0": c} if cell == "lstm" else {}
 
-        def loss(h_t):
+        def loss(h_t, t=t, extra=extra):
             return np.sum(dy * fwd(x[t + 1:], *w, h_t, **extra, **kw).h)
 
         grad = np.zeros((B, H))

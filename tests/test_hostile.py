@@ -39,10 +39,6 @@ import pickle
 
 import numpy as np
 import pytest
-
-import fastcells
-from fastcells import reference
-
 from conftest import (
     CELLS,
     FWD_TOL,
@@ -58,6 +54,9 @@ from conftest import (
     run_both,
     state_names,
 )
+
+import fastcells
+from fastcells import reference
 
 #: a small problem, enough to exercise every code path
 T, B, I, H = 5, 3, 4, 4     # I == H so that h0 can be a view of x
@@ -274,7 +273,7 @@ def test_cache_cannot_be_changed_between_forward_and_backward(cell, module, rng)
     upstream = make_upstream(cell, rng, T, B, H)
     cache = forward(module, cell, inputs, training=True).cache
     expected = backward(module, cell, cache, upstream)
-    for key, value in cache.arrays.items():
+    for value in cache.arrays.values():
         if isinstance(value, np.ndarray):
             with pytest.raises(ValueError, match="read-only"):
                 value[...] = 0

@@ -8,9 +8,9 @@ written out in NumPy, so both the layout and the run options are checked.
 """
 import numpy as np
 import pytest
+from conftest import TensorLike
 
 import fastcells
-from conftest import TensorLike
 from fastcells import interop
 from fastcells._cells import GATES, cell_functions
 

@@ -90,7 +90,9 @@ def test_bare_array_given_to_an_lstm_says_it_takes_a_pair():
 @pytest.mark.parametrize("backend", [None, reference])
 @pytest.mark.parametrize("cell", list(LAYERS))
 def test_step_in_training_mode_applies_forwards_dropout(cell, backend):
-    make = lambda: LAYERS[cell](I, H, 3, dropout=0.5, seed=5, backend=backend)
+    def make():
+        return LAYERS[cell](I, H, 3, dropout=0.5, seed=5, backend=backend)
+
     stepped, called = make(), make()
     rng = np.random.default_rng(0)
     x = rng.standard_normal((T, B, I)).astype(np.float32)

@@ -15,12 +15,6 @@ from __future__ import annotations
 import os
 
 import numpy as np
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
-import fastcells
-from fastcells import reference
-
 from conftest import (
     CELLS,
     FWD_TOL,
@@ -34,6 +28,11 @@ from conftest import (
     run_both,
     state_names,
 )
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import fastcells
+from fastcells import reference
 
 #: examples per test: bounded for CI, more when asked for the record
 MAX_EXAMPLES = 1000 if os.environ.get("FASTCELLS_LONG") else 50

@@ -6,9 +6,9 @@ itself: nothing here compares it with other fastcells code.
 """
 import numpy as np
 import pytest
-
 from conftest import CELLS as VARIANTS
 from conftest import is_lstm
+
 from fastcells import reference
 from fastcells._cells import cell_functions
 

@@ -15,10 +15,9 @@ import tracemalloc
 
 import numpy as np
 import pytest
+from conftest import CELLS, backward, forward, make_inputs, make_upstream
 
 import fastcells
-
-from conftest import CELLS, backward, forward, make_inputs, make_upstream
 
 ITERATIONS = 20_000 if os.environ.get("FASTCELLS_LONG") else 500
 #: iterations before the baseline is taken (allocator pools, NumPy caches)

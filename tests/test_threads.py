@@ -20,19 +20,19 @@ from __future__ import annotations
 import os
 import threading
 import time
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import numpy as np
 import pytest
+from conftest import CELLS, assert_same, backward, forward, make_inputs, make_upstream
 
 import fastcells
 
-from conftest import CELLS, assert_same, backward, forward, make_inputs, make_upstream
 
 class LayerOut(NamedTuple):
     y: np.ndarray
     h: np.ndarray
-    c: Optional[np.ndarray]
+    c: np.ndarray | None
 
 
 THREADS = 8
