@@ -98,7 +98,7 @@ class Cache:
     options: Mapping[str, Any]
     arrays: Mapping[str, Any]
 
-    def __init__(self, cell: str, backend: str, options: dict, arrays: dict):
+    def __init__(self, cell: str, backend: str, options: dict[str, Any], arrays: dict[str, Any]):
         frozen = {}
         for key, value in arrays.items():
             if isinstance(value, np.ndarray):
@@ -117,7 +117,7 @@ class Cache:
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError(f"cache: read-only, cannot set {name!r}")
 
-    def __reduce__(self) -> tuple:  # copy and pickle go through __init__
+    def __reduce__(self) -> tuple[Any, ...]:  # copy and pickle go through __init__
         return (Cache, (self.cell, self.backend, dict(self.options), dict(self.arrays)))
 
     def __getitem__(self, key: str) -> Any:

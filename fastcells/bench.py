@@ -176,7 +176,7 @@ class Problem:
     h0: np.ndarray
     c0: np.ndarray | None
     dy: np.ndarray
-    _expected: dict = field(default_factory=dict, repr=False)
+    _expected: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def spec(self) -> _cells.CellSpec:
@@ -197,7 +197,7 @@ class Problem:
         a = (self.x, self.W_ih, self.W_hh, self.b_ih, self.b_hh, *self.states())
         return tuple(v.astype(dtype) for v in a)
 
-    def expected(self, mode: str) -> dict:
+    def expected(self, mode: str) -> dict[str, Any]:
         """The float64 reference's outputs (and gradients for ``fwdbwd``), by name."""
         if mode not in self._expected:
             self._expected[mode] = outputs(reference, self, mode, np.float64)
@@ -223,7 +223,7 @@ def make_problem(cell: str, shape: Shape, seed: int = 0) -> Problem:
                    c0=normal(B, H) if spec.has_cell_state else None, dy=normal(T, B, H))
 
 
-def outputs(module: ModuleType, p: Problem, mode: str, dtype: Any = F32) -> dict:
+def outputs(module: ModuleType, p: Problem, mode: str, dtype: Any = F32) -> dict[str, Any]:
     """Run ``module`` (fastcells or its reference) once; the results by name."""
     forward, backward = _cells.cell_functions(module, p.cell)
     out = forward(*p.args(dtype), training=(mode == "fwdbwd"))
@@ -234,7 +234,7 @@ def outputs(module: ModuleType, p: Problem, mode: str, dtype: Any = F32) -> dict
     return result
 
 
-def errors(got: dict, want: dict) -> tuple[float, float]:
+def errors(got: dict[str, Any], want: dict[str, Any]) -> tuple[float, float]:
     """Largest absolute error over the arrays in ``want``, and the largest relative one.
 
     The relative error of an array is its largest absolute error divided by
@@ -321,7 +321,7 @@ def _floor_runner(p: Problem, mode: str) -> Runner:
     return fwdbwd
 
 
-def _stepper_setup(p: Problem, mode: str, **options: Any) -> tuple:
+def _stepper_setup(p: Problem, mode: str, **options: Any) -> tuple[Any, ...]:
     """``(x, states, Stepper)`` of a prepared-weights system (forward only)."""
     if mode != "fwd":
         raise Unavailable(NOT_APPLICABLE)
@@ -452,8 +452,8 @@ def _timed_calls(fn: Runner, repeat: int) -> list[float]:
     return times
 
 
-def measure_rounds(fns: dict, target: float, min_repeats: int = 3,
-                   repeat: int | None = None, rounds: int = ROUNDS) -> dict:
+def measure_rounds(fns: dict[str, Any], target: float, min_repeats: int = 3,
+                   repeat: int | None = None, rounds: int = ROUNDS) -> dict[str, Any]:
     """Median and minimum milliseconds per call of each function in ``fns`` (name ->
     callable), timed in ``rounds`` interleaved rounds.
 
@@ -479,7 +479,7 @@ def measure_rounds(fns: dict, target: float, min_repeats: int = 3,
 
 
 def measure(fn: Runner, target: float, min_repeats: int = 3,
-            repeat: int | None = None) -> dict:
+            repeat: int | None = None) -> dict[str, Any]:
     """Median and minimum milliseconds per call of ``fn`` (one round; see
     :func:`measure_rounds`)."""
     return measure_rounds({"fn": fn}, target, min_repeats, repeat, rounds=1)["fn"]
@@ -534,7 +534,7 @@ def _git_commit() -> str | None:
         return None
 
 
-def machine_info() -> dict:
+def machine_info() -> dict[str, Any]:
     """What the header prints and the JSON keeps: versions, ISA, BLAS, CPU, threads."""
     from ._config import config
 
@@ -567,7 +567,7 @@ def wrap(line: str) -> str:
                                    break_long_words=False, break_on_hyphens=False))
 
 
-def header(info: dict) -> str:
+def header(info: dict[str, Any]) -> str:
     """The machine lines printed above the table, each at most :data:`MAX_WIDTH` wide."""
     lines = [f"fastcells {info['fastcells']}"
              + (f" (commit {info['commit']})" if info.get("commit") else "")
@@ -602,7 +602,7 @@ def header(info: dict) -> str:
 def run_row(cell: str, shape: Shape, mode: str, systems: Sequence[str], target: float,
             min_repeats: int, repeat: int | None, problem: Problem | None = None,
             progress: Callable[[str], None] = lambda s: None,
-            bench_dir: Path | None = None) -> dict:
+            bench_dir: Path | None = None) -> dict[str, Any]:
     """Time every system on one cell, shape and mode; the row of the table as a dict."""
     p = problem or make_problem(cell, shape)
     row: dict[str, Any] = {"cell": cell, "shape": [shape.T, shape.B, shape.I, shape.H],
@@ -658,11 +658,11 @@ def _field(key: str, spec: str) -> Callable[[dict], str]:
     return lambda r: _fmt(r.get(key), spec)
 
 
-def _best_peer_ms(r: dict) -> str:
+def _best_peer_ms(r: dict[str, Any]) -> str:
     return _ms(r["best_peer"])(r) if r.get("best_peer") else "-"
 
 
-def _best_peer_ratio(r: dict) -> str:
+def _best_peer_ratio(r: dict[str, Any]) -> str:
     return _ratio(r["best_peer"])(r) if r.get("best_peer") else "-"
 
 
@@ -756,7 +756,7 @@ def _legend_lines(columns: Sequence[Column]) -> list[str]:
     return [f"- `{c.head}`: {c.meaning}" for c in columns]
 
 
-def write_markdown(path: str, rows: Sequence[dict], info: dict, *, grid: str,
+def write_markdown(path: str, rows: Sequence[dict], info: dict[str, Any], *, grid: str,
                    elapsed: float, command: str) -> None:
     """Write the report as Markdown: the machine, the date, the commit, the version, the
     threads, a short legend, the default table and then every column."""
@@ -952,7 +952,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _plot(rows: Sequence[dict], info: dict, path: str, bench_dir: Path | None) -> None:
+def _plot(rows: Sequence[dict], info: dict[str, Any], path: str, bench_dir: Path | None) -> None:
     """Draw the plot with the bench/ folder's plotter, or say what is missing."""
     bench = load_bench(bench_dir)
     if bench is None:
