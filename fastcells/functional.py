@@ -425,8 +425,8 @@ def _backward(cell: str, cache: Any, dy: Any, finals: tuple[Any, ...]) -> AnyGra
         db_ih, db_hh = (np.zeros(GH, F32), np.zeros(GH, F32)) if cache["has_bias"] else (None, None)
         return result(dx, *grads, dW_ih, dW_hh, db_ih, db_hh, *adapter.empty_extra(cache))
     with Scratch() as s:
-        b = _Back(cache, s, dy, grads, [_zeros_if_none(cache[f"{st}0"], B, H) for st in spec.states],
-                  cache.options["reverse"], cache["lengths"], T, B, H)
+        init = [_zeros_if_none(cache[f"{state}0"], B, H) for state in spec.states]
+        b = _Back(cache, s, dy, grads, init, cache.options["reverse"], cache["lengths"], T, B, H)
         dGx, dGh = adapter.backward(b)
         hprev = _prev_states(cache["y"], b.init[0], b.lengths, b.reverse,
                              s.empty("hprev", (T, B, H)))
