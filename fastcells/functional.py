@@ -470,6 +470,7 @@ def rnn_forward(x: Any, W_ih: Any, W_hh: Any, b_ih: Any = None, b_hh: Any = None
     ForwardResult
         ``y`` (T, B, H) float32, ``h`` (B, H) float32 (the state after each
         sequence's last valid step), ``cache`` (None unless ``training``).
+
     Notes
     -----
     One call runs on one thread.  The compiled loop releases the GIL, so
@@ -499,6 +500,7 @@ def rnn_backward(cache: Any, dy: Any = None, dh: Any = None) -> Gradients:
     Gradients
         ``dx (T, B, I), dh0 (B, H), dW_ih (H, I), dW_hh (H, H), db_ih, db_hh (H,)``,
         all float32; the bias gradients are None when the forward pass had no biases.
+
     Notes
     -----
     One call runs on one thread.  The compiled loop releases the GIL, so
@@ -545,6 +547,7 @@ def gru_forward(x: Any, W_ih: Any, W_hh: Any, b_ih: Any = None, b_hh: Any = None
     ForwardResult
         ``y`` (T, B, H) float32, ``h`` (B, H) float32 (the state after each
         sequence's last valid step), ``cache`` (None unless ``training``).
+
     Notes
     -----
     One call runs on one thread.  The compiled loop releases the GIL, so
@@ -575,6 +578,7 @@ def gru_backward(cache: Any, dy: Any = None, dh: Any = None) -> Gradients:
         ``dx (T, B, I), dh0 (B, H), dW_ih (3*H, I), dW_hh (3*H, H), db_ih, db_hh
         (3*H,)``, all float32; the bias gradients are None when the forward pass
         had no biases.
+
     Notes
     -----
     One call runs on one thread.  The compiled loop releases the GIL, so
@@ -620,6 +624,7 @@ def lstm_forward(x: Any, W_ih: Any, W_hh: Any, b_ih: Any = None, b_hh: Any = Non
     LSTMForwardResult
         ``y`` (T, B, H), ``h`` (B, H), ``c`` (B, H), all float32 (the states
         after each sequence's last valid step), ``cache`` (None unless ``training``).
+
     Notes
     -----
     One call runs on one thread.  The compiled loop releases the GIL, so
@@ -651,6 +656,7 @@ def lstm_backward(cache: Any, dy: Any = None, dh: Any = None,
         db_ih, db_hh (4*H,)``, all float32; the bias gradients are None when the
         forward pass had no biases.  A :class:`PeepholeLSTMGradients` (the same
         plus ``dpeephole (3*H,)``) when the forward pass had peepholes.
+
     Notes
     -----
     One call runs on one thread.  The compiled loop releases the GIL, so
