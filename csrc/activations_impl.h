@@ -48,7 +48,7 @@
 #define FC_ACT_TEMPLATE_COMMON
 /* Vector bytes per ISA suffix: the native register width.  (A 64-byte
  * vector everywhere would be simpler, but GCC lowers the comparisons of a
- * vector wider than the target's registers to scalar code: 20x slower.)
+ * vector wider than the target's registers to scalar code, many times slower.)
  * A new ISA suffix needs its line here. */
 #define FC_ACT_BYTES_generic 16
 #define FC_ACT_BYTES_avx2 32

@@ -17,6 +17,11 @@
  * interfere.  The effect on results: a value below 2^-126 (~1.2e-38) in
  * magnitude counts as zero, an absolute error far below float32 rounding of
  * any quantity an RNN computes.
+ *
+ * fc_fpenv_t, the saved control word, is unsigned long long on every
+ * platform (the Cython declaration in _kernels.pyx names the same type):
+ * wide enough for aarch64's 64-bit FPCR, and x86's 32-bit MXCSR sits in its
+ * low bits.
  */
 #ifndef FASTCELLS_FPENV_H
 #define FASTCELLS_FPENV_H
@@ -28,16 +33,17 @@
 #define FC_FPENV_BARRIER() ((void)0)
 #endif
 
+typedef unsigned long long fc_fpenv_t;
+
 #if defined(__x86_64__) || defined(_M_X64) || (defined(__i386__) && defined(__SSE2__))
 #include <xmmintrin.h>
 
-typedef unsigned int fc_fpenv_t;
 #define FC_MXCSR_DAZ 0x0040u
 #define FC_MXCSR_FTZ 0x8000u
 
 static inline fc_fpenv_t fc_fpenv_enter(void)
 {
-    fc_fpenv_t saved = _mm_getcsr();
+    unsigned int saved = _mm_getcsr();
     _mm_setcsr(saved | FC_MXCSR_FTZ | FC_MXCSR_DAZ);
     FC_FPENV_BARRIER();
     return saved;
@@ -46,17 +52,16 @@ static inline fc_fpenv_t fc_fpenv_enter(void)
 static inline void fc_fpenv_exit(fc_fpenv_t saved)
 {
     FC_FPENV_BARRIER();
-    _mm_setcsr(saved);
+    _mm_setcsr((unsigned int)saved);
 }
 
 #elif defined(__aarch64__) && (defined(__GNUC__) || defined(__clang__))
 
-typedef unsigned long long fc_fpenv_t;
 #define FC_FPCR_FZ (1ull << 24)
 
 static inline fc_fpenv_t fc_fpenv_enter(void)
 {
-    fc_fpenv_t saved;
+    fc_fpenv_t saved;   /* FPCR is a 64-bit system register: mrs needs an x register */
     __asm__ __volatile__("mrs %0, fpcr" : "=r"(saved));
     __asm__ __volatile__("msr fpcr, %0" : : "r"(saved | FC_FPCR_FZ) : "memory");
     return saved;
@@ -69,7 +74,6 @@ static inline void fc_fpenv_exit(fc_fpenv_t saved)
 
 #else
 
-typedef int fc_fpenv_t;
 static inline fc_fpenv_t fc_fpenv_enter(void) { return 0; }
 static inline void fc_fpenv_exit(fc_fpenv_t saved) { (void)saved; }
 

@@ -47,19 +47,16 @@ void fc_gemm_nt(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A, ptrdiff_t
 /* Block sizes per ISA (see gemm_impl.h).  A tile's accumulators,
  * FC_MR * FC_NP * 16 / lanes registers, plus its panel rows and a broadcast
  * fit the register file (16 SSE2/AVX2 registers, 32 AVX-512).
- * AVX-512 uses 8 x 16, not a wider 12 x 32: on a CPU that splits 512-bit
- * FMAs in two (AMD Zen 4) 8 chains already fill the FMA pipes and the wider
- * tile measured 5-15% slower; 4 x 32, 6 x 32 and 8 x 32 measured the same or
- * up to 2% slower.  The 8 x 16 tile runs at 90-100% of the FMA peak measured
- * on that machine (one 512-bit FMA per cycle) once its operands are in cache.
+ * AVX-512 uses 8 x 16, not a wider tile: on a CPU that splits 512-bit FMAs
+ * in two, 8 independent chains already fill the FMA pipes, and the wider
+ * tiles tried were no faster.
  * FC_KC: a deeper k block means fewer passes over C; a tile column's panels
- * then outgrow L1 (FC_KC x 64 bytes) but stream from L2 fast enough.  On Zen 4
- * AVX2 ran 10-20% faster with 2048 than with 256 at k >= 512, AVX-512 about
- * 1% faster with 1024 than 512.  FC_PF: software prefetch of the panels
- * 256 rows (16 KiB) ahead gained 5-40% where P comes from L3 or memory
- * (m = 16, 16 MiB of weights), nothing in cache (32 rows: half the gain,
- * 64 -> 256: +1-2%); the generic path lost 1% with it.  The unpacked
- * product sizes its own tiles from FC_VBYTES (gemm_nt_impl.h). */
+ * then outgrow L1 (FC_KC x 64 bytes) but stream from L2 fast enough.
+ * FC_PF: software prefetch of the panels 256 rows (16 KiB) ahead, for
+ * weights that come from L3 or memory; the generic path goes without.
+ * The figures behind each choice: docs/design.md, "Measurements behind the
+ * code's choices", "GEMM tiles".  The unpacked product sizes its own tiles
+ * from FC_VBYTES (gemm_nt_impl.h). */
 #define FC_L2_BYTES (256 * 1024)
 
 /* Packing a matrix this large (bytes of P) writes P with non-temporal

@@ -28,8 +28,8 @@
  *
  * Float16 panels (Stepper's float16 weights, fc_gemm_half): the same code
  * with converting loads (FC_LOADW), so the two give the same bits; for the
- * few-row products that stream the weights.  Software prefetch of the
- * float16 stream (1 and 4 KiB ahead) measured no gain on Zen 4.
+ * few-row products that stream the weights.  The float16 stream is not
+ * prefetched in software: it gained nothing measurable.
  *
  * For m > 1 the k dimension is cut into blocks (see the loop below); the
  * first block stores C, later blocks add to it.
@@ -159,7 +159,7 @@ FC_NAME(fc_tile_column)(const int np, ptrdiff_t m, ptrdiff_t k, const float *A, 
     ptrdiff_t i = 0;
     /* The first full tile prefetches the panels for all (the others find
      * them in cache); a lone partial tile does not: with a few rows per k
-     * step the prefetches cost more than they save (m = 3: -35%). */
+     * step the prefetches cost more than they save. */
     if (m >= FC_MR) {
         FC_NAME(fc_tile)(FC_MR, np, k, A, lda, P, ps, C, ldc, nlast, accumulate, 1, half);
         i = FC_MR;
@@ -242,13 +242,13 @@ FC_NAME(fc_gemv)(ptrdiff_t n, ptrdiff_t k, const float *x, const void *P, float 
  * across the panels, 64-byte copies into each panel's 1 KiB block.
  *
  * Streaming (gemm.c decides when: large P): non-temporal stores skip the
- * read-for-ownership of P's lines, but on Zen 4 only whole 64-byte lines
- * written by one store ran at copy speed (four 16-byte streaming stores per
- * line, or a line's halves written at different times, were no faster than
- * plain stores).  P is only float aligned (a NumPy buffer), so the rows are
+ * read-for-ownership of P's lines, but only whole 64-byte lines written by
+ * one store run at copy speed (four 16-byte streaming stores per line, or a
+ * line's halves written at different times, were no faster than plain
+ * stores).  P is only float aligned (a NumPy buffer), so the rows are
  * realigned to P's lines: the line that starts sh floats before a row is the
  * previous row's last sh lanes and this row's first 16 - sh (one vpermt2ps).
- * AVX-512 only (the ISA in use where it was measured). */
+ * AVX-512 only (the ISA on which it was measured). */
 #if FC_VBYTES == 64 && defined(FC_X86_INTRIN)
 #define FC_HAVE_STREAM 1
 static inline __attribute__((always_inline)) FC_TARGET void
@@ -307,7 +307,7 @@ typedef struct {
 } FC_NAME(fc_row_run);
 
 /* out[j] = row[j] for lo <= j < hi: plain stores through the stack (a masked
- * 512-bit store to the partial lines made streaming A @ W five times slower) */
+ * 512-bit store to the partial lines made streaming A @ W much slower) */
 static inline __attribute__((always_inline)) FC_TARGET void
 FC_NAME(fc_store_lanes)(float *out, __m512 row, int lo, int hi)
 {
@@ -514,11 +514,10 @@ FC_NAME(fc_gemm_any)(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A, ptrd
         return;
     }
     /* Batch 2 or 4: a tile of m rows and one panel has too few independent
-     * chains to hide the FMA latency, so take panels side by side (same sums,
-     * more chains).  Measured on AVX-512 (Zen 4, paired with the one-panel
-     * code): 4 panels, m = 2 -15 to -27%, m = 4 -5 to -20%.  m = 3 ran twice
-     * as slow with 2 or 4 panels, and AVX2 (2 panels at m = 2) was -27% in
-     * one session and +5 to +20% in another: those keep one panel. */
+     * chains to hide the FMA latency, so take 4 panels side by side (same
+     * sums, more chains) on AVX-512.  m = 3, and AVX2, keep one panel: side
+     * by side was slower or not reliably faster there (docs/design.md,
+     * "Measurements behind the code's choices", "GEMM tiles"). */
     if (FC_NP == 1 && FC_PV == 1 && (m == 2 || m == 4))
         FC_NAME(fc_gemm_strips)(4, m, n, k, A, lda, P, C, ldc, half);
     else

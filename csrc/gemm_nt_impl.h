@@ -7,7 +7,7 @@
  * a transposing copy of the whole matrix.  When A has few rows that copy
  * costs as much as the product: at batch 1 each step of the loop reads the
  * weights once anyway, so packing doubles the traffic of the first step and
- * at H = 1024 costs as much as ten steps; and the input projection of a
+ * costs as much as several steps; and the input projection of a
  * short batch-1 sequence (T*B rows) reads W_ih only a few times (BLAS packs
  * it too).  Here every W row is read straight from the caller's array, as
  * one contiguous stream, exactly once per call.
@@ -47,9 +47,9 @@ static inline int fc_nt_bitrev(int i, int bits)
 
 /* Tiles: MR*NR accumulators plus NR rows of W and one of A fit the register
  * file (32 AVX-512 registers, 16 otherwise).  Batch 1: NR1 rows of W, 8
- * accumulators (the W loads fold into the FMAs); on AVX-512 8 rows measured
- * 5-20% faster than 4 rows x 2 registers of k and than 16 rows at H =
- * 256-1024 (16 rows 4 KiB apart overflow L1's 8 ways). */
+ * accumulators (the W loads fold into the FMAs); 8 rows beat 4 rows x 2
+ * registers of k, and 16 rows (16 rows 4 KiB apart overflow L1's 8 ways):
+ * docs/design.md, "Measurements behind the code's choices", "GEMM tiles". */
 #define FC_NT_MR (FC_VBYTES == 64 ? 4 : 2)
 #define FC_NT_NR 4
 #define FC_NT_NR1 8

@@ -16,7 +16,11 @@ from typing import Any, NamedTuple, Optional
 
 import numpy as np
 
-from ._cells import GATE_ORDER, GATES, NONLINEARITIES  # noqa: F401  (re-exported)
+from numpy.typing import DTypeLike
+
+from ._cells import GATE_ORDER as GATE_ORDER  # re-exported
+from ._cells import GATES as GATES  # re-exported
+from ._cells import NONLINEARITIES
 from ._results import Cache
 
 
@@ -33,11 +37,11 @@ _NDARRAY = np.ndarray
 def is_f32c(a: Any) -> bool:
     """True when ``a`` is a float32 C-contiguous ndarray (not a subclass), native order.
 
-    Exactly the arrays that ``as_float(name, a, np.float32)`` returns unchanged
-    (or a subset of them): the fast paths accept these and send anything else
-    to the full checks, which convert or raise.
+    The fast-path predicate (:func:`_as_is`) for float32: exactly the arrays the
+    checks pass on as they are; anything else takes the full checks, which
+    convert or raise.
     """
-    return type(a) is _NDARRAY and a.dtype is _F32 and a.flags.c_contiguous
+    return _as_is(a, _F32)
 
 
 def to_numpy(value: Any) -> np.ndarray:
@@ -98,7 +102,7 @@ def float_dtype(*arrays: Any) -> np.dtype:
     return np.dtype(dt).newbyteorder("=")
 
 
-def as_float(name: str, a: Any, dtype: np.dtype) -> np.ndarray:
+def as_float(name: str, a: Any, dtype: DTypeLike) -> np.ndarray:
     """Convert ``a`` to a C-contiguous array of ``dtype`` (native byte order).
 
     Real floats are converted; bool, integer, complex, object and string
@@ -110,20 +114,22 @@ def as_float(name: str, a: Any, dtype: np.dtype) -> np.ndarray:
         return a   # the common case, kept cheap: it is paid per argument per call
     arr = _to_array(name, a)
     # asarray, not ascontiguousarray, which would turn a 0-d array into 1-d
-    return np.asarray(arr, dtype=np.dtype(dtype).newbyteorder("="), order="C")
+    out: np.ndarray = np.asarray(arr, dtype=np.dtype(dtype).newbyteorder("="), order="C")
+    return out
 
 
 # ----------------------------------------------------------------------------
 # shapes
 
 
-def _shape_str(symbols: tuple, values: tuple) -> str:
+def _shape_str(symbols: tuple[str, ...], values: tuple[int, ...]) -> str:
     sym = "(" + ", ".join(symbols) + ("," if len(symbols) == 1 else "") + ")"
     val = "(" + ", ".join(str(v) for v in values) + ("," if len(values) == 1 else "") + ")"
     return sym if sym == val else f"{sym} = {val}"
 
 
-def check_shape(name: str, arr: np.ndarray, symbols: tuple, values: tuple) -> None:
+def check_shape(name: str, arr: np.ndarray, symbols: tuple[str, ...],
+                values: tuple[int, ...]) -> None:
     """Raise ``ValueError`` unless ``arr.shape == values`` (``symbols`` names each axis)."""
     if arr.shape != tuple(values):
         raise ValueError(
@@ -131,7 +137,7 @@ def check_shape(name: str, arr: np.ndarray, symbols: tuple, values: tuple) -> No
         )
 
 
-def _check_ndim(name: str, arr: np.ndarray, symbols: tuple) -> None:
+def _check_ndim(name: str, arr: np.ndarray, symbols: tuple[str, ...]) -> None:
     if arr.ndim != len(symbols):
         sym = "(" + ", ".join(symbols) + ("," if len(symbols) == 1 else "") + ")"
         raise ValueError(
@@ -159,8 +165,9 @@ def check_lengths(lengths: Any, T: int, B: int) -> Optional[np.ndarray]:
         raise ValueError(f"lengths: expected shape (B,) = ({B},), got {arr.shape}")
     if B == 0:
         return None
-    # a NumPy reduction costs ~1.5 us whatever the size: for the usual small
-    # batches, Python's min/max over the values are several times cheaper
+    # a NumPy reduction has a fixed cost whatever the size: for the usual small
+    # batches, Python's min/max over the values are cheaper (docs/design.md,
+    # "Per-call overhead")
     if B <= _SMALL_BATCH:
         values = arr.tolist()
         lo, hi = min(values), max(values)
@@ -178,6 +185,8 @@ def check_lengths(lengths: Any, T: int, B: int) -> Optional[np.ndarray]:
 
 
 class ForwardArgs(NamedTuple):
+    """The checked arguments of ``<cell>_forward`` and the sizes they imply."""
+
     x: np.ndarray
     W_ih: np.ndarray
     W_hh: np.ndarray
@@ -194,6 +203,108 @@ class ForwardArgs(NamedTuple):
     G: int
 
 
+# ----------------------------------------------------------------------------
+# the forward checks: one set of per-argument checks, cheap when an argument fits
+#
+# Each check below first asks the fast-path predicate (the argument can be used
+# as it is: ``_as_is``, a shape that matches); only when that fails does it
+# convert or raise.  A call whose arrays all fit therefore pays a few attribute
+# tests per argument, which matters at T = B = 1 (docs/design.md, "Measurements
+# behind the code's choices", "Fast checks").  ``as_is=True`` raises
+# ``_NotAsIs`` instead of converting or raising: :func:`forward_as_is`, which
+# says whether a call's arguments pass exactly as they are.
+
+
+class _NotAsIs(Exception):
+    """An argument needs a conversion (or is wrong): raised in ``as_is`` mode."""
+
+
+def _as_is(a: Any, dtype: Any) -> bool:
+    """The fast-path predicate: ``a`` is an ndarray (not a subclass) whose dtype is the
+    object ``dtype`` itself (so native order), C-contiguous.  Such an array is what
+    ``as_float(name, a, dtype)`` returns unchanged (a subset of those)."""
+    return type(a) is _NDARRAY and a.dtype is dtype and a.flags.c_contiguous
+
+
+def _array(name: str, a: Any, dtype: Any, as_is: bool) -> np.ndarray:
+    if _as_is(a, dtype):
+        return a                # type: ignore[no-any-return]
+    if as_is:
+        raise _NotAsIs
+    return as_float(name, a, dtype)
+
+
+def _bad_shape(name: str, arr: np.ndarray, symbols: tuple[str, ...],
+               values: tuple[int, ...], as_is: bool) -> None:
+    """The error naming ``name`` for ``arr.shape != values`` (the callers compare first,
+    so the common case costs no call)."""
+    if as_is:
+        raise _NotAsIs
+    check_shape(name, arr, symbols, values)
+
+
+def _bad_ndim(name: str, arr: np.ndarray, symbols: tuple[str, ...], as_is: bool) -> None:
+    """The error naming ``name`` for ``arr.ndim != len(symbols)``."""
+    if as_is:
+        raise _NotAsIs
+    _check_ndim(name, arr, symbols)
+
+
+def _refuse(as_is: bool, error: Exception) -> None:
+    raise _NotAsIs if as_is else error
+
+
+#: the row symbol of each cell's weights ("4*H")
+_GH = {cell: f"{G}*H" for cell, G in GATES.items()}
+
+
+def _forward_checks(cell: str, x: Any, W_ih: Any, W_hh: Any, b_ih: Any, b_hh: Any, h0: Any,
+                    c0: Any, lengths: Any, dtype: Any, peephole: Any,
+                    as_is: bool) -> ForwardArgs:
+    G, GH = GATES[cell], _GH[cell]
+    x = _array("x", x, dtype, as_is)
+    if x.ndim != 3:
+        _bad_ndim("x", x, ("T", "B", "I"), as_is)
+    T, B, I = x.shape
+    W_hh = _array("W_hh", W_hh, dtype, as_is)
+    if W_hh.ndim != 2:
+        _bad_ndim("W_hh", W_hh, (GH, "H"), as_is)
+    H = W_hh.shape[1]
+    if H == 0:
+        _refuse(as_is, ValueError("W_hh: expected hidden size H >= 1, got W_hh of shape "
+                                  f"{W_hh.shape}"))
+    if W_hh.shape != (G * H, H):
+        _bad_shape("W_hh", W_hh, (GH, "H"), (G * H, H), as_is)
+    W_ih = _array("W_ih", W_ih, dtype, as_is)
+    if W_ih.shape != (G * H, I):
+        if W_ih.ndim != 2:
+            _bad_ndim("W_ih", W_ih, (GH, "I"), as_is)
+        _bad_shape("W_ih", W_ih, (GH, "I"), (G * H, I), as_is)
+    if (b_ih is None) != (b_hh is None):
+        missing = "b_hh" if b_hh is None else "b_ih"
+        _refuse(as_is, ValueError(f"{missing}: expected an array of shape ({GH},) = "
+                                  f"({G * H},) since the other bias is given (pass both or "
+                                  "neither), got None"))
+    if b_ih is not None:
+        b_ih = _array("b_ih", b_ih, dtype, as_is)
+        if b_ih.shape != (G * H,):
+            _bad_shape("b_ih", b_ih, (GH,), (G * H,), as_is)
+        b_hh = _array("b_hh", b_hh, dtype, as_is)
+        if b_hh.shape != (G * H,):
+            _bad_shape("b_hh", b_hh, (GH,), (G * H,), as_is)
+    if peephole is not None:
+        if cell != "lstm":
+            _refuse(as_is, ValueError(f"peephole: only LSTM has peepholes, got peephole for "
+                                      f"{cell}"))
+        peephole = _array("peephole", peephole, dtype, as_is)
+        if peephole.shape != (3 * H,):
+            _bad_shape("peephole", peephole, ("3*H",), (3 * H,), as_is)
+    h0, c0, lengths = _state_checks(cell, h0, c0, lengths, T, B, H, dtype, as_is)
+    # _make: cheaper than ForwardArgs(...), which goes through a Python __new__
+    return ForwardArgs._make((x, W_ih, W_hh, b_ih, b_hh, h0, c0, lengths, peephole,
+                              T, B, I, H, G))
+
+
 def check_forward(
     cell: str,
     x: Any,
@@ -204,63 +315,49 @@ def check_forward(
     h0: Any = None,
     c0: Any = None,
     lengths: Any = None,
-    dtype: Optional[np.dtype] = None,
+    dtype: Optional[Any] = None,
     peephole: Any = None,
 ) -> ForwardArgs:
     """Validate and convert the arguments of ``<cell>_forward``.
 
     ``dtype`` None means the common float dtype of the arguments (the
     reference); the kernels pass float32.  ``h0``/``c0`` stay None when not
-    given (the callers treat that as zeros).
+    given (the callers treat that as zeros).  Arrays that fit are returned as
+    they are (never written).
     """
-    if dtype is np.float32 or dtype is _F32:
-        args = _forward_fast(cell, x, W_ih, W_hh, b_ih, b_hh, h0, c0, lengths, peephole)
-        if args is not None:
-            return args
-    G = GATES[cell]
     if dtype is None:
         for name, a in (("x", x), ("W_ih", W_ih), ("W_hh", W_hh), ("b_ih", b_ih),
                         ("b_hh", b_hh), ("h0", h0), ("c0", c0), ("peephole", peephole)):
             if a is not None:
                 _to_array(name, a)
         dtype = float_dtype(x, W_ih, W_hh, b_ih, b_hh, h0, c0, peephole)
-    x = as_float("x", x, dtype)
-    _check_ndim("x", x, ("T", "B", "I"))
-    T, B, I = x.shape
-    W_hh = as_float("W_hh", W_hh, dtype)
-    _check_ndim("W_hh", W_hh, (f"{G}*H", "H"))
-    H = W_hh.shape[1]
-    if H == 0:
-        raise ValueError("W_hh: expected hidden size H >= 1, got W_hh of shape "
-                         f"{W_hh.shape}")
-    check_shape("W_hh", W_hh, (f"{G}*H", "H"), (G * H, H))
-    W_ih = as_float("W_ih", W_ih, dtype)
-    _check_ndim("W_ih", W_ih, (f"{G}*H", "I"))
-    check_shape("W_ih", W_ih, (f"{G}*H", "I"), (G * H, I))
-    if (b_ih is None) != (b_hh is None):
-        missing = "b_hh" if b_hh is None else "b_ih"
-        raise ValueError(f"{missing}: expected an array of shape ({G}*H,) = ({G * H},) "
-                         "since the other bias is given (pass both or neither), got None")
-    if b_ih is not None:
-        b_ih = as_float("b_ih", b_ih, dtype)
-        check_shape("b_ih", b_ih, (f"{G}*H",), (G * H,))
-        b_hh = as_float("b_hh", b_hh, dtype)
-        check_shape("b_hh", b_hh, (f"{G}*H",), (G * H,))
-    if peephole is not None:
-        if cell != "lstm":
-            raise ValueError(f"peephole: only LSTM has peepholes, got peephole for {cell}")
-        peephole = as_float("peephole", peephole, dtype)
-        check_shape("peephole", peephole, ("3*H",), (3 * H,))
-    h0, c0, lengths = check_states(cell, h0, c0, lengths, T, B, H, dtype)
-    return ForwardArgs(x, W_ih, W_hh, b_ih, b_hh, h0, c0, lengths, peephole, T, B, I, H, G)
+    elif dtype is np.float32:
+        dtype = _F32              # the dtype object, which _as_is compares by identity
+    elif dtype is not _F32:
+        dtype = np.dtype(dtype)
+    return _forward_checks(cell, x, W_ih, W_hh, b_ih, b_hh, h0, c0, lengths, dtype, peephole,
+                           False)
 
 
-def check_sequence(name: str, x: Any, I: int, dtype: np.dtype) -> np.ndarray:
+def forward_as_is(cell: str, x: Any, W_ih: Any, W_hh: Any, b_ih: Any = None,
+                  b_hh: Any = None, h0: Any = None, c0: Any = None, lengths: Any = None,
+                  peephole: Any = None) -> Optional[ForwardArgs]:
+    """``check_forward(..., dtype=float32)`` when every array passes exactly as it is
+    (:func:`_as_is`, right shapes), else None: the same checks, in ``as_is`` mode.
+    ``lengths`` gets its full checks (and errors) here too."""
+    try:
+        return _forward_checks(cell, x, W_ih, W_hh, b_ih, b_hh, h0, c0, lengths, _F32,
+                               peephole, True)
+    except _NotAsIs:
+        return None
+
+
+def check_sequence(name: str, x: Any, I: int, dtype: DTypeLike) -> np.ndarray:
     """``x`` as a C-contiguous (T, B, I) array of ``dtype`` (``I`` known: prepared weights)."""
-    x = as_float(name, x, dtype)
-    _check_ndim(name, x, ("T", "B", "I"))
-    check_shape(name, x, ("T", "B", "I"), (x.shape[0], x.shape[1], I))
-    return x
+    seq = as_float(name, x, dtype)
+    _check_ndim(name, seq, ("T", "B", "I"))
+    check_shape(name, seq, ("T", "B", "I"), (seq.shape[0], seq.shape[1], I))
+    return seq
 
 
 def without_padding(x: np.ndarray, lengths: Optional[np.ndarray]) -> np.ndarray:
@@ -277,68 +374,38 @@ def without_padding(x: np.ndarray, lengths: Optional[np.ndarray]) -> np.ndarray:
 
 
 def check_states(cell: str, h0: Any, c0: Any, lengths: Any, T: int, B: int, H: int,
-                 dtype: np.dtype) -> tuple:
+                 dtype: Any) -> tuple[Optional[np.ndarray], Optional[np.ndarray],
+                                      Optional[np.ndarray]]:
     """The initial states and lengths of a (T, B) batch, as ``check_forward`` returns them."""
+    return _state_checks(cell, h0, c0, lengths, T, B, H, np.dtype(dtype), False)
+
+
+def _state_checks(cell: str, h0: Any, c0: Any, lengths: Any, T: int, B: int, H: int,
+                  dtype: Any, as_is: bool) -> tuple[Optional[np.ndarray],
+                                                    Optional[np.ndarray],
+                                                    Optional[np.ndarray]]:
     if h0 is not None:
-        h0 = as_float("h0", h0, dtype)
-        check_shape("h0", h0, ("B", "H"), (B, H))
+        h0 = _array("h0", h0, dtype, as_is)
+        if h0.shape != (B, H):
+            _bad_shape("h0", h0, ("B", "H"), (B, H), as_is)
     if c0 is not None:
         if cell != "lstm":
-            raise ValueError(f"c0: only LSTM has a cell state, got c0 for {cell}")
-        c0 = as_float("c0", c0, dtype)
-        check_shape("c0", c0, ("B", "H"), (B, H))
-    lengths = check_lengths(lengths, T, B)
+            _refuse(as_is, ValueError(f"c0: only LSTM has a cell state, got c0 for {cell}"))
+        c0 = _array("c0", c0, dtype, as_is)
+        if c0.shape != (B, H):
+            _bad_shape("c0", c0, ("B", "H"), (B, H), as_is)
+    # every other argument has passed its checks: lengths gets the same checks
+    # (and errors) in either mode
+    if lengths is not None:
+        lengths = check_lengths(lengths, T, B)
     # the buffers are (T, B, G*H): fail clearly here (Python ints cannot
     # overflow) when they cannot exist, before any allocation is tried
     G = GATES[cell]
-    if T * B * G * H * np.dtype(dtype).itemsize > sys.maxsize:
-        raise ValueError(f"x: (T, B) = ({T}, {B}) with G*H = {G * H} needs buffers of "
-                         f"{T * B * G * H} elements, more than the address space holds")
+    if T * B * G * H * dtype.itemsize > sys.maxsize:
+        _refuse(as_is, ValueError(f"x: (T, B) = ({T}, {B}) with G*H = {G * H} needs buffers "
+                                  f"of {T * B * G * H} elements, more than the address space "
+                                  "holds"))
     return h0, c0, lengths
-
-
-def _forward_fast(cell: str, x: Any, W_ih: Any, W_hh: Any, b_ih: Any = None, b_hh: Any = None,
-                  h0: Any = None, c0: Any = None, lengths: Any = None,
-                  peephole: Any = None) -> Optional[ForwardArgs]:
-    """``check_forward`` for float32 when every array already fits (the common case).
-
-    Returns None as soon as anything differs (a dtype, a layout, a shape, a
-    missing bias...): ``check_forward`` then runs its full checks, which
-    convert or raise the error naming the argument.  Each test here is one the
-    full checks make too, so a result from here is one they would return.
-    It exists because the full checks cost ~6 us a call, which matters at
-    T = B = 1 (a whole 100-step H = 64 LSTM in ONNX Runtime takes ~225 us).
-    """
-    if not (is_f32c(x) and is_f32c(W_ih) and is_f32c(W_hh)):
-        return None
-    xs, ws = x.shape, W_hh.shape
-    if len(xs) != 3 or len(ws) != 2:
-        return None
-    T, B, I = xs
-    GH, H = ws
-    G = GATES[cell]
-    if H == 0 or GH != G * H or W_ih.shape != (GH, I):
-        return None
-    if b_ih is not None or b_hh is not None:
-        if not (is_f32c(b_ih) and is_f32c(b_hh) and b_ih.shape == (GH,) and b_hh.shape == (GH,)):
-            return None
-    state = (B, H)
-    if h0 is not None and not (is_f32c(h0) and h0.shape == state):
-        return None
-    if c0 is not None and not (cell == "lstm" and is_f32c(c0) and c0.shape == state):
-        return None
-    if peephole is not None and not (cell == "lstm" and is_f32c(peephole)
-                                     and peephole.shape == (3 * H,)):
-        return None
-    # the buffer-size guard of the full checks, float32 = 4 bytes
-    if T * B * GH * 4 > sys.maxsize:
-        return None
-    # every other argument passed the checks the full path makes before lengths,
-    # so lengths gets the same checks (and errors) as there
-    lengths = check_lengths(lengths, T, B)
-    # _make: 0.25 us cheaper than ForwardArgs(...), which goes through a Python __new__
-    return ForwardArgs._make((x, W_ih, W_hh, b_ih, b_hh, h0, c0, lengths, peephole,
-                              T, B, I, H, G))
 
 
 def check_nonlinearity(nonlinearity: Any) -> str:
@@ -346,7 +413,7 @@ def check_nonlinearity(nonlinearity: Any) -> str:
         raise ValueError(
             f"nonlinearity: expected one of {NONLINEARITIES}, got {nonlinearity!r}"
         )
-    return nonlinearity
+    return str(nonlinearity)
 
 
 def check_cache(cache: Any, cell: str, backend: str) -> Cache:
@@ -370,17 +437,17 @@ def check_cache(cache: Any, cell: str, backend: str) -> Cache:
     return cache
 
 
-def check_grad(name: str, g: Any, symbols: tuple, shape: tuple, dtype: np.dtype) -> Optional[np.ndarray]:
+def check_grad(name: str, g: Any, symbols: tuple[str, ...], shape: tuple[int, ...],
+               dtype: Any) -> Optional[np.ndarray]:
     """Validate an upstream gradient (None stays None, meaning zeros)."""
     if g is None:
         return None
-    if (dtype is np.float32 or dtype is _F32) and is_f32c(g) and g.shape == shape:
-        return g   # the common case, kept cheap: it is paid per gradient per call
-    g = as_float(name, g, dtype)
-    if g.ndim != len(shape):
-        _check_ndim(name, g, symbols)
-    check_shape(name, g, symbols, shape)
-    return g
+    grad = _array(name, g, _F32 if dtype is np.float32 else dtype, False)
+    if grad.shape != shape:
+        if grad.ndim != len(shape):
+            _check_ndim(name, grad, symbols)
+        check_shape(name, grad, symbols, shape)
+    return grad
 
 
 def check_bool(name: str, value: Any) -> bool:
@@ -410,11 +477,11 @@ def check_number(name: str, value: Any, low: float = 0.0, high: float = float("i
             value, (int, float, np.integer, np.floating)):
         raise TypeError(f"{name}: expected a number in {_interval(low, high, high_open)}, "
                         f"got {value!r}")
-    value = float(value)
-    if not (low <= value < high if high_open else low <= value <= high):
+    number = float(value)
+    if not (low <= number < high if high_open else low <= number <= high):
         raise ValueError(f"{name}: expected a value in {_interval(low, high, high_open)}, "
-                         f"got {value}")
-    return value
+                         f"got {number}")
+    return number
 
 
 def _interval(low: float, high: float, high_open: bool) -> str:

@@ -7,6 +7,7 @@ may be None (no lengths, inference without saved activations, the other
 GRU form, no peepholes).  The loops write only the arguments documented as
 outputs (states in/out, ``y``, saved activations, gradients, scratch).
 """
+import enum
 from typing import Optional
 
 import numpy as np
@@ -14,6 +15,19 @@ import numpy.typing as npt
 
 _F32 = npt.NDArray[np.float32]
 _I64 = npt.NDArray[np.int64]
+
+# named constants ---------------------------------------------------------------
+
+class Packing(enum.IntEnum):
+    """How a product reads its weight W (the loops' ``packing`` argument)."""
+
+    PACK_NONE = 0
+    PACK_FLOAT = 1
+    PACK_HALF = 2
+
+PACK_NONE: Packing
+PACK_FLOAT: Packing
+PACK_HALF: Packing
 
 # instruction sets ------------------------------------------------------------
 
@@ -36,17 +50,17 @@ def tanh_(x: _F32, ftz: bool = ...) -> None: ...
 
 # time loops --------------------------------------------------------------------
 
-def rnn_forward(t0: int, gx: _F32, wp: _F32, packed: int, h: _F32, y: _F32,
+def rnn_forward(t0: int, gx: _F32, wp: _F32, packing: int, h: _F32, y: _F32,
                 lengths: Optional[_I64], reverse: bool, relu: bool, gh: _F32) -> None: ...
 def rnn_backward(y: _F32, wpt: _F32, dy: Optional[_F32], dh: _F32, dG: _F32,
                  lengths: Optional[_I64], reverse: bool, relu: bool, tmp: _F32) -> None: ...
-def lstm_forward(t0: int, gx: _F32, wp: _F32, packed: int, peephole: Optional[_F32], h: _F32,
+def lstm_forward(t0: int, gx: _F32, wp: _F32, packing: int, peephole: Optional[_F32], h: _F32,
                  c: _F32, y: _F32, lengths: Optional[_I64], reverse: bool, gates: Optional[_F32],
                  cs: Optional[_F32], gh: _F32) -> None: ...
 def lstm_backward(gates: _F32, cs: _F32, c0: _F32, wpt: _F32, peephole: Optional[_F32],
                   dy: Optional[_F32], dh: _F32, dc: _F32, dG: _F32,
                   lengths: Optional[_I64], reverse: bool, tmp: _F32) -> None: ...
-def gru_forward(t0: int, gx: _F32, wp: _F32, wp_n: Optional[_F32], packed: int, bhn: _F32,
+def gru_forward(t0: int, gx: _F32, wp: _F32, wp_n: Optional[_F32], packing: int, bhn: _F32,
                 h: _F32,
                 y: _F32, lengths: Optional[_I64], reverse: bool, linear_before_reset: bool,
                 gates: Optional[_F32], hn: Optional[_F32], gh: _F32, rh: _F32,
@@ -57,12 +71,12 @@ def gru_backward(gates: _F32, hn: Optional[_F32], y: _F32, h0: _F32, wpt: _F32,
                  linear_before_reset: bool, tmp: _F32, direct: _F32) -> None: ...
 
 
-class Stepper:
+class StepKernel:
     """One time step of a cell for a batch, weights packed once (streaming)."""
 
     cell: str
 
     def __init__(self, cell: str, wih: _F32, wp: _F32, wp_n: Optional[_F32], bias: _F32,
                  bhn: _F32, peephole: Optional[_F32], I: int, H: int, relu: bool,
-                 linear_before_reset: bool, packed: int = ...) -> None: ...
+                 linear_before_reset: bool, packing: int = ...) -> None: ...
     def step(self, x: _F32, h: _F32, c: Optional[_F32]) -> None: ...

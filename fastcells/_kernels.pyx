@@ -7,11 +7,17 @@ How this module is built, and why:
   dtypes and allocated every buffer), which takes raw float32 pointers and
   runs a ``cdef ... noexcept nogil`` loop with the GIL released.
 - The loops contain no Python, no allocation and no NumPy call: per step one
-  packed small GEMM (``csrc/gemm.h``, weights packed once per call) and one
+  small GEMM (``csrc/gemm.h``; ``W_hh`` packed once per call, or read as it is
+  for short batch-1 calls) and one
   fused pointwise pass per batch row that applies the gates and writes the
   new state, the output and (training only) what backward needs.
-- The input projection before the loop and the weight gradients after it are
-  large GEMMs left to NumPy's BLAS by the Python layer.
+- The input projection before the loop is one large GEMM on fastcells' own
+  products (``gemm``: packed; ``gemm_nt``: unpacked, for few rows), called by
+  the Python layer (``fastcells._packing``); after backward's loop, ``dx`` is
+  one packed ``gemm`` and ``dW_ih``/``dW_hh`` are NumPy (BLAS) products.
+- How each product reads its weight is the ``packing`` argument, one of the
+  ``PACK_*`` constants below (exposed to Python); the cell facts the wrappers
+  need (gate counts) come from ``fastcells._cells``.
 - ``lengths`` (or NULL) marks the steps ``t >= lengths[b]`` that leave row
   ``b`` untouched; ``reverse`` walks time backwards, each row starting at its
   own last valid step.  Backward walks the forward order in reverse.
@@ -20,6 +26,8 @@ from libc.stdint cimport int64_t
 from libc.string cimport memcpy, memset
 
 import numpy as np
+
+from ._cells import CELLS
 
 
 cdef extern from "cpu.h" nogil:
@@ -46,10 +54,32 @@ cdef extern from "activations.h" nogil:
     void fc_tanh(float *x, Py_ssize_t n)
 
 cdef extern from "fpenv.h" nogil:
-    # flush-to-zero for the loops, the caller's mode restored after (see fpenv.h)
+    # flush-to-zero for the loops, the caller's mode restored after (see fpenv.h);
+    # the saved control word: unsigned long long on every platform, as in fpenv.h
     ctypedef unsigned long long fc_fpenv_t
     fc_fpenv_t fc_fpenv_enter()
     void fc_fpenv_exit(fc_fpenv_t saved)
+
+
+# ----------------------------------------------------------------------------
+# named constants
+
+#: how a product reads its weight W (the loops' ``packing`` argument)
+cpdef enum Packing:
+    PACK_NONE = 0      # W's own rows, k floats apart (gemm_nt: nothing to pack)
+    PACK_FLOAT = 1     # packed by pack()
+    PACK_HALF = 2      # packed by pack_half(): few-row products read its float16 panels
+
+# Python sees Packing's members as module constants too (_kernels.PACK_FLOAT)
+globals().update(Packing.__members__)
+
+#: which cell a StepKernel runs (tested inside nogil)
+cdef enum CellKind:
+    KIND_RNN
+    KIND_GRU
+    KIND_LSTM
+
+_KINDS = {"rnn": KIND_RNN, "gru": KIND_GRU, "lstm": KIND_LSTM}
 
 
 # ----------------------------------------------------------------------------
@@ -109,7 +139,7 @@ def pack(const float[:, ::1] W, bint transpose, buf=None):
         k, n = W.shape[0], W.shape[1]
         rs, cs = W.shape[1], 1
     # aligned to 64 bytes (a cache line, one AVX-512 register): NumPy gives 16,
-    # and a misaligned 64-byte load costs two (batch-1 products 4-20% slower)
+    # and a misaligned 64-byte load costs two (docs/design.md, "The packed GEMM")
     cdef Py_ssize_t need = _pack_floats(k, n), size = need - 15
     if buf is None:
         buf = np.empty(need, dtype=np.float32)
@@ -125,9 +155,9 @@ def pack(const float[:, ::1] W, bint transpose, buf=None):
 
 
 #: products of at most this many rows read pack_half's float16 panels: they stream the
-#: weights.  Paired step timings, Zen 4, H = 256-1024: batch 2 1.05-1.4x faster with
-#: them, batch 3-16 0.93-1.16x (mostly within noise: those tiles are not bound by
-#: the weights' bytes), so only up to 2.
+#: weights, so fewer bytes make them faster; products of more rows are bound by their
+#: arithmetic, not the weights' bytes, and gain nothing measurable (docs/design.md,
+#: "Measurements behind the code's choices", "Float16 weights")
 cdef Py_ssize_t HALF_MAX_ROWS = 2
 
 
@@ -152,7 +182,7 @@ def pack_half(const float[:, ::1] W):
     bytes) on ISA paths that convert float16 in hardware (:func:`has_half`), with the same
     bits.  ``W``'s values must be float16 values (the caller rounds them), so that the
     copy is exact; checked.
-    Returns the 64-byte aligned view of both (pass it with ``packed = 2``)."""
+    Returns the 64-byte aligned view of both (pass it with ``packing = PACK_HALF``)."""
     cdef Py_ssize_t n = W.shape[0], k = W.shape[1]
     cdef Py_ssize_t size = fc_packed_size(k, n), off = _half_offset(k, n)
     cdef Py_ssize_t total = off + (size + 1) // 2
@@ -289,17 +319,17 @@ cdef _check_kept(Py_ssize_t t0, const float[:, :, ::1] gx, const float[:, :, ::1
                          f"got steps [{t0}, {t0 + gx.shape[0]})")
 
 
-cdef inline void _recur(int packed, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float *A,
+cdef inline void _recur(int packing, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float *A,
                         const float *w, float *C) noexcept nogil:
-    """C (m x n) = A (m x k) @ W.T for a forward step: ``w`` is W packed by :func:`pack`
-    (``packed`` 1), by :func:`pack_half` (2: few rows read the float16 panels) or W's own
-    rows, k floats apart (0; batch 1: no packing, see gemm_nt_impl.h)."""
-    if packed == 2 and m <= HALF_MAX_ROWS:
+    """C (m x n) = A (m x k) @ W.T for a forward step: ``w`` is W in the form ``packing``
+    names (PACK_FLOAT: :func:`pack`; PACK_HALF: :func:`pack_half`, whose float16 panels
+    few rows read; PACK_NONE: W's own rows, k floats apart, see gemm_nt_impl.h)."""
+    if packing == PACK_HALF and m <= HALF_MAX_ROWS:
         fc_gemm_half(m, n, k, A, k, w, <const unsigned short *>(w + _half_offset(k, n)), C, n)
-    elif packed:
-        fc_gemm(m, n, k, A, k, w, C, n)
-    else:
+    elif packing == PACK_NONE:
         fc_gemm_nt(m, n, k, A, k, w, k, C, n)
+    else:
+        fc_gemm(m, n, k, A, k, w, C, n)
 
 
 cdef inline const float *_opt(const float[:, :, ::1] a) noexcept nogil:
@@ -333,7 +363,7 @@ cdef inline void _copy_rows_active(float *dst, const float *src, const float *ex
 # RNN
 
 cdef void _rnn_fwd(Py_ssize_t t0, Py_ssize_t n, Py_ssize_t B, Py_ssize_t H, const float *gx,
-                   const float *wp, int packed,
+                   const float *wp, int packing,
                    float *h, float *y, const int64_t *lens, bint reverse, bint relu,
                    float *gh) noexcept nogil:
     cdef Py_ssize_t s, t, b, j
@@ -342,7 +372,7 @@ cdef void _rnn_fwd(Py_ssize_t t0, Py_ssize_t n, Py_ssize_t B, Py_ssize_t H, cons
     cdef float v
     for s in range(n):
         t = _step_time(s, t0, n, reverse)
-        _recur(packed, B, H, H, h, wp, gh)
+        _recur(packing, B, H, H, h, wp, gh)
         for b in range(B):
             if _masked(lens, t, b):
                 memset(y + (t * B + b) * H, 0, H * sizeof(float))
@@ -361,19 +391,19 @@ cdef void _rnn_fwd(Py_ssize_t t0, Py_ssize_t n, Py_ssize_t B, Py_ssize_t H, cons
             memcpy(y + (t * B + b) * H, a, H * sizeof(float))
 
 
-def rnn_forward(Py_ssize_t t0, const float[:, :, ::1] gx, const float[::1] wp, int packed,
+def rnn_forward(Py_ssize_t t0, const float[:, :, ::1] gx, const float[::1] wp, int packing,
                 float[:, ::1] h, float[:, :, ::1] y, const int64_t[::1] lengths, bint reverse,
                 bint relu, float[:, ::1] gh):
     """Forward loop over the steps [t0, t0 + len(gx)) (a chunk of time, walked backwards
     when ``reverse``); ``gx`` holds ``x W_ih^T + b_ih + b_hh`` for those steps; ``h`` is
     the state before the chunk in, after it out; ``y`` is the whole (T, B, H) output.
-    ``wp`` is ``W_hh`` packed by :func:`pack` (``packed`` 1) or :func:`pack_half` (2), else
-    (0) ``W_hh.ravel()``."""
+    ``wp`` is ``W_hh`` in the form ``packing`` names: packed by :func:`pack` (``PACK_FLOAT``)
+    or :func:`pack_half` (``PACK_HALF``), or ``W_hh.ravel()`` (``PACK_NONE``)."""
     _check_chunk(t0, gx.shape[0], y.shape[0])
     cdef fc_fpenv_t env
     with nogil:
         env = fc_fpenv_enter()
-        _rnn_fwd(t0, gx.shape[0], y.shape[1], y.shape[2], &gx[0, 0, 0], &wp[0], packed, &h[0, 0],
+        _rnn_fwd(t0, gx.shape[0], y.shape[1], y.shape[2], &gx[0, 0, 0], &wp[0], packing, &h[0, 0],
                  &y[0, 0, 0], _lens(lengths), reverse, relu, &gh[0, 0])
         fc_fpenv_exit(env)
 
@@ -419,7 +449,7 @@ def rnn_backward(const float[:, :, ::1] y, const float[::1] wpt, const float[:, 
 # LSTM
 
 cdef void _lstm_fwd(Py_ssize_t t0, Py_ssize_t n, Py_ssize_t B, Py_ssize_t H, const float *gx,
-                    const float *wp, int packed, const float *P,
+                    const float *wp, int packing, const float *peep,
                     float *h, float *c, float *y, const int64_t *lens, bint reverse,
                     float *gates, float *cs, float *gh) noexcept nogil:
     cdef Py_ssize_t s, t, b, j, G = 4 * H
@@ -429,7 +459,7 @@ cdef void _lstm_fwd(Py_ssize_t t0, Py_ssize_t n, Py_ssize_t B, Py_ssize_t H, con
     cdef const float *g
     for s in range(n):
         t = _step_time(s, t0, n, reverse)
-        _recur(packed, B, G, H, h, wp, gh)
+        _recur(packing, B, G, H, h, wp, gh)
         for b in range(B):
             yr = y + (t * B + b) * H
             if _masked(lens, t, b):
@@ -442,17 +472,17 @@ cdef void _lstm_fwd(Py_ssize_t t0, Py_ssize_t n, Py_ssize_t B, Py_ssize_t H, con
             for j in range(G):
                 a[j] += g[j]
             cb = c + b * H
-            if P != NULL:                 # i and f see c_{t-1}
+            if peep != NULL:                 # i and f see c_{t-1}
                 for j in range(H):
-                    a[j] += P[j] * cb[j]
-                    a[H + j] += P[H + j] * cb[j]
+                    a[j] += peep[j] * cb[j]
+                    a[H + j] += peep[H + j] * cb[j]
             fc_sigmoid(a, 2 * H)          # i, f
             fc_tanh(a + 2 * H, H)         # g
             for j in range(H):
                 cb[j] = a[H + j] * cb[j] + a[j] * a[2 * H + j]
-            if P != NULL:                 # o sees c_t
+            if peep != NULL:                 # o sees c_t
                 for j in range(H):
-                    a[3 * H + j] += P[2 * H + j] * cb[j]
+                    a[3 * H + j] += peep[2 * H + j] * cb[j]
             fc_sigmoid(a + 3 * H, H)      # o
             memcpy(yr, cb, H * sizeof(float))
             fc_tanh(yr, H)
@@ -464,7 +494,7 @@ cdef void _lstm_fwd(Py_ssize_t t0, Py_ssize_t n, Py_ssize_t B, Py_ssize_t H, con
                 memcpy(cs + (t * B + b) * H, cb, H * sizeof(float))
 
 
-def lstm_forward(Py_ssize_t t0, const float[:, :, ::1] gx, const float[::1] wp, int packed,
+def lstm_forward(Py_ssize_t t0, const float[:, :, ::1] gx, const float[::1] wp, int packing,
                  const float[::1] peephole, float[:, ::1] h, float[:, ::1] c,
                  float[:, :, ::1] y, const int64_t[::1] lengths, bint reverse,
                  float[:, :, ::1] gates, float[:, :, ::1] cs, float[:, ::1] gh):
@@ -474,11 +504,11 @@ def lstm_forward(Py_ssize_t t0, const float[:, :, ::1] gx, const float[::1] wp, 
     (zeros at masked steps).  ``gates`` may be ``gx`` itself (one chunk, t0 = 0): a
     step's row of ``gx`` is read before its gates overwrite it."""
     _check_chunk(t0, gx.shape[0], y.shape[0])
-    _check_kept(t0, gx, y, gates, 4, (("cs", cs),))
+    _check_kept(t0, gx, y, gates, CELLS["lstm"].G, (("cs", cs),))
     cdef fc_fpenv_t env
     with nogil:
         env = fc_fpenv_enter()
-        _lstm_fwd(t0, gx.shape[0], y.shape[1], y.shape[2], &gx[0, 0, 0], &wp[0], packed,
+        _lstm_fwd(t0, gx.shape[0], y.shape[1], y.shape[2], &gx[0, 0, 0], &wp[0], packing,
                   &peephole[0] if peephole is not None else NULL, &h[0, 0],
                   &c[0, 0], &y[0, 0, 0], _lens(lengths), reverse, _opt_w(gates), _opt_w(cs),
                   &gh[0, 0])
@@ -486,7 +516,7 @@ def lstm_forward(Py_ssize_t t0, const float[:, :, ::1] gx, const float[::1] wp, 
 
 
 cdef void _lstm_bwd(Py_ssize_t T, Py_ssize_t B, Py_ssize_t H, const float *gates,
-                    const float *cs, const float *c0, const float *wpt, const float *P,
+                    const float *cs, const float *c0, const float *wpt, const float *peep,
                     const float *dy,
                     float *dh, float *dc, float *dG, const int64_t *lens, bint reverse,
                     float *tmp) noexcept nogil:
@@ -517,8 +547,8 @@ cdef void _lstm_bwd(Py_ssize_t T, Py_ssize_t B, Py_ssize_t H, const float *gates
                 o = a[3 * H + j]
                 do_ = dhj * tc * o * (1 - o)
                 dcj = dc[b * H + j] + dhj * o * (1 - tc * tc)
-                if P != NULL:
-                    dcj = dcj + do_ * P[2 * H + j]
+                if peep != NULL:
+                    dcj = dcj + do_ * peep[2 * H + j]
                 di = dcj * gg * i * (1 - i)
                 df = dcj * cprev[j] * f * (1 - f)
                 d[j] = di
@@ -526,8 +556,8 @@ cdef void _lstm_bwd(Py_ssize_t T, Py_ssize_t B, Py_ssize_t H, const float *gates
                 d[2 * H + j] = dcj * i * (1 - gg * gg)
                 d[3 * H + j] = do_
                 dcj = dcj * f
-                if P != NULL:
-                    dcj = dcj + di * P[j] + df * P[H + j]
+                if peep != NULL:
+                    dcj = dcj + di * peep[j] + df * peep[H + j]
                 dc[b * H + j] = dcj
         fc_gemm(B, H, G, dG + t * B * G, G, wpt, tmp, H)
         _copy_rows_active(dh, tmp, NULL, B, H, lens, t)
@@ -554,7 +584,7 @@ def lstm_backward(const float[:, :, ::1] gates, const float[:, :, ::1] cs,
 # GRU
 
 cdef void _gru_fwd(Py_ssize_t t0, Py_ssize_t n, Py_ssize_t B, Py_ssize_t H, const float *gx,
-                   const float *wp, const float *wp_n, int packed,
+                   const float *wp, const float *wp_n, int packing,
                    const float *bhn, float *h, float *y,
                    const int64_t *lens, bint reverse, bint lbr, float *gates, float *hn_out,
                    float *gh, float *rh, float *ghn) noexcept nogil:
@@ -567,7 +597,7 @@ cdef void _gru_fwd(Py_ssize_t t0, Py_ssize_t n, Py_ssize_t B, Py_ssize_t H, cons
     cdef float hn, nv, z
     for s in range(n):
         t = _step_time(s, t0, n, reverse)
-        _recur(packed, B, ldh, H, h, wp, gh)
+        _recur(packing, B, ldh, H, h, wp, gh)
         for b in range(B):
             if _masked(lens, t, b):
                 continue
@@ -586,7 +616,7 @@ cdef void _gru_fwd(Py_ssize_t t0, Py_ssize_t n, Py_ssize_t B, Py_ssize_t H, cons
                 for j in range(H):
                     rh[b * H + j] = a[j] * h[b * H + j]
         if not lbr:
-            _recur(packed, B, H, H, rh, wp_n, ghn)
+            _recur(packing, B, H, H, rh, wp_n, ghn)
         for b in range(B):
             if _masked(lens, t, b):
                 memset(y + (t * B + b) * H, 0, H * sizeof(float))
@@ -615,7 +645,7 @@ cdef void _gru_fwd(Py_ssize_t t0, Py_ssize_t n, Py_ssize_t B, Py_ssize_t H, cons
 
 
 def gru_forward(Py_ssize_t t0, const float[:, :, ::1] gx, const float[::1] wp,
-                const float[::1] wp_n, int packed,
+                const float[::1] wp_n, int packing,
                 const float[::1] bhn, float[:, ::1] h, float[:, :, ::1] y,
                 const int64_t[::1] lengths, bint reverse, bint linear_before_reset,
                 float[:, :, ::1] gates, float[:, :, ::1] hn, float[:, ::1] gh,
@@ -626,12 +656,12 @@ def gru_forward(Py_ssize_t t0, const float[:, :, ::1] gx, const float[::1] wp,
     ``hn = W_hn h + b_hn`` are written when not None; ``gates`` may be ``gx`` itself, as
     in :func:`lstm_forward`.  Steps as in :func:`rnn_forward`."""
     _check_chunk(t0, gx.shape[0], y.shape[0])
-    _check_kept(t0, gx, y, gates, 3, (("hn", hn),))
+    _check_kept(t0, gx, y, gates, CELLS["gru"].G, (("hn", hn),))
     cdef fc_fpenv_t env
     with nogil:
         env = fc_fpenv_enter()
         _gru_fwd(t0, gx.shape[0], y.shape[1], y.shape[2], &gx[0, 0, 0], &wp[0],
-                 &wp_n[0] if wp_n is not None else NULL, packed, &bhn[0], &h[0, 0], &y[0, 0, 0],
+                 &wp_n[0] if wp_n is not None else NULL, packing, &bhn[0], &h[0, 0], &y[0, 0, 0],
                  _lens(lengths), reverse, linear_before_reset, _opt_w(gates), _opt_w(hn),
                  &gh[0, 0], &rh[0, 0], &ghn[0, 0])
         fc_fpenv_exit(env)
@@ -723,19 +753,19 @@ def gru_backward(const float[:, :, ::1] gates, const float[:, :, ::1] hn,
 # ----------------------------------------------------------------------------
 # streaming: one step at a time
 
-cdef class Stepper:
+cdef class StepKernel:
     """One time step of a cell for a batch, for streaming inference.
 
     Built once from the weights: ``W_ih`` and ``W_hh`` are packed and the biases
     folded here, so that a step is one call with the GIL released: the input
     projection (packed GEMM), the recurrent product and the fused gate pass.
-    The arrays given are kept alive by the Stepper; the caller (functional)
-    validated them.  Scratch space grows with the largest batch seen.
+    The arrays given are kept alive by the kernel; the caller
+    (``functional.Stepper``) validated them.  Scratch space grows with the largest batch seen.
     """
     cdef readonly str cell
-    cdef int kind               # 0 rnn, 1 gru, 2 lstm: tested inside nogil
+    cdef CellKind kind
     cdef bint relu, lbr
-    cdef int packed             # 1: weights packed by pack(), 2: by pack_half()
+    cdef int packing            # PACK_FLOAT or PACK_HALF
     cdef Py_ssize_t I, H, G, ldh, cap
     cdef object keep, scratch
     cdef const float *wih
@@ -743,20 +773,22 @@ cdef class Stepper:
     cdef const float *wp_n
     cdef const float *bias
     cdef const float *bhn
-    cdef const float *P
+    cdef const float *peep          # peephole weights (3H: i, f, o) or NULL
     cdef bint busy              # the kept scratch is in use by a call (GIL-protected)
 
     def __init__(self, str cell, const float[::1] wih, const float[::1] wp, const float[::1] wp_n,
                  const float[::1] bias, const float[::1] bhn, const float[::1] peephole,
-                 Py_ssize_t I, Py_ssize_t H, bint relu, bint linear_before_reset, int packed=1):
-        if cell not in ("rnn", "gru", "lstm"):
-            raise ValueError(f"cell: expected 'rnn', 'gru' or 'lstm', got {cell!r}")
-        if packed not in (1, 2):
-            raise ValueError(f"packed: expected 1 (pack) or 2 (pack_half), got {packed}")
-        self.packed = packed
+                 Py_ssize_t I, Py_ssize_t H, bint relu, bint linear_before_reset,
+                 int packing=PACK_FLOAT):
+        if cell not in _KINDS:
+            raise ValueError(f"cell: expected one of {tuple(_KINDS)}, got {cell!r}")
+        if packing not in (PACK_FLOAT, PACK_HALF):
+            raise ValueError(f"packing: expected PACK_FLOAT ({int(PACK_FLOAT)}) or PACK_HALF "
+                             f"({int(PACK_HALF)}), got {packing}")
+        self.packing = packing
         self.cell, self.I, self.H = cell, I, H
-        self.G = {"rnn": 1, "gru": 3, "lstm": 4}[cell]
-        self.kind = ("rnn", "gru", "lstm").index(cell)
+        self.G = CELLS[cell].G
+        self.kind = _KINDS[cell]
         self.relu, self.lbr = relu, linear_before_reset
         self.ldh = 2 * H if (cell == "gru" and not linear_before_reset) else self.G * H
         if bias.shape[0] != self.G * H or bhn.shape[0] != H:
@@ -764,7 +796,7 @@ cdef class Stepper:
         self.keep = (wih, wp, wp_n, bias, bhn, peephole)
         self.wih, self.wp, self.bias, self.bhn = &wih[0], &wp[0], &bias[0], &bhn[0]
         self.wp_n = &wp_n[0] if wp_n is not None else NULL
-        self.P = &peephole[0] if peephole is not None else NULL
+        self.peep = &peephole[0] if peephole is not None else NULL
         self.cap = 0
         self.busy = False
 
@@ -779,11 +811,11 @@ cdef class Stepper:
         Thread-safe: the kept scratch serves one call at a time (claimed under the
         GIL); a call that finds it in use works in scratch of its own.
         """
-        cdef Py_ssize_t B = x.shape[0], H = self.H, GH = self.G * self.H, b, j
+        cdef Py_ssize_t B = x.shape[0], H = self.H
         if x.shape[1] != self.I or h.shape[0] != B or h.shape[1] != H:
             raise ValueError(f"x, h: expected shapes (B, {self.I}) and (B, {H}), got "
                              f"({x.shape[0]}, {x.shape[1]}) and ({h.shape[0]}, {h.shape[1]})")
-        if self.cell == "lstm" and (c is None or c.shape[0] != B or c.shape[1] != H):
+        if self.kind == KIND_LSTM and (c is None or c.shape[0] != B or c.shape[1] != H):
             raise ValueError(f"c: expected shape (B, H) = ({B}, {H})")
         if B == 0:
             return
@@ -816,18 +848,19 @@ cdef class Stepper:
         with nogil:
             env = fc_fpenv_enter()
             if self.I:
-                _recur(self.packed, B, GH, self.I, &x[0, 0], self.wih, gx)
+                _recur(self.packing, B, GH, self.I, &x[0, 0], self.wih, gx)
             else:
                 memset(gx, 0, B * GH * sizeof(float))
             for b in range(B):
                 for j in range(GH):
                     gx[b * GH + j] += self.bias[j]
-            if self.kind == 2:
-                _lstm_fwd(0, 1, B, H, gx, self.wp, self.packed, self.P, &h[0, 0], &c[0, 0], y,
+            if self.kind == KIND_LSTM:
+                _lstm_fwd(0, 1, B, H, gx, self.wp, self.packing, self.peep, &h[0, 0], &c[0, 0], y,
                           NULL, False, NULL, NULL, gh)
-            elif self.kind == 1:
-                _gru_fwd(0, 1, B, H, gx, self.wp, self.wp_n, self.packed, self.bhn, &h[0, 0], y,
+            elif self.kind == KIND_GRU:
+                _gru_fwd(0, 1, B, H, gx, self.wp, self.wp_n, self.packing, self.bhn, &h[0, 0], y,
                          NULL, False, self.lbr, NULL, NULL, gh, rh, ghn)
             else:
-                _rnn_fwd(0, 1, B, H, gx, self.wp, self.packed, &h[0, 0], y, NULL, False, self.relu, gh)
+                _rnn_fwd(0, 1, B, H, gx, self.wp, self.packing, &h[0, 0], y, NULL, False,
+                         self.relu, gh)
             fc_fpenv_exit(env)

@@ -1,36 +1,33 @@
 """The functional API: ``*_forward`` and ``*_backward`` for RNN, GRU and LSTM.
 
-Each function is the three phases of DESIGN.md:
+Every cell runs through one forward and one backward skeleton:
 
 1. check and convert the arguments (``_checks``: float32, C order);
-2. project the inputs for all steps with one GEMM (fastcells' own, packed or
-   unpacked: ``_project``), fold the biases in, pack the recurrent weights once
-   (or not, for short batch-1 calls), and run the compiled time loop
+2. project the inputs of all steps with one GEMM (fastcells' own, packed or
+   unpacked, in chunks of time for long inference: ``_packing``), fold the
+   biases in, prepare ``W_hh`` once per call, and run the compiled time loop
    (``_kernels``, GIL released);
-3. backward only: the weight gradients as one matrix product each after the
-   loop (``dx`` by the packed GEMM, ``dW_ih``/``dW_hh`` by NumPy's BLAS).
+3. backward only: the compiled BPTT loop, then the weight gradients as one
+   matrix product each (``dx`` by fastcells' packed GEMM, ``dW_ih``/``dW_hh``
+   by NumPy's BLAS).
 
-All buffers are allocated here, before the loop; the loop allocates nothing.
+What differs per cell (the loop's buffers, the kernel call, the extra
+gradients) is one entry of ``_ADAPTERS``, keyed like ``_cells.CELLS``; the
+cell facts themselves (gates, states, cache fields) come from ``_cells``.
+All buffers are allocated here, before the loop (scratch from the thread's
+pool, ``_scratch``); the loop allocates nothing.
 """
 from __future__ import annotations
 
-import threading
-from typing import Any, NamedTuple, Optional, Union
+from typing import Any, Callable, Iterable, NamedTuple, Optional, Union, cast
 
 import numpy as np
 
 from . import _kernels
-from ._float16 import check_weight_dtype, float16_values
-from ._results import (
-    Cache,
-    ForwardResult,
-    Gradients,
-    LSTMForwardResult,
-    LSTMGradients,
-    PeepholeLSTMGradients,
-)
+from ._cells import CELLS, CellSpec, cell_spec
 from ._checks import (
     ForwardArgs,
+    as_float,
     check_bool,
     check_cache,
     check_forward,
@@ -39,10 +36,28 @@ from ._checks import (
     check_sequence,
     check_shape,
     check_states,
-    as_float,
+    is_f32c,
     without_padding,
-    GATES,
 )
+from ._float16 import check_weight_dtype, float16_values
+from ._packing import (
+    RECURRENT_BUFFERS,
+    RecurrentLayout,
+    Weights,
+    pack_recurrent,
+    prepared_weights,
+    projected_chunks,
+    weights_for_call,
+)
+from ._results import (
+    Cache,
+    ForwardResult,
+    Gradients,
+    LSTMForwardResult,
+    LSTMGradients,
+    PeepholeLSTMGradients,
+)
+from ._scratch import Scratch, release_scratch
 
 F32 = np.float32
 BACKEND = "fastcells"
@@ -52,235 +67,226 @@ __all__ = [
     "lstm_forward", "lstm_backward", "Stepper", "release_scratch",
 ]
 
+Options = dict[str, Any]
+AnyForwardResult = Union[ForwardResult, LSTMForwardResult]
+AnyGradients = Union[Gradients, LSTMGradients, PeepholeLSTMGradients]
+
 
 # ----------------------------------------------------------------------------
-# shared phases
+# what the skeletons hand a cell's adapter
+
+Chunks = Iterable[tuple[int, np.ndarray]]
+Kept = dict[str, Optional[np.ndarray]]
+
+#: ``forward(a, w, options, reverse, training, states, y, chunks, gates)``: a cell's
+#: time loop over the projected ``chunks`` (:func:`_packing.projected_chunks`), given
+#: the checked arguments, the prepared weights, the cell's options, the states
+#: (updated in place), the output ``y`` and, when training keeps them, the ``gates``
+#: buffer (the one chunk's own).  It allocates its scratch and returns what training
+#: keeps besides ``y`` and ``gates``, named as in ``CellSpec.cache_fields``.
+#: Plain arguments, no record: this runs per call, and T = B = 1 calls are short.
+ForwardLoop = Callable[[ForwardArgs, Weights, Options, bool, bool, tuple[np.ndarray, ...],
+                        np.ndarray, Chunks, Optional[np.ndarray]], Kept]
 
 
-#: inference projects the input at most this many floats of (steps x B x G*H) at
-#: a time (1 MiB), into one reused buffer: memory beyond the output then does
-#: not grow with T, and each chunk is still a GEMM large enough to be efficient
-CHUNK_FLOATS = 1 << 18
+class _Back(NamedTuple):
+    """One backward run: the cache, the call's scratch, the upstream gradients
+    (``finals``: one per state, final-state gradients in, initial-state ones out)
+    and the initial states (zeros when the forward pass had none)."""
+
+    cache: Cache
+    s: Scratch
+    dy: Optional[np.ndarray]
+    finals: list[np.ndarray]
+    init: list[np.ndarray]
+    reverse: bool
+    lengths: Optional[np.ndarray]
+    T: int
+    B: int
+    H: int
 
 
-#: batch-1 forward calls of at most this many steps multiply by ``W_hh`` as it is,
-#: unpacked (``_kernels.gemm_nt``): an unpacked step is 5-17% slower than a packed
-#: one (both stream the weights from cache), and packing costs 8-28 such savings
-#: (measured at H = 64-1024 with 64-byte aligned panels, one thread, Zen 4)
-UNPACKED_MAX_STEPS = 16
+def _no_extra(b: _Back, dG: np.ndarray, hprev: np.ndarray) -> tuple[np.ndarray, ...]:
+    return ()
 
 
-def _unpacked_projection(rows: int, I: int) -> bool:
-    """Whether the input projection of ``rows`` (T*B) rows multiplies by ``W_ih`` as it
-    is (``_kernels.gemm_nt``) rather than packed (``_kernels.gemm``): packing costs
-    a copy of ``W_ih`` that a few rows do not amortize.  Measured (one thread,
-    Zen 4, paired): unpacked is 1.1-1.25x packed at 16 rows, and at 25 rows with
-    I >= 256; packed is 1.05-1.5x unpacked from 32 rows up (and 1.05-1.2x NumPy's
-    matmul).  Depends on the whole call's rows, not a chunk's, so training and
-    inference (chunked) project alike, bit for bit."""
-    return rows <= 16 or (rows < 32 and I >= 256)
+def _no_recurrent_input(b: _Back, hprev: np.ndarray) -> Optional[np.ndarray]:
+    return None
 
 
-def _project(x: np.ndarray, product, GH: int, bias: Optional[np.ndarray],
-             out: Optional[np.ndarray] = None) -> np.ndarray:
-    """Phase 1: ``x (T, B, I) @ W_ih.T + bias`` as one GEMM, float32 C order (T, B, G*H);
-    ``product(A, C)`` writes ``C = A @ W_ih.T`` (from :func:`_projected_chunks`)."""
-    T, B, I = x.shape
-    gx = np.empty((T * B, GH), F32) if out is None else out.reshape(T * B, GH)
-    product(x.reshape(T * B, I), gx)
-    if bias is not None:
-        gx += bias
-    return gx.reshape(T, B, GH)
+def _no_empty_extra(cache: Cache) -> tuple[np.ndarray, ...]:
+    return ()
 
 
-def _projected_chunks(a, w: "_Weights", training: bool, reverse: bool):
-    """``(t0, gx)`` pairs: the input projection of steps ``[t0, t0 + len(gx))``, in the
-    order the loop walks time.  Training projects all steps at once, and the
-    kernel then overwrites each step's projection with its activated gates (kept
-    for backward): one (T, B, G*H) buffer, not two, whose second copy cost a
-    fresh allocation's page faults, up to 20% of a large LSTM's training forward.
-    Inference projects at once too when that fits one chunk; longer inference a
-    chunk at a time into one buffer."""
-    GH = a.G * a.H
-    if training or a.T * a.B * GH <= CHUNK_FLOATS:   # one piece: no generator
-        return ((0, _project(a.x, w.project, GH, w.bias)),)
-    return _chunks(a, w.project, w.bias, reverse)
+class _Adapter(NamedTuple):
+    """How the skeletons run one cell's compiled loops.
 
-
-def _chunks(a, product, bias: Optional[np.ndarray], reverse: bool):
-    """The inference chunks of :func:`_projected_chunks`, one reused buffer."""
-    # never a chunk of one row: the packed product of one row is the GEMV, which
-    # sums in another order than the tiles of the whole call (training).  So at
-    # batch 1 chunks have 2 steps at least, and a step left over joins the last
-    steps = max(2 if a.B == 1 else 1, min(a.T, CHUNK_FLOATS // (a.B * a.G * a.H)))
-    starts = list(range(0, a.T, steps))
-    if a.B == 1 and len(starts) > 1 and a.T - starts[-1] == 1:
-        starts.pop()
-    buf = np.empty((max(steps, a.T - starts[-1]), a.B, a.G * a.H), F32)   # the largest
-    ends = starts[1:] + [a.T]
-    for t0, t1 in (reversed if reverse else iter)(list(zip(starts, ends))):
-        yield t0, _project(a.x[t0:t1], product, a.G * a.H, bias, out=buf[:t1 - t0])
-
-
-def _fold_biases(a, lbr: bool = False):
-    """The bias added to the input projection, and GRU's ``b_hn`` kept apart.
-
-    ``b_ih + b_hh`` for every gate, except the n gate of a GRU with
-    ``linear_before_reset``, where ``b_hn`` stays inside ``r * (W_hn h + b_hn)``.
-    Returns ``(bias or None, b_hn)`` with ``b_hn`` zeros when not needed (None
-    for RNN and LSTM, which have no ``b_hn``).
-    """
-    bhn = np.zeros(a.H, F32) if a.G == 3 else None
-    if a.b_ih is None:
-        return None, bhn
-    bias = a.b_ih + a.b_hh
-    if a.G == 3 and lbr:
-        bias[2 * a.H:] = a.b_ih[2 * a.H:]
-        bhn = a.b_hh[2 * a.H:].copy()   # never a view of the caller's b_hh (Stepper keeps it)
-    return bias, bhn
-
-
-def _pack_recurrent(W_hh: np.ndarray, split_gru: bool, prep):
-    """``W_hh`` as the loop takes it: ``prep(W, i)`` of its part ``i`` (packed, or
-    its own rows flat).  A GRU without ``linear_before_reset`` needs its r, z
-    rows (part 0) and its n rows (part 1) apart (``split_gru``): n's product
-    waits for r.  Returns ``(wp, wp_n or None)``.
-    """
-    if not split_gru:
-        return prep(W_hh, 0), None
-    H = W_hh.shape[1]
-    return prep(W_hh[:2 * H], 0), prep(W_hh[2 * H:], 1)
-
-
-def _packs_forward(a) -> bool:
-    """Whether a forward call packs ``W_hh`` (else it multiplies by its rows as they are)."""
-    return not (a.B == 1 and a.T <= UNPACKED_MAX_STEPS)
-
-
-class _Weights(NamedTuple):
-    """The weights as the time loop takes them: biases folded, products chosen.
-
-    ``project(A, C)`` writes ``C = A @ W_ih.T``; ``wp``/``wp_n`` are ``W_hh`` packed
-    (``packed``, see :func:`_kernels._recur`) or its rows as they are (see
-    :func:`_pack_recurrent`).
+    layout(options)
+        How ``W_hh``/``b_hh`` enter the loop (:class:`_packing.RecurrentLayout`).
+    forward(a, w, options, reverse, training, states, y, chunks, gates)
+        Runs ``_kernels.<cell>_forward`` over every chunk (:data:`ForwardLoop`).
+    backward(b)
+        Runs ``_kernels.<cell>_backward``; returns ``(dGx, dGh)``, the gradients
+        of the input and the recurrent pre-activations (the same array when equal).
+    forward_result, gradients(cache)
+        The result types.
+    recurrent_input_n(b, hprev)
+        What the last H rows of ``W_hh`` multiply instead of ``hprev`` (None: hprev).
+    extra(b, dG, hprev)
+        Gradients after ``db_hh`` (LSTM: ``dpeephole``); ``hprev``'s buffer is free.
+    empty_extra(cache)
+        ``extra``'s zeros for empty work.
     """
 
-    bias: Optional[np.ndarray]
-    bhn: Optional[np.ndarray]
-    project: Any
-    packed: int       # 0 rows as they are, 1 pack(), 2 pack_half() (float16 weights)
-    wp: np.ndarray
-    wp_n: Optional[np.ndarray]
-    peephole: Optional[np.ndarray]
+    layout: Callable[[Options], RecurrentLayout]
+    forward: ForwardLoop
+    backward: Callable[[_Back], tuple[np.ndarray, np.ndarray]]
+    forward_result: Callable[..., AnyForwardResult]
+    gradients: Callable[[Cache], Callable[..., AnyGradients]]
+    recurrent_input_n: Callable[[_Back, np.ndarray], Optional[np.ndarray]] = _no_recurrent_input
+    extra: Callable[[_Back, np.ndarray, np.ndarray], tuple[np.ndarray, ...]] = _no_extra
+    empty_extra: Callable[[Cache], tuple[np.ndarray, ...]] = _no_empty_extra
 
 
-def _packed_projection(P: np.ndarray, GH: int):
-    return lambda A, C: _kernels.gemm(A, P, GH, C)
+# ----------------------------------------------------------------------------
+# the cells' adapters
+
+_PLAIN = RecurrentLayout()
 
 
-def _weights_for_call(a, s: "_Scratch", lbr: bool = True) -> _Weights:
-    """The weights of one forward call: packed (into ``s``'s buffers, kept by the
-    thread: see :class:`_Scratch`) when the call's shape pays for it.  The packs
-    use backward's buffer names: a thread never runs both at once, so one
-    buffer per weight serves either layout."""
-    bias, bhn = _fold_biases(a, lbr)
-    if _unpacked_projection(a.T * a.B, a.I):
-        W_ih = a.W_ih
-        project = lambda A, C: _kernels.gemm_nt(A, W_ih, C)  # noqa: E731
-    else:
-        project = _packed_projection(s.pack("W_ih", a.W_ih, True), a.G * a.H)
-    packed = _packs_forward(a)
-    wp, wp_n = _pack_recurrent(
-        a.W_hh, a.G == 3 and not lbr,
-        lambda W, i: s.pack(("W_hh", "W_hn")[i], W, True) if packed else W.ravel())
-    return _Weights(bias, bhn, project, packed, wp, wp_n, a.peephole)
+def _plain_layout(options: Options) -> RecurrentLayout:
+    return _PLAIN
 
 
-#: the kernels keep their scratch buffers (the packed weights; in backward also
-#: the pre-activation gradients and the previous states) per thread up to this
-#: many floats each (64 MiB) and reuse them from call to call; larger ones are
-#: allocated per call
-SCRATCH_MAX_FLOATS = 16 << 20
-#: ... and from this many floats (128 KiB, glibc's first mmap threshold): smaller
-#: ones come back from the heap warm anyway, and keeping them measured 3% slower
-#: at H = 64 (the bookkeeping)
-SCRATCH_MIN_FLOATS = 32 << 10
+def _rnn_forward_loop(a: ForwardArgs, w: Weights, options: Options, reverse: bool,
+                      training: bool, states: tuple[np.ndarray, ...], y: np.ndarray,
+                      chunks: Chunks, gates: Optional[np.ndarray]) -> Kept:
+    relu = options["nonlinearity"] == "relu"
+    gh = np.empty((a.B, a.H), F32)
+    for t0, gx in chunks:
+        _kernels.rnn_forward(t0, gx, w.wp, w.packing, states[0], y, a.lengths, reverse, relu,
+                             gh)
+    return {}
 
 
-class _ScratchPool(threading.local):
-    def __init__(self) -> None:
-        self.bufs: dict = {}
-        self.busy = False
+def _rnn_backward_loop(b: _Back) -> tuple[np.ndarray, np.ndarray]:
+    dG = b.s.empty("dG", (b.T, b.B, b.H))
+    _kernels.rnn_backward(b.cache["y"], b.s.pack("W_hh", b.cache["W_hh"], False), b.dy,
+                          b.finals[0], dG, b.lengths, b.reverse,
+                          b.cache.options["nonlinearity"] == "relu", b.s.empty("tmp", (b.B, b.H)))
+    return dG, dG
 
 
-_POOL = _ScratchPool()
+def _gru_layout(options: Options) -> RecurrentLayout:
+    lbr = bool(options["linear_before_reset"])
+    return RecurrentLayout(has_bhn=True, bhn_apart=lbr, split_n=not lbr)
 
 
-class _Scratch:
-    """The kernels' scratch (forward: the packed weights; backward: those, the
-    gate gradients and the previous states), reused by the thread's next call.
-
-    A fresh allocation costs its page faults: glibc returns freed memory to
-    the system (above 32 MiB always, and by trimming the heap below), and a
-    call's scratch is freed at its end.  On this VM the faults were 10-25% of
-    a GRU or LSTM backward, and 30% of an LSTM (25,4,512,512) inference (its
-    two 4 MiB packs).  Per thread, so threads never share a buffer; a call
-    made while the thread's buffers are in use (a signal handler) gets fresh
-    ones.  Nothing a call returns or keeps in its cache is a view of them.
-    """
-
-    __slots__ = ("bufs", "owner")
-
-    def __enter__(self) -> "_Scratch":
-        # the pool is claimed at the first buffer it keeps, not here: a call
-        # with only small buffers pays nothing for it (a few us at H = 64)
-        self.bufs: Optional[dict] = None
-        self.owner = False
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.owner:
-            _POOL.busy = False
-
-    def _claim(self) -> dict:
-        if _POOL.busy:          # in use on this thread (a signal handler): fresh ones
-            self.bufs = {}
-        else:
-            _POOL.busy = self.owner = True
-            self.bufs = _POOL.bufs
-        return self.bufs
-
-    def empty(self, name: str, shape: tuple) -> np.ndarray:
-        """An uninitialized float32 array of ``shape``, backed by the buffer ``name``."""
-        n = 1
-        for d in shape:
-            n *= d
-        if not SCRATCH_MIN_FLOATS <= n <= SCRATCH_MAX_FLOATS:
-            return np.empty(shape, F32)
-        bufs = self.bufs if self.bufs is not None else self._claim()
-        buf = bufs.get(name)
-        if buf is None or buf.shape[0] < n:
-            buf = bufs[name] = np.empty(n, F32)
-        return buf[:n].reshape(shape)
-
-    def pack(self, name: str, W: np.ndarray, transpose: bool) -> np.ndarray:
-        """``_kernels.pack(W, transpose)`` into the buffer ``name``."""
-        n = _kernels.pack_floats(W.shape[0], W.shape[1], transpose)
-        if n < SCRATCH_MIN_FLOATS:          # not kept: no bookkeeping
-            return _kernels.pack(W, transpose)
-        return _kernels.pack(W, transpose, self.empty(name, (n,)))
+def _gru_forward_loop(a: ForwardArgs, w: Weights, options: Options, reverse: bool,
+                      training: bool, states: tuple[np.ndarray, ...], y: np.ndarray,
+                      chunks: Chunks, gates: Optional[np.ndarray]) -> Kept:
+    lbr = options["linear_before_reset"]
+    hn = np.empty((a.T, a.B, a.H), F32) if training and lbr else None
+    # without linear_before_reset the n rows' product waits for r: gh has the
+    # r, z columns only, and n's goes to ghn
+    gh = np.empty((a.B, (a.G if lbr else a.G - 1) * a.H), F32)
+    rh, ghn = np.zeros((a.B, a.H), F32), np.empty((a.B, a.H), F32)
+    # the kernel zeroes masked steps' gates (gates is the projection's own buffer;
+    # backward reads r at every step for dW_hn without linear_before_reset)
+    bhn = w.bhn
+    assert bhn is not None, "the GRU layout always has b_hn"
+    for t0, gx in chunks:
+        _kernels.gru_forward(t0, gx, w.wp, w.wp_n, w.packing, bhn, states[0], y, a.lengths,
+                             reverse, lbr, gates, hn, gh, rh, ghn)
+    return {"hn": hn}
 
 
-def release_scratch() -> None:
-    """Free the calling thread's kept scratch (see ``SCRATCH_MAX_FLOATS``).
+def _gru_backward_loop(b: _Back) -> tuple[np.ndarray, np.ndarray]:
+    lbr = b.cache.options["linear_before_reset"]
+    GH = b.cache["W_hh"].shape[0]
+    dGx = b.s.empty("dG", (b.T, b.B, GH))
+    dGh = b.s.empty("dGh", (b.T, b.B, GH)) if lbr else None
+    wpt, wpt_n = pack_recurrent(b.cache["W_hh"], not lbr,
+                                lambda W, i: b.s.pack(RECURRENT_BUFFERS[i], W, False))
+    _kernels.gru_backward(b.cache["gates"], b.cache["hn"], b.cache["y"], b.init[0], wpt, wpt_n,
+                          b.dy, b.finals[0], dGx, dGh, b.lengths, b.reverse, lbr,
+                          b.s.empty("tmp", (b.B, b.H)), b.s.empty("direct", (b.B, b.H)))
+    return dGx, dGx if dGh is None else dGh
 
-    A thread keeps the largest scratch its calls have needed, at most
-    ``SCRATCH_MAX_FLOATS`` floats per buffer (the packed weights; after a
-    backward also up to four buffers of the size of the gate gradients or the
-    states); call this when a long-lived thread is done with fastcells.
-    """
-    if not _POOL.busy:
-        _POOL.bufs.clear()
+
+def _gru_recurrent_input_n(b: _Back, hprev: np.ndarray) -> Optional[np.ndarray]:
+    # without linear_before_reset, n = tanh(... + W_hn (r*h) + b_hn): W_hn sees r*h
+    if b.cache.options["linear_before_reset"]:
+        return None
+    rh: np.ndarray = np.multiply(b.cache["gates"][:, :, :b.H], hprev,
+                                 out=b.s.empty("rh", hprev.shape))
+    return rh
+
+
+def _lstm_forward_loop(a: ForwardArgs, w: Weights, options: Options, reverse: bool,
+                       training: bool, states: tuple[np.ndarray, ...], y: np.ndarray,
+                       chunks: Chunks, gates: Optional[np.ndarray]) -> Kept:
+    h, c = states
+    # zeros, not empty: masked steps are never written, and dpeephole
+    # multiplies every step's cs by its (zero) gate gradient: 0 * garbage
+    cs = np.zeros((a.T, a.B, a.H), F32) if training else None
+    gh = np.empty((a.B, a.G * a.H), F32)
+    for t0, gx in chunks:
+        _kernels.lstm_forward(t0, gx, w.wp, w.packing, w.peephole, h, c, y, a.lengths, reverse,
+                              gates, cs, gh)
+    return {"cs": cs}
+
+
+def _lstm_backward_loop(b: _Back) -> tuple[np.ndarray, np.ndarray]:
+    c = b.cache
+    dG = b.s.empty("dG", (b.T, b.B, c["W_hh"].shape[0]))
+    _kernels.lstm_backward(c["gates"], c["cs"], b.init[1], b.s.pack("W_hh", c["W_hh"], False),
+                           c["peephole"], b.dy, b.finals[0], b.finals[1], dG, b.lengths,
+                           b.reverse, b.s.empty("tmp", (b.B, b.H)))
+    return dG, dG
+
+
+def _lstm_dpeephole(b: _Back, dG: np.ndarray, hprev: np.ndarray) -> tuple[np.ndarray, ...]:
+    if b.cache["peephole"] is None:
+        return ()
+    H, cs = b.H, b.cache["cs"]
+    cprev = _prev_states(cs, b.init[1], b.lengths, b.reverse, hprev)
+    return (np.concatenate([(dG[:, :, :H] * cprev).sum(axis=(0, 1)),
+                            (dG[:, :, H:2 * H] * cprev).sum(axis=(0, 1)),
+                            (dG[:, :, 3 * H:] * cs).sum(axis=(0, 1))]),)
+
+
+def _lstm_gradients(cache: Cache) -> Callable[..., AnyGradients]:
+    return LSTMGradients if cache["peephole"] is None else PeepholeLSTMGradients
+
+
+def _lstm_empty_dpeephole(cache: Cache) -> tuple[np.ndarray, ...]:
+    p = cache["peephole"]
+    return () if p is None else (np.zeros_like(p),)
+
+
+def _plain_gradients(cache: Cache) -> Callable[..., AnyGradients]:
+    return Gradients
+
+
+#: per cell, how the skeletons run it (see :class:`_Adapter`)
+_ADAPTERS: dict[str, _Adapter] = {
+    "rnn": _Adapter(layout=_plain_layout, forward=_rnn_forward_loop,
+                    backward=_rnn_backward_loop, forward_result=ForwardResult,
+                    gradients=_plain_gradients),
+    "gru": _Adapter(layout=_gru_layout, forward=_gru_forward_loop,
+                    backward=_gru_backward_loop, forward_result=ForwardResult,
+                    gradients=_plain_gradients, recurrent_input_n=_gru_recurrent_input_n),
+    "lstm": _Adapter(layout=_plain_layout, forward=_lstm_forward_loop,
+                     backward=_lstm_backward_loop, forward_result=LSTMForwardResult,
+                     gradients=_lstm_gradients, extra=_lstm_dpeephole,
+                     empty_extra=_lstm_empty_dpeephole),
+}
+assert tuple(_ADAPTERS) == tuple(CELLS), "one adapter per cell of _cells.CELLS"
+
+
+# ----------------------------------------------------------------------------
+# the forward skeleton
 
 
 def _initial(state: Optional[np.ndarray], B: int, H: int) -> np.ndarray:
@@ -288,17 +294,63 @@ def _initial(state: Optional[np.ndarray], B: int, H: int) -> np.ndarray:
     return np.zeros((B, H), F32) if state is None else state.copy()
 
 
-def _empty_backward(cache: Cache, dh: np.ndarray, dc: Optional[np.ndarray]):
-    """Gradients for T == 0 or B == 0: nothing flows through the loop."""
-    dx, dW_ih, dW_hh = (np.zeros(cache[k].shape, F32) for k in ("x", "W_ih", "W_hh"))
-    G_H = dW_hh.shape[0]
-    db_ih, db_hh = (np.zeros(G_H, F32), np.zeros(G_H, F32)) if cache["has_bias"] else (None, None)
-    if cache.cell == "lstm" and cache["peephole"] is not None:
-        return PeepholeLSTMGradients(dx, dh, dc, dW_ih, dW_hh, db_ih, db_hh,
-                                     np.zeros_like(cache["peephole"]))
-    if cache.cell == "lstm":
-        return LSTMGradients(dx, dh, dc, dW_ih, dW_hh, db_ih, db_hh)
-    return Gradients(dx, dh, dW_ih, dW_hh, db_ih, db_hh)
+#: the cells with a cell state c besides h (ForwardArgs holds the initial h0 and c0)
+_HAS_C = frozenset(cell for cell, spec in CELLS.items() if spec.has_cell_state)
+#: the cells whose training forward keeps the activated gates
+_KEEPS_GATES = frozenset(cell for cell, spec in CELLS.items() if "gates" in spec.cache_fields)
+
+
+def _run(cell: str, a: ForwardArgs, options: Options, reverse: bool, training: bool,
+         weights: Optional[Weights] = None) -> tuple[np.ndarray, tuple[np.ndarray, ...], Kept]:
+    """The outputs ``y``, the final states and what training keeps (besides ``y``) of
+    one forward pass; ``weights`` prepared (Stepper) or None (prepared here)."""
+    adapter = _ADAPTERS[cell]
+    h = _initial(a.h0, a.B, a.H)
+    states = (h, _initial(a.c0, a.B, a.H)) if cell in _HAS_C else (h,)
+    if a.T == 0 or a.B == 0:      # empty work: the initial states are the final ones
+        return np.zeros((a.T, a.B, a.H), F32), states, {}
+    y = np.empty((a.T, a.B, a.H), F32)
+    with Scratch() as s:
+        w = weights_for_call(a, s, adapter.layout(options)) if weights is None else weights
+        chunks = projected_chunks(a, w, training, reverse)
+        gates = None
+        if training and cell in _KEEPS_GATES:
+            (_, gates), = chunks  # one chunk of every step: its buffer keeps the gates
+        kept = adapter.forward(a, w, options, reverse, training, states, y, chunks, gates)
+    kept["gates"] = gates
+    return y, states, kept
+
+
+def _cache(cell: str, args: ForwardArgs, options: Options, kept: Kept,
+           y: np.ndarray) -> Cache:
+    # The inputs may be the caller's own arrays (passed through when already
+    # float32 and C order): copy them, so that a caller who reuses a buffer or
+    # updates weights in place before backward still gets the right gradients.
+    def own(a: Optional[np.ndarray]) -> Optional[np.ndarray]:
+        return None if a is None else a.copy()
+    arrays: dict[str, Any] = dict(
+        x=without_padding(args.x, args.lengths), W_ih=own(args.W_ih), W_hh=own(args.W_hh),
+        h0=own(args.h0), c0=own(args.c0), lengths=own(args.lengths),
+        peephole=own(args.peephole), has_bias=args.b_ih is not None)
+    arrays.update((f, y.copy() if f == "y" else kept.get(f)) for f in CELLS[cell].cache_fields)
+    return Cache(cell, BACKEND, options, arrays)
+
+
+def _forward(cell: str, options: Options, x: Any, W_ih: Any, W_hh: Any, b_ih: Any, b_hh: Any,
+             h0: Any, c0: Any, peephole: Any, lengths: Any, reverse: Any,
+             training: Any) -> AnyForwardResult:
+    """The forward skeleton: check, run (or the empty case), keep the cache."""
+    reverse = check_bool("reverse", reverse)
+    training = check_bool("training", training)
+    a = check_forward(cell, x, W_ih, W_hh, b_ih, b_hh, h0, c0, lengths, dtype=F32,
+                      peephole=peephole)
+    y, states, kept = _run(cell, a, options, reverse, training)
+    cache = _cache(cell, a, {**options, "reverse": reverse}, kept, y) if training else None
+    return _ADAPTERS[cell].forward_result(y, *states, cache)
+
+
+# ----------------------------------------------------------------------------
+# the backward skeleton
 
 
 def _prev_states(y: np.ndarray, init: np.ndarray, lengths: Optional[np.ndarray],
@@ -320,9 +372,9 @@ def _prev_states(y: np.ndarray, init: np.ndarray, lengths: Optional[np.ndarray],
     return prev
 
 
-def _weight_grads(s: _Scratch, x: np.ndarray, W_ih: np.ndarray, dGx: np.ndarray,
+def _weight_grads(s: Scratch, x: np.ndarray, W_ih: np.ndarray, dGx: np.ndarray,
                   dGh: np.ndarray, hprev: np.ndarray, has_bias: bool,
-                  hprev_n: Optional[np.ndarray] = None):
+                  hprev_n: Optional[np.ndarray] = None) -> tuple[Any, ...]:
     """Phase 3: ``dx, dW_ih, dW_hh, db_ih, db_hh`` as one matrix product (or sum) each.
 
     ``hprev_n``: what the last H rows of ``W_hh`` multiply instead of ``hprev``
@@ -332,14 +384,13 @@ def _weight_grads(s: _Scratch, x: np.ndarray, W_ih: np.ndarray, dGx: np.ndarray,
     GH, H = dGx.shape[2], hprev.shape[2]
     dGx2 = dGx.reshape(T * B, GH)
     dGh2 = dGh.reshape(T * B, GH)
-    # dx by fastcells' packed GEMM (W_ih packed as it is, a plain copy): 1.05-1.3x
-    # NumPy's matmul on these shapes; the transposed products dW stay with BLAS
-    # (its packing of dG^T beats reading dG across rows, measured 1.2-2x)
+    # dx by fastcells' packed GEMM (W_ih packed as it is, a plain copy); the
+    # transposed products dW stay with BLAS, whose packing of dG^T beats reading
+    # dG across rows (docs/design.md, "Backward products")
     dx = np.empty((T * B, I), F32)
     _kernels.gemm(dGx2, s.pack("W_ih", W_ih, False), I, dx)
     dx = dx.reshape(T, B, I)
-    # NumPy's matmul has no BLAS path for an inner size of 1 (T*B == 1): 36-67 us
-    # for a (256, 1) @ (1, 64) outer product that np.dot does in 5
+    # NumPy's matmul has no BLAS path for an inner size of 1 (T*B == 1): np.dot has
     mm = np.dot if T * B == 1 else np.matmul
     dW_ih = mm(dGx2.T, x.reshape(T * B, I))
     if hprev_n is None:
@@ -349,57 +400,55 @@ def _weight_grads(s: _Scratch, x: np.ndarray, W_ih: np.ndarray, dGx: np.ndarray,
                                 mm(dGh2[:, GH - H:].T, hprev_n.reshape(T * B, H))])
     db_ih = dGx2.sum(axis=0) if has_bias else None
     # the same sum twice when both pre-activations share one gradient (RNN, LSTM)
-    db_hh = (db_ih.copy() if dGh is dGx else dGh2.sum(axis=0)) if has_bias else None
+    db_hh = (db_ih.copy() if dGh is dGx else dGh2.sum(axis=0)) if db_ih is not None else None
     return dx, dW_ih, dW_hh, db_ih, db_hh
-
-
-def _cache(cell: str, args, options: dict, **arrays) -> Cache:
-    # The inputs may be the caller's own arrays (passed through when already
-    # float32 and C order): copy them, so that a caller who reuses a buffer or
-    # updates weights in place before backward still gets the right gradients.
-    own = lambda a: None if a is None else a.copy()  # noqa: E731
-    base = dict(x=without_padding(args.x, args.lengths), W_ih=own(args.W_ih),
-                W_hh=own(args.W_hh), h0=own(args.h0), c0=own(args.c0), lengths=own(args.lengths), peephole=own(args.peephole),
-                has_bias=args.b_ih is not None)
-    base.update(arrays)
-    return Cache(cell, BACKEND, options, base)
-
-
-def _empty_forward(args, lstm: bool):
-    """Forward for T == 0 or B == 0: empty outputs, the initial state as final state."""
-    y = np.zeros((args.T, args.B, args.H), F32)
-    h = _initial(args.h0, args.B, args.H)
-    c = _initial(args.c0, args.B, args.H) if lstm else None
-    return y, h, c
 
 
 def _zeros_if_none(a: Optional[np.ndarray], B: int, H: int) -> np.ndarray:
     return np.zeros((B, H), F32) if a is None else a
 
 
-def _backward_setup(cache: Cache, cell: str, dy, dh, dc=None):
+def _backward(cell: str, cache: Any, dy: Any, finals: tuple[Any, ...]) -> AnyGradients:
+    """The backward skeleton: check, the BPTT loop, the weight gradients."""
+    spec, adapter = CELLS[cell], _ADAPTERS[cell]
+    cache = check_cache(cache, cell, BACKEND)
     T, B, H = cache["y"].shape
     dy = check_grad("dy", dy, ("T", "B", "H"), (T, B, H), F32)
-    dh = check_grad("dh", dh, ("B", "H"), (B, H), F32)
-    dh = np.zeros((B, H), F32) if dh is None else dh.copy()
-    if cell == "lstm":
-        dc = check_grad("dc", dc, ("B", "H"), (B, H), F32)
-        dc = np.zeros((B, H), F32) if dc is None else dc.copy()
-    return T, B, H, dy, dh, dc
+    grads = []
+    for state, g in zip(spec.states, finals):
+        g = check_grad(f"d{state}", g, ("B", "H"), (B, H), F32)
+        grads.append(np.zeros((B, H), F32) if g is None else g.copy())
+    result = adapter.gradients(cache)
+    if T == 0 or B == 0:          # nothing flows through the loop
+        dx, dW_ih, dW_hh = (np.zeros(cache[k].shape, F32) for k in ("x", "W_ih", "W_hh"))
+        GH = dW_hh.shape[0]
+        db_ih, db_hh = (np.zeros(GH, F32), np.zeros(GH, F32)) if cache["has_bias"] else (None, None)
+        return result(dx, *grads, dW_ih, dW_hh, db_ih, db_hh, *adapter.empty_extra(cache))
+    with Scratch() as s:
+        init = [_zeros_if_none(cache[f"{state}0"], B, H) for state in spec.states]
+        b = _Back(cache, s, dy, grads, init, cache.options["reverse"], cache["lengths"], T, B, H)
+        dGx, dGh = adapter.backward(b)
+        hprev = _prev_states(cache["y"], b.init[0], b.lengths, b.reverse,
+                             s.empty("hprev", (T, B, H)))
+        dx, dW_ih, dW_hh, db_ih, db_hh = _weight_grads(
+            s, cache["x"], cache["W_ih"], dGx, dGh, hprev, cache["has_bias"],
+            adapter.recurrent_input_n(b, hprev))
+        extra = adapter.extra(b, dGx, hprev)      # may reuse hprev's buffer: it is done
+        return result(dx, *grads, dW_ih, dW_hh, db_ih, db_hh, *extra)
 
 
 # ----------------------------------------------------------------------------
-# RNN
+# the public functions
 
-
-def rnn_forward(x, W_ih, W_hh, b_ih=None, b_hh=None, h0=None, *, nonlinearity="tanh",
-                lengths=None, reverse=False, training=False) -> ForwardResult:
+def rnn_forward(x: Any, W_ih: Any, W_hh: Any, b_ih: Any = None, b_hh: Any = None,
+                h0: Any = None, *, nonlinearity: str = "tanh", lengths: Any = None,
+                reverse: bool = False, training: bool = False) -> ForwardResult:
     """Run an Elman RNN over a sequence: ``h' = act(W_ih x + b_ih + W_hh h + b_hh)``.
 
     Parameters
     ----------
     x : array (T, B, I)
-        Time-major inputs. Real floats are converted to float32.
+        Time-major inputs.  Real floats, converted to float32.
     W_ih : array (H, I)
     W_hh : array (H, H)
     b_ih, b_hh : array (H,), optional
@@ -407,193 +456,64 @@ def rnn_forward(x, W_ih, W_hh, b_ih=None, b_hh=None, h0=None, *, nonlinearity="t
     h0 : array (B, H), optional
         Initial hidden state, zeros if None.
     nonlinearity : {"tanh", "relu"}
+        The activation ``act``.
     lengths : int array (B,), optional
         Valid steps per sequence, ``0 <= lengths[b] <= T``; outputs past a
         sequence's end are zeros and its state stops there.
     reverse : bool
-        Run from the last valid step to the first.
+        Run from each sequence's last valid step to the first.
     training : bool
         Keep what :func:`rnn_backward` needs (returned as ``cache``).
 
     Returns
     -------
     ForwardResult
-        ``y`` (T, B, H) float32, ``h`` (B, H) float32, ``cache`` or None.
+        ``y`` (T, B, H) float32, ``h`` (B, H) float32 (the state after each
+        sequence's last valid step), ``cache`` (None unless ``training``).
+
+    Notes
+    -----
+    One call runs on one thread.  The compiled loop releases the GIL, so
+    several Python threads can run calls at once (each thread keeps its own
+    scratch buffers: :func:`release_scratch`).
     """
-    nonlinearity = check_nonlinearity(nonlinearity)
-    reverse = check_bool("reverse", reverse)
-    training = check_bool("training", training)
-    a = check_forward("rnn", x, W_ih, W_hh, b_ih, b_hh, h0, None, lengths, dtype=F32)
-    relu = nonlinearity == "relu"
-    options = dict(nonlinearity=nonlinearity, reverse=reverse)
-    if a.T == 0 or a.B == 0:
-        y, h, _ = _empty_forward(a, False)
-    else:
-        with _Scratch() as s:
-            y, h = _rnn_loop(a, _weights_for_call(a, s), relu, reverse, training)
-    cache = _cache("rnn", a, options, y=y.copy()) if training else None
-    return ForwardResult(y, h, cache)
+    return cast(ForwardResult, _forward(
+        "rnn", {"nonlinearity": check_nonlinearity(nonlinearity)}, x, W_ih, W_hh, b_ih, b_hh,
+        h0, None, None, lengths, reverse, training))
 
 
-def _rnn_loop(a, w: _Weights, relu: bool, reverse: bool, training: bool):
-    h = _initial(a.h0, a.B, a.H)
-    y = np.empty((a.T, a.B, a.H), F32)
-    gh = np.empty((a.B, a.H), F32)
-    for t0, gx in _projected_chunks(a, w, training, reverse):
-        _kernels.rnn_forward(t0, gx, w.wp, w.packed, h, y, a.lengths, reverse, relu, gh)
-    return y, h
-
-
-def rnn_backward(cache, dy=None, dh=None) -> Gradients:
+def rnn_backward(cache: Any, dy: Any = None, dh: Any = None) -> Gradients:
     """Backpropagate through :func:`rnn_forward` (BPTT).
 
     Parameters
     ----------
-    cache : the ``cache`` of ``rnn_forward(..., training=True)``
+    cache : Cache
+        The ``cache`` of ``rnn_forward(..., training=True)``.
     dy : array (T, B, H), optional
         Gradient of the loss with respect to ``y`` (zeros if None; entries past
         a sequence's length are ignored).
     dh : array (B, H), optional
-        Gradient with respect to the final hidden state ``h``.
+        Gradient with respect to the final hidden state ``h`` (zeros if None).
 
     Returns
     -------
     Gradients
-        ``dx (T, B, I), dh0 (B, H), dW_ih, dW_hh, db_ih, db_hh`` (biases None
-        when the forward pass had none), all float32.
+        ``dx (T, B, I), dh0 (B, H), dW_ih (H, I), dW_hh (H, H), db_ih, db_hh (H,)``,
+        all float32; the bias gradients are None when the forward pass had no biases.
+
+    Notes
+    -----
+    One call runs on one thread.  The compiled loop releases the GIL, so
+    several Python threads can run calls at once (each thread keeps its own
+    scratch buffers: :func:`release_scratch`).
     """
-    cache = check_cache(cache, "rnn", BACKEND)
-    T, B, H, dy, dh, dc = _backward_setup(cache, "rnn", dy, dh)
-    if T == 0 or B == 0:
-        return _empty_backward(cache, dh, dc)
-    o = cache.options
-    y, lengths, W_hh = cache["y"], cache["lengths"], cache["W_hh"]
-    with _Scratch() as s:
-        dG = s.empty("dG", (T, B, H))
-        _kernels.rnn_backward(y, s.pack("W_hh", W_hh, False), dy, dh, dG, lengths,
-                              o["reverse"], o["nonlinearity"] == "relu", s.empty("tmp", (B, H)))
-        hprev = _prev_states(y, _zeros_if_none(cache["h0"], B, H), lengths, o["reverse"],
-                             s.empty("hprev", y.shape))
-        dx, dW_ih, dW_hh, db_ih, db_hh = _weight_grads(s, cache["x"], cache["W_ih"], dG, dG,
-                                                       hprev, cache["has_bias"])
-    return Gradients(dx, dh, dW_ih, dW_hh, db_ih, db_hh)
+    return cast(Gradients, _backward("rnn", cache, dy, (dh,)))
 
 
-# ----------------------------------------------------------------------------
-# LSTM
-
-
-def lstm_forward(x, W_ih, W_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, peephole=None,
-                 lengths=None, reverse=False, training=False) -> LSTMForwardResult:
-    """Run an LSTM over a sequence (gates i, f, g, o as in PyTorch).
-
-    ``i, f, o = sigmoid(.)``, ``g = tanh(.)`` of ``W_ih x + b_ih + W_hh h + b_hh``;
-    ``c' = f*c + i*g``; ``h' = o*tanh(c')``.  With ``peephole = (p_i, p_f, p_o)``
-    (ONNX, oneDNN) the pre-activations of i and f also get ``p_i*c``, ``p_f*c``
-    and that of o gets ``p_o*c'``.
-
-    Parameters
-    ----------
-    x : array (T, B, I)
-    W_ih : array (4*H, I)
-    W_hh : array (4*H, H)
-    b_ih, b_hh : array (4*H,), optional
-    h0, c0 : array (B, H), optional
-        Initial hidden and cell state, zeros if None.
-    peephole : array (3*H,), optional
-        Peephole weights in the order i, f, o.
-    lengths, reverse, training
-        As in :func:`rnn_forward`.
-
-    Returns
-    -------
-    LSTMForwardResult
-        ``y`` (T, B, H), ``h`` (B, H), ``c`` (B, H), all float32, and ``cache``.
-    """
-    reverse = check_bool("reverse", reverse)
-    training = check_bool("training", training)
-    a = check_forward("lstm", x, W_ih, W_hh, b_ih, b_hh, h0, c0, lengths, dtype=F32,
-                      peephole=peephole)
-    options = dict(reverse=reverse)
-    gates = cs = None
-    if a.T == 0 or a.B == 0:
-        y, h, c = _empty_forward(a, True)
-    else:
-        with _Scratch() as s:
-            y, h, c, gates, cs = _lstm_loop(a, _weights_for_call(a, s), reverse, training)
-    cache = _cache("lstm", a, options, y=y.copy(), gates=gates, cs=cs) if training else None
-    return LSTMForwardResult(y, h, c, cache)
-
-
-def _lstm_loop(a, w: _Weights, reverse: bool, training: bool):
-    h = _initial(a.h0, a.B, a.H)
-    c = _initial(a.c0, a.B, a.H)
-    y = np.empty((a.T, a.B, a.H), F32)
-    gates = cs = None
-    if training:
-        # zeros, not empty: masked steps are never written, and dpeephole
-        # multiplies every step's cs by its (zero) gate gradient: 0 * garbage
-        cs = np.zeros((a.T, a.B, a.H), F32)
-    gh = np.empty((a.B, 4 * a.H), F32)
-    chunks = _projected_chunks(a, w, training, reverse)
-    if training:
-        (_, gates), = chunks     # one chunk of every step: its buffer keeps the gates
-    for t0, gx in chunks:
-        _kernels.lstm_forward(t0, gx, w.wp, w.packed, w.peephole, h, c, y, a.lengths, reverse,
-                              gates, cs, gh)
-    return y, h, c, gates, cs
-
-
-def lstm_backward(cache, dy=None, dh=None,
-                  dc=None) -> Union[LSTMGradients, PeepholeLSTMGradients]:
-    """Backpropagate through :func:`lstm_forward` (BPTT).
-
-    Parameters
-    ----------
-    cache : the ``cache`` of ``lstm_forward(..., training=True)``
-    dy : array (T, B, H), optional
-    dh, dc : array (B, H), optional
-        Gradients with respect to the final hidden and cell states.
-
-    Returns
-    -------
-    LSTMGradients
-        ``dx, dh0, dc0, dW_ih (4H, I), dW_hh (4H, H), db_ih, db_hh (4H,)``, float32;
-        a :class:`PeepholeLSTMGradients` (the same plus ``dpeephole (3H,)``) when
-        the forward pass had peepholes.
-    """
-    cache = check_cache(cache, "lstm", BACKEND)
-    T, B, H, dy, dh, dc = _backward_setup(cache, "lstm", dy, dh, dc)
-    if T == 0 or B == 0:
-        return _empty_backward(cache, dh, dc)
-    reverse = cache.options["reverse"]
-    lengths = cache["lengths"]
-    c0, P = _zeros_if_none(cache["c0"], B, H), cache["peephole"]
-    with _Scratch() as s:
-        dG = s.empty("dG", (T, B, 4 * H))
-        _kernels.lstm_backward(cache["gates"], cache["cs"], c0,
-                               s.pack("W_hh", cache["W_hh"], False), P, dy, dh, dc, dG,
-                               lengths, reverse, s.empty("tmp", (B, H)))
-        hprev = _prev_states(cache["y"], _zeros_if_none(cache["h0"], B, H), lengths, reverse,
-                             s.empty("hprev", (T, B, H)))
-        dx, dW_ih, dW_hh, db_ih, db_hh = _weight_grads(s, cache["x"], cache["W_ih"], dG, dG,
-                                                       hprev, cache["has_bias"])
-        if P is None:
-            return LSTMGradients(dx, dh, dc, dW_ih, dW_hh, db_ih, db_hh)
-        cprev = _prev_states(cache["cs"], c0, lengths, reverse, hprev)   # hprev is done
-        dP = np.concatenate([(dG[:, :, :H] * cprev).sum(axis=(0, 1)),
-                             (dG[:, :, H:2 * H] * cprev).sum(axis=(0, 1)),
-                             (dG[:, :, 3 * H:] * cache["cs"]).sum(axis=(0, 1))])
-    return PeepholeLSTMGradients(dx, dh, dc, dW_ih, dW_hh, db_ih, db_hh, dP)
-
-
-# ----------------------------------------------------------------------------
-# GRU
-
-
-def gru_forward(x, W_ih, W_hh, b_ih=None, b_hh=None, h0=None, *, linear_before_reset=True,
-                lengths=None, reverse=False, training=False) -> ForwardResult:
-    """Run a GRU over a sequence (gates r, z, n as in PyTorch).
+def gru_forward(x: Any, W_ih: Any, W_hh: Any, b_ih: Any = None, b_hh: Any = None,
+                h0: Any = None, *, linear_before_reset: bool = True, lengths: Any = None,
+                reverse: bool = False, training: bool = False) -> ForwardResult:
+    """Run a GRU over a sequence (gates r, z, n in PyTorch's order).
 
     ``r, z = sigmoid(W_i{r,z} x + b_i{r,z} + W_h{r,z} h + b_h{r,z})``;
     ``linear_before_reset=True`` (PyTorch, cuDNN, Keras ``reset_after=True``):
@@ -604,85 +524,151 @@ def gru_forward(x, W_ih, W_hh, b_ih=None, b_hh=None, h0=None, *, linear_before_r
     Parameters
     ----------
     x : array (T, B, I)
+        Time-major inputs.  Real floats, converted to float32.
     W_ih : array (3*H, I)
+        Rows in the gate order r, z, n.
     W_hh : array (3*H, H)
     b_ih, b_hh : array (3*H,), optional
+        Both or neither.
     h0 : array (B, H), optional
+        Initial hidden state, zeros if None.
     linear_before_reset : bool
-    lengths, reverse, training
-        As in :func:`rnn_forward`.
+        Which GRU form (above).
+    lengths : int array (B,), optional
+        Valid steps per sequence, ``0 <= lengths[b] <= T``; outputs past a
+        sequence's end are zeros and its state stops there.
+    reverse : bool
+        Run from each sequence's last valid step to the first.
+    training : bool
+        Keep what :func:`gru_backward` needs (returned as ``cache``).
 
     Returns
     -------
     ForwardResult
-        ``y`` (T, B, H), ``h`` (B, H), float32, and ``cache``.
+        ``y`` (T, B, H) float32, ``h`` (B, H) float32 (the state after each
+        sequence's last valid step), ``cache`` (None unless ``training``).
+
+    Notes
+    -----
+    One call runs on one thread.  The compiled loop releases the GIL, so
+    several Python threads can run calls at once (each thread keeps its own
+    scratch buffers: :func:`release_scratch`).
     """
-    lbr = check_bool("linear_before_reset", linear_before_reset)
-    reverse = check_bool("reverse", reverse)
-    training = check_bool("training", training)
-    a = check_forward("gru", x, W_ih, W_hh, b_ih, b_hh, h0, None, lengths, dtype=F32)
-    options = dict(linear_before_reset=lbr, reverse=reverse)
-    gates = hn = None
-    if a.T == 0 or a.B == 0:
-        y, h, _ = _empty_forward(a, False)
-    else:
-        with _Scratch() as s:
-            y, h, gates, hn = _gru_loop(a, _weights_for_call(a, s, lbr), lbr, reverse,
-                                        training)
-    cache = _cache("gru", a, options, y=y.copy(), gates=gates, hn=hn) if training else None
-    return ForwardResult(y, h, cache)
+    options = {"linear_before_reset": check_bool("linear_before_reset", linear_before_reset)}
+    return cast(ForwardResult, _forward("gru", options, x, W_ih, W_hh, b_ih, b_hh, h0, None,
+                                        None, lengths, reverse, training))
 
 
-def _gru_loop(a, w: _Weights, lbr: bool, reverse: bool, training: bool):
-    H = a.H
-    h = _initial(a.h0, a.B, H)
-    y = np.empty((a.T, a.B, H), F32)
-    gates = None
-    hn = np.empty((a.T, a.B, H), F32) if training and lbr else None
-    gh = np.empty((a.B, (3 if lbr else 2) * H), F32)
-    rh, ghn = np.zeros((a.B, H), F32), np.empty((a.B, H), F32)
-    chunks = _projected_chunks(a, w, training, reverse)
-    if training:
-        # one chunk of every step: its buffer keeps the gates; the kernel zeroes
-        # masked steps' (backward reads r at every step for dW_hn when not lbr)
-        (_, gates), = chunks
-    for t0, gx in chunks:
-        _kernels.gru_forward(t0, gx, w.wp, w.wp_n, w.packed, w.bhn, h, y, a.lengths, reverse,
-                             lbr, gates, hn, gh, rh, ghn)
-    return y, h, gates, hn
-
-
-def gru_backward(cache, dy=None, dh=None) -> Gradients:
+def gru_backward(cache: Any, dy: Any = None, dh: Any = None) -> Gradients:
     """Backpropagate through :func:`gru_forward` (BPTT), either GRU form.
 
-    Parameters and returns as in :func:`rnn_backward`, with ``dW_ih (3H, I)``,
-    ``dW_hh (3H, H)``, ``db_ih, db_hh (3H,)``.
+    Parameters
+    ----------
+    cache : Cache
+        The ``cache`` of ``gru_forward(..., training=True)``.
+    dy : array (T, B, H), optional
+        Gradient of the loss with respect to ``y`` (zeros if None; entries past
+        a sequence's length are ignored).
+    dh : array (B, H), optional
+        Gradient with respect to the final hidden state ``h`` (zeros if None).
+
+    Returns
+    -------
+    Gradients
+        ``dx (T, B, I), dh0 (B, H), dW_ih (3*H, I), dW_hh (3*H, H), db_ih, db_hh
+        (3*H,)``, all float32; the bias gradients are None when the forward pass
+        had no biases.
+
+    Notes
+    -----
+    One call runs on one thread.  The compiled loop releases the GIL, so
+    several Python threads can run calls at once (each thread keeps its own
+    scratch buffers: :func:`release_scratch`).
     """
-    cache = check_cache(cache, "gru", BACKEND)
-    T, B, H, dy, dh, dc = _backward_setup(cache, "gru", dy, dh)
-    if T == 0 or B == 0:
-        return _empty_backward(cache, dh, dc)
-    lbr = cache.options["linear_before_reset"]
-    reverse = cache.options["reverse"]
-    lengths, W_hh, gates, y = cache["lengths"], cache["W_hh"], cache["gates"], cache["y"]
-    h0 = _zeros_if_none(cache["h0"], B, H)
-    with _Scratch() as s:
-        dGx = s.empty("dG", (T, B, 3 * H))
-        dGh = s.empty("dGh", (T, B, 3 * H)) if lbr else None
-        wpt, wpt_n = _pack_recurrent(W_hh, not lbr,
-                                     lambda W, i: s.pack(("W_hh", "W_hn")[i], W, False))
-        _kernels.gru_backward(gates, cache["hn"], y, h0, wpt, wpt_n, dy, dh, dGx, dGh, lengths,
-                              reverse, lbr, s.empty("tmp", (B, H)), s.empty("direct", (B, H)))
-        hprev = _prev_states(y, h0, lengths, reverse, s.empty("hprev", y.shape))
-        # without linear_before_reset, n = tanh(... + W_hn (r*h) + b_hn): W_hn sees r*h
-        rh = None if lbr else np.multiply(gates[:, :, :H], hprev, out=s.empty("rh", y.shape))
-        dx, dW_ih, dW_hh, db_ih, db_hh = _weight_grads(
-            s, cache["x"], cache["W_ih"], dGx, dGh if lbr else dGx, hprev, cache["has_bias"], rh)
-    return Gradients(dx, dh, dW_ih, dW_hh, db_ih, db_hh)
+    return cast(Gradients, _backward("gru", cache, dy, (dh,)))
+
+
+def lstm_forward(x: Any, W_ih: Any, W_hh: Any, b_ih: Any = None, b_hh: Any = None,
+                 h0: Any = None, c0: Any = None, *, peephole: Any = None, lengths: Any = None,
+                 reverse: bool = False, training: bool = False) -> LSTMForwardResult:
+    """Run an LSTM over a sequence (gates i, f, g, o in PyTorch's order).
+
+    ``i, f, o = sigmoid(.)``, ``g = tanh(.)`` of ``W_ih x + b_ih + W_hh h + b_hh``;
+    ``c' = f*c + i*g``; ``h' = o*tanh(c')``.  With ``peephole = (p_i, p_f, p_o)``
+    (ONNX, oneDNN) the pre-activations of i and f also get ``p_i*c``, ``p_f*c``
+    and that of o gets ``p_o*c'``.
+
+    Parameters
+    ----------
+    x : array (T, B, I)
+        Time-major inputs.  Real floats, converted to float32.
+    W_ih : array (4*H, I)
+        Rows in the gate order i, f, g, o.
+    W_hh : array (4*H, H)
+    b_ih, b_hh : array (4*H,), optional
+        Both or neither.
+    h0, c0 : array (B, H), optional
+        Initial hidden and cell state, zeros if None.
+    peephole : array (3*H,), optional
+        Peephole weights in the order i, f, o.
+    lengths : int array (B,), optional
+        Valid steps per sequence, ``0 <= lengths[b] <= T``; outputs past a
+        sequence's end are zeros and its states stop there.
+    reverse : bool
+        Run from each sequence's last valid step to the first.
+    training : bool
+        Keep what :func:`lstm_backward` needs (returned as ``cache``).
+
+    Returns
+    -------
+    LSTMForwardResult
+        ``y`` (T, B, H), ``h`` (B, H), ``c`` (B, H), all float32 (the states
+        after each sequence's last valid step), ``cache`` (None unless ``training``).
+
+    Notes
+    -----
+    One call runs on one thread.  The compiled loop releases the GIL, so
+    several Python threads can run calls at once (each thread keeps its own
+    scratch buffers: :func:`release_scratch`).
+    """
+    return cast(LSTMForwardResult, _forward("lstm", {}, x, W_ih, W_hh, b_ih, b_hh, h0, c0,
+                                            peephole, lengths, reverse, training))
+
+
+def lstm_backward(cache: Any, dy: Any = None, dh: Any = None,
+                  dc: Any = None) -> Union[LSTMGradients, PeepholeLSTMGradients]:
+    """Backpropagate through :func:`lstm_forward` (BPTT).
+
+    Parameters
+    ----------
+    cache : Cache
+        The ``cache`` of ``lstm_forward(..., training=True)``.
+    dy : array (T, B, H), optional
+        Gradient of the loss with respect to ``y`` (zeros if None; entries past
+        a sequence's length are ignored).
+    dh, dc : array (B, H), optional
+        Gradients with respect to the final hidden and cell states (zeros if None).
+
+    Returns
+    -------
+    LSTMGradients
+        ``dx (T, B, I), dh0 (B, H), dc0 (B, H), dW_ih (4*H, I), dW_hh (4*H, H),
+        db_ih, db_hh (4*H,)``, all float32; the bias gradients are None when the
+        forward pass had no biases.  A :class:`PeepholeLSTMGradients` (the same
+        plus ``dpeephole (3*H,)``) when the forward pass had peepholes.
+
+    Notes
+    -----
+    One call runs on one thread.  The compiled loop releases the GIL, so
+    several Python threads can run calls at once (each thread keeps its own
+    scratch buffers: :func:`release_scratch`).
+    """
+    return cast(Union[LSTMGradients, PeepholeLSTMGradients],
+                _backward("lstm", cache, dy, (dh, dc)))
 
 
 # ----------------------------------------------------------------------------
-# streaming
+# prepared weights: streaming and serving
 
 
 class Stepper:
@@ -690,22 +676,30 @@ class Stepper:
 
     The weights are checked, packed and their biases folded once, here; each
     call then runs the input projection, the recurrent product and the gate
-    pass of one step in one compiled call with the GIL released (a few
-    microseconds at H = 64); :meth:`forward` runs whole sequences with the
-    same prepared weights (serving).  The Stepper keeps float32 copies of the
-    weights as they were when it was built: build a new one after changing them.
+    pass of one step in one compiled call with the GIL released.
+    :meth:`forward` runs whole sequences with the same prepared weights
+    (serving).  The Stepper keeps float32 copies of the weights as they were
+    when it was built: build a new one after changing them.
+
+    Threads: one Stepper may be called from several threads at once; each call
+    runs on its calling thread with the GIL released.
 
     Parameters
     ----------
     cell : {"rnn", "gru", "lstm"}
-    W_ih, W_hh, b_ih, b_hh
-        As for ``<cell>_forward``.
+    W_ih : array (G*H, I)
+        Input weights, ``G`` the cell's gate count (RNN 1, GRU 3, LSTM 4), rows in
+        PyTorch's gate order.  Real floats, converted to float32.
+    W_hh : array (G*H, H)
+        Recurrent weights.
+    b_ih, b_hh : array (G*H,), optional
+        Both or neither.
     peephole : array (3*H,), optional
-        LSTM only.
+        LSTM only: peephole weights in the order i, f, o.
     nonlinearity : {"tanh", "relu"}
         RNN only.
     linear_before_reset : bool
-        GRU only.
+        GRU only: which GRU form (see :func:`gru_forward`).
     weight_dtype : {"float32", "float16"}
         ``"float16"``: ``W_ih`` and ``W_hh`` are rounded to float16 (to nearest)
         once, here, and every product uses the rounded values; the arithmetic
@@ -713,13 +707,11 @@ class Stepper:
         are the bits of a float32 Stepper built from ``W.astype(np.float16)``.
         Products of one or two rows (steps at batch 1 or 2) then read the
         weights as float16, half the bytes, on the AVX2 and AVX-512 paths
-        (:func:`fastcells.show_config`), where each step streams ``W_hh`` from
-        L2 or L3: a batch-1 step at H = 512-1024 1.3-1.8x faster (batch 2
-        1.05-1.4x), a whole batch-1 sequence 1.15-1.3x (paired, one thread,
-        Zen 4).  The cost: each weight's rounding error
-        (relative 2**-11; magnitudes under 6.1e-5 lose bits, under 3e-8 become
-        zero), and memory for both packs.  ValueError if a finite weight's
-        magnitude exceeds float16's largest value, 65504.
+        (:func:`fastcells.show_config`): those products stream ``W_hh`` from
+        cache at every step, so fewer bytes make them faster.  The cost: each
+        weight's rounding error (relative 2**-11; magnitudes under 6.1e-5 lose
+        bits, under 3e-8 become zero), and memory for both packs.  ValueError
+        if a finite weight's magnitude exceeds float16's largest value, 65504.
 
     Examples
     --------
@@ -729,60 +721,57 @@ class Stepper:
     ...     h = step(x_t, h)                                   # h (B, H)
     """
 
-    def __init__(self, cell: str, W_ih, W_hh, b_ih=None, b_hh=None, *, peephole=None,
-                 nonlinearity: str = "tanh", linear_before_reset: bool = True,
-                 weight_dtype: str = "float32") -> None:
-        if cell not in GATES:
-            raise ValueError(f"cell: expected one of {tuple(GATES)}, got {cell!r}")
-        lbr = check_bool("linear_before_reset", linear_before_reset)
-        relu = check_nonlinearity(nonlinearity) == "relu"
+    def __init__(self, cell: str, W_ih: Any, W_hh: Any, b_ih: Any = None, b_hh: Any = None,
+                 *, peephole: Any = None, nonlinearity: str = "tanh",
+                 linear_before_reset: bool = True, weight_dtype: str = "float32") -> None:
+        spec = cell_spec(cell)
+        # every cell's options: each adapter reads its own
+        options: Options = {
+            "linear_before_reset": check_bool("linear_before_reset", linear_before_reset),
+            "nonlinearity": check_nonlinearity(nonlinearity)}
         half = check_weight_dtype(weight_dtype)
         I = np.shape(W_ih)[1] if np.ndim(W_ih) == 2 else 0
         # validate the weights with the one set of checks, on an empty sequence
         a = check_forward(cell, np.zeros((0, 1, I), F32), W_ih, W_hh, b_ih, b_hh,
                           dtype=F32, peephole=peephole)
-        bias, bhn = _fold_biases(a, lbr)
         if half:
-            pack, packed = _kernels.pack_half, 2
             W_ih, W_hh = float16_values("W_ih", a.W_ih), float16_values("W_hh", a.W_hh)
         else:
-            pack, packed = lambda W: _kernels.pack(W, True), 1  # noqa: E731
             W_ih, W_hh = a.W_ih, a.W_hh
-        wp, wp_n = _pack_recurrent(W_hh, cell == "gru" and not lbr, lambda W, i: pack(W))
-        P_ih = pack(W_ih)
-        peephole = None if a.peephole is None else a.peephole.copy()
+        w, P_ih = prepared_weights(a, _ADAPTERS[cell].layout(options), W_ih, W_hh, half)
         self.cell, self.input_size, self.hidden_size = cell, a.I, a.H
-        self._relu, self._lbr = relu, lbr
-        # what forward() runs whole sequences with: always packed, whatever the call
         self.weight_dtype = "float16" if half else "float32"
-        self._weights = _Weights(bias, bhn, _packed_projection(P_ih, a.G * a.H), packed, wp,
-                                 wp_n, peephole)
-        self._kernel = _kernels.Stepper(
-            cell, P_ih, wp, wp_n,
-            np.zeros(a.G * a.H, F32) if bias is None else bias,
-            np.zeros(a.H, F32) if bhn is None else bhn, peephole, a.I, a.H, relu, lbr, packed)
+        self._spec, self._options, self._weights = spec, options, w
+        self._kernel = _kernels.StepKernel(
+            cell, P_ih, w.wp, w.wp_n,
+            np.zeros(a.G * a.H, F32) if w.bias is None else w.bias,
+            np.zeros(a.H, F32) if w.bhn is None else w.bhn, w.peephole, a.I, a.H,
+            options["nonlinearity"] == "relu", options["linear_before_reset"], w.packing)
 
-    def forward(self, x, h0=None, c0=None, *, lengths=None, reverse=False):
+    def forward(self, x: Any, h0: Any = None, c0: Any = None, *, lengths: Any = None,
+                reverse: bool = False) -> AnyForwardResult:
         """Run a whole sequence with the prepared weights (inference: serving).
 
         The same as ``<cell>_forward(x, <the weights>, h0, c0, lengths=lengths,
-        reverse=reverse)`` without a cache, less the per-call work on the weights:
-        no checks, no bias folding and no packing: 10-25% less time at batch
-        1-4, H = 512-1024 (paired, one thread, Zen 4).  The products are
-        always the packed ones; the functional call uses unpacked ones for a
-        few rows (``T*B < 32``, or batch 1 and ``T <= 16``), where its results
+        reverse=reverse)`` without a cache, less the per-call work on the
+        weights: no checks, no bias folding and no packing.  The products are
+        always the packed ones; the functional call multiplies a few rows
+        unpacked (``T*B < 32``, or batch 1 and ``T <= 16``), where its results
         then differ from these by float32 rounding; elsewhere they are the same
-        bits.  Safe to call from several threads at once.
+        bits.  Safe to call from several threads at once (each call runs on its
+        thread with the GIL released).
 
         Parameters
         ----------
         x : array (T, B, I)
-            Real floats, converted to float32.
+            Time-major inputs.  Real floats, converted to float32.
         h0, c0 : array (B, H), optional
             Initial states, zeros if None (``c0``: LSTM only).
         lengths : int array (B,), optional
+            Valid steps per sequence, ``0 <= lengths[b] <= T``; outputs past a
+            sequence's end are zeros and its state stops there.
         reverse : bool
-            As in :func:`rnn_forward`.
+            Run from each sequence's last valid step to the first.
 
         Returns
         -------
@@ -790,49 +779,42 @@ class Stepper:
             ``y`` (T, B, H), ``h`` (B, H) (LSTM also ``c``), float32; ``cache`` None.
         """
         reverse = check_bool("reverse", reverse)
-        I, H, lstm = self.input_size, self.hidden_size, self.cell == "lstm"
+        I, H = self.input_size, self.hidden_size
         x = check_sequence("x", x, I, F32)
         T, B = x.shape[:2]
         h0, c0, lengths = check_states(self.cell, h0, c0, lengths, T, B, H, F32)
-        w = self._weights
-        a = ForwardArgs(x, None, None, None, None, h0, c0, lengths, w.peephole, T, B, I, H,
-                        GATES[self.cell])
-        c = None
-        if T == 0 or B == 0:
-            y, h, c = _empty_forward(a, lstm)
-        elif lstm:
-            y, h, c, _, _ = _lstm_loop(a, w, reverse, False)
-        elif self.cell == "gru":
-            y, h, _, _ = _gru_loop(a, w, self._lbr, reverse, False)
-        else:
-            y, h = _rnn_loop(a, w, self._relu, reverse, False)
-        return LSTMForwardResult(y, h, c, None) if lstm else ForwardResult(y, h, None)
+        # no weights: they are prepared (the ForwardArgs fields they fill are unused)
+        a = ForwardArgs._make((x, None, None, None, None, h0, c0, lengths,
+                               self._weights.peephole, T, B, I, H, self._spec.G))
+        y, states, _ = _run(self.cell, a, self._options, reverse, False, self._weights)
+        return _ADAPTERS[self.cell].forward_result(y, *states, None)
 
-    def _state(self, name: str, s, B: int) -> np.ndarray:
+    def _state(self, name: str, s: Any, B: int) -> np.ndarray:
         if s is None:
             return np.zeros((B, self.hidden_size), F32)
-        if type(s) is np.ndarray and s.dtype == F32 and s.shape == (B, self.hidden_size):
-            return s.copy()   # the common case, kept short: this is per-step overhead
-        s = as_float(name, s, F32)
+        if not is_f32c(s):
+            s = as_float(name, s, F32)
         if s.shape != (B, self.hidden_size):
             check_shape(name, s, ("B", "H"), (B, self.hidden_size))
-        return s.copy()   # the kernel updates it in place: never the caller's array
+        state: np.ndarray = s.copy()   # the kernel updates it in place: never the caller's
+        return state
 
-    def __call__(self, x_t, h=None, c=None):
+    def __call__(self, x_t: Any, h: Any = None,
+                 c: Any = None) -> Union[np.ndarray, tuple[np.ndarray, np.ndarray]]:
         """One step: ``x_t (B, I)`` and the state ``h`` (LSTM: ``h, c``), each (B, H) or
         None for zeros.  Returns the new ``h`` (LSTM: ``(h, c)``), new float32 arrays."""
-        if not (type(x_t) is np.ndarray and x_t.dtype == F32 and x_t.flags.c_contiguous):
+        if not is_f32c(x_t):
             x_t = as_float("x_t", x_t, F32)
         if x_t.ndim != 2 or x_t.shape[1] != self.input_size:
             raise ValueError(f"x_t: expected shape (B, I) = (B, {self.input_size}), got "
                              f"{x_t.shape}")
         B = x_t.shape[0]
-        h = self._state("h", h, B)
-        if self.cell != "lstm":
+        h_new = self._state("h", h, B)
+        if not self._spec.has_cell_state:
             if c is not None:
                 raise ValueError(f"c: only LSTM has a cell state, got c for {self.cell}")
-            self._kernel.step(x_t, h, None)
-            return h
-        c = self._state("c", c, B)
-        self._kernel.step(x_t, h, c)
-        return h, c
+            self._kernel.step(x_t, h_new, None)
+            return h_new
+        c_new = self._state("c", c, B)
+        self._kernel.step(x_t, h_new, c_new)
+        return h_new, c_new

@@ -284,7 +284,7 @@ def _full_checks(family, args):
 @pytest.mark.parametrize("family", list(FAMILY_CELL))
 def test_fitting_arrays_take_the_fast_path_as_they_are(family):
     args = _check_args(family)
-    fast = _checks._forward_fast(family, **args)
+    fast = _checks.forward_as_is(family, **args)
     assert fast is not None
     for name in ARRAYS + ("peephole",):
         if name in args:
@@ -300,7 +300,7 @@ def test_near_misses_get_the_full_checks(arg, change):
     args = _check_args(family)
     want = _full_checks(family, args)
     args[arg] = NEAR_MISSES[change](args[arg])
-    assert _checks._forward_fast(family, **args) is None
+    assert _checks.forward_as_is(family, **args) is None
     _fields_equal(_checks.check_forward(family, dtype=np.float32, **args), want)
 
 

@@ -113,7 +113,7 @@ def test_few_row_products_read_the_float16_panels(isa):
             h = np.ones((B, H), np.float32)
             y = np.empty((1, B, H), np.float32)
             gx = np.zeros((1, B, H), np.float32)
-            _kernels.rnn_forward(0, gx, wp, 2, h, y, None, False, False,
+            _kernels.rnn_forward(0, gx, wp, _kernels.PACK_HALF, h, y, None, False, False,
                                  np.empty((B, H), np.float32))
             results[label, B] = y.copy()
     assert _kernels.has_half() == (isa != "generic")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import fastcells
-from fastcells import _kernels, functional
+from fastcells import _kernels, _packing
 
 from conftest import CELLS, FWD_TOL, as_float64, assert_close, forward, make_inputs
 
@@ -82,15 +82,15 @@ def test_gemm_nt_checks_shapes():
 # the forward paths that choose it
 
 
-EDGE = functional.UNPACKED_MAX_STEPS
+EDGE = _packing.UNPACKED_MAX_STEPS
 
 
 def test_the_step_limit_separates_the_two_recurrent_paths():
     """So that the next test runs each path on either side of it."""
     a = lambda T, B: type("A", (), {"T": T, "B": B})  # noqa: E731
-    assert not functional._packs_forward(a(EDGE, 1))
-    assert functional._packs_forward(a(EDGE + 1, 1))
-    assert functional._packs_forward(a(2, 2))
+    assert not _packing.packs_forward(a(EDGE, 1))
+    assert _packing.packs_forward(a(EDGE + 1, 1))
+    assert _packing.packs_forward(a(2, 2))
 
 
 @pytest.mark.parametrize("T", [1, EDGE, EDGE + 1])
@@ -107,7 +107,7 @@ PROJECTIONS = [(25, 1, 300), (30, 1, 8), (40, 2, 256), (9, 16, 12)]
 
 
 def test_the_projection_cases_cover_both_products():
-    assert {functional._unpacked_projection(T * B, I) for T, B, I in PROJECTIONS} == {True, False}
+    assert {_packing.unpacked_projection(T * B, I) for T, B, I in PROJECTIONS} == {True, False}
 
 
 @pytest.mark.parametrize("T,B,I", PROJECTIONS)

@@ -372,8 +372,8 @@ def test_the_loops_refuse_kept_arrays_that_miss_steps():
     gx = f32(T, B, 4 * H)
 
     def lstm(t0, gx, gates, cs):
-        _kernels.lstm_forward(t0, gx, wp, True, None, f32(B, H), f32(B, H), f32(T, B, H),
-                              None, False, gates, cs, f32(B, 4 * H))
+        _kernels.lstm_forward(t0, gx, wp, _kernels.PACK_FLOAT, None, f32(B, H), f32(B, H),
+                              f32(T, B, H), None, False, gates, cs, f32(B, 4 * H))
     lstm(0, gx, gx, f32(T, B, H))                       # one chunk: allowed
     with pytest.raises(ValueError, match=r"gates: may be gx's buffer only for one chunk "
                                          r"of all 4 steps, got steps \[1, 3\)"):
@@ -385,6 +385,6 @@ def test_the_loops_refuse_kept_arrays_that_miss_steps():
         lstm(0, gx, gx, f32(T - 1, B, H))
     gxg = f32(T, B, 3 * H)
     with pytest.raises(ValueError, match=r"hn: expected shape \(T, B, H\) = \(4, 2, 3\)"):
-        _kernels.gru_forward(0, gxg, _kernels.pack(f32(3 * H, H), True), None, True,
-                             f32(H), f32(B, H), f32(T, B, H), None, False, True, gxg,
-                             f32(1, B, H), f32(B, 3 * H), f32(B, H), f32(B, H))
+        _kernels.gru_forward(0, gxg, _kernels.pack(f32(3 * H, H), True), None,
+                             _kernels.PACK_FLOAT, f32(H), f32(B, H), f32(T, B, H), None, False,
+                             True, gxg, f32(1, B, H), f32(B, 3 * H), f32(B, H), f32(B, H))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import fastcells
-import fastcells.functional as functional
+import fastcells._packing as packing
 from fastcells import reference
 
 FD_EPS = 1e-6          # central-difference step (float64)
@@ -108,7 +108,7 @@ PROJECTIONS = {"packed": (23, 4), "packed-deep": (50, 600), "unpacked": (9, 300)
 
 
 def test_the_chunk_cases_cover_every_projection_path():
-    paths = {functional._unpacked_projection(T * 3, I) for T, I in PROJECTIONS.values()}
+    paths = {packing.unpacked_projection(T * 3, I) for T, I in PROJECTIONS.values()}
     assert paths == {True, False}
     assert max(I for _, I in PROJECTIONS.values()) > 512   # more than one k block
 
@@ -130,7 +130,7 @@ def test_chunked_inference_equals_one_projection(monkeypatch, cell, reverse, len
     forward = getattr(fastcells, f"{cell}_forward")
     whole = forward(x, W_ih, W_hh, lengths=lengths, reverse=reverse, training=True, **kw)
     for chunk_floats in (1, 3 * G * H * 4, 10 ** 9):   # 1 step, 4 steps, everything
-        monkeypatch.setattr(functional, "CHUNK_FLOATS", chunk_floats)
+        monkeypatch.setattr(packing, "CHUNK_FLOATS", chunk_floats)
         out = forward(x, W_ih, W_hh, lengths=lengths, reverse=reverse, **kw)
         np.testing.assert_array_equal(out.y, whole.y)
         np.testing.assert_array_equal(out.h, whole.h)
@@ -147,11 +147,11 @@ def test_batch_one_chunks_never_leave_a_lone_step(monkeypatch, cell, reverse):
     x = rng.standard_normal((T, 1, I), dtype=np.float32)
     W_ih = rng.standard_normal((G * H, I), dtype=np.float32) / np.float32(np.sqrt(I))
     W_hh = rng.standard_normal((G * H, H), dtype=np.float32) * 0.5
-    assert not functional._unpacked_projection(T, I)       # the packed projection
+    assert not packing.unpacked_projection(T, I)       # the packed projection
     forward = getattr(fastcells, f"{cell}_forward")
     whole = forward(x, W_ih, W_hh, reverse=reverse, training=True)
     for steps in (1, 4):      # one step per chunk asked for: two given
-        monkeypatch.setattr(functional, "CHUNK_FLOATS", G * H * steps)
+        monkeypatch.setattr(packing, "CHUNK_FLOATS", G * H * steps)
         out = forward(x, W_ih, W_hh, reverse=reverse)
         np.testing.assert_array_equal(out.y, whole.y, err_msg=f"chunks of {steps}")
 

@@ -1,4 +1,4 @@
-"""The kernels' per-thread scratch (functional._Scratch): reuse never shows.
+"""The kernels' per-thread scratch (_scratch.Scratch): reuse never shows.
 
 Forward (packed weights) and backward keep their scratch buffers per thread
 and reuse them from call to call.  Whatever ran before on the thread
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import fastcells
-from fastcells import _kernels, functional
+from fastcells import _kernels, _scratch, functional
 
 from conftest import CELLS, SEED, backward, forward, make_inputs, make_lengths, make_upstream
 
@@ -44,7 +44,7 @@ def _copy(grads):
 
 @pytest.fixture(autouse=True)
 def pool_every_size(monkeypatch):
-    monkeypatch.setattr(functional, "SCRATCH_MIN_FLOATS", 0)
+    monkeypatch.setattr(_scratch, "SCRATCH_MIN_FLOATS", 0)
 
 
 @pytest.fixture
@@ -52,7 +52,7 @@ def fresh(monkeypatch):
     """Gradients computed with no buffer kept (every scratch array a new one)."""
     def run(cell, case):
         with monkeypatch.context() as m:
-            m.setattr(functional, "SCRATCH_MAX_FLOATS", -1)
+            m.setattr(_scratch, "SCRATCH_MAX_FLOATS", -1)
             return _grads(cell, case)
     return run
 
@@ -76,7 +76,7 @@ def test_forward_with_kept_packs_gives_the_bits_of_fresh_ones(cell, monkeypatch)
     big, small = (make_inputs(cell, rng, T, B, 9, H) for T, B, H in ((40, 3, 24), (20, 2, 8)))
     want = {}
     with monkeypatch.context() as m:
-        m.setattr(functional, "SCRATCH_MAX_FLOATS", -1)
+        m.setattr(_scratch, "SCRATCH_MAX_FLOATS", -1)
         for name, inputs in (("big", big), ("small", small)):
             want[name] = forward(fastcells, cell, inputs, training=True)
     outputs = lambda r: [a.copy() for a in r[:-1]]   # noqa: E731  (y, h[, c]; not the cache)
@@ -88,7 +88,7 @@ def test_forward_with_kept_packs_gives_the_bits_of_fresh_ones(cell, monkeypatch)
             np.testing.assert_array_equal(a, b, err_msg=name)
     for a, b in zip(first[:-1], kept):            # never a view of the kept packs
         np.testing.assert_array_equal(a, b)
-    assert functional._POOL.bufs and not functional._POOL.busy
+    assert _scratch._POOL.bufs and not _scratch._POOL.busy
 
 
 def test_cells_share_the_thread_s_buffers_safely(fresh):
@@ -103,7 +103,7 @@ def test_a_call_while_the_buffers_are_in_use_gets_fresh_ones(fresh):
     # what a signal handler running a backward in the middle of one would see
     case = _case("lstm", SEED + 3, 5, 2, 4, 6)
     want = fresh("lstm", case)
-    pool = functional._POOL
+    pool = _scratch._POOL
     kept = pool.bufs
     # the outer call's buffers, big enough for any of this call's: never touched
     pool.bufs = {name: np.full(4096, np.nan, np.float32)
@@ -155,7 +155,7 @@ def test_an_exception_releases_the_buffers(monkeypatch, fresh):
         m.setattr(functional, "_weight_grads", fail)
         with pytest.raises(RuntimeError, match="inside the scratch"):
             _grads("gru-lbr", case)
-    assert not functional._POOL.busy
+    assert not _scratch._POOL.busy
     _same(_grads("gru-lbr", case), want)
 
 
@@ -163,9 +163,9 @@ def test_release_scratch_frees_the_thread_s_buffers(fresh):
     case = _case("gru-lbr", SEED + 6, 6, 3, 4, 5)
     want = fresh("gru-lbr", case)
     _grads("gru-lbr", case)
-    assert functional._POOL.bufs
+    assert _scratch._POOL.bufs
     functional.release_scratch()
-    assert not functional._POOL.bufs
+    assert not _scratch._POOL.bufs
     _same(_grads("gru-lbr", case), want)
 
 

@@ -36,7 +36,7 @@ def _weights(rng, cell, I, H, bias=True):
 def test_steps_equal_the_sequence_call(cell, options, T, B, bias):
     rng = np.random.default_rng(2)
     I, H = 5, 17
-    packed = B > 1 and not fastcells.functional._unpacked_projection(T * B, I)
+    packed = B > 1 and not fastcells._packing.unpacked_projection(T * B, I)
     weights = _weights(rng, cell, I, H, bias)
     kw = dict(options)
     if kw.pop("peephole", False):
@@ -157,12 +157,12 @@ def test_forward_equals_the_sequence_call(cell, options, T, B, reverse, monkeypa
     """Same bits as the functional call where both multiply packed; within STEP_TOL
     where the call multiplies a few rows unpacked.  (60, 3) runs in chunks of a few
     steps (CHUNK_FLOATS made small), both here and in the functional call."""
-    fn = fastcells.functional
+    fn = fastcells._packing
     chunked = []
     if T == 60:
         monkeypatch.setattr(fn, "CHUNK_FLOATS", 1024)
-        real = fn._chunks
-        monkeypatch.setattr(fn, "_chunks", lambda *a: chunked.append(1) or real(*a))
+        real = fn.inference_chunks
+        monkeypatch.setattr(fn, "inference_chunks", lambda *a: chunked.append(1) or real(*a))
     rng = np.random.default_rng(6)
     I, H = 5, 17
     weights, kw = _variant(rng, cell, options, I, H)
@@ -176,7 +176,7 @@ def test_forward_equals_the_sequence_call(cell, options, T, B, reverse, monkeypa
     got = Stepper(cell, *weights, **kw).forward(x, *state, lengths=lengths, reverse=reverse)
     assert type(got) is type(want) and got.cache is None
     assert len(chunked) == (2 if T == 60 else 0)       # both calls chunked
-    packed = not fn._unpacked_projection(T * B, I) and fn._packs_forward(
+    packed = not fn.unpacked_projection(T * B, I) and fn.packs_forward(
         fastcells._checks.ForwardArgs(*[None] * 9, T, B, I, H, 1))
     for name in want._fields[:-1]:
         if packed:
