@@ -12,17 +12,15 @@ types and the training cache live in ``_results``.
 from __future__ import annotations
 
 import sys
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple
 
 import numpy as np
-
 from numpy.typing import DTypeLike
 
 from ._cells import GATE_ORDER as GATE_ORDER  # re-exported
 from ._cells import GATES as GATES  # re-exported
 from ._cells import NONLINEARITIES
 from ._results import Cache
-
 
 # ----------------------------------------------------------------------------
 # dtypes
@@ -99,7 +97,8 @@ def float_dtype(*arrays: Any) -> np.dtype:
     dt = np.result_type(*dts) if dts else np.dtype(np.float64)
     if dt.kind != "f":
         dt = np.dtype(np.float64)
-    return np.dtype(dt).newbyteorder("=")
+    native: np.dtype = np.dtype(dt).newbyteorder("=")
+    return native
 
 
 def as_float(name: str, a: Any, dtype: DTypeLike) -> np.ndarray:
@@ -150,7 +149,7 @@ def _check_ndim(name: str, arr: np.ndarray, symbols: tuple[str, ...]) -> None:
 _SMALL_BATCH = 64
 
 
-def check_lengths(lengths: Any, T: int, B: int) -> Optional[np.ndarray]:
+def check_lengths(lengths: Any, T: int, B: int) -> np.ndarray | None:
     """Validate ``lengths``: None, or integers of shape (B,) with 0 <= lengths[b] <= T.
 
     Returns a C-contiguous int64 array, or None when every sequence is full
@@ -160,7 +159,8 @@ def check_lengths(lengths: Any, T: int, B: int) -> Optional[np.ndarray]:
         return None
     arr = np.asarray(lengths)
     if arr.dtype.kind not in "iu" or arr.dtype == np.bool_:
-        raise TypeError(f"lengths: expected an integer array of shape (B,) = ({B},), got dtype {arr.dtype}")
+        raise TypeError(f"lengths: expected an integer array of shape (B,) = ({B},), "
+                        f"got dtype {arr.dtype}")
     if arr.shape != (B,):
         raise ValueError(f"lengths: expected shape (B,) = ({B},), got {arr.shape}")
     if B == 0:
@@ -190,12 +190,12 @@ class ForwardArgs(NamedTuple):
     x: np.ndarray
     W_ih: np.ndarray
     W_hh: np.ndarray
-    b_ih: Optional[np.ndarray]
-    b_hh: Optional[np.ndarray]
-    h0: Optional[np.ndarray]
-    c0: Optional[np.ndarray]
-    lengths: Optional[np.ndarray]
-    peephole: Optional[np.ndarray]
+    b_ih: np.ndarray | None
+    b_hh: np.ndarray | None
+    h0: np.ndarray | None
+    c0: np.ndarray | None
+    lengths: np.ndarray | None
+    peephole: np.ndarray | None
     T: int
     B: int
     I: int
@@ -315,7 +315,7 @@ def check_forward(
     h0: Any = None,
     c0: Any = None,
     lengths: Any = None,
-    dtype: Optional[Any] = None,
+    dtype: Any | None = None,
     peephole: Any = None,
 ) -> ForwardArgs:
     """Validate and convert the arguments of ``<cell>_forward``.
@@ -341,7 +341,7 @@ def check_forward(
 
 def forward_as_is(cell: str, x: Any, W_ih: Any, W_hh: Any, b_ih: Any = None,
                   b_hh: Any = None, h0: Any = None, c0: Any = None, lengths: Any = None,
-                  peephole: Any = None) -> Optional[ForwardArgs]:
+                  peephole: Any = None) -> ForwardArgs | None:
     """``check_forward(..., dtype=float32)`` when every array passes exactly as it is
     (:func:`_as_is`, right shapes), else None: the same checks, in ``as_is`` mode.
     ``lengths`` gets its full checks (and errors) here too."""
@@ -360,7 +360,7 @@ def check_sequence(name: str, x: Any, I: int, dtype: DTypeLike) -> np.ndarray:
     return seq
 
 
-def without_padding(x: np.ndarray, lengths: Optional[np.ndarray]) -> np.ndarray:
+def without_padding(x: np.ndarray, lengths: np.ndarray | None) -> np.ndarray:
     """A copy of ``x`` (T, B, I) with the steps past each sequence's length zeroed.
 
     The forward pass never uses them, but ``dW_ih = dG^T x`` sums over every
@@ -374,16 +374,16 @@ def without_padding(x: np.ndarray, lengths: Optional[np.ndarray]) -> np.ndarray:
 
 
 def check_states(cell: str, h0: Any, c0: Any, lengths: Any, T: int, B: int, H: int,
-                 dtype: Any) -> tuple[Optional[np.ndarray], Optional[np.ndarray],
-                                      Optional[np.ndarray]]:
+                 dtype: Any) -> tuple[np.ndarray | None, np.ndarray | None,
+                                      np.ndarray | None]:
     """The initial states and lengths of a (T, B) batch, as ``check_forward`` returns them."""
     return _state_checks(cell, h0, c0, lengths, T, B, H, np.dtype(dtype), False)
 
 
 def _state_checks(cell: str, h0: Any, c0: Any, lengths: Any, T: int, B: int, H: int,
-                  dtype: Any, as_is: bool) -> tuple[Optional[np.ndarray],
-                                                    Optional[np.ndarray],
-                                                    Optional[np.ndarray]]:
+                  dtype: Any, as_is: bool) -> tuple[np.ndarray | None,
+                                                    np.ndarray | None,
+                                                    np.ndarray | None]:
     if h0 is not None:
         h0 = _array("h0", h0, dtype, as_is)
         if h0.shape != (B, H):
@@ -438,7 +438,7 @@ def check_cache(cache: Any, cell: str, backend: str) -> Cache:
 
 
 def check_grad(name: str, g: Any, symbols: tuple[str, ...], shape: tuple[int, ...],
-               dtype: Any) -> Optional[np.ndarray]:
+               dtype: Any) -> np.ndarray | None:
     """Validate an upstream gradient (None stays None, meaning zeros)."""
     if g is None:
         return None

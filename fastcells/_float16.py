@@ -6,6 +6,8 @@ message.  The arithmetic stays float32; only the stored weights are rounded.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 F32 = np.float32
@@ -14,7 +16,7 @@ F32 = np.float32
 F16_MAX = float(np.finfo(np.float16).max)
 
 
-def check_weight_dtype(weight_dtype, name: str = "weight_dtype") -> bool:
+def check_weight_dtype(weight_dtype: Any, name: str = "weight_dtype") -> bool:
     """Whether ``weight_dtype`` (the argument ``name``) asks for float16 weights (else
     float32)."""
     try:
@@ -23,7 +25,7 @@ def check_weight_dtype(weight_dtype, name: str = "weight_dtype") -> bool:
         dt = None
     if dt not in (np.dtype(np.float16), np.dtype(np.float32)):
         raise ValueError(f"{name}: expected 'float32' or 'float16', got {weight_dtype!r}")
-    return dt == np.float16
+    return bool(dt == np.float16)
 
 
 def float16_values(name: str, W: np.ndarray, setting: str = "weight_dtype") -> np.ndarray:

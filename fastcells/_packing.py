@@ -16,7 +16,8 @@ same order and give the same bits.
 """
 from __future__ import annotations
 
-from typing import Callable, Iterable, Iterator, NamedTuple, Optional
+from collections.abc import Callable, Iterable, Iterator
+from typing import NamedTuple
 
 import numpy as np
 
@@ -83,17 +84,17 @@ class Weights(NamedTuple):
     ``PACK_HALF``: ``pack_half()``, float16 weights).
     """
 
-    bias: Optional[np.ndarray]
-    bhn: Optional[np.ndarray]
+    bias: np.ndarray | None
+    bhn: np.ndarray | None
     project: Product
     packing: int
     wp: np.ndarray
-    wp_n: Optional[np.ndarray]
-    peephole: Optional[np.ndarray]
+    wp_n: np.ndarray | None
+    peephole: np.ndarray | None
 
 
-def project(x: np.ndarray, product: Product, GH: int, bias: Optional[np.ndarray],
-            out: Optional[np.ndarray] = None) -> np.ndarray:
+def project(x: np.ndarray, product: Product, GH: int, bias: np.ndarray | None,
+            out: np.ndarray | None = None) -> np.ndarray:
     """Phase 1: ``x (T, B, I) @ W_ih.T + bias`` as one GEMM, float32 C order (T, B, G*H)."""
     T, B, I = x.shape
     gx = np.empty((T * B, GH), F32) if out is None else out.reshape(T * B, GH)
@@ -120,7 +121,7 @@ def projected_chunks(a: ForwardArgs, w: Weights, training: bool,
     return inference_chunks(a, w.project, w.bias, reverse)
 
 
-def inference_chunks(a: ForwardArgs, product: Product, bias: Optional[np.ndarray],
+def inference_chunks(a: ForwardArgs, product: Product, bias: np.ndarray | None,
                      reverse: bool) -> Iterator[tuple[int, np.ndarray]]:
     """The inference chunks of :func:`projected_chunks`, one reused buffer."""
     # never a chunk of one row: the packed product of one row is the GEMV, which
@@ -138,7 +139,7 @@ def inference_chunks(a: ForwardArgs, product: Product, bias: Optional[np.ndarray
 
 
 def fold_biases(a: ForwardArgs,
-                layout: RecurrentLayout) -> tuple[Optional[np.ndarray], Optional[np.ndarray]]:
+                layout: RecurrentLayout) -> tuple[np.ndarray | None, np.ndarray | None]:
     """The bias added to the input projection, and ``b_hn`` kept apart.
 
     ``b_ih + b_hh`` for every gate, except ``b_hn`` when ``layout.bhn_apart``.
@@ -158,7 +159,7 @@ def fold_biases(a: ForwardArgs,
 
 def pack_recurrent(W_hh: np.ndarray, split_n: bool,
                    prep: Callable[[np.ndarray, int], np.ndarray]
-                   ) -> tuple[np.ndarray, Optional[np.ndarray]]:
+                   ) -> tuple[np.ndarray, np.ndarray | None]:
     """``W_hh`` as the loop takes it: ``prep(W, i)`` of its part ``i`` (packed, or its
     own rows flat).  With ``split_n`` the last H rows (``W_hn``, part 1) go apart
     from the others (part 0).  Returns ``(wp, wp_n or None)``."""

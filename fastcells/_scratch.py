@@ -18,7 +18,7 @@ a view of a scratch buffer.
 from __future__ import annotations
 
 import threading
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -55,10 +55,10 @@ class Scratch:
     """
 
     __slots__ = ("bufs", "owner")
-    bufs: Optional[dict[str, np.ndarray]]
+    bufs: dict[str, np.ndarray] | None
     owner: bool
 
-    def __enter__(self) -> "Scratch":
+    def __enter__(self) -> Scratch:
         # the pool is claimed at the first buffer it keeps, not here: a call
         # with only small buffers pays nothing for it
         self.bufs = None

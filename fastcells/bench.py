@@ -201,7 +201,8 @@ class Problem:
         """The float64 reference's outputs (and gradients for ``fwdbwd``), by name."""
         if mode not in self._expected:
             self._expected[mode] = outputs(reference, self, mode, np.float64)
-        return self._expected[mode]
+        expected: dict[str, Any] = self._expected[mode]
+        return expected
 
 
 def make_problem(cell: str, shape: Shape, seed: int = 0) -> Problem:
@@ -427,7 +428,8 @@ def make_runner(system: str, p: Problem, mode: str, bench_dir: Path | None = Non
     bench = load_bench(bench_dir)
     if bench is None:
         raise Unavailable(NO_BENCH_DIR)
-    return bench.peers.RUNNERS[system](p, mode)
+    runner: Callable[[], Any] = bench.peers.RUNNERS[system](p, mode)
+    return runner
 
 
 # ----------------------------------------------------------------------------
@@ -482,7 +484,9 @@ def measure(fn: Runner, target: float, min_repeats: int = 3,
             repeat: int | None = None) -> dict[str, Any]:
     """Median and minimum milliseconds per call of ``fn`` (one round; see
     :func:`measure_rounds`)."""
-    return measure_rounds({"fn": fn}, target, min_repeats, repeat, rounds=1)["fn"]
+    timing: dict[str, Any] = measure_rounds({"fn": fn}, target, min_repeats, repeat,
+                                            rounds=1)["fn"]
+    return timing
 
 
 def pin_threads() -> Any | None:
@@ -646,15 +650,15 @@ def _fmt(v: float | None, spec: str) -> str:
     return "-" if v is None else format(v, spec)
 
 
-def _ms(system: str) -> Callable[[dict], str]:
+def _ms(system: str) -> Callable[[dict[str, Any]], str]:
     return lambda r: _fmt(r["times"].get(system, {}).get("median_ms"), ".3f")
 
 
-def _ratio(system: str) -> Callable[[dict], str]:
+def _ratio(system: str) -> Callable[[dict[str, Any]], str]:
     return lambda r: _fmt(r["ratios"].get(system), ".2f")
 
 
-def _field(key: str, spec: str) -> Callable[[dict], str]:
+def _field(key: str, spec: str) -> Callable[[dict[str, Any]], str]:
     return lambda r: _fmt(r.get(key), spec)
 
 
@@ -672,7 +676,7 @@ class Column:
 
     head: str
     meaning: str
-    cell: Callable[[dict], str]
+    cell: Callable[[dict[str, Any]], str]
     text: bool = False      # left-aligned (names), otherwise right-aligned (numbers)
 
 
@@ -717,7 +721,7 @@ WIDE = _KEY + tuple(Column(s, f"{note}; median ms", _ms(s)) for s, note in SYSTE
 )
 
 
-def format_table(rows: Sequence[dict], columns: Sequence[Column] = COMPACT) -> str:
+def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[Column] = COMPACT) -> str:
     """The rows as a fixed-width text table of ``columns`` (default: :data:`COMPACT`)."""
     head = [c.head for c in columns]
     body = [[c.cell(r) for c in columns] for r in rows]
@@ -729,7 +733,7 @@ def format_table(rows: Sequence[dict], columns: Sequence[Column] = COMPACT) -> s
     return "\n".join([line(head), line(["-" * w for w in widths])] + [line(b) for b in body])
 
 
-def markdown_table(rows: Sequence[dict], columns: Sequence[Column] = COMPACT) -> str:
+def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[Column] = COMPACT) -> str:
     """The rows as a Markdown (GitHub) table of ``columns``."""
     lines = ["| " + " | ".join(c.head for c in columns) + " |",
              "|" + "|".join(":---" if c.text else "---:" for c in columns) + "|"]
@@ -737,7 +741,7 @@ def markdown_table(rows: Sequence[dict], columns: Sequence[Column] = COMPACT) ->
     return "\n".join(lines)
 
 
-def missing_peers(rows: Sequence[dict], systems: Sequence[str]) -> str:
+def missing_peers(rows: Sequence[dict[str, Any]], systems: Sequence[str]) -> str:
     """One line: the peers asked for that were not timed, and why (or that none is missing)."""
     why = {s: r["skipped"][s] for r in rows for s in PEERS if s in r["skipped"]
            and r["skipped"][s] != NOT_APPLICABLE}
@@ -756,7 +760,7 @@ def _legend_lines(columns: Sequence[Column]) -> list[str]:
     return [f"- `{c.head}`: {c.meaning}" for c in columns]
 
 
-def write_markdown(path: str, rows: Sequence[dict], info: dict[str, Any], *, grid: str,
+def write_markdown(path: str, rows: Sequence[dict[str, Any]], info: dict[str, Any], *, grid: str,
                    elapsed: float, command: str) -> None:
     """Write the report as Markdown: the machine, the date, the commit, the version, the
     threads, a short legend, the default table and then every column."""
@@ -876,7 +880,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def _check(rows: Sequence[dict]) -> bool:
+def _check(rows: Sequence[dict[str, Any]]) -> bool:
     """Print why each failing row fails --check (stderr); True when none does."""
     ok = True
     for r in rows:
@@ -952,7 +956,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _plot(rows: Sequence[dict], info: dict[str, Any], path: str, bench_dir: Path | None) -> None:
+def _plot(rows: Sequence[dict[str, Any]], info: dict[str, Any], path: str,
+          bench_dir: Path | None) -> None:
     """Draw the plot with the bench/ folder's plotter, or say what is missing."""
     bench = load_bench(bench_dir)
     if bench is None:

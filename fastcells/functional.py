@@ -19,12 +19,13 @@ pool, ``_scratch``); the loop allocates nothing.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, NamedTuple, Optional, Union, cast
+from collections.abc import Callable, Iterable
+from typing import Any, NamedTuple, cast
 
 import numpy as np
 
 from . import _kernels
-from ._cells import CELLS, CellSpec, cell_spec
+from ._cells import CELLS, cell_spec
 from ._checks import (
     ForwardArgs,
     as_float,
@@ -68,15 +69,15 @@ __all__ = [
 ]
 
 Options = dict[str, Any]
-AnyForwardResult = Union[ForwardResult, LSTMForwardResult]
-AnyGradients = Union[Gradients, LSTMGradients, PeepholeLSTMGradients]
+AnyForwardResult = ForwardResult | LSTMForwardResult
+AnyGradients = Gradients | LSTMGradients | PeepholeLSTMGradients
 
 
 # ----------------------------------------------------------------------------
 # what the skeletons hand a cell's adapter
 
 Chunks = Iterable[tuple[int, np.ndarray]]
-Kept = dict[str, Optional[np.ndarray]]
+Kept = dict[str, np.ndarray | None]
 
 #: ``forward(a, w, options, reverse, training, states, y, chunks, gates)``: a cell's
 #: time loop over the projected ``chunks`` (:func:`_packing.projected_chunks`), given
@@ -86,7 +87,7 @@ Kept = dict[str, Optional[np.ndarray]]
 #: keeps besides ``y`` and ``gates``, named as in ``CellSpec.cache_fields``.
 #: Plain arguments, no record: this runs per call, and T = B = 1 calls are short.
 ForwardLoop = Callable[[ForwardArgs, Weights, Options, bool, bool, tuple[np.ndarray, ...],
-                        np.ndarray, Chunks, Optional[np.ndarray]], Kept]
+                        np.ndarray, Chunks, np.ndarray | None], Kept]
 
 
 class _Back(NamedTuple):
@@ -96,11 +97,11 @@ class _Back(NamedTuple):
 
     cache: Cache
     s: Scratch
-    dy: Optional[np.ndarray]
+    dy: np.ndarray | None
     finals: list[np.ndarray]
     init: list[np.ndarray]
     reverse: bool
-    lengths: Optional[np.ndarray]
+    lengths: np.ndarray | None
     T: int
     B: int
     H: int
@@ -110,7 +111,7 @@ def _no_extra(b: _Back, dG: np.ndarray, hprev: np.ndarray) -> tuple[np.ndarray, 
     return ()
 
 
-def _no_recurrent_input(b: _Back, hprev: np.ndarray) -> Optional[np.ndarray]:
+def _no_recurrent_input(b: _Back, hprev: np.ndarray) -> np.ndarray | None:
     return None
 
 
@@ -143,7 +144,7 @@ class _Adapter(NamedTuple):
     backward: Callable[[_Back], tuple[np.ndarray, np.ndarray]]
     forward_result: Callable[..., AnyForwardResult]
     gradients: Callable[[Cache], Callable[..., AnyGradients]]
-    recurrent_input_n: Callable[[_Back, np.ndarray], Optional[np.ndarray]] = _no_recurrent_input
+    recurrent_input_n: Callable[[_Back, np.ndarray], np.ndarray | None] = _no_recurrent_input
     extra: Callable[[_Back, np.ndarray, np.ndarray], tuple[np.ndarray, ...]] = _no_extra
     empty_extra: Callable[[Cache], tuple[np.ndarray, ...]] = _no_empty_extra
 
@@ -160,7 +161,7 @@ def _plain_layout(options: Options) -> RecurrentLayout:
 
 def _rnn_forward_loop(a: ForwardArgs, w: Weights, options: Options, reverse: bool,
                       training: bool, states: tuple[np.ndarray, ...], y: np.ndarray,
-                      chunks: Chunks, gates: Optional[np.ndarray]) -> Kept:
+                      chunks: Chunks, gates: np.ndarray | None) -> Kept:
     relu = options["nonlinearity"] == "relu"
     gh = np.empty((a.B, a.H), F32)
     for t0, gx in chunks:
@@ -184,7 +185,7 @@ def _gru_layout(options: Options) -> RecurrentLayout:
 
 def _gru_forward_loop(a: ForwardArgs, w: Weights, options: Options, reverse: bool,
                       training: bool, states: tuple[np.ndarray, ...], y: np.ndarray,
-                      chunks: Chunks, gates: Optional[np.ndarray]) -> Kept:
+                      chunks: Chunks, gates: np.ndarray | None) -> Kept:
     lbr = options["linear_before_reset"]
     hn = np.empty((a.T, a.B, a.H), F32) if training and lbr else None
     # without linear_before_reset the n rows' product waits for r: gh has the
@@ -214,7 +215,7 @@ def _gru_backward_loop(b: _Back) -> tuple[np.ndarray, np.ndarray]:
     return dGx, dGx if dGh is None else dGh
 
 
-def _gru_recurrent_input_n(b: _Back, hprev: np.ndarray) -> Optional[np.ndarray]:
+def _gru_recurrent_input_n(b: _Back, hprev: np.ndarray) -> np.ndarray | None:
     # without linear_before_reset, n = tanh(... + W_hn (r*h) + b_hn): W_hn sees r*h
     if b.cache.options["linear_before_reset"]:
         return None
@@ -225,7 +226,7 @@ def _gru_recurrent_input_n(b: _Back, hprev: np.ndarray) -> Optional[np.ndarray]:
 
 def _lstm_forward_loop(a: ForwardArgs, w: Weights, options: Options, reverse: bool,
                        training: bool, states: tuple[np.ndarray, ...], y: np.ndarray,
-                       chunks: Chunks, gates: Optional[np.ndarray]) -> Kept:
+                       chunks: Chunks, gates: np.ndarray | None) -> Kept:
     h, c = states
     # zeros, not empty: masked steps are never written, and dpeephole
     # multiplies every step's cs by its (zero) gate gradient: 0 * garbage
@@ -289,7 +290,7 @@ assert tuple(_ADAPTERS) == tuple(CELLS), "one adapter per cell of _cells.CELLS"
 # the forward skeleton
 
 
-def _initial(state: Optional[np.ndarray], B: int, H: int) -> np.ndarray:
+def _initial(state: np.ndarray | None, B: int, H: int) -> np.ndarray:
     """A new float32 (B, H) buffer holding the initial state (the kernel updates it)."""
     return np.zeros((B, H), F32) if state is None else state.copy()
 
@@ -301,7 +302,7 @@ _KEEPS_GATES = frozenset(cell for cell, spec in CELLS.items() if "gates" in spec
 
 
 def _run(cell: str, a: ForwardArgs, options: Options, reverse: bool, training: bool,
-         weights: Optional[Weights] = None) -> tuple[np.ndarray, tuple[np.ndarray, ...], Kept]:
+         weights: Weights | None = None) -> tuple[np.ndarray, tuple[np.ndarray, ...], Kept]:
     """The outputs ``y``, the final states and what training keeps (besides ``y``) of
     one forward pass; ``weights`` prepared (Stepper) or None (prepared here)."""
     adapter = _ADAPTERS[cell]
@@ -326,7 +327,7 @@ def _cache(cell: str, args: ForwardArgs, options: Options, kept: Kept,
     # The inputs may be the caller's own arrays (passed through when already
     # float32 and C order): copy them, so that a caller who reuses a buffer or
     # updates weights in place before backward still gets the right gradients.
-    def own(a: Optional[np.ndarray]) -> Optional[np.ndarray]:
+    def own(a: np.ndarray | None) -> np.ndarray | None:
         return None if a is None else a.copy()
     arrays: dict[str, Any] = dict(
         x=without_padding(args.x, args.lengths), W_ih=own(args.W_ih), W_hh=own(args.W_hh),
@@ -353,7 +354,7 @@ def _forward(cell: str, options: Options, x: Any, W_ih: Any, W_hh: Any, b_ih: An
 # the backward skeleton
 
 
-def _prev_states(y: np.ndarray, init: np.ndarray, lengths: Optional[np.ndarray],
+def _prev_states(y: np.ndarray, init: np.ndarray, lengths: np.ndarray | None,
                  reverse: bool, prev: np.ndarray) -> np.ndarray:
     """``prev`` (T, B, H) := the state before each step, in the processing order
     (for dW_hh).  Rows of masked steps are left as they fall: their gate
@@ -374,7 +375,7 @@ def _prev_states(y: np.ndarray, init: np.ndarray, lengths: Optional[np.ndarray],
 
 def _weight_grads(s: Scratch, x: np.ndarray, W_ih: np.ndarray, dGx: np.ndarray,
                   dGh: np.ndarray, hprev: np.ndarray, has_bias: bool,
-                  hprev_n: Optional[np.ndarray] = None) -> tuple[Any, ...]:
+                  hprev_n: np.ndarray | None = None) -> tuple[Any, ...]:
     """Phase 3: ``dx, dW_ih, dW_hh, db_ih, db_hh`` as one matrix product (or sum) each.
 
     ``hprev_n``: what the last H rows of ``W_hh`` multiply instead of ``hprev``
@@ -404,7 +405,7 @@ def _weight_grads(s: Scratch, x: np.ndarray, W_ih: np.ndarray, dGx: np.ndarray,
     return dx, dW_ih, dW_hh, db_ih, db_hh
 
 
-def _zeros_if_none(a: Optional[np.ndarray], B: int, H: int) -> np.ndarray:
+def _zeros_if_none(a: np.ndarray | None, B: int, H: int) -> np.ndarray:
     return np.zeros((B, H), F32) if a is None else a
 
 
@@ -636,7 +637,7 @@ def lstm_forward(x: Any, W_ih: Any, W_hh: Any, b_ih: Any = None, b_hh: Any = Non
 
 
 def lstm_backward(cache: Any, dy: Any = None, dh: Any = None,
-                  dc: Any = None) -> Union[LSTMGradients, PeepholeLSTMGradients]:
+                  dc: Any = None) -> LSTMGradients | PeepholeLSTMGradients:
     """Backpropagate through :func:`lstm_forward` (BPTT).
 
     Parameters
@@ -663,7 +664,7 @@ def lstm_backward(cache: Any, dy: Any = None, dh: Any = None,
     several Python threads can run calls at once (each thread keeps its own
     scratch buffers: :func:`release_scratch`).
     """
-    return cast(Union[LSTMGradients, PeepholeLSTMGradients],
+    return cast(LSTMGradients | PeepholeLSTMGradients,
                 _backward("lstm", cache, dy, (dh, dc)))
 
 
@@ -800,7 +801,7 @@ class Stepper:
         return state
 
     def __call__(self, x_t: Any, h: Any = None,
-                 c: Any = None) -> Union[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+                 c: Any = None) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """One step: ``x_t (B, I)`` and the state ``h`` (LSTM: ``h, c``), each (B, H) or
         None for zeros.  Returns the new ``h`` (LSTM: ``(h, c)``), new float32 arrays."""
         if not is_f32c(x_t):

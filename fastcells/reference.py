@@ -82,8 +82,7 @@ def _active(lengths: npt.NDArray[np.int64] | None, T: int, B: int) -> npt.NDArra
 
 def _options(cache: Cache) -> Mapping[str, Any]:
     """The forward options a cache was made with (``reverse``, ``bias``, the cell's own)."""
-    options: Mapping[str, Any] = cache.options  # type: ignore[attr-defined]  # unannotated slot
-    return options
+    return cache.options
 
 
 # ----------------------------------------------------------------------------

@@ -6,7 +6,8 @@ Validation is shared (``fastcells._checks``), so every table runs against
 both ``fastcells`` and ``fastcells.reference``.  Each case starts from a
 valid call (every argument given, lengths included) and changes one thing.
 """
-from typing import Callable, NamedTuple, Optional
+from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -37,7 +38,7 @@ class Case(NamedTuple):
     bad: Callable
     error: type
     texts: Callable
-    blamed: Optional[str] = None
+    blamed: str | None = None
     families: tuple = ("rnn", "gru", "lstm")
 
 

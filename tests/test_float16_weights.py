@@ -13,14 +13,12 @@ hardware (AVX2+F16C, AVX-512).  Checked here:
 """
 import numpy as np
 import pytest
-
-import fastcells
-from fastcells import _kernels
-from fastcells.functional import Stepper
-from fastcells import reference
-
 from conftest import assert_close
 from test_stepper import VARIANTS, _variant
+
+import fastcells
+from fastcells import _kernels, reference
+from fastcells.functional import Stepper
 
 #: float32 kernels vs the float64 reference (same rounded weights), as test_kernels
 TOL = 2e-5

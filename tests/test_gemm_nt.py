@@ -7,11 +7,10 @@ empty, shorter than a register, and not a multiple of one (k).
 """
 import numpy as np
 import pytest
+from conftest import CELLS, FWD_TOL, as_float64, assert_close, forward, make_inputs
 
 import fastcells
 from fastcells import _kernels, _packing
-
-from conftest import CELLS, FWD_TOL, as_float64, assert_close, forward, make_inputs
 
 #: as tests/test_gemm.py: k * max|A| * max|W| * eps(float32) units
 ERR_UNITS = 2.0

@@ -63,7 +63,7 @@ T0, B0, I0, H0 = 7, 4, 5, 6
 # the grid against the reference
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def reference_case(cell, T, B, H, bias, initial_state, with_lengths, reverse):
     """float32 inputs, options, upstream gradients and the float64 reference results."""
     flags = [int(f) for f in (bias, initial_state, with_lengths, reverse)]

@@ -11,11 +11,10 @@ import threading
 
 import numpy as np
 import pytest
+from conftest import CELLS, SEED, backward, forward, make_inputs, make_lengths, make_upstream
 
 import fastcells
 from fastcells import _kernels, _scratch, functional
-
-from conftest import CELLS, SEED, backward, forward, make_inputs, make_lengths, make_upstream
 
 
 def _case(cell, seed, T, B, I, H):

@@ -6,11 +6,10 @@ multiplies unpacked, which sums in another order, so there the two agree to
 float32 rounding (STEP_TOL)."""
 import numpy as np
 import pytest
+from conftest import assert_close
 
 import fastcells
 from fastcells.functional import Stepper
-
-from conftest import assert_close
 
 #: Stepper vs an unpacked batch-1 sequence call: a few float32 ulps per step
 STEP_TOL = 1e-6
@@ -248,7 +247,7 @@ def test_forward_from_threads_gives_the_serial_numbers():
     for _ in range(10):
         got = [None] * len(xs)
 
-        def run(i):
+        def run(i, got=got):
             got[i] = step.forward(xs[i]).y
         threads = [threading.Thread(target=run, args=(i,)) for i in range(len(xs))]
         for th in threads:
