@@ -45,6 +45,11 @@ else:
         COMPILE_ARGS = [f"-fsanitize={SANITIZE}", "-fno-omit-frame-pointer", "-O1", "-g",
                         "-fvisibility=hidden", "-std=gnu11"]
 LINK_ARGS = [f"-fsanitize={SANITIZE}"] if SANITIZE and sys.platform != "win32" else []
+# The kernels' parallel loops are OpenMP (Cython prange): fastcells' threads are
+# then the ones threadpoolctl and OMP_NUM_THREADS already know how to limit.
+OPENMP = ["/openmp"] if sys.platform == "win32" else ["-fopenmp"]
+COMPILE_ARGS += OPENMP
+LINK_ARGS += [] if sys.platform == "win32" else OPENMP
 
 extensions = [
     Extension(

@@ -6,7 +6,9 @@ with PyTorch's API (``RNN``, ``GRU``, ``LSTM``, ``Linear``), training pieces
 (``optim``, ``losses``, ``clip_grad_norm``), weight conversion (``interop``)
 and the gradient-flow diagnostic (``diagnostics``).  ``fastcells.reference``
 is the pure-NumPy oracle with the same functions.  ``show_config()`` prints
-the version, the instruction-set path in use and NumPy's BLAS.
+the version, the instruction-set path in use, the thread count and NumPy's
+BLAS; ``set_num_threads`` / ``get_num_threads`` (or ``FASTCELLS_NUM_THREADS``)
+set how many threads one call may use.
 """
 from . import diagnostics, interop, losses, optim, reference
 from ._config import show_config
@@ -18,6 +20,7 @@ from ._results import (
     LSTMGradients,
     PeepholeLSTMGradients,
 )
+from ._threads import get_num_threads, set_num_threads
 from .functional import (
     Stepper,
     gru_backward,
@@ -37,6 +40,7 @@ __all__ = [
     "lstm_forward", "lstm_backward", "Stepper",
     "RNN", "GRU", "LSTM", "Linear", "clip_grad_norm",
     "optim", "losses", "interop", "diagnostics", "reference", "show_config",
+    "set_num_threads", "get_num_threads",
     "ForwardResult", "LSTMForwardResult", "Gradients", "LSTMGradients",
     "PeepholeLSTMGradients", "Cache",
 ]

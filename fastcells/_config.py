@@ -12,7 +12,7 @@ from typing import TypedDict
 
 import numpy as np
 
-from . import _kernels
+from . import _kernels, _threads
 
 #: the environment variable that forces an ISA path
 ISA_VARIABLE = "FASTCELLS_ISA"
@@ -48,6 +48,9 @@ class Config(TypedDict):
     numpy: str
     numpy_blas: str
     python: str
+    threads: int
+    threads_setting: int | None
+    cores: int
 
 
 def config() -> Config:
@@ -59,8 +62,11 @@ def config() -> Config:
         ``fastcells`` (version), ``isa`` (the ISA path in use),
         ``isa_available`` (those this CPU runs, narrowest first),
         ``isa_forced`` (the value of ``FASTCELLS_ISA``, or None), ``numpy``
-        (version), ``numpy_blas`` (the BLAS NumPy was built with) and
-        ``python`` (version).
+        (version), ``numpy_blas`` (the BLAS NumPy was built with),
+        ``python`` (version), ``threads`` (what one call may use:
+        ``fastcells.get_num_threads()``), ``threads_setting`` (the explicit
+        setting, ``set_num_threads`` or ``FASTCELLS_NUM_THREADS``, or None) and
+        ``cores`` (the cores this process may run on).
     """
     from . import __version__
 
@@ -72,6 +78,9 @@ def config() -> Config:
         "numpy": np.__version__,
         "numpy_blas": _blas_info(),
         "python": sys.version.split()[0],
+        "threads": _threads.get_num_threads(),
+        "threads_setting": _threads.thread_setting(),
+        "cores": _threads.available_cores(),
     }
 
 
@@ -89,6 +98,7 @@ def show_config() -> None:
         fastcells 0.1.0
           ISA in use:    avx512
           ISA available: generic, avx2, avx512
+          threads:       2 per call (default: the cores this process may use, 2)
           NumPy:         2.1.0 (BLAS: scipy-openblas 0.3.27)
           Python:        3.11.7
 
@@ -102,6 +112,9 @@ def show_config() -> None:
     forced = f" (forced by {ISA_VARIABLE})" if c["isa_forced"] else ""
     print(f"  ISA in use:    {c['isa']}{forced}")
     print(f"  ISA available: {', '.join(c['isa_available'])}")
+    how = (f"set by set_num_threads or {_threads.THREADS_VARIABLE}" if c["threads_setting"]
+           else f"default: the cores this process may use, {c['cores']}")
+    print(f"  threads:       {c['threads']} per call ({how})")
     print(f"  NumPy:         {c['numpy']} (BLAS: {c['numpy_blas']})")
     print(f"  Python:        {c['python']}")
 

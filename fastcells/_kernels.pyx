@@ -27,6 +27,8 @@ from libc.string cimport memcpy, memset
 
 import numpy as np
 
+cimport openmp
+
 from ._cells import CELLS
 
 
@@ -80,6 +82,14 @@ cdef enum CellKind:
     KIND_LSTM
 
 _KINDS = {"rnn": KIND_RNN, "gru": KIND_GRU, "lstm": KIND_LSTM}
+
+
+# ----------------------------------------------------------------------------
+# threads
+
+def openmp_max_threads():
+    """OpenMP's thread limit in the calling thread (``OMP_NUM_THREADS``, threadpoolctl)."""
+    return openmp.omp_get_max_threads()
 
 
 # ----------------------------------------------------------------------------
