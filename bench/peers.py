@@ -1,14 +1,23 @@
-"""The peers' runners: PyTorch and ONNX Runtime on a benchmark problem, one thread each.
+"""The peers' runners: PyTorch and ONNX Runtime on a benchmark problem, at a thread count.
 
 Each runner builds everything outside the timed call (module, session,
 tensors), checks the peer's ``y`` against fastcells' (``fastcells.bench.agree``)
 and returns a zero-argument callable, or raises ``fastcells.bench.Unavailable``
 saying why the peer cannot run (not installed, inference only, disagrees).
+A variable-length problem (``p.lengths``) runs through PyTorch's packed
+sequences and ONNX Runtime's ``sequence_lens``.
+
+Threads: ``SET_THREADS[peer](n)`` sets a peer to ``n`` threads, or (None) to
+its own default; ``fastcells.bench.make_runner`` calls it before the runner.
+PyTorch holds its count process-wide; an ONNX Runtime session holds its own,
+so its runner takes the count.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
+
+import numpy as np
 
 from fastcells.bench import NOT_APPLICABLE, Problem, Runner, Unavailable, agree
 
@@ -17,18 +26,90 @@ from . import onnx_model
 #: PyTorch's parameter name of each weight (single layer, forward direction)
 TORCH_NAMES = {"W_ih": "weight_ih_l0", "W_hh": "weight_hh_l0", "b_ih": "bias_ih_l0",
                "b_hh": "bias_hh_l0"}
+#: PyTorch's own thread count, read before the report first sets it (its default)
+_torch_default: list[int] = []
 
 
-def torch_runner(p: Problem, mode: str) -> Runner:
-    """``torch.nn.RNN/GRU/LSTM`` with ``p``'s weights: forward under
-    ``torch.inference_mode()``; forward+backward with ``y.backward(dy)`` and
-    gradients for the input, the initial states and the parameters (what
-    fastcells computes)."""
+def _torch() -> Any:
+    """The torch module, its default thread count recorded; Unavailable if not installed."""
     try:
         import torch
     except ImportError:
         raise Unavailable("torch not installed") from None
-    torch.set_num_threads(1)
+    if not _torch_default:
+        _torch_default.append(torch.get_num_threads())
+    return torch
+
+
+def set_torch_threads(n: int | None) -> None:
+    """PyTorch at ``n`` intra-op threads (one inter-op thread, when it may still be set),
+    or back to its default for None; nothing when torch is not installed."""
+    try:
+        torch = _torch()
+    except Unavailable:
+        return
+    torch.set_num_threads(_torch_default[0] if n is None else n)
+    if n is not None:
+        try:
+            torch.set_num_interop_threads(1)
+        except RuntimeError:        # settable once, before any inter-op work
+            pass
+
+
+def _session_threads(n: int | None) -> None:
+    """ONNX Runtime: a session holds its threads (``ort_runner`` takes them)."""
+
+
+def _physical_cores() -> int | None:
+    """Physical cores among those this process may use (Linux), else None."""
+    import os
+
+    try:
+        allowed = os.sched_getaffinity(0)
+        cores: set[tuple[str | None, str]] = set()
+        cpu: int | None = None
+        package: str | None = None
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "processor":
+                    cpu, package = int(value), None
+                elif key == "physical id":
+                    package = value.strip()
+                elif key == "core id" and cpu in allowed:
+                    cores.add((package, value.strip()))
+        return len(cores) or None
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def default_threads(peers: Sequence[str]) -> dict[str, str]:
+    """What each of ``peers`` runs with at its default thread count, for the header."""
+    got = {}
+    if "torch" in peers:
+        try:
+            _torch()
+            got["torch"] = f"{_torch_default[0]} (get_num_threads)"
+        except Unavailable:
+            pass
+    if "ort" in peers:
+        cores = _physical_cores()
+        got["ONNX Runtime"] = ("its own (intra_op_num_threads=0: one per physical core"
+                               + (f", {cores} here)" if cores else ")"))
+    return got
+
+
+def torch_runner(p: Problem, mode: str, threads: int | None = 1) -> Runner:
+    """``torch.nn.RNN/GRU/LSTM`` with ``p``'s weights: forward under
+    ``torch.inference_mode()``; forward+backward with ``y.backward(dy)`` and
+    gradients for the input, the initial states and the parameters (what
+    fastcells computes).  With ``p.lengths``: ``pack_padded_sequence``
+    (``enforce_sorted=False``) in, ``pad_packed_sequence`` out, both timed."""
+    torch = _torch()
+    set_torch_threads(threads)
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
     # torch.nn names its layers as fastcells does: RNN, GRU, LSTM
     mod = getattr(torch.nn, p.spec.layer)(p.shape.I, p.shape.H)
     with torch.no_grad():
@@ -36,9 +117,14 @@ def torch_runner(p: Problem, mode: str) -> Runner:
             getattr(mod, theirs).copy_(torch.from_numpy(getattr(p, ours)))
     x = torch.from_numpy(p.x)
     states = [torch.from_numpy(s)[None] for s in p.states()]
+    lengths = None if p.lengths is None else torch.from_numpy(p.lengths.astype(np.int64))
 
-    def call(x: Any, states: list) -> Any:
-        return mod(x, tuple(states) if len(states) > 1 else states[0])[0]
+    def call(x: Any, states: list[Any]) -> Any:
+        hx = tuple(states) if len(states) > 1 else states[0]
+        if lengths is None:
+            return mod(x, hx)[0]
+        packed = pack_padded_sequence(x, lengths, enforce_sorted=False)
+        return pad_packed_sequence(mod(packed, hx)[0], total_length=p.shape.T)[0]
 
     with torch.inference_mode():
         agree("torch", call(x, states).numpy(), p)
@@ -59,9 +145,11 @@ def torch_runner(p: Problem, mode: str) -> Runner:
     return run_bwd
 
 
-def ort_runner(p: Problem, mode: str) -> Runner:
-    """ONNX Runtime on :func:`onnx_model.model_bytes`, one intra- and one inter-op
-    thread, forward only (ONNX Runtime's inference sessions have no backward)."""
+def ort_runner(p: Problem, mode: str, threads: int | None = 1) -> Runner:
+    """ONNX Runtime on :func:`onnx_model.model_bytes`, ``threads`` intra-op threads and
+    one inter-op thread (None: the session's defaults), forward only (ONNX
+    Runtime's inference sessions have no backward).  With ``p.lengths``, fed as
+    the model's ``sequence_lens``."""
     if mode != "fwd":
         raise Unavailable(NOT_APPLICABLE)
     try:
@@ -70,16 +158,19 @@ def ort_runner(p: Problem, mode: str) -> Runner:
     except ImportError as exc:
         raise Unavailable(f"{exc.name} not installed") from None
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.inter_op_num_threads = 1
+    if threads is not None:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
     sess = ort.InferenceSession(onnx_model.model_bytes(p), opts,
                                 providers=["CPUExecutionProvider"])
-    feed = {name: s[None] for name, s in zip(onnx_model.state_inputs(p), p.states())}
-    feed["X"] = p.x
+    feed = onnx_model.feed(p)
     agree("ort", sess.run(["Y"], feed)[0][:, 0], p)
     return lambda: sess.run(["Y"], feed)
 
 
 #: the peers' runners, by system name (``fastcells.bench.PEERS``)
-RUNNERS: dict[str, Callable[[Problem, str], Runner]] = {"torch": torch_runner,
-                                                        "ort": ort_runner}
+RUNNERS: dict[str, Callable[[Problem, str, int | None], Runner]] = {"torch": torch_runner,
+                                                                    "ort": ort_runner}
+#: how each peer is set to a thread count (None: its default)
+SET_THREADS: dict[str, Callable[[int | None], None]] = {"torch": set_torch_threads,
+                                                        "ort": _session_threads}

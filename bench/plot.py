@@ -6,13 +6,16 @@ functional call), and of PyTorch and ONNX Runtime over fastcells with
 prepared weights (``Stepper.forward``).  Above 1, fastcells is faster.  The
 axis is logarithmic with labelled ticks at 1.25x steps near 1, every bar
 carries its value, and fastcells' own median time is printed under each
-shape.  The title names the machine, fastcells' version, the ISA and the
-threads.
+shape (a variable-length row's shape is marked ``var-len``).  The title
+names the machine, fastcells' version, the ISA and the threads every system
+ran with (``info["threads"]``, from ``fastcells.bench.threads_info``).
 """
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+
+from fastcells.bench import shape_text
 
 #: the tick values of the ratio axis, coarsest level first: powers of two, then the
 #: steps between them; a finer level is drawn when the panel has room for all of it
@@ -52,8 +55,10 @@ SERIES = (
 )
 
 
-def _shape(r: dict) -> str:
-    return "(" + ",".join(map(str, r["shape"])) + ")"
+def threads_title(info: dict) -> str:
+    """The title's words on threads: what ``fastcells.bench.threads_info`` says, or
+    one thread when the info predates it."""
+    return (info.get("threads") or {}).get("title", "every system at 1 thread")
 
 
 def _label(value: float) -> str:
@@ -122,8 +127,9 @@ def write_plot(rows: Sequence[dict], info: dict, path: str) -> bool:
         ax.grid(axis="y", which="minor", color="0.92", linewidth=0.5)
         ax.set_axisbelow(True)
         ax.set_xticks(range(len(mine)))
-        ax.set_xticklabels([f"{_shape(r)}\nfastcells {r['times']['fastcells']['median_ms']:.3g}"
-                            " ms" if "fastcells" in r["times"] else _shape(r) for r in mine],
+        ax.set_xticklabels([f"{shape_text(r)}\nfastcells "
+                            f"{r['times']['fastcells']['median_ms']:.3g} ms"
+                            if "fastcells" in r["times"] else shape_text(r) for r in mine],
                            fontsize=8)
         ax.set_xlim(-0.6, len(mine) - 0.4)
         ax.set_title(f"{cell.upper()}, {MODE_TITLES.get(mode, mode)}", fontsize=10, loc="left")
@@ -135,7 +141,7 @@ def write_plot(rows: Sequence[dict], info: dict, path: str) -> bool:
                loc="upper center", ncol=min(len(series), 5), fontsize=8,
                bbox_to_anchor=(0.5, 1 - 0.58 / height_in), frameon=False)
     fig.suptitle(f"fastcells {info['fastcells']}: speed-up over PyTorch, ONNX Runtime and the "
-                 f"NumPy reference\n{info['cpu']}, ISA {info['isa']}, one thread per system\n"
+                 f"NumPy reference\n{info['cpu']}, ISA {info['isa']}, {threads_title(info)}\n"
                  "bar = the other system's time / fastcells' time (above 1x: fastcells is "
                  "faster); hatched: fastcells with prepared weights", fontsize=9,
                  y=1 - 0.05 / height_in, va="top")

@@ -2,8 +2,9 @@
 
 For each cell, shape ``(T, B, I, H)`` and mode — ``fwd`` (inference,
 ``training=False``) and ``fwdbwd`` (a training forward and the backward of
-one upstream gradient ``dy``) — the report times these systems, one thread
-each, and checks fastcells against the float64 reference:
+one upstream gradient ``dy``) — the report times these systems, every one at
+the same thread count (``--threads N``, default 1) or each at its own default
+(``--threads default``), and checks fastcells against the float64 reference:
 
 - ``fastcells``: ``<cell>_forward`` / ``<cell>_backward`` (every call checks
   and packs the weights);
@@ -15,6 +16,12 @@ each, and checks fastcells against the float64 reference:
 - ``floor``: NumPy's BLAS alone doing the same matrix products;
 - the peers ``torch`` (``nn.RNN/GRU/LSTM``) and ``ort`` (ONNX Runtime, fwd),
   when installed.
+
+Beside the grid, a variable-length row: the LSTM with ``lengths`` drawn
+uniformly in ``[T/2, T]`` (torch through packed sequences, ONNX Runtime with
+``sequence_lens``).  ``--scaling`` times fastcells and the peers at 1, 2, 4,
+... threads up to the cores this process may use, with each one's speed-up
+over its own one-thread time.
 
 This module holds what the command needs: the grids, the seeded problems,
 fastcells' own systems and the floor, the timing, the correctness check, the
@@ -48,7 +55,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _cells, reference
+from . import _cells, _threads, reference
 from . import functional as _fc
 
 F32 = np.float32
@@ -78,8 +85,14 @@ OWN_SYSTEMS = ("prepared", "fp16w")
 CHECK_TOL = 1e-4
 #: relative disagreement of a peer with fastcells above which the peer is not timed
 PEER_TOL = 1e-4
-#: environment variables that pin BLAS/OpenMP to one thread
+#: environment variables that set BLAS's and OpenMP's thread counts (read when they load)
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+#: fastcells' own thread variable: removed for ``--threads default`` (no settings)
+FASTCELLS_THREAD_VAR = "FASTCELLS_NUM_THREADS"
+#: ``--threads default``: every system at its own default thread count
+DEFAULT_THREADS = "default"
+#: the systems ``--scaling`` times: fastcells and the peers
+SCALING_SYSTEMS = ("fastcells", "torch", "ort")
 #: variables that change which OpenBLAS kernel runs (reported, never changed)
 BLAS_TUNING_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_VERBOSE",
                     "MKL_ENABLE_INSTRUCTIONS", "MKL_DEBUG_CPU_TYPE")
@@ -137,6 +150,21 @@ GRIDS = {
                     (25, 1, 512, 512), (25, 4, 512, 512), (25, 1, 1024, 1024),
                     (25, 4, 1024, 1024)),
 }
+#: the cell of the variable-length row, and its shape per grid
+VARLEN_CELL = "lstm"
+VARLEN_GRIDS = {"quick": _shapes((20, 8, 64, 64)), "default": _shapes((50, 16, 256, 256)),
+                "full": _shapes((50, 64, 512, 512))}
+#: what the shape column adds to a variable-length row
+VARLEN_MARK = "var-len"
+#: the (cell, shape) problems of --scaling, per grid
+SCALING_GRIDS: dict[str, tuple[tuple[str, Shape], ...]] = {
+    "quick": (("lstm", Shape(20, 8, 64, 64)),),
+    "default": (("lstm", Shape(50, 64, 512, 512)), ("lstm", Shape(100, 16, 128, 128)),
+                ("gru", Shape(50, 64, 512, 512)), ("lstm", Shape(25, 1, 1024, 1024))),
+}
+SCALING_GRIDS["full"] = SCALING_GRIDS["default"] + (
+    ("lstm", Shape(25, 128, 1024, 1024)), ("lstm", Shape(25, 4, 512, 512)),
+    ("rnn", Shape(50, 64, 512, 512)))
 #: seconds of repeats per measurement, and the fewest repeats, per grid
 TIMING = {"quick": (0.03, 3), "default": (0.2, 3), "full": (0.5, 3)}
 #: rounds per row: every system is timed once per round, in turn, so that a slow
@@ -164,6 +192,8 @@ class Problem:
     Weights are uniform in ``±1/sqrt(H)`` (PyTorch's initialisation), inputs,
     initial states and the upstream gradient standard normal; all seeded by
     the cell and the shape, so every system and every run sees the same data.
+    ``lengths`` (a variable-length problem) are uniform in ``[ceil(T/2), T]``,
+    seeded apart, so the other arrays are those of the fixed-length problem.
     """
 
     cell: str
@@ -176,6 +206,7 @@ class Problem:
     h0: np.ndarray
     c0: np.ndarray | None
     dy: np.ndarray
+    lengths: np.ndarray | None = None
     _expected: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
@@ -192,6 +223,16 @@ class Problem:
         """The initial states, in the cell table's order (``h0``, and ``c0`` for the LSTM)."""
         return tuple(getattr(self, f"{name}0") for name in self.spec.states)
 
+    def options(self) -> dict[str, Any]:
+        """Keyword arguments of ``<cell>_forward`` beyond the arrays: ``lengths`` when set."""
+        return {} if self.lengths is None else {"lengths": self.lengths}
+
+    def valid(self) -> np.ndarray | None:
+        """``(T, B, 1)`` True at each sequence's valid steps; None when every step is valid."""
+        if self.lengths is None:
+            return None
+        return (np.arange(self.shape.T)[:, None] < self.lengths[None, :])[:, :, None]
+
     def args(self, dtype: Any = F32) -> tuple[np.ndarray, ...]:
         """Positional arguments of ``<cell>_forward``, in ``dtype``."""
         a = (self.x, self.W_ih, self.W_hh, self.b_ih, self.b_hh, *self.states())
@@ -205,8 +246,14 @@ class Problem:
         return expected
 
 
-def make_problem(cell: str, shape: Shape, seed: int = 0) -> Problem:
-    """The seeded :class:`Problem` of ``cell`` at ``shape``."""
+#: the seed that tells the lengths' generator from the arrays'
+_LENGTHS_SEED = 1
+
+
+def make_problem(cell: str, shape: Shape, seed: int = 0, *, varlen: bool = False) -> Problem:
+    """The seeded :class:`Problem` of ``cell`` at ``shape``; with ``varlen``, with
+    ``lengths`` uniform in ``[ceil(T/2), T]`` (at least 1: PyTorch packs no empty
+    sequence)."""
     spec = _cells.cell_spec(cell)
     T, B, I, H = shape.T, shape.B, shape.I, shape.H
     GH = spec.G * H
@@ -219,15 +266,20 @@ def make_problem(cell: str, shape: Shape, seed: int = 0) -> Problem:
     def normal(*s: int) -> np.ndarray:
         return rng.standard_normal(s, dtype=F32)
 
+    lengths = None
+    if varlen:
+        rng_lengths = np.random.default_rng([seed, CELLS.index(cell), T, B, I, H, _LENGTHS_SEED])
+        lengths = rng_lengths.integers((T + 1) // 2, T, size=B, endpoint=True, dtype=np.int64)
     return Problem(cell, shape, x=normal(T, B, I), W_ih=uniform(GH, I), W_hh=uniform(GH, H),
                    b_ih=uniform(GH), b_hh=uniform(GH), h0=normal(B, H),
-                   c0=normal(B, H) if spec.has_cell_state else None, dy=normal(T, B, H))
+                   c0=normal(B, H) if spec.has_cell_state else None, dy=normal(T, B, H),
+                   lengths=lengths)
 
 
 def outputs(module: ModuleType, p: Problem, mode: str, dtype: Any = F32) -> dict[str, Any]:
     """Run ``module`` (fastcells or its reference) once; the results by name."""
     forward, backward = _cells.cell_functions(module, p.cell)
-    out = forward(*p.args(dtype), training=(mode == "fwdbwd"))
+    out = forward(*p.args(dtype), training=(mode == "fwdbwd"), **p.options())
     result = {name: getattr(out, name) for name in ("y", *p.spec.states)}
     if mode == "fwdbwd":
         grads = backward(out.cache, dy=p.dy.astype(dtype))
@@ -250,8 +302,14 @@ def errors(got: dict[str, Any], want: dict[str, Any]) -> tuple[float, float]:
 
 
 def agree(system: str, y: np.ndarray, p: Problem) -> None:
-    """Raise :class:`Unavailable` if ``system``'s ``y`` differs from fastcells' by > PEER_TOL."""
-    _, rel = errors({"y": y}, {"y": outputs(_fc, p, "fwd")["y"].astype(np.float64)})
+    """Raise :class:`Unavailable` if ``system``'s ``y`` differs from fastcells' by > PEER_TOL
+    (on the valid steps of a variable-length problem: what lies past a sequence's end
+    is padding)."""
+    want = outputs(_fc, p, "fwd")["y"].astype(np.float64)
+    valid = p.valid()
+    if valid is not None:
+        y, want = np.where(valid, y, 0.0), np.where(valid, want, 0.0)
+    _, rel = errors({"y": y}, {"y": want})
     if not rel <= PEER_TOL:
         raise Unavailable(f"{system} disagrees with fastcells: relative error {rel:.2e}")
 
@@ -265,12 +323,12 @@ Runner = Callable[[], Any]
 def _fastcells_like(module: ModuleType) -> Callable[[Problem, str], Runner]:
     def make(p: Problem, mode: str) -> Runner:
         forward, backward = _cells.cell_functions(module, p.cell)
-        args, dy = p.args(F32), p.dy
+        args, dy, options = p.args(F32), p.dy, p.options()
         if mode == "fwd":
-            return lambda: forward(*args)
+            return lambda: forward(*args, **options)
 
         def run() -> Any:
-            return backward(forward(*args, training=True).cache, dy=dy)
+            return backward(forward(*args, training=True, **options).cache, dy=dy)
         return run
     return make
 
@@ -290,7 +348,8 @@ def _floor_runner(p: Problem, mode: str) -> Runner:
     """NumPy's BLAS doing the GEMMs of one call: the input projection, ``T``
     recurrent products, and for ``fwdbwd`` ``T`` products ``dGates_t @ W_hh``
     and the three gradient GEMMs.  Called from Python, so at batch 1 it carries
-    call overhead per step: a true floor for batched shapes only."""
+    call overhead per step: a true floor for batched shapes only.  With
+    ``lengths``, the padded products (every step of every row)."""
     T, B, I, H = p.shape.T, p.shape.B, p.shape.I, p.shape.H
     GH = p.G * H
     x2, W_ih, W_hh = p.x.reshape(T * B, I), p.W_ih, p.W_hh
@@ -332,8 +391,9 @@ def _stepper_setup(p: Problem, mode: str, **options: Any) -> tuple[Any, ...]:
 
 def _prepared_runner(p: Problem, mode: str) -> Runner:
     x, states, step = _stepper_setup(p, mode)
-    agree("prepared", step.forward(x, *states).y, p)
-    return lambda: step.forward(x, *states)
+    options = p.options()
+    agree("prepared", step.forward(x, *states, **options).y, p)
+    return lambda: step.forward(x, *states, **options)
 
 
 def _fp16w_runner(p: Problem, mode: str) -> Runner:
@@ -343,11 +403,12 @@ def _fp16w_runner(p: Problem, mode: str) -> Runner:
     if mode == "fwd" and p.shape.B != 1:
         raise Unavailable(NOT_BATCH1)
     x, states, step = _stepper_setup(p, mode, weight_dtype="float16")
+    options = p.options()
     W_ih, W_hh = (np.asarray(w, F32).astype(np.float16).astype(F32) for w in (p.W_ih, p.W_hh))
-    want = _fc.Stepper(p.cell, W_ih, W_hh, p.b_ih, p.b_hh).forward(x, *states).y
-    if not np.array_equal(step.forward(x, *states).y, want):
+    want = _fc.Stepper(p.cell, W_ih, W_hh, p.b_ih, p.b_hh).forward(x, *states, **options).y
+    if not np.array_equal(step.forward(x, *states, **options).y, want):
         raise Unavailable("fp16w disagrees with a float32 Stepper over the rounded weights")
-    return lambda: step.forward(x, *states)
+    return lambda: step.forward(x, *states, **options)
 
 
 #: the runners this module holds; the peers' come from the bench/ folder
@@ -358,6 +419,51 @@ RUNNERS: dict[str, Callable[[Problem, str], Runner]] = {
     "reference": _fastcells_like(reference),
     "floor": _floor_runner,
 }
+
+
+# ----------------------------------------------------------------------------
+# threads: each system's setter, ``n`` threads or (None) the system's own default
+
+ThreadSetter = Callable[[int | None], None]
+
+
+def set_blas_threads(n: int | None) -> None:
+    """NumPy's BLAS at ``n`` threads from now on (threadpoolctl, when installed).
+
+    None leaves BLAS as it is: its default is what it read from the
+    environment when it loaded (the report clears the variables for
+    ``--threads default``)."""
+    if n is None:
+        return
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return
+    threadpool_limits(n, user_api="blas")
+
+
+def set_fastcells_threads(n: int | None) -> None:
+    """fastcells at ``n`` threads (:func:`fastcells.set_num_threads`), or back to its
+    default (no setting) for None."""
+    if n is None:
+        _threads._setting = None    # what FASTCELLS_NUM_THREADS unset gives at import
+    else:
+        _threads.set_num_threads(n)
+
+
+#: how each of this module's systems is set to a thread count
+THREAD_SETTERS: dict[str, ThreadSetter] = {
+    "fastcells": set_fastcells_threads, "prepared": set_fastcells_threads,
+    "fp16w": set_fastcells_threads, "reference": set_blas_threads, "floor": set_blas_threads,
+}
+
+
+def scaling_counts(most: int) -> tuple[int, ...]:
+    """The thread counts of ``--scaling``: 1, 2, 4, ... below ``most``, then ``most``."""
+    counts = [1]
+    while counts[-1] * 2 < most:
+        counts.append(counts[-1] * 2)
+    return tuple(counts + [most] if most > 1 else counts)
 
 
 # ----------------------------------------------------------------------------
@@ -378,7 +484,9 @@ def load_bench(folder: Path | None = None) -> ModuleType | None:
         return _loaded_benches[folder]
     if not (folder / _BENCH_MARKER).is_file() or not (folder / "__init__.py").is_file():
         return None
-    name = f"_fastcells_bench_{len(_loaded_benches)}"
+    # a name no other copy of this module (``python -m``'s ``__main__``) has taken
+    name = next(f"_fastcells_bench_{k}" for k in range(len(sys.modules) + 1)
+                if f"_fastcells_bench_{k}" not in sys.modules)
     spec = importlib.util.spec_from_file_location(
         name, folder / "__init__.py", submodule_search_locations=[str(folder)])
     assert spec is not None and spec.loader is not None
@@ -391,8 +499,22 @@ def load_bench(folder: Path | None = None) -> ModuleType | None:
     return package
 
 
-def make_runner(system: str, p: Problem, mode: str, bench_dir: Path | None = None) -> Runner:
-    """A zero-argument callable that runs ``system`` once on ``p``.
+def thread_setter(system: str, bench_dir: Path | None = None) -> ThreadSetter:
+    """The function that sets ``system`` to a thread count (None: its default).
+
+    A peer's comes from the bench/ folder (ONNX Runtime's does nothing: a
+    session holds its threads, see :func:`make_runner`); without the folder,
+    a peer's setter does nothing either."""
+    if system in THREAD_SETTERS:
+        return THREAD_SETTERS[system]
+    bench = load_bench(bench_dir)
+    setter: ThreadSetter = bench.peers.SET_THREADS[system] if bench else (lambda n: None)
+    return setter
+
+
+def make_runner(system: str, p: Problem, mode: str, bench_dir: Path | None = None,
+                threads: int | None = 1) -> Runner:
+    """A zero-argument callable that runs ``system`` once on ``p`` at ``threads``.
 
     Parameters
     ----------
@@ -405,6 +527,10 @@ def make_runner(system: str, p: Problem, mode: str, bench_dir: Path | None = Non
     bench_dir : Path, optional
         The repository's bench/ folder, which holds the peers' runners
         (default: :data:`BENCH_DIR`).
+    threads : int or None, optional
+        The system's thread count, set here (:func:`thread_setter`; for
+        ONNX Runtime, the session's intra-op threads); None: the system's own
+        default.  fastcells, torch and BLAS hold it process-wide.
 
     Returns
     -------
@@ -424,11 +550,12 @@ def make_runner(system: str, p: Problem, mode: str, bench_dir: Path | None = Non
     if mode not in MODES:
         raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
     if system in RUNNERS:
+        thread_setter(system)(threads)
         return RUNNERS[system](p, mode)
     bench = load_bench(bench_dir)
     if bench is None:
         raise Unavailable(NO_BENCH_DIR)
-    runner: Callable[[], Any] = bench.peers.RUNNERS[system](p, mode)
+    runner: Callable[[], Any] = bench.peers.RUNNERS[system](p, mode, threads)
     return runner
 
 
@@ -455,16 +582,21 @@ def _timed_calls(fn: Runner, repeat: int) -> list[float]:
 
 
 def measure_rounds(fns: dict[str, Any], target: float, min_repeats: int = 3,
-                   repeat: int | None = None, rounds: int = ROUNDS) -> dict[str, Any]:
+                   repeat: int | None = None, rounds: int = ROUNDS,
+                   setup: dict[str, Callable[[], Any]] | None = None) -> dict[str, Any]:
     """Median and minimum milliseconds per call of each function in ``fns`` (name ->
     callable), timed in ``rounds`` interleaved rounds.
 
     One warm-up call each (which also estimates the cost), then per round
     ``repeat`` timed calls or, if None, as many as fit in ``target / rounds``
     seconds (at least ``min_repeats`` in all).  Medians pool every round.
+    ``setup[name]``, when given, runs untimed before the warm-up and before each
+    round's calls of ``name`` (``--scaling`` sets the thread count there).
     """
+    setup = setup or {}
     per_round = {}
     for name, fn in fns.items():
+        setup.get(name, _nothing)()
         t0 = time.perf_counter()
         fn()
         estimate = time.perf_counter() - t0
@@ -475,9 +607,14 @@ def measure_rounds(fns: dict[str, Any], target: float, min_repeats: int = 3,
     times: dict[str, list[float]] = {name: [] for name in fns}
     for i in range(rounds):
         for name, fn in fns.items():
+            setup.get(name, _nothing)()
             times[name] += _timed_calls(fn, per_round[name][i])
     return {name: {"median_ms": 1e3 * statistics.median(t), "min_ms": 1e3 * min(t),
                    "repeats": len(t)} for name, t in times.items()}
+
+
+def _nothing() -> None:
+    """No set-up."""
 
 
 def measure(fn: Runner, target: float, min_repeats: int = 3,
@@ -489,13 +626,16 @@ def measure(fn: Runner, target: float, min_repeats: int = 3,
     return timing
 
 
-def pin_threads() -> Any | None:
-    """Limit BLAS/OpenMP pools to one thread now (threadpoolctl), if installed."""
+def pin_threads(n: int | None = 1) -> Any | None:
+    """Limit BLAS/OpenMP pools to ``n`` threads now (threadpoolctl), if installed.
+
+    Returns the limiter, whose ``restore_original_limits()`` undoes this and any
+    later limit; None leaves the pools as they are (and still returns one)."""
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:
         return None
-    return threadpool_limits(1)
+    return threadpool_limits(n)
 
 
 # ----------------------------------------------------------------------------
@@ -558,10 +698,78 @@ def machine_info() -> dict[str, Any]:
     return info
 
 
-#: how every system is held to one thread (the header and the Markdown report say it)
-THREADS_LINE = ("threads: every system pinned to one thread: BLAS/OpenMP (environment, "
-                "threadpoolctl), torch.set_num_threads(1), ONNX Runtime one intra- and one "
-                "inter-op thread; fastcells runs on the calling thread")
+def _blas_pools() -> list[dict[str, Any]] | None:
+    """NumPy's BLAS pools as threadpoolctl sees them; None without threadpoolctl."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return None
+    return [d for d in threadpool_info() if d.get("user_api") == "blas"]
+
+
+def _plural(n: int) -> str:
+    return f"{n} thread" + ("" if n == 1 else "s")
+
+
+def threads_info(threads: int | None, systems: Sequence[str] = SYSTEMS,
+                 bench_dir: Path | None = None,
+                 counts: Sequence[int] | None = None) -> dict[str, Any]:
+    """How many threads each system runs with, as the header, the Markdown report and
+    the plot say it.
+
+    Parameters
+    ----------
+    threads : int or None
+        Every system's thread count, or None for each system's own default.
+    systems : sequence of str
+        The systems asked for (a default is read only for those).
+    bench_dir : Path, optional
+        The bench/ folder, whose peers report their defaults.
+    counts : sequence of int, optional
+        ``--scaling``'s thread counts (then ``threads`` is not used).
+
+    Returns
+    -------
+    dict
+        ``setting`` (N, ``"default"`` or ``"scaling"``), ``line`` (the header's
+        line), ``title`` (a few words for the plot), ``systems`` (with the default:
+        what each system got), ``blas`` (threadpoolctl's count per BLAS, or None)
+        and ``warnings`` (a BLAS that does not run the threads asked for).
+    """
+    pools = _blas_pools()
+    blas = None if pools is None else {d["internal_api"]: d["num_threads"] for d in pools}
+    got: dict[str, str] = {}
+    warnings: list[str] = []
+    setting: int | str
+    if counts:
+        setting = "scaling"
+        line = (f"threads: fastcells and each peer at {', '.join(map(str, counts))} threads "
+                f"in turn (NumPy's BLAS alike); this process may use "
+                f"{_plural(_threads.available_cores()).replace('thread', 'core')}")
+        title = f"{', '.join(map(str, counts))} threads"
+    elif threads is None:
+        setting = DEFAULT_THREADS
+        got["fastcells"] = f"{_threads.get_num_threads()} (get_num_threads)"
+        bench = load_bench(bench_dir)
+        if bench is not None:
+            got.update(bench.peers.default_threads([s for s in PEERS if s in systems]))
+        got["NumPy's BLAS"] = (", ".join(f"{k} {v}" for k, v in blas.items()) if blas
+                               else "its own (threadpoolctl is not installed to read it)")
+        line = ("threads: each system at its own default (no settings): "
+                + "; ".join(f"{k} {v}" for k, v in got.items()))
+        title = "each system at its default thread count"
+    else:
+        setting = threads
+        line = (f"threads: every system at {_plural(threads)}: fastcells "
+                f"set_num_threads({threads}), torch.set_num_threads({threads}) with 1 "
+                f"inter-op thread, ONNX Runtime {threads} intra-op and 1 inter-op, NumPy's "
+                f"BLAS {threads} (" + ("environment, threadpoolctl)" if blas is not None
+                                       else "environment; threadpoolctl not installed)"))
+        title = f"every system at {_plural(threads)}"
+        warnings = [f"warning: {api} runs {n} threads, not the {threads} asked for"
+                    for api, n in (blas or {}).items() if n != threads]
+    return {"setting": setting, "line": line, "title": title, "systems": got, "blas": blas,
+            "warnings": warnings}
 
 
 def wrap(line: str) -> str:
@@ -588,7 +796,8 @@ def header(info: dict[str, Any]) -> str:
                          + (f", core type {d['architecture']}" if d.get("architecture") else ""))
     lines.append("  ".join(f"{d} {info[d] or 'not installed'}"
                            for d in PEER_DISTRIBUTIONS.values()))
-    lines.append(THREADS_LINE)
+    threads = info.get("threads") or threads_info(1)
+    lines += [threads["line"], *threads["warnings"]]
     env = info["env"]
     lines.append("env: " + (" ".join(f"{k}={v}" for k, v in env.items()) or "(none set)"))
     tuned = [k for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if k in env]
@@ -603,22 +812,36 @@ def header(info: dict[str, Any]) -> str:
 # one row: every system on one cell, shape and mode
 
 
+def _new_row(p: Problem, mode: str) -> dict[str, Any]:
+    """A row's key (cell, shape, mode, lengths) and fastcells' errors against float64."""
+    shape = p.shape
+    row: dict[str, Any] = {"cell": p.cell, "shape": [shape.T, shape.B, shape.I, shape.H],
+                           "mode": mode, "varlen": p.lengths is not None,
+                           "lengths": None if p.lengths is None else p.lengths.tolist(),
+                           "times": {}, "skipped": {}}
+    row["abs_err"], row["rel_err"] = errors(outputs(_fc, p, mode), p.expected(mode))
+    return row
+
+
 def run_row(cell: str, shape: Shape, mode: str, systems: Sequence[str], target: float,
             min_repeats: int, repeat: int | None, problem: Problem | None = None,
             progress: Callable[[str], None] = lambda s: None,
-            bench_dir: Path | None = None) -> dict[str, Any]:
-    """Time every system on one cell, shape and mode; the row of the table as a dict."""
-    p = problem or make_problem(cell, shape)
-    row: dict[str, Any] = {"cell": cell, "shape": [shape.T, shape.B, shape.I, shape.H],
-                           "mode": mode, "times": {}, "skipped": {}}
-    got = outputs(_fc, p, mode)
-    row["abs_err"], row["rel_err"] = errors(got, p.expected(mode))
+            bench_dir: Path | None = None, threads: int | None = 1,
+            varlen: bool = False) -> dict[str, Any]:
+    """Time every system on one cell, shape and mode at ``threads`` (None: each
+    system's default); the row of the table as a dict.  ``varlen``: the problem
+    with ``lengths`` (see :func:`make_problem`)."""
+    p = problem or make_problem(cell, shape, varlen=varlen)
     fns = {}
+    skipped = {}
     for system in systems:
         try:
-            fns[system] = make_runner(system, p, mode, bench_dir)
+            fns[system] = make_runner(system, p, mode, bench_dir, threads)
         except Unavailable as exc:
-            row["skipped"][system] = str(exc)
+            skipped[system] = str(exc)
+    # fastcells' check runs at the thread count it is timed at
+    row = _new_row(p, mode)
+    row.update(threads=DEFAULT_THREADS if threads is None else threads, skipped=skipped)
     if "fp16w" in fns:      # what float16 weights cost in accuracy: y against float64
         row["fp16w_rel_err"] = errors({"y": fns["fp16w"]().y}, {"y": p.expected(mode)["y"]})[1]
     row["times"] = measure_rounds(fns, target, min_repeats, repeat)
@@ -640,6 +863,59 @@ def run_row(cell: str, shape: Shape, mode: str, systems: Sequence[str], target: 
     row["gflops"] = flops / (fc * 1e6) if fc else None
     row["floor_gflops"] = flops / (floor * 1e6) if floor else None
     return row
+
+
+def _threads_setup(setter: ThreadSetter, n: int) -> Callable[[], None]:
+    """A set-up that puts a system (``setter``) and NumPy's BLAS at ``n`` threads."""
+    def setup() -> None:
+        set_blas_threads(n)
+        setter(n)
+    return setup
+
+
+def run_scaling(cell: str, shape: Shape, mode: str, systems: Sequence[str],
+                counts: Sequence[int], target: float, min_repeats: int, repeat: int | None,
+                progress: Callable[[str], None] = lambda s: None,
+                bench_dir: Path | None = None) -> list[dict[str, Any]]:
+    """Time each system of ``systems`` (of :data:`SCALING_SYSTEMS`) at each thread count
+    of ``counts`` on one cell, shape and mode: one row per count.
+
+    Every (system, count) pair takes its turn in the same interleaved rounds; before
+    its calls of a round the pair's thread count is set (the system's and NumPy's
+    BLAS's: fastcells' weight gradients may run on BLAS).  A row holds each system's
+    time, its ``speedup`` over its own time at the first count, and fastcells'
+    errors against the float64 reference at that count.
+    """
+    p = make_problem(cell, shape)
+    fns: dict[str, Runner] = {}
+    setup: dict[str, Callable[[], Any]] = {}
+    rows = []
+    for n in counts:
+        skipped = {}
+        for system in systems:
+            try:
+                fns[f"{system}@{n}"] = make_runner(system, p, mode, bench_dir, n)
+            except Unavailable as exc:
+                skipped[system] = str(exc)
+                continue
+            setup[f"{system}@{n}"] = _threads_setup(thread_setter(system, bench_dir), n)
+        set_fastcells_threads(n)
+        set_blas_threads(n)
+        row = _new_row(p, mode)
+        row.update(threads=n, skipped=skipped)
+        rows.append(row)
+    times = measure_rounds(fns, target, min_repeats, repeat, setup=setup)
+    for row in rows:
+        n = row["threads"]
+        row["times"] = {s: times[f"{s}@{n}"] for s in systems if f"{s}@{n}" in times}
+        row["speedup"] = {}
+        for s, t in row["times"].items():
+            first = times.get(f"{s}@{counts[0]}")
+            if first:
+                row["speedup"][s] = first["median_ms"] / t["median_ms"]
+        progress(f"{n}: " + ", ".join(f"{s} {t['median_ms']:.3f} ms"
+                                      for s, t in row["times"].items()))
+    return rows
 
 
 # ----------------------------------------------------------------------------
@@ -680,10 +956,16 @@ class Column:
     text: bool = False      # left-aligned (names), otherwise right-aligned (numbers)
 
 
+def shape_text(r: dict[str, Any]) -> str:
+    """A row's shape as ``(T,B,I,H)``, marked ``var-len`` when the row has lengths."""
+    return "(" + ",".join(map(str, r["shape"])) + ")" + (
+        f" {VARLEN_MARK}" if r.get("varlen") else "")
+
+
 _KEY = (
     Column("cell", "the recurrent cell", lambda r: r["cell"], text=True),
-    Column("shape (T,B,I,H)", "steps, batch, input size, hidden size",
-           lambda r: "(" + ",".join(map(str, r["shape"])) + ")", text=True),
+    Column("shape (T,B,I,H)", f"steps, batch, input size, hidden size; {VARLEN_MARK}: "
+           "lengths uniform in [T/2, T]", shape_text, text=True),
     Column("mode", "fwd: inference forward; fwdbwd: training forward + backward",
            lambda r: r["mode"], text=True),
 )
@@ -700,6 +982,9 @@ COMPACT = _KEY + (
 #: the one-line legend above the default table
 LEGEND = ("ms: median per call; peer: fastest of torch, ort; ref: NumPy reference; "
           "x/fc > 1: fastcells faster")
+#: the line below the legend when the table has a variable-length row
+VARLEN_LEGEND = (f"{VARLEN_MARK}: lengths uniform in [T/2, T]; fastcells lengths=, torch "
+                 "packed sequences, ort sequence_lens")
 #: the wide table: every system and ratio, the floor and the errors
 WIDE = _KEY + tuple(Column(s, f"{note}; median ms", _ms(s)) for s, note in SYSTEM_NOTES.items()) + (
     Column("fc min", "fastcells' fastest call, ms",
@@ -719,6 +1004,30 @@ WIDE = _KEY + tuple(Column(s, f"{note}; median ms", _ms(s)) for s, note in SYSTE
     Column("fp16w err", "fp16w's relative error on y against the float64 reference",
            _field("fp16w_rel_err", ".1e")),
 )
+
+
+def _scaling_ms(system: str) -> Callable[[dict[str, Any]], str]:
+    def cell(r: dict[str, Any]) -> str:
+        ms = r["times"].get(system, {}).get("median_ms")
+        # three significant digits or more, in at most 8 characters below 100 s
+        return _fmt(ms, ".1f" if ms and ms >= 100 else ".2f" if ms and ms >= 10 else ".3f")
+    return cell
+
+
+def _speedup(system: str) -> Callable[[dict[str, Any]], str]:
+    return lambda r: _fmt(r["speedup"].get(system), ".2f")
+
+
+#: the --scaling table: per row one thread count, each system's time and speed-up
+SCALING = _KEY + (Column("threads", "the thread count of every system in the row",
+                         lambda r: str(r["threads"])),) + tuple(
+    c for s, short in (("fastcells", "fc"), ("torch", "torch"), ("ort", "ort")) for c in (
+        Column(f"{short} ms", f"{s}'s median ms per call", _scaling_ms(s)),
+        Column(f"{short} x", f"{s}'s speed-up: its time at 1 thread / this time",
+               _speedup(s))))
+#: the one-line legend above the --scaling table
+SCALING_LEGEND = ("ms: median per call at that many threads; x: the system's 1-thread time / "
+                  "this time")
 
 
 def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[Column] = COMPACT) -> str:
@@ -763,7 +1072,8 @@ def _legend_lines(columns: Sequence[Column]) -> list[str]:
 def write_markdown(path: str, rows: Sequence[dict[str, Any]], info: dict[str, Any], *, grid: str,
                    elapsed: float, command: str) -> None:
     """Write the report as Markdown: the machine, the date, the commit, the version, the
-    threads, a short legend, the default table and then every column."""
+    threads, a short legend, the default table and then every column (for ``--scaling``
+    rows, the scaling table)."""
     peers = ", ".join(f"{d} {info[d] or 'not installed'}" for d in PEER_DISTRIBUTIONS.values())
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
@@ -776,14 +1086,28 @@ def write_markdown(path: str, rows: Sequence[dict[str, Any]], info: dict[str, An
         f"- ISA: {info['isa']} (available: {', '.join(info['isa_available'])})",
         f"- Python {info['python']}, NumPy {info['numpy']} (BLAS: {info['numpy_blas']})",
         f"- peers: {peers}",
-        f"- {THREADS_LINE}",
+        f"- {(info.get('threads') or threads_info(1))['line']}",
+        *(f"- {w}" for w in (info.get("threads") or {}).get("warnings", ())),
         "",
-        ("Times are medians over interleaved rounds; ratios `x/fc` are a system's time over "
-         "fastcells' (above 1: fastcells is faster). Every fastcells result was checked against "
-         "the float64 reference (`rel err` below)."),
-        "", "## Summary", "", *_legend_lines(COMPACT[3:]), "", markdown_table(rows, COMPACT),
-        "", "## Every column", "", *_legend_lines(WIDE[3:]), "", markdown_table(rows, WIDE), "",
     ]
+    if rows and "speedup" in rows[0]:
+        lines += [
+            ("Times are medians over interleaved rounds, every system at every thread count "
+             "taking its turn in each round; `x` is a system's time at 1 thread over its time "
+             "at that count. Every fastcells result was checked against the float64 "
+             "reference."),
+            "", "## Scaling", "", *_legend_lines(SCALING[3:]), "",
+            markdown_table(rows, SCALING), ""]
+    else:
+        lines += [
+            ("Times are medians over interleaved rounds; ratios `x/fc` are a system's time over "
+             "fastcells' (above 1: fastcells is faster). Every fastcells result was checked "
+             "against the float64 reference (`rel err` below)."
+             + (f" `{VARLEN_MARK}`: {VARLEN_LEGEND.split(': ', 1)[1]}."
+                if any(r.get("varlen") for r in rows) else "")),
+            "", "## Summary", "", *_legend_lines(COMPACT[3:]), "", markdown_table(rows, COMPACT),
+            "", "## Every column", "", *_legend_lines(WIDE[3:]), "", markdown_table(rows, WIDE),
+            ""]
     Path(path).write_text("\n".join(lines))
 
 
@@ -797,6 +1121,14 @@ grids (--shape replaces them):
   --full   latency, training and serving shapes:
            {' '.join(map(str, GRIDS['full'][:5]))}
            {' '.join(map(str, GRIDS['full'][5:]))}
+  and the variable-length LSTM row ({VARLEN_MARK}: lengths uniform in [T/2, T]; --varlen
+  replaces it): default {VARLEN_GRIDS['default'][0]}, --quick {VARLEN_GRIDS['quick'][0]}, \
+--full {VARLEN_GRIDS['full'][0]}
+
+--scaling (--cells and --shape narrow or replace them; --quick, --full as above):
+  default  {' '.join(f"{c} {s}" for c, s in SCALING_GRIDS['default'])}
+  --quick  {' '.join(f"{c} {s}" for c, s in SCALING_GRIDS['quick'])}
+  --full   the default's and {' '.join(f"{c} {s}" for c, s in SCALING_GRIDS['full'][4:])}
 
 systems:
 {chr(10).join(f"  {s:<10} {note}" for s, note in SYSTEM_NOTES.items())}
@@ -806,9 +1138,14 @@ default columns:
 {textwrap.fill("--wide prints every column: " + ", ".join(
     c.head.replace(" ", chr(0xA0)) for c in WIDE[3:]) + ".", 88).replace(chr(0xA0), " ")}
 
-Every system runs on one thread: run as a program, the report sets
-{', '.join(THREAD_VARS)} to 1 and re-executes itself if
-they were not, and applies threadpoolctl's limit when installed.
+threads: --threads N (default 1) runs every system at N threads: fastcells
+set_num_threads(N), torch.set_num_threads(N) with one inter-op thread, ONNX Runtime N
+intra-op and one inter-op thread, and NumPy's BLAS (the reference, the floor) at N: run as a
+program, the report sets {', '.join(THREAD_VARS)} to N and
+re-executes itself if they were not, and applies threadpoolctl's limit when installed.
+--threads default runs each system at its own default, what a user gets with no settings
+(the report removes those variables and {FASTCELLS_THREAD_VAR}); the header says what
+each got.  --scaling sets each system (and BLAS) to each count in turn.
 
 The peers' runners, the ONNX model builder and the plot are in the repository's bench/
 folder, found beside the package when it runs from a clone (pip install -e .).  From an
@@ -818,21 +1155,45 @@ pip install matplotlib.
 """
 
 
+def _threads_arg(text: str) -> int | str:
+    """``--threads``: a positive integer, or ``default``."""
+    if text.strip().lower() == DEFAULT_THREADS:
+        return DEFAULT_THREADS
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected a positive integer or {DEFAULT_THREADS!r}, got {text!r}")
+    return n
+
+
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(
         prog="python -m fastcells.bench",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=textwrap.fill(
             "Time fastcells' RNN, GRU and LSTM against the NumPy reference, PyTorch and ONNX "
-            "Runtime, one thread each, and check fastcells against the float64 reference.  "
-            "Prints the machine, then per cell, shape and mode fastcells' time, the fastest "
-            "installed peer's, the reference's and the ratios.  Progress goes to stderr.", 88),
+            "Runtime, every system at the same thread count (one by default), and check "
+            "fastcells against the float64 reference.  Prints the machine, then per cell, "
+            "shape and mode fastcells' time, the fastest installed peer's, the reference's "
+            "and the ratios.  Progress goes to stderr.", 88),
         epilog=_EPILOG)
     grid = ap.add_mutually_exclusive_group()
     grid.add_argument("--quick", action="store_true",
                       help="two small shapes, short timing, and --check (for CI)")
     grid.add_argument("--full", action="store_true",
                       help="the full grid: latency, training and serving shapes (minutes)")
+    ap.add_argument("--threads", type=_threads_arg, metavar="N|default",
+                    help="every system at N threads (default: 1), or 'default': each system "
+                         "at its own default thread count, as a user gets it with no "
+                         "settings; with --scaling, the most threads (default: the cores "
+                         "this process may use)")
+    ap.add_argument("--scaling", action="store_true",
+                    help="time fastcells and each installed peer at 1, 2, 4, ... threads up "
+                         "to the cores this process may use, with each one's speed-up over "
+                         "its own 1-thread time")
     ap.add_argument("--wide", action="store_true",
                     help="print every column (every system, the floor, errors) instead of "
                          "the default table")
@@ -840,11 +1201,15 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                     help="comma-separated cells to run (default: %(default)s)")
     ap.add_argument("--shape", action="append", type=Shape.parse, metavar="T,B,I,H",
                     help="run this shape instead of the grid (repeatable)")
+    ap.add_argument("--varlen", action="append", type=Shape.parse, metavar="T,B,I,H",
+                    help=f"run the variable-length LSTM row ({VARLEN_MARK}) at this shape "
+                         "instead of the grid's (repeatable; with --shape, none unless given)")
     ap.add_argument("--modes", default=",".join(MODES),
                     help="comma-separated modes: fwd (inference), fwdbwd (training forward "
                          "+ backward) (default: %(default)s)")
     ap.add_argument("--systems", default=",".join(SYSTEMS),
-                    help="comma-separated systems to time (default: %(default)s)")
+                    help="comma-separated systems to time (default: %(default)s; --scaling "
+                         f"times those of {','.join(SCALING_SYSTEMS)})")
     ap.add_argument("--repeat", type=int, metavar="N",
                     help="timed calls per measurement (default: as many as fit the grid's "
                          "time per measurement)")
@@ -853,10 +1218,11 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                          "machine as JSON")
     ap.add_argument("--markdown", metavar="FILE",
                     help="write the report as Markdown: machine, date, commit, version, "
-                         "threads, legend, the default table and every column")
+                         "threads, legend, the default table and every column (with "
+                         "--scaling: the scaling table)")
     ap.add_argument("--plot", metavar="FILE.png",
                     help="draw fastcells' speed-up over each peer per shape as a PNG "
-                         "(needs matplotlib and the bench/ folder)")
+                         "(needs matplotlib and the bench/ folder; not with --scaling)")
     ap.add_argument("--bench-dir", metavar="DIR", type=Path,
                     help="the repository's bench/ folder, with the peers and the plot "
                          "(default: beside the package, in a clone)")
@@ -877,14 +1243,40 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.bench_dir is not None and load_bench(args.bench_dir) is None:
         ap.error(f"--bench-dir: expected the repository's bench/ folder (with {_BENCH_MARKER}),"
                  f" got {str(args.bench_dir)!r}")
+    if args.scaling:
+        if args.threads == DEFAULT_THREADS:
+            ap.error("--threads: expected the most threads of --scaling (a positive integer), "
+                     f"got {DEFAULT_THREADS!r}")
+        for option in ("plot", "wide", "varlen"):
+            if getattr(args, option):
+                ap.error(f"--{option}: not with --scaling")
+        if not set(args.systems) & set(SCALING_SYSTEMS):
+            ap.error(f"--systems: --scaling times {','.join(SCALING_SYSTEMS)}, got "
+                     f"{','.join(args.systems)!r}")
     return args
+
+
+def _grid(args: argparse.Namespace) -> str:
+    return "quick" if args.quick else "full" if args.full else "default"
+
+
+def _report_threads(args: argparse.Namespace) -> int | None:
+    """The report's thread count: N, or None for each system's default."""
+    return None if args.threads == DEFAULT_THREADS else (args.threads or 1)
+
+
+def _scaling_most(args: argparse.Namespace) -> int:
+    """--scaling's most threads: --threads, else the cores this process may use."""
+    most: int = args.threads or _threads.available_cores()
+    return most
 
 
 def _check(rows: Sequence[dict[str, Any]]) -> bool:
     """Print why each failing row fails --check (stderr); True when none does."""
     ok = True
     for r in rows:
-        where = f"{r['cell']} {tuple(r['shape'])} {r['mode']}"
+        where = f"{r['cell']} {shape_text(r)} {r['mode']}" + (
+            f" at {r['threads']} threads" if "speedup" in r else "")
         if not r["rel_err"] <= CHECK_TOL:
             ok = False
             print(f"CHECK FAILED: {where}: relative error {r['rel_err']:.2e} > {CHECK_TOL:g}",
@@ -897,41 +1289,74 @@ def _check(rows: Sequence[dict[str, Any]]) -> bool:
     return ok
 
 
+def _jobs(args: argparse.Namespace) -> list[tuple[str, Shape, str, bool]]:
+    """(cell, shape, mode, varlen) of every row to run, in the table's order."""
+    grid = _grid(args)
+    if args.scaling:
+        pairs = ([(c, s) for c in args.cells for s in args.shape] if args.shape
+                 else [(c, s) for c, s in SCALING_GRIDS[grid] if c in args.cells])
+        return [(c, s, m, False) for c, s in pairs for m in args.modes]
+    shapes = tuple(args.shape) if args.shape else GRIDS[grid]
+    varlen = args.varlen or (() if args.shape else VARLEN_GRIDS[grid])
+    jobs = [(c, s, m, False) for c in args.cells for s in shapes for m in args.modes]
+    if VARLEN_CELL in args.cells:
+        jobs += [(VARLEN_CELL, s, m, True) for s in varlen for m in args.modes]
+    return jobs
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the report; the exit status (1 when ``--check`` fails)."""
     args = _parse_args(argv)
-    grid = "quick" if args.quick else "full" if args.full else "default"
+    grid = _grid(args)
     check = args.check or args.quick
     target, min_repeats = TIMING[grid]
-    shapes = tuple(args.shape) if args.shape else GRIDS[grid]
-    limits = pin_threads()
+    threads = _report_threads(args)
+    counts = scaling_counts(_scaling_most(args)) if args.scaling else None
+    systems = [s for s in args.systems if s in SCALING_SYSTEMS] if args.scaling else args.systems
+    saved_setting = _threads.thread_setting()
+    limits = pin_threads(None if args.scaling else threads)
     try:
+        if not args.scaling:
+            set_fastcells_threads(threads)
         info = machine_info()
+        info["threads"] = threads_info(threads, systems, args.bench_dir, counts)
         print(header(info), flush=True)
-        jobs = [(c, s, m) for c in args.cells for s in shapes for m in args.modes]
-        rows = []
+        jobs = _jobs(args)
+        rows: list[dict[str, Any]] = []
         start = time.perf_counter()
-        for k, (cell, shape, mode) in enumerate(jobs, 1):
-            print(f"[{k}/{len(jobs)}] {cell} {shape} {mode}:", end="", file=sys.stderr,
-                  flush=True)
-            rows.append(run_row(cell, shape, mode, args.systems, target, min_repeats,
-                                args.repeat,
-                                progress=lambda s: print(" " + s, end="", file=sys.stderr,
-                                                         flush=True),
-                                bench_dir=args.bench_dir))
+        for k, (cell, shape, mode, varlen) in enumerate(jobs, 1):
+            print(f"[{k}/{len(jobs)}] {cell} {shape}{' ' + VARLEN_MARK if varlen else ''} "
+                  f"{mode}:", end="", file=sys.stderr, flush=True)
+
+            def progress(s: str) -> None:
+                print(" " + s, end="", file=sys.stderr, flush=True)
+            if counts:
+                rows += run_scaling(cell, shape, mode, systems, counts, target, min_repeats,
+                                    args.repeat, progress=progress, bench_dir=args.bench_dir)
+            else:
+                rows.append(run_row(cell, shape, mode, systems, target, min_repeats,
+                                    args.repeat, progress=progress, bench_dir=args.bench_dir,
+                                    threads=threads, varlen=varlen))
             print(file=sys.stderr, flush=True)
         elapsed = time.perf_counter() - start
     finally:
         if limits is not None:
             limits.restore_original_limits()
-    print(f"\n{grid} grid, {len(rows)} rows in {elapsed:.1f} s")
-    if args.wide:
+        set_fastcells_threads(saved_setting)
+    what = "scaling" if counts else "grid"
+    print(f"\n{grid} {what}, {len(rows)} rows in {elapsed:.1f} s")
+    if counts:
+        print(SCALING_LEGEND)
+        print(format_table(rows, SCALING))
+    elif args.wide:
         print("\n".join(f"{c.head}: {c.meaning}" for c in WIDE[3:]))
         print(format_table(rows, WIDE))
     else:
         print(LEGEND)
+        if any(r["varlen"] for r in rows):
+            print(VARLEN_LEGEND)
         print(format_table(rows, COMPACT))
-    print(wrap(missing_peers(rows, args.systems)))
+    print(wrap(missing_peers(rows, systems)))
     for line in sorted({f"{s}: {why}" for r in rows for s, why in r["skipped"].items()
                         if "disagrees" in why}):
         print(wrap(f"not timed - {line}"))
@@ -939,9 +1364,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                          else sys.argv[1:])])
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"machine": info, "grid": grid, "target_seconds": target,
-                       "elapsed_seconds": elapsed, "command": command, "rows": rows}, f,
-                      indent=1)
+            json.dump({"machine": info, "grid": grid, "scaling": bool(counts),
+                       "target_seconds": target, "elapsed_seconds": elapsed,
+                       "command": command, "rows": rows}, f, indent=1)
         print(f"wrote {args.json}")
     if args.markdown:
         write_markdown(args.markdown, rows, info, grid=grid, elapsed=elapsed, command=command)
@@ -968,22 +1393,37 @@ def _plot(rows: Sequence[dict[str, Any]], info: dict[str, Any], path: str,
         print(f"not writing {path}: matplotlib is not installed (pip install matplotlib)")
 
 
-def _reexec_single_threaded() -> None:
-    """Re-run this program with BLAS/OpenMP pinned to one thread by the environment.
+def thread_environment(argv: Sequence[str]) -> dict[str, str | None]:
+    """The environment variables the report needs before BLAS loads, for ``argv``:
+    the thread variables at N (``--threads N``, and ``--scaling``'s most threads),
+    or removed (None) for ``--threads default``."""
+    args = _parse_args(argv)
+    if args.threads == DEFAULT_THREADS and not args.scaling:
+        return dict.fromkeys((*THREAD_VARS, FASTCELLS_THREAD_VAR))
+    n = _scaling_most(args) if args.scaling else args.threads or 1
+    return dict.fromkeys(THREAD_VARS, str(n))
+
+
+def _reexec_with_threads() -> None:
+    """Re-run this program with BLAS/OpenMP set to the report's thread count by the
+    environment (or their variables removed for ``--threads default``).
 
     BLAS libraries read these variables once, when loaded, and ``python -m``
     has loaded NumPy (through ``fastcells/__init__``) before this module runs.
+    Bad arguments end the program here, before the re-execution.
     """
-    if os.name != "posix" or all(os.environ.get(v) == "1" for v in THREAD_VARS):
+    want = thread_environment(sys.argv[1:])
+    if os.name != "posix" or all(os.environ.get(k) == v for k, v in want.items()):
         return
-    env = dict(os.environ, **{v: "1" for v in THREAD_VARS})
+    env = {k: v for k, v in os.environ.items() if k not in want}
+    env.update((k, v) for k, v in want.items() if v is not None)
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, [sys.executable, "-m", "fastcells.bench", *sys.argv[1:]], env)
 
 
 if __name__ == "__main__":
-    _reexec_single_threaded()
+    _reexec_with_threads()
     # Run the imported module, not this ``__main__`` copy, so that the bench/ folder's
     # peers (which import fastcells.bench) raise the same Unavailable that is caught.
     sys.exit(importlib.import_module("fastcells.bench").main())

@@ -8,11 +8,14 @@ default table fits :data:`fastcells.bench.MAX_WIDTH` columns, the Markdown
 report carries the machine and the table, and a run without the repository's
 ``bench/`` folder (an installed wheel) says what is missing.
 """
+import dataclasses
+import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from fastcells import bench
@@ -106,7 +109,9 @@ def test_plot_ticks_are_labelled_near_one_and_not_crowded():
 @pytest.mark.parametrize("argv", [["--cells", "lstm,foo"], ["--systems", ""],
                                   ["--shape", "1,2,3"], ["--shape", "0,1,1,1"],
                                   ["--repeat", "0"], ["--quick", "--full"],
-                                  ["--bench-dir", "/nonexistent/bench"]])
+                                  ["--bench-dir", "/nonexistent/bench"],
+                                  ["--varlen", "4,2"], ["--scaling", "--plot", "x.png"],
+                                  ["--scaling", "--wide"], ["--scaling", "--systems", "floor"]])
 def test_bad_arguments_exit_with_usage_error(argv, capsys):
     with pytest.raises(SystemExit) as exc:
         bench.main(argv)
@@ -174,7 +179,7 @@ def test_default_output_fits_the_width(tmp_path, capsys):
     lines = printed.splitlines()
     assert all(len(line) <= bench.MAX_WIDTH for line in lines), max(lines, key=len)
     assert bench.LEGEND in lines
-    assert any(line.startswith("threads: every system pinned to one thread") for line in lines)
+    assert any(line.startswith("threads: every system at 1 thread") for line in lines)
     table = lines[lines.index(bench.LEGEND) + 1:]
     assert table[0].split()[:2] == ["cell", "shape"]
     assert len([line for line in table if line.startswith("lstm ")]) == 2 * len(SHAPES)
@@ -198,7 +203,7 @@ def test_markdown_report(tmp_path, capsys):
     info = bench.machine_info()
     assert text.startswith("# fastcells benchmark results")
     for fact in (f"fastcells {info['fastcells']}", info["cpu"], f"ISA: {info['isa']}",
-                 "threads: every system pinned to one thread", "python -m fastcells.bench",
+                 "threads: every system at 1 thread", "python -m fastcells.bench",
                  " UTC "):
         assert fact in text, fact
     if info["commit"]:
@@ -259,7 +264,8 @@ def test_help_explains_every_option_without_history(capsys):
     text = capsys.readouterr().out
     assert "issue" not in text.lower()
     for option in ("--quick", "--full", "--wide", "--cells", "--shape", "--modes", "--systems",
-                   "--repeat", "--json", "--markdown", "--plot", "--bench-dir", "--check"):
+                   "--repeat", "--json", "--markdown", "--plot", "--bench-dir", "--check",
+                   "--threads", "--scaling", "--varlen"):
         assert option in text, option
     for system in bench.SYSTEMS:
         assert f"\n  {system} " in text, system
@@ -279,3 +285,226 @@ def test_command_line_runs_the_peers(tmp_path):
     row, = json.loads(out.read_text())["rows"]
     assert all("disagrees" not in why for why in row["skipped"].values()), row["skipped"]
     assert bench.NO_BENCH_DIR not in row["skipped"].values()
+
+
+# ----------------------------------------------------------------------------
+# threads: --threads N, --threads default, --scaling
+
+
+@pytest.mark.parametrize("text, want", [("1", 1), ("2", 2), (" 16 ", 16), ("default", "default"),
+                                        ("DEFAULT", "default")])
+def test_threads_argument(text, want):
+    assert bench._parse_args(["--threads", text]).threads == want
+
+
+@pytest.mark.parametrize("text", ["0", "-1", "1.5", "two", "", "all", "true"])
+def test_bad_threads_argument_names_the_option(text, capsys):
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["--threads", text])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "--threads" in err and repr(text) in err and "positive integer" in err
+
+
+def test_scaling_refuses_threads_default(capsys):
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["--scaling", "--threads", "default"])
+    assert exc.value.code == 2
+    assert "--threads" in capsys.readouterr().err
+
+
+def test_thread_environment_before_blas_loads():
+    """What the re-executed program's environment holds, per --threads."""
+    every = bench.THREAD_VARS
+    assert bench.thread_environment([]) == dict.fromkeys(every, "1")
+    assert bench.thread_environment(["--threads", "3"]) == dict.fromkeys(every, "3")
+    # no settings at all: BLAS, OpenMP and fastcells pick their own
+    assert bench.thread_environment(["--threads", "default"]) == dict.fromkeys(
+        (*every, bench.FASTCELLS_THREAD_VAR))
+    most = str(bench._threads.available_cores())
+    assert bench.thread_environment(["--scaling"]) == dict.fromkeys(every, most)
+    assert bench.thread_environment(["--scaling", "--threads", "8"]) == dict.fromkeys(every, "8")
+
+
+@pytest.mark.parametrize("most, counts", [(1, (1,)), (2, (1, 2)), (3, (1, 2, 3)),
+                                          (6, (1, 2, 4, 6)), (8, (1, 2, 4, 8)),
+                                          (64, (1, 2, 4, 8, 16, 32, 64))])
+def test_scaling_counts(most, counts):
+    assert bench.scaling_counts(most) == counts
+
+
+def _threads_line(printed):
+    return next(line for line in printed.splitlines() if line.startswith("threads: "))
+
+
+def test_threads_default_says_what_each_system_got_and_restores_fastcells(tmp_path, capsys):
+    before = bench._threads.thread_setting()
+    status, out = _run(tmp_path, "--threads", "default", "--cells", "rnn", "--modes", "fwd",
+                       "--systems", "fastcells,reference,torch,ort")
+    assert status == 0
+    assert bench._threads.thread_setting() == before
+    line = _threads_line(capsys.readouterr().out)
+    assert line.startswith("threads: each system at its own default (no settings): fastcells ")
+    data = json.loads(out.read_text())
+    assert data["machine"]["threads"]["setting"] == "default"
+    assert "fastcells" in data["machine"]["threads"]["systems"]
+    assert all(r["threads"] == "default" for r in data["rows"])
+
+
+def test_threads_n_in_process_restores_fastcells(tmp_path, capsys):
+    before = bench._threads.thread_setting()
+    status, out = _run(tmp_path, "--threads", "3", "--cells", "gru", "--systems",
+                       "fastcells,prepared")
+    assert status == 0
+    assert bench._threads.thread_setting() == before
+    assert _threads_line(capsys.readouterr().out).startswith("threads: every system at 3 threads")
+    assert all(r["threads"] == 3 for r in json.loads(out.read_text())["rows"])
+
+
+def test_threads_info_titles_and_blas_warning(monkeypatch):
+    assert bench.threads_info(1)["title"] == "every system at 1 thread"
+    assert bench.threads_info(2)["title"] == "every system at 2 threads"
+    plot = bench.load_bench(REPO_BENCH).plot
+    assert plot.threads_title({"threads": bench.threads_info(4)}) == "every system at 4 threads"
+    assert plot.threads_title({}) == "every system at 1 thread"      # an older JSON's info
+    # a BLAS that does not run what was asked for is named in a warning
+    monkeypatch.setattr(bench, "_blas_pools",
+                        lambda: [{"internal_api": "openblas", "num_threads": 2}])
+    info = bench.threads_info(4)
+    assert info["warnings"] == ["warning: openblas runs 2 threads, not the 4 asked for"]
+    assert bench.threads_info(2)["warnings"] == []
+
+
+def _cli(*argv):
+    return subprocess.run([sys.executable, "-m", "fastcells.bench", *argv,
+                           "--bench-dir", str(REPO_BENCH)],
+                          check=False, capture_output=True, text=True, timeout=300)
+
+
+def test_command_line_at_two_threads(tmp_path):
+    """``--threads 2`` re-executes with BLAS at 2 threads; the header says 2 threads."""
+    out = tmp_path / "two.json"
+    proc = _cli("--quick", "--threads", "2", "--cells", "lstm", "--shape", SHAPES[1],
+                "--varlen", SHAPES[1], "--repeat", "2", "--json", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "check passed" in proc.stdout
+    assert _threads_line(proc.stdout).startswith("threads: every system at 2 threads")
+    assert "OMP_NUM_THREADS=2" in proc.stdout and "OPENBLAS_NUM_THREADS=2" in proc.stdout
+    rows = json.loads(out.read_text())["rows"]
+    assert len(rows) == 4 and {r["varlen"] for r in rows} == {False, True}
+    for r in rows:
+        assert r["threads"] == 2 and r["rel_err"] <= bench.CHECK_TOL
+        assert all("disagrees" not in why for why in r["skipped"].values()), r["skipped"]
+
+
+def test_command_line_scaling_quick(tmp_path):
+    md = tmp_path / "SCALING.md"
+    proc = _cli("--scaling", "--quick", "--modes", "fwd", "--repeat", "2", "--markdown", str(md))
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert all(len(line) <= bench.MAX_WIDTH for line in lines), max(lines, key=len)
+    assert "check passed" in proc.stdout
+    assert _threads_line(proc.stdout).startswith("threads: fastcells and each peer at 1")
+    counts = bench.scaling_counts(bench._threads.available_cores())
+    head = lines.index(bench.SCALING_LEGEND) + 1
+    assert lines[head].split()[:2] == ["cell", "shape"] and "fc x" in lines[head]
+    (cell, shape), = bench.SCALING_GRIDS["quick"]
+    body = [line.split() for line in lines[head + 2:head + 2 + len(counts)]]
+    assert [(b[0], b[1], b[2], int(b[3])) for b in body] == [
+        (cell, str(shape), "fwd", n) for n in counts]
+    assert all(b[5] == "1.00" for b in body if b[3] == "1")     # fastcells over its own 1
+    text = md.read_text()
+    assert "## Scaling" in text and "threads: fastcells and each peer at 1" in text
+    assert f"| {cell} | {shape} | fwd | 1 |" in text
+
+
+def _scaling_row(shape, threads, ms):
+    times = {s: {"median_ms": ms, "min_ms": ms, "repeats": 3} for s in bench.SCALING_SYSTEMS}
+    return {"cell": "lstm", "shape": list(shape), "mode": "fwdbwd", "threads": threads,
+            "times": times, "skipped": {}, "speedup": dict.fromkeys(bench.SCALING_SYSTEMS, 99.99)}
+
+
+def test_scaling_table_fits_the_width():
+    rows = [_scaling_row((1000, 1024, 10000, 10000), n, 99999.9) for n in (1, 64, 512)]
+    lines = bench.format_table(rows, bench.SCALING).splitlines()
+    assert max(len(line) for line in lines) <= bench.MAX_WIDTH, "\n".join(lines)
+    assert len(bench.SCALING_LEGEND) <= bench.MAX_WIDTH
+
+
+# ----------------------------------------------------------------------------
+# the variable-length row
+
+
+def test_varlen_problem_lengths():
+    shape = bench.Shape(7, 50, 3, 4)
+    p = bench.make_problem("lstm", shape, varlen=True)
+    fixed = bench.make_problem("lstm", shape)
+    assert p.lengths.shape == (50,)
+    assert p.lengths.min() >= 4 and p.lengths.max() <= 7      # [ceil(T/2), T]
+    assert len(set(p.lengths.tolist())) > 1                    # spread, not constant
+    assert np.array_equal(p.lengths, bench.make_problem("lstm", shape, varlen=True).lengths)
+    assert np.array_equal(p.x, fixed.x) and fixed.lengths is None
+    assert p.valid().shape == (7, 50, 1) and p.valid().sum() == p.lengths.sum()
+
+
+def test_peers_agree_on_valid_steps_only():
+    p = bench.make_problem("lstm", bench.Shape(6, 3, 4, 5), varlen=True)
+    y = bench.outputs(bench._fc, p, "fwd")["y"].copy()
+    padded = ~p.valid()[:, :, 0]
+    assert padded.any()
+    y[padded] = 7.0                          # what a peer leaves past a sequence's end
+    bench.agree("peer", y, p)
+    y[0, 0, 0] += 1.0                        # a valid step wrong
+    with pytest.raises(bench.Unavailable, match="disagrees"):
+        bench.agree("peer", y, p)
+
+
+def test_varlen_row_is_checked_and_every_peer_agrees(tmp_path, capsys):
+    status, out = _run(tmp_path, "--cells", "lstm", "--varlen", "6,3,4,5")
+    assert status == 0
+    printed = capsys.readouterr().out
+    assert bench.VARLEN_LEGEND in printed and f"(6,3,4,5) {bench.VARLEN_MARK}" in printed
+    rows = [r for r in json.loads(out.read_text())["rows"] if r["varlen"]]
+    assert [r["mode"] for r in rows] == list(bench.MODES)
+    for r in rows:
+        assert 3 <= min(r["lengths"]) and max(r["lengths"]) <= 6
+        assert r["rel_err"] <= bench.CHECK_TOL
+        assert all("disagrees" not in why for why in r["skipped"].values()), r["skipped"]
+        assert {"fastcells", "reference", "floor"} <= set(r["times"])
+    # a peer that is installed is timed on the variable-length row
+    for peer, module, mode in (("torch", "torch", "fwdbwd"), ("ort", "onnxruntime", "fwd")):
+        if importlib.util.find_spec(module) is not None:
+            assert any(peer in r["times"] for r in rows if r["mode"] == mode), peer
+
+
+def test_varlen_check_fails_on_wrong_lengths_handling(tmp_path, monkeypatch):
+    """The check compares fastcells with the reference at the same lengths: a fastcells
+    that ignored them would fail it."""
+    real = bench.outputs
+
+    def ignoring_lengths(module, p, mode, dtype=np.float32):
+        if module is bench._fc and p.lengths is not None:
+            p = dataclasses.replace(p, lengths=None, _expected={})
+        return real(module, p, mode, dtype)
+    monkeypatch.setattr(bench, "outputs", ignoring_lengths)
+    status, _ = _run(tmp_path, "--cells", "lstm", "--systems", "fastcells", "--modes", "fwd",
+                     "--varlen", "6,3,4,5")
+    assert status == 1
+
+
+@pytest.mark.parametrize("cell", bench.CELLS)
+def test_onnx_model_with_sequence_lens_matches_fastcells(cell):
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    onnx_model = bench.load_bench(REPO_BENCH).onnx_model
+    p = bench.make_problem(cell, bench.Shape(7, 5, 3, 4), varlen=True)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = opts.inter_op_num_threads = 1
+    sess = ort.InferenceSession(onnx_model.model_bytes(p), opts,
+                                providers=["CPUExecutionProvider"])
+    assert [i.name for i in sess.get_inputs()][:2] == ["X", onnx_model.SEQUENCE_LENS]
+    Y, Y_h = sess.run(["Y", "Y_h"], onnx_model.feed(p))
+    want = bench.outputs(bench._fc, p, "fwd")
+    valid = p.valid()
+    np.testing.assert_allclose(np.where(valid, Y[:, 0], 0), want["y"], atol=1e-5)
+    np.testing.assert_allclose(Y_h[0], want["h"], atol=1e-5)   # the state at each own end
