@@ -6,7 +6,7 @@ functional call), and of PyTorch and ONNX Runtime over fastcells with
 prepared weights (``Stepper.forward``).  Above 1, fastcells is faster.  The
 axis is logarithmic with labelled ticks at 1.25x steps near 1, every bar
 carries its value, and fastcells' own median time is printed under each
-shape (a variable-length row's shape is marked ``var-len``).  The title
+shape (a variable-length row's as ``(<=T,B,I,H)``).  The title
 names the machine, fastcells' version, the ISA and the threads every system
 ran with (``info["threads"]``, from ``fastcells.bench.threads_info``).
 """

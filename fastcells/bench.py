@@ -154,8 +154,9 @@ GRIDS = {
 VARLEN_CELL = "lstm"
 VARLEN_GRIDS = {"quick": _shapes((20, 8, 64, 64)), "default": _shapes((50, 16, 256, 256)),
                 "full": _shapes((50, 64, 512, 512))}
-#: what the shape column adds to a variable-length row
-VARLEN_MARK = "var-len"
+#: what marks a variable-length row's T in the shape column: each sequence has at most T
+#: steps (two characters: the default table keeps within MAX_WIDTH)
+VARLEN_MARK = "<="
 #: the (cell, shape) problems of --scaling, per grid
 SCALING_GRIDS: dict[str, tuple[tuple[str, Shape], ...]] = {
     "quick": (("lstm", Shape(20, 8, 64, 64)),),
@@ -957,14 +958,13 @@ class Column:
 
 
 def shape_text(r: dict[str, Any]) -> str:
-    """A row's shape as ``(T,B,I,H)``, marked ``var-len`` when the row has lengths."""
-    return "(" + ",".join(map(str, r["shape"])) + ")" + (
-        f" {VARLEN_MARK}" if r.get("varlen") else "")
+    """A row's shape as ``(T,B,I,H)``, or ``(<=T,B,I,H)`` when the row has lengths."""
+    return "(" + (VARLEN_MARK if r.get("varlen") else "") + ",".join(map(str, r["shape"])) + ")"
 
 
 _KEY = (
     Column("cell", "the recurrent cell", lambda r: r["cell"], text=True),
-    Column("shape (T,B,I,H)", f"steps, batch, input size, hidden size; {VARLEN_MARK}: "
+    Column("shape (T,B,I,H)", f"steps, batch, input size, hidden size; {VARLEN_MARK}T: "
            "lengths uniform in [T/2, T]", shape_text, text=True),
     Column("mode", "fwd: inference forward; fwdbwd: training forward + backward",
            lambda r: r["mode"], text=True),
@@ -983,7 +983,7 @@ COMPACT = _KEY + (
 LEGEND = ("ms: median per call; peer: fastest of torch, ort; ref: NumPy reference; "
           "x/fc > 1: fastcells faster")
 #: the line below the legend when the table has a variable-length row
-VARLEN_LEGEND = (f"{VARLEN_MARK}: lengths uniform in [T/2, T]; fastcells lengths=, torch "
+VARLEN_LEGEND = (f"{VARLEN_MARK}T: lengths uniform in [T/2, T]; fastcells lengths=, torch "
                  "packed sequences, ort sequence_lens")
 #: the wide table: every system and ratio, the floor and the errors
 WIDE = _KEY + tuple(Column(s, f"{note}; median ms", _ms(s)) for s, note in SYSTEM_NOTES.items()) + (
@@ -1103,7 +1103,7 @@ def write_markdown(path: str, rows: Sequence[dict[str, Any]], info: dict[str, An
             ("Times are medians over interleaved rounds; ratios `x/fc` are a system's time over "
              "fastcells' (above 1: fastcells is faster). Every fastcells result was checked "
              "against the float64 reference (`rel err` below)."
-             + (f" `{VARLEN_MARK}`: {VARLEN_LEGEND.split(': ', 1)[1]}."
+             + (f" `{VARLEN_MARK}T`: {VARLEN_LEGEND.split(': ', 1)[1]}."
                 if any(r.get("varlen") for r in rows) else "")),
             "", "## Summary", "", *_legend_lines(COMPACT[3:]), "", markdown_table(rows, COMPACT),
             "", "## Every column", "", *_legend_lines(WIDE[3:]), "", markdown_table(rows, WIDE),
@@ -1121,7 +1121,7 @@ grids (--shape replaces them):
   --full   latency, training and serving shapes:
            {' '.join(map(str, GRIDS['full'][:5]))}
            {' '.join(map(str, GRIDS['full'][5:]))}
-  and the variable-length LSTM row ({VARLEN_MARK}: lengths uniform in [T/2, T]; --varlen
+  and the variable-length LSTM row ({VARLEN_MARK}T: lengths uniform in [T/2, T]; --varlen
   replaces it): default {VARLEN_GRIDS['default'][0]}, --quick {VARLEN_GRIDS['quick'][0]}, \
 --full {VARLEN_GRIDS['full'][0]}
 
@@ -1202,7 +1202,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--shape", action="append", type=Shape.parse, metavar="T,B,I,H",
                     help="run this shape instead of the grid (repeatable)")
     ap.add_argument("--varlen", action="append", type=Shape.parse, metavar="T,B,I,H",
-                    help=f"run the variable-length LSTM row ({VARLEN_MARK}) at this shape "
+                    help=f"run the variable-length LSTM row ({VARLEN_MARK}T) at this shape "
                          "instead of the grid's (repeatable; with --shape, none unless given)")
     ap.add_argument("--modes", default=",".join(MODES),
                     help="comma-separated modes: fwd (inference), fwdbwd (training forward "
@@ -1325,8 +1325,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows: list[dict[str, Any]] = []
         start = time.perf_counter()
         for k, (cell, shape, mode, varlen) in enumerate(jobs, 1):
-            print(f"[{k}/{len(jobs)}] {cell} {shape}{' ' + VARLEN_MARK if varlen else ''} "
-                  f"{mode}:", end="", file=sys.stderr, flush=True)
+            key = {"cell": cell, "shape": [shape.T, shape.B, shape.I, shape.H], "varlen": varlen}
+            print(f"[{k}/{len(jobs)}] {cell} {shape_text(key)} {mode}:", end="",
+                  file=sys.stderr, flush=True)
 
             def progress(s: str) -> None:
                 print(" " + s, end="", file=sys.stderr, flush=True)
