@@ -70,12 +70,10 @@ def compiled_stepper(cell: str, weights: Sequence[Array | None], half: bool,
                               **options)
 
 
-def new_states(states: Sequence[Array | None], L: int, B: int, H: int,
-               dtype: np.dtype) -> list[Array]:
-    """The stacks (L, B, H) a step writes its new states into, one per state kind:
-    a copy of the old state in ``dtype`` (zeros for None), updated in place."""
-    return [np.zeros((L, B, H), dtype) if s is None else np.array(s, dtype, order="C")
-            for s in states]
+def new_state(old: Array | None, shape: tuple[int, int, int], dtype: np.dtype) -> Array:
+    """The stack (L, B, H) a step writes one state kind into: a C-ordered copy of
+    the old state in ``dtype`` (zeros for None), which the layers update in place."""
+    return np.zeros(shape, dtype) if old is None else old.astype(dtype, order="C")
 
 
 def step_h(steppers: Sequence[StepFn], x: Array, states: Sequence[Array | None],
@@ -88,12 +86,11 @@ def step_h(steppers: Sequence[StepFn], x: Array, states: Sequence[Array | None],
     ``dtype``, the backend's) starts as a copy of the old state, and each
     layer updates its row in place; ``y`` is the last row.
     """
-    (hs,) = new_states(states, len(steppers), x.shape[0], H, dtype)
+    hs = new_state(states[0], (len(steppers), x.shape[0], H), dtype)
     inp = x
-    for k, stepper in enumerate(steppers):
-        if k and mask is not None:
+    for stepper, h in zip(steppers, hs):
+        if mask is not None and inp is not x:
             inp = inp * mask(inp.shape)
-        h = hs[k]
         inp = stepper(inp, h, out=h)    # type: ignore[assignment]
     return inp, hs
 
@@ -105,12 +102,12 @@ def step_hc(steppers: Sequence[StepFn], x: Array, states: Sequence[Array | None]
     ``states`` is ``[h0, c0]``, each (L, B, H) or None; ``mask``, ``H`` and
     ``dtype`` as for :func:`step_h`.
     """
-    hs, cs = new_states(states, len(steppers), x.shape[0], H, dtype)
+    shape = (len(steppers), x.shape[0], H)
+    hs, cs = new_state(states[0], shape, dtype), new_state(states[1], shape, dtype)
     inp = x
-    for k, stepper in enumerate(steppers):
-        if k and mask is not None:
+    for stepper, h, c in zip(steppers, hs, cs):
+        if mask is not None and inp is not x:
             inp = inp * mask(inp.shape)
-        h, c = hs[k], cs[k]
         stepper(inp, h, c, out=(h, c))
         inp = h
     return inp, (hs, cs)

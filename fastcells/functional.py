@@ -882,12 +882,16 @@ class Stepper:
         try:
             if type(h_out) is not np.ndarray or lstm and type(c_out) is not np.ndarray:
                 raise TypeError("out")          # named below
-            # copying h into h_out, or c into c_out, must not change an input still to
-            # be read (c_out may share h's memory: h is copied first)
-            if share(h_out, x_t) or lstm and (share(c_out, x_t) or share(h_out, c_out) or (
-                    c is not None and share(h_out, c))):
-                raise ValueError("out: expected arrays that share no memory with x_t (nor, "
-                                 "for h_out, with c_out or c), got overlapping ones")
+            # Writing an old state (or zeros) into out must not change an input still
+            # to be read: x_t, or c when h goes first (c_out may share h's memory).
+            # In place, nothing is written before the kernel, which reads x_t whole
+            # (the input projection) before it writes a state.
+            if h is not h_out and (share(h_out, x_t) or lstm and c is not None and share(
+                    h_out, c)) or lstm and (share(h_out, c_out) or c is not c_out and share(
+                    c_out, x_t)):
+                raise ValueError("out: expected arrays that share no memory with each other, "
+                                 "nor with x_t or (h_out) c unless updated in place, got "
+                                 "overlapping ones")
             if h is None:
                 h_out.fill(0)
             elif h is not h_out:
