@@ -819,10 +819,11 @@ class Stepper:
             subclass) of shape (B, H); a row ``s[k]`` of a larger (L, B, H)
             array ``s`` is one.  The state may be updated in place:
             ``step(x_t, h, out=h)``, or ``step(x_t, h, c, out=(h, c))`` for an
-            LSTM (an array of ``out`` may share memory with its own old state).
-            An array of ``out`` must not share memory with ``x_t``, nor
-            ``h_out`` with ``c_out`` or ``c``: writing it would change an input
-            before it is read (ValueError).
+            LSTM.  Otherwise the old state is first copied into ``out`` (which
+            may share memory with it), so an array of ``out`` that is not its
+            own old state must not share memory with ``x_t``, nor ``h_out``
+            with ``c``: the copy would change an input before it is read.
+            ``h_out`` and ``c_out`` must not share memory.  ValueError else.
 
         Returns
         -------

@@ -387,3 +387,15 @@ def test_bad_out_is_named(cell):
         for pair in [good, (good,), [good, good], (good, good, good)]:
             with pytest.raises(TypeError, match=r"out: expected a pair \(h_out, c_out\)"):
                 step(x, *states, out=pair)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+def test_in_place_state_may_be_the_input_too(cell):
+    # in place nothing is written before the kernel, which reads x_t whole (the input
+    # projection) before it writes a state: x_t may then be h itself (I == H)
+    step, _, states = _stepper_and_inputs(cell, {}, I=7, H=7)
+    want = _as_tuple(step(states[0].copy(), *[s.copy() for s in states]))
+    got = step(states[0], *states, out=tuple(states) if cell == "lstm" else states[0])
+    for g, s, w in zip(_as_tuple(got), states, want):
+        assert g is s
+        np.testing.assert_array_equal(s, w)
