@@ -4,22 +4,22 @@
 are checked, packed and their biases folded once, when the steppers are
 built, and the steppers are kept until the parameters change
 (``parameters_changed``).  A step then costs little more than the steppers
-it wraps: arrays that already fit are passed on unchecked (the Stepper
-checks its own arguments), and the new states are stacked without
-``np.stack``.  The reference backend gets a stand-in with the Stepper's
-call convention, so there is one path through a step for both backends.
+it wraps (see docs/design.md, "Layer step overhead"): arrays that already
+fit are passed on unchecked (the Stepper checks its own arguments), and the
+stacked result starts as a copy of the old state that each layer updates in
+its own row (``Stepper(..., out=)``), instead of new arrays stacked afterwards.
+The reference backend gets a stand-in with the Stepper's call convention,
+``out`` included, so there is one path through a step for both backends.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
-from itertools import repeat
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
 from . import functional
 from ._float16 import float16_values
-from ._layer_args import stack
 
 Array = np.ndarray
 #: one layer's step: ``(x, h, c) -> h`` (RNN, GRU) or ``(h, c)`` (LSTM)
@@ -40,11 +40,16 @@ class ReferenceStepper:
         self.forward_fn, self.weights, self.options, self.lstm = (
             forward_fn, tuple(weights), options, lstm)
 
-    def __call__(self, x: Array, h: Array | None = None,
-                 c: Array | None = None) -> Array | tuple[Array, Array]:
+    def __call__(self, x: Array, h: Array | None = None, c: Array | None = None, *,
+                 out: Array | tuple[Array, Array]) -> Array | tuple[Array, Array]:
+        """One step; the new state is written into ``out`` (``(h_out, c_out)`` for
+        the LSTM), arrays (B, H) of the result's dtype, and returned."""
         states = (h, c) if self.lstm else (h,)
         res = self.forward_fn(x[None], *self.weights, *states, **self.options)
-        return (res.h, res.c) if self.lstm else res.h
+        outs = out if isinstance(out, tuple) else (out,)
+        for o, new in zip(outs, (res.h, res.c) if self.lstm else (res.h,)):
+            o[...] = new
+        return out
 
 
 def step_weights(names: Sequence[str | None], weights: Sequence[Array | None],
@@ -65,42 +70,44 @@ def compiled_stepper(cell: str, weights: Sequence[Array | None], half: bool,
                               **options)
 
 
-def _per_layer(stack: Array | None) -> Iterable[Array | None]:
-    """The layers' states (B, H) of a stacked state (L, B, H), or None for each if None."""
-    return repeat(None) if stack is None else stack
+def new_state(old: Array | None, shape: tuple[int, int, int], dtype: np.dtype) -> Array:
+    """The stack (L, B, H) a step writes one state kind into: a C-ordered copy of
+    the old state in ``dtype`` (zeros for None), which the layers update in place."""
+    return np.zeros(shape, dtype) if old is None else old.astype(dtype, order="C")
 
 
 def step_h(steppers: Sequence[StepFn], x: Array, states: Sequence[Array | None],
-           mask: MaskFn | None) -> tuple[Array, Array]:
+           mask: MaskFn | None, H: int, dtype: np.dtype) -> tuple[Array, Array]:
     """One step through stacked one-state layers (RNN, GRU): ``(y, h (L, B, H))``.
 
     ``states`` is ``[h0]``, h0 (L, B, H) or None for zeros.  ``mask`` (training
     mode with dropout) draws the dropout mask applied to each layer's output
-    before the next layer, as the sequence call does.
+    before the next layer, as the sequence call does.  The result (of
+    ``dtype``, the backend's) starts as a copy of the old state, and each
+    layer updates its row in place; ``y`` is the last row.
     """
-    hs: list[Array] = []
+    hs = new_state(states[0], (len(steppers), x.shape[0], H), dtype)
     inp = x
-    for stepper, h in zip(steppers, _per_layer(states[0])):
-        if hs and mask is not None:
+    for stepper, h in zip(steppers, hs):
+        if mask is not None and inp is not x:
             inp = inp * mask(inp.shape)
-        inp = stepper(inp, h)    # type: ignore[assignment]
-        hs.append(inp)
-    return inp, stack(hs, True)
+        inp = stepper(inp, h, out=h)    # type: ignore[assignment]
+    return inp, hs
 
 
 def step_hc(steppers: Sequence[StepFn], x: Array, states: Sequence[Array | None],
-            mask: MaskFn | None) -> tuple[Array, tuple[Array, Array]]:
+            mask: MaskFn | None, H: int, dtype: np.dtype) -> tuple[Array, tuple[Array, Array]]:
     """One step through stacked LSTM layers: ``(y, (h, c))``, each (L, B, H).
 
-    ``states`` is ``[h0, c0]``, each (L, B, H) or None; ``mask`` as for :func:`step_h`.
+    ``states`` is ``[h0, c0]``, each (L, B, H) or None; ``mask``, ``H`` and
+    ``dtype`` as for :func:`step_h`.
     """
-    hs: list[Array] = []
-    cs: list[Array] = []
+    shape = (len(steppers), x.shape[0], H)
+    hs, cs = new_state(states[0], shape, dtype), new_state(states[1], shape, dtype)
     inp = x
-    for stepper, h, c in zip(steppers, _per_layer(states[0]), _per_layer(states[1])):
-        if hs and mask is not None:
+    for stepper, h, c in zip(steppers, hs, cs):
+        if mask is not None and inp is not x:
             inp = inp * mask(inp.shape)
-        inp, c_new = stepper(inp, h, c)
-        hs.append(inp)
-        cs.append(c_new)
-    return inp, (stack(hs, True), stack(cs, True))
+        stepper(inp, h, c, out=(h, c))
+        inp = h
+    return inp, (hs, cs)

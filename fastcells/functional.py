@@ -800,22 +800,123 @@ class Stepper:
         state: np.ndarray = s.copy()   # the kernel updates it in place: never the caller's
         return state
 
-    def __call__(self, x_t: Any, h: Any = None,
-                 c: Any = None) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
-        """One step: ``x_t (B, I)`` and the state ``h`` (LSTM: ``h, c``), each (B, H) or
-        None for zeros.  Returns the new ``h`` (LSTM: ``(h, c)``), new float32 arrays."""
+    def __call__(self, x_t: Any, h: Any = None, c: Any = None, *,
+                 out: Any = None) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """Advance the state by one time step.
+
+        Parameters
+        ----------
+        x_t : array (B, I)
+            The inputs of this step.  Real floats, converted to float32.
+        h : array (B, H), optional
+            The hidden state before the step; zeros if None.  Real floats,
+            converted to float32.  Not written (unless it is ``out``).
+        c : array (B, H), optional
+            LSTM only: the cell state before the step; zeros if None.
+        out : array (B, H), or for an LSTM a pair ``(h_out, c_out)``, optional
+            Keyword-only: where to write the new state, instead of into new
+            arrays.  Each a writable, C-contiguous float32 ndarray (not a
+            subclass) of shape (B, H); a row ``s[k]`` of a larger (L, B, H)
+            array ``s`` is one.  The state may be updated in place:
+            ``step(x_t, h, out=h)``, or ``step(x_t, h, c, out=(h, c))`` for an
+            LSTM.  Otherwise the old state is first copied into ``out`` (which
+            may share memory with it), so an array of ``out`` that is not its
+            own old state must not share memory with ``x_t``, nor ``h_out``
+            with ``c``: the copy would change an input before it is read.
+            ``h_out`` and ``c_out`` must not share memory.  ValueError else.
+
+        Returns
+        -------
+        h : float32 array (B, H)
+            RNN and GRU: the new hidden state; ``out`` itself if given, else a
+            new array.
+        (h, c) : pair of float32 arrays (B, H)
+            LSTM: the new hidden and cell states; the arrays of ``out`` if
+            given, else new arrays.
+
+        Raises
+        ------
+        TypeError
+            ``x_t`` or a state not real floats; an array of ``out`` not a
+            float32 ndarray, or for an LSTM ``out`` not a pair.
+        ValueError
+            A shape that does not fit; ``c`` given to an RNN or GRU; an array
+            of ``out`` read-only, not C-contiguous or sharing memory it must
+            not.  The inputs are not written then; ``out`` may hold a copy of
+            the old state.
+        """
         if not is_f32c(x_t):
             x_t = as_float("x_t", x_t, F32)
         if x_t.ndim != 2 or x_t.shape[1] != self.input_size:
             raise ValueError(f"x_t: expected shape (B, I) = (B, {self.input_size}), got "
                              f"{x_t.shape}")
         B = x_t.shape[0]
-        h_new = self._state("h", h, B)
-        if not self._spec.has_cell_state:
-            if c is not None:
-                raise ValueError(f"c: only LSTM has a cell state, got c for {self.cell}")
-            self._kernel.step(x_t, h_new, None)
-            return h_new
-        c_new = self._state("c", c, B)
-        self._kernel.step(x_t, h_new, c_new)
-        return h_new, c_new
+        lstm = self._spec.has_cell_state
+        if c is not None and not lstm:
+            raise ValueError(f"c: only LSTM has a cell state, got c for {self.cell}")
+        if out is None:
+            h_new = self._state("h", h, B)
+            if not lstm:
+                self._kernel.step(x_t, h_new, None)
+                return h_new
+            c_new = self._state("c", c, B)
+            self._kernel.step(x_t, h_new, c_new)
+            return h_new, c_new
+        # The kernel updates a state in place: the old state is copied into out
+        # (unless it is out), then updated there.  The kernel's arguments check
+        # out's dtype, layout, writability and shape; a failure is named below.
+        h_out: Any
+        c_out: Any
+        if not lstm:
+            h_out, c_out = out, None
+        elif type(out) is tuple and len(out) == 2:
+            h_out, c_out = out
+        else:
+            raise TypeError(f"out: expected a pair (h_out, c_out) of float32 arrays (B, H) for "
+                            f"lstm, got {type(out).__name__}")
+        shape = (B, self.hidden_size)
+        if h is not None and h is not h_out and not (is_f32c(h) and h.shape == shape):
+            h = self._state("h", h, B)          # converted and checked: a copy
+        if c is not None and c is not c_out and not (is_f32c(c) and c.shape == shape):
+            c = self._state("c", c, B)
+        share = np.may_share_memory
+        try:
+            if type(h_out) is not np.ndarray or lstm and type(c_out) is not np.ndarray:
+                raise TypeError("out")          # named below
+            # Writing an old state (or zeros) into out must not change an input still
+            # to be read: x_t, or c when h goes first (c_out may share h's memory).
+            # In place, nothing is written before the kernel, which reads x_t whole
+            # (the input projection) before it writes a state.
+            if h is not h_out and (share(h_out, x_t) or lstm and c is not None and share(
+                    h_out, c)) or lstm and (share(h_out, c_out) or c is not c_out and share(
+                    c_out, x_t)):
+                raise ValueError("out: expected arrays that share no memory with each other, "
+                                 "nor with x_t or (h_out) c unless updated in place, got "
+                                 "overlapping ones")
+            if h is None:
+                h_out.fill(0)
+            elif h is not h_out:
+                h_out[...] = h
+            if c is None:
+                if lstm:
+                    c_out.fill(0)
+            elif c is not c_out:
+                c_out[...] = c
+            self._kernel.step(x_t, h_out, c_out)
+        except (TypeError, ValueError):
+            for name, o in zip(("out[0]", "out[1]") if lstm else ("out",), (h_out, c_out)):
+                if type(o) is not np.ndarray or o.dtype != F32 or not o.dtype.isnative:
+                    got = f"dtype {o.dtype}" if type(o) is np.ndarray else type(o).__name__
+                    raise TypeError(f"{name}: expected a float32 ndarray (B, H) = {shape}, "
+                                    f"got {got}") from None
+                if o.shape != shape:
+                    raise ValueError(f"{name}: expected shape (B, H) = {shape}, got "
+                                     f"{o.shape}") from None
+                if not o.flags.c_contiguous:
+                    raise ValueError(f"{name}: expected a C-contiguous array, got strides "
+                                     f"{o.strides}") from None
+                if not o.flags.writeable:
+                    raise ValueError(f"{name}: expected a writable array, got a read-only "
+                                     f"one") from None
+            raise
+        return (h_out, c_out) if lstm else h_out

@@ -41,6 +41,7 @@ from ._checks import (
     check_nonlinearity,
     check_number,
     check_shape,
+    float_dtype,
     is_f32c,
     to_numpy,
 )
@@ -327,7 +328,9 @@ class _RNNBase(_Layer):
         if states is None:
             states = self._split(state, shape[0], "state", self._state_names, self.num_layers)
         mask = self._dropout_mask if self.training and self.dropout > 0 else None
-        return self._step_layers(steppers, x_t, states, mask)
+        # the new states' dtype: float32, or the reference's common float type of the inputs
+        dtype = _F32 if compiled else float_dtype(x_t, *states, *self._weights[0])
+        return self._step_layers(steppers, x_t, states, mask, self.hidden_size, dtype)
 
     def _step_states(self, state: Any, B: int) -> Sequence[Any] | None:
         """The state of a compiled step as ``[h]`` or ``[h, c]``, when it needs no checks

@@ -1,8 +1,9 @@
 """The compiled kernels against the float64 NumPy reference, on every ISA path.
 
-The grid of issue 2 (T in {0, 1, 2, 37}, B in {0, 1, 3, 16}, H in {1, 3, 17,
-64}, I != H; with/without bias, initial state, lengths; forward/reverse) times
-five cells times the ISA paths is too big to run in full, so it is covered in
+The conformance grid -- T in {0, 1, 2, 37}, B in {0, 1, 3, 16}, H in {1, 3,
+17, 64} (empty work, single rows and steps, sizes off and on the vector
+widths), I != H; with/without bias, initial state, lengths; forward/reverse --
+times five cells times the ISA paths is too big to run in full, so it is covered in
 two parts that together hold every axis value and every pair that matters:
 
 - ``test_shape_grid``: every (T, B, H) with every option on (bias, h0/c0,

@@ -5,7 +5,7 @@ One leaked buffer per iteration would be far above the bounds: a cache's
 gate activations alone are ``T*B*G*H*4`` bytes (40 KiB for the LSTM here,
 20 MiB over the quick run).  The quick run (500 iterations per cell) is part
 of the suite; ``FASTCELLS_LONG=1`` runs 20000 per cell and prints the figures
-quoted in the README (``pytest -s``).
+(``pytest -s``) summarised in docs/robustness.md, "Memory".
 """
 from __future__ import annotations
 

@@ -256,3 +256,146 @@ def test_forward_from_threads_gives_the_serial_numbers():
             th.join()
         for g, s in zip(got, serial):
             np.testing.assert_array_equal(g, s)
+
+
+# -- out=: the new state written into the caller's arrays ----------------------------
+
+
+def _stepper_and_inputs(cell, options, B=3, I=5, H=7, seed=4):
+    rng = np.random.default_rng(seed)
+    kw = dict(options)
+    if kw.pop("peephole", False):
+        kw["peephole"] = rng.standard_normal(3 * H).astype(np.float32)
+    step = Stepper(cell, *_weights(rng, cell, I, H), **kw)
+    x = rng.standard_normal((B, I)).astype(np.float32)
+    states = [rng.standard_normal((B, H)).astype(np.float32)
+              for _ in range(2 if cell == "lstm" else 1)]
+    return step, x, states
+
+
+def _as_tuple(new):
+    return new if isinstance(new, tuple) else (new,)
+
+
+@pytest.mark.parametrize("zeros", [False, True], ids=["state", "no-state"])
+@pytest.mark.parametrize("cell,options", VARIANTS)
+def test_out_gives_the_bits_of_new_arrays(cell, options, zeros):
+    step, x, states = _stepper_and_inputs(cell, options)
+    given = [None] * len(states) if zeros else states
+    kept = [s.copy() for s in states]
+    want = _as_tuple(step(x, *given))
+    # each state into its row of a larger (L, B, H) array, the other rows untouched
+    stacks = [np.full((3,) + s.shape, 7.0, np.float32) for s in states]
+    outs = tuple(s[1] for s in stacks)
+    got = step(x, *given, out=outs if cell == "lstm" else outs[0])
+    assert all(g is o for g, o in zip(_as_tuple(got), outs))
+    for g, w, s in zip(outs, want, stacks):
+        np.testing.assert_array_equal(g, w)
+        assert (s[0] == 7).all() and (s[2] == 7).all()
+    for s, k in zip(states, kept):            # the old states were not written
+        np.testing.assert_array_equal(s, k)
+
+
+@pytest.mark.parametrize("cell,options", VARIANTS)
+def test_out_may_be_the_old_state_itself(cell, options):
+    step, x, states = _stepper_and_inputs(cell, options)
+    want = _as_tuple(step(x, *states))
+    # in place, several steps: each the bits of a step into new arrays
+    for _ in range(3):
+        got = step(x, *states, out=tuple(states) if cell == "lstm" else states[0])
+        for g, s, w in zip(_as_tuple(got), states, want):
+            assert g is s
+            np.testing.assert_array_equal(s, w)
+        want = _as_tuple(step(x, *[s.copy() for s in states]))
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+def test_out_may_overlap_its_own_old_state(cell):
+    # out one row further along the same buffer as the old state: copied first
+    step, x, states = _stepper_and_inputs(cell, {}, B=2)
+    bufs = [np.zeros((3,) + s.shape[1:], np.float32) for s in states]
+    for b, s in zip(bufs, states):
+        b[:2] = s
+    want = _as_tuple(step(x, *[b[:2].copy() for b in bufs]))
+    outs = tuple(b[1:] for b in bufs)
+    step(x, *[b[:2] for b in bufs], out=outs if cell == "lstm" else outs[0])
+    for o, w in zip(outs, want):
+        np.testing.assert_array_equal(o, w)
+
+
+def test_lstm_c_out_may_be_the_old_h():
+    # c_out shares h's memory: h is copied into h_out before c_out is written
+    step, x, (h, c) = _stepper_and_inputs("lstm", {})
+    want = step(x, h, c)
+    h_out = np.empty_like(h)
+    got = step(x, h, c, out=(h_out, h))
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+def test_out_sharing_memory_with_an_input_is_refused(cell):
+    step, x, states = _stepper_and_inputs(cell, {}, I=7, H=7)
+    kept = [a.copy() for a in [x, *states]]
+    n = len(states)
+
+    def call(*outs):
+        return step(x, *states, out=outs if n == 2 else outs[0])
+
+    fresh = [np.empty_like(s) for s in states]
+    cases = [[x] + fresh[1:]]                   # h_out is x_t
+    if n == 2:
+        cases += [[fresh[0], x],                # c_out is x_t
+                  [fresh[0], fresh[0]],         # h_out is c_out
+                  [states[1], fresh[1]]]        # h_out is the old c
+    for outs in cases:
+        with pytest.raises(ValueError, match="out.*share no memory"):
+            call(*outs)
+        for a, k in zip([x, *states], kept):     # nothing read was written
+            np.testing.assert_array_equal(a, k)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+def test_bad_out_is_named(cell):
+    step, x, states = _stepper_and_inputs(cell, {}, B=3, H=7)
+    good = np.empty((3, 7), np.float32)
+    read_only = np.empty((3, 7), np.float32)
+    read_only.flags.writeable = False
+    bad = [
+        (np.empty((3, 7), np.float64), TypeError, "float32"),
+        (np.empty((3, 7), np.dtype(">f4") if np.little_endian else "<f4"), TypeError, "float32"),
+        ([[0.0] * 7] * 3, TypeError, "float32 ndarray"),
+        (np.empty((3, 8), np.float32), ValueError, r"shape \(B, H\) = \(3, 7\)"),
+        (np.empty((7, 3), np.float32).T, ValueError, "C-contiguous"),
+        (read_only, ValueError, "writable"),
+        (np.empty((3, 7), np.float32).view(np.matrix), TypeError, "float32 ndarray"),
+    ]
+    for o, error, message in bad:
+        if cell == "lstm":
+            for outs, name in [((o, good), r"out\[0\]"), ((good, o), r"out\[1\]")]:
+                with pytest.raises(error, match=f"{name}: expected .*{message}"):
+                    step(x, *states, out=outs)
+        else:
+            with pytest.raises(error, match=f"out: expected .*{message}"):
+                step(x, *states, out=o)
+    for s in states:                             # with the old state as out, too
+        s_bad = s.astype(np.float64)
+        with pytest.raises(TypeError, match="out.*float32"):
+            step(x, *[s_bad] * len(states), out=tuple([s_bad] * len(states))
+                 if cell == "lstm" else s_bad)
+    if cell == "lstm":
+        for pair in [good, (good,), [good, good], (good, good, good)]:
+            with pytest.raises(TypeError, match=r"out: expected a pair \(h_out, c_out\)"):
+                step(x, *states, out=pair)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+def test_in_place_state_may_be_the_input_too(cell):
+    # in place nothing is written before the kernel, which reads x_t whole (the input
+    # projection) before it writes a state: x_t may then be h itself (I == H)
+    step, _, states = _stepper_and_inputs(cell, {}, I=7, H=7)
+    want = _as_tuple(step(states[0].copy(), *[s.copy() for s in states]))
+    got = step(states[0], *states, out=tuple(states) if cell == "lstm" else states[0])
+    for g, s, w in zip(_as_tuple(got), states, want):
+        assert g is s
+        np.testing.assert_array_equal(s, w)

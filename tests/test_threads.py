@@ -13,7 +13,7 @@ layer are documented as unsupported (use one layer per thread, or the
 functional API, whose caches are independent and read-only).
 
 The quick tests here take a few seconds; ``FASTCELLS_LONG=1`` runs each
-for a minute (the record quoted in the README).
+for a minute (the run docs/robustness.md, "Threads", describes).
 """
 from __future__ import annotations
 
