@@ -18,6 +18,9 @@ How this module is built, and why:
 - How each product reads its weight is the ``packing`` argument, one of the
   ``PACK_*`` constants below (exposed to Python); the cell facts the wrappers
   need (gate counts) come from ``fastcells._cells``.
+- One call may run on several threads (OpenMP, ``prange``): each loop takes
+  a block of batch rows and runs every step on it, and the products split by
+  rows (see "row blocks" below); with one block nothing enters OpenMP.
 - ``lengths`` (or NULL) marks the steps ``t >= lengths[b]`` that leave row
   ``b`` untouched; ``reverse`` walks time backwards, each row starting at its
   own last valid step.  Backward walks the forward order in reverse.

@@ -6,7 +6,9 @@ Every cell runs through one forward and one backward skeleton:
 2. project the inputs of all steps with one GEMM (fastcells' own, packed or
    unpacked, in chunks of time for long inference: ``_packing``), fold the
    biases in, prepare ``W_hh`` once per call, and run the compiled time loop
-   (``_kernels``, GIL released);
+   (``_kernels``, GIL released).  A large call splits the loop and the
+   projection by batch rows over the threads the cost model (``_parallel``)
+   wants and the shared budget (``_threads.claim``) gives;
 3. backward only: the compiled BPTT loop, then the weight gradients as one
    matrix product each (``dx`` by fastcells' packed GEMM, ``dW_ih``/``dW_hh``
    by NumPy's BLAS).
@@ -515,9 +517,12 @@ def rnn_forward(x: Any, W_ih: Any, W_hh: Any, b_ih: Any = None, b_hh: Any = None
 
     Notes
     -----
-    One call runs on one thread.  The compiled loop releases the GIL, so
-    several Python threads can run calls at once (each thread keeps its own
-    scratch buffers: :func:`release_scratch`).
+    A call large enough to pay for it splits its time loop and its input
+    products by batch rows over up to :func:`fastcells.get_num_threads`
+    threads, with the same bits for any thread count.  The compiled loops
+    release the GIL, so several Python threads can run calls at once, sharing
+    that budget (each thread keeps its own scratch buffers:
+    :func:`release_scratch`).
     """
     return cast(ForwardResult, _forward(
         "rnn", {"nonlinearity": check_nonlinearity(nonlinearity)}, x, W_ih, W_hh, b_ih, b_hh,
@@ -545,9 +550,12 @@ def rnn_backward(cache: Any, dy: Any = None, dh: Any = None) -> Gradients:
 
     Notes
     -----
-    One call runs on one thread.  The compiled loop releases the GIL, so
-    several Python threads can run calls at once (each thread keeps its own
-    scratch buffers: :func:`release_scratch`).
+    A call large enough to pay for it splits its time loop and its input
+    products by batch rows over up to :func:`fastcells.get_num_threads`
+    threads, with the same bits for any thread count.  The compiled loops
+    release the GIL, so several Python threads can run calls at once, sharing
+    that budget (each thread keeps its own scratch buffers:
+    :func:`release_scratch`).
     """
     return cast(Gradients, _backward("rnn", cache, dy, (dh,)))
 
@@ -592,9 +600,12 @@ def gru_forward(x: Any, W_ih: Any, W_hh: Any, b_ih: Any = None, b_hh: Any = None
 
     Notes
     -----
-    One call runs on one thread.  The compiled loop releases the GIL, so
-    several Python threads can run calls at once (each thread keeps its own
-    scratch buffers: :func:`release_scratch`).
+    A call large enough to pay for it splits its time loop and its input
+    products by batch rows over up to :func:`fastcells.get_num_threads`
+    threads, with the same bits for any thread count.  The compiled loops
+    release the GIL, so several Python threads can run calls at once, sharing
+    that budget (each thread keeps its own scratch buffers:
+    :func:`release_scratch`).
     """
     options = {"linear_before_reset": check_bool("linear_before_reset", linear_before_reset)}
     return cast(ForwardResult, _forward("gru", options, x, W_ih, W_hh, b_ih, b_hh, h0, None,
@@ -623,9 +634,12 @@ def gru_backward(cache: Any, dy: Any = None, dh: Any = None) -> Gradients:
 
     Notes
     -----
-    One call runs on one thread.  The compiled loop releases the GIL, so
-    several Python threads can run calls at once (each thread keeps its own
-    scratch buffers: :func:`release_scratch`).
+    A call large enough to pay for it splits its time loop and its input
+    products by batch rows over up to :func:`fastcells.get_num_threads`
+    threads, with the same bits for any thread count.  The compiled loops
+    release the GIL, so several Python threads can run calls at once, sharing
+    that budget (each thread keeps its own scratch buffers:
+    :func:`release_scratch`).
     """
     return cast(Gradients, _backward("gru", cache, dy, (dh,)))
 
@@ -669,9 +683,12 @@ def lstm_forward(x: Any, W_ih: Any, W_hh: Any, b_ih: Any = None, b_hh: Any = Non
 
     Notes
     -----
-    One call runs on one thread.  The compiled loop releases the GIL, so
-    several Python threads can run calls at once (each thread keeps its own
-    scratch buffers: :func:`release_scratch`).
+    A call large enough to pay for it splits its time loop and its input
+    products by batch rows over up to :func:`fastcells.get_num_threads`
+    threads, with the same bits for any thread count.  The compiled loops
+    release the GIL, so several Python threads can run calls at once, sharing
+    that budget (each thread keeps its own scratch buffers:
+    :func:`release_scratch`).
     """
     return cast(LSTMForwardResult, _forward("lstm", {}, x, W_ih, W_hh, b_ih, b_hh, h0, c0,
                                             peephole, lengths, reverse, training))
@@ -701,9 +718,12 @@ def lstm_backward(cache: Any, dy: Any = None, dh: Any = None,
 
     Notes
     -----
-    One call runs on one thread.  The compiled loop releases the GIL, so
-    several Python threads can run calls at once (each thread keeps its own
-    scratch buffers: :func:`release_scratch`).
+    A call large enough to pay for it splits its time loop and its input
+    products by batch rows over up to :func:`fastcells.get_num_threads`
+    threads, with the same bits for any thread count.  The compiled loops
+    release the GIL, so several Python threads can run calls at once, sharing
+    that budget (each thread keeps its own scratch buffers:
+    :func:`release_scratch`).
     """
     return cast(LSTMGradients | PeepholeLSTMGradients,
                 _backward("lstm", cache, dy, (dh, dc)))
@@ -723,8 +743,9 @@ class Stepper:
     (serving).  The Stepper keeps float32 copies of the weights as they were
     when it was built: build a new one after changing them.
 
-    Threads: one Stepper may be called from several threads at once; each call
-    runs on its calling thread with the GIL released.
+    Threads: one Stepper may be called from several threads at once, with the
+    GIL released; a step runs on its calling thread, and :meth:`forward` splits
+    large batches over threads as the functional calls do.
 
     Parameters
     ----------
@@ -800,8 +821,9 @@ class Stepper:
         always the packed ones; the functional call multiplies a few rows
         unpacked (``T*B < 32``, or batch 1 and ``T <= 16``), where its results
         then differ from these by float32 rounding; elsewhere they are the same
-        bits.  Safe to call from several threads at once (each call runs on its
-        thread with the GIL released).
+        bits.  Safe to call from several threads at once (the GIL released; a
+        large call splits its batch rows over threads, the same bits for any
+        thread count).
 
         Parameters
         ----------
