@@ -71,6 +71,8 @@ def gemm_threads(m: int, n: int, k: int) -> int:
 
 def forward_threads(T: int, B: int, I: int, G: int, H: int) -> int:
     """How many threads a forward call wants (its loop's or its projection's need)."""
+    if B < 2 * MIN_ROWS_PER_THREAD and T * B < 2 * GEMM_ROW_GRANULE:
+        return 1        # small calls: decided in two comparisons
     return max(loop_threads(B, G, H), gemm_threads(T * B, G * H, I))
 
 
