@@ -18,10 +18,15 @@ How this module is built, and why:
 - How each product reads its weight is the ``packing`` argument, one of the
   ``PACK_*`` constants below (exposed to Python); the cell facts the wrappers
   need (gate counts) come from ``fastcells._cells``.
+- One call may run on several threads (OpenMP, ``prange``): each loop takes
+  a block of batch rows and runs every step on it, and the products split by
+  rows (see "row blocks" below); with one block nothing enters OpenMP.
 - ``lengths`` (or NULL) marks the steps ``t >= lengths[b]`` that leave row
   ``b`` untouched; ``reverse`` walks time backwards, each row starting at its
   own last valid step.  Backward walks the forward order in reverse.
 """
+from cython.parallel cimport prange
+from cpython.pyport cimport PY_SSIZE_T_MAX
 from libc.stdint cimport int64_t
 from libc.string cimport memcpy, memset
 
@@ -225,18 +230,6 @@ def _check_pack_buffer(buf, Py_ssize_t need):
             raise ValueError(f"{want}, got {got}")
 
 
-def gemm(const float[:, ::1] A, const float[::1] P, Py_ssize_t n, float[:, ::1] C):
-    """``C = A @ B`` with ``B`` (A.shape[1], n) packed by :func:`pack` (for tests)."""
-    cdef Py_ssize_t m = A.shape[0], k = A.shape[1]
-    if C.shape[0] != m or C.shape[1] != n:
-        raise ValueError(f"C: expected shape ({m}, {n}), got ({C.shape[0]}, {C.shape[1]})")
-    if P.shape[0] < fc_packed_size(k, n):
-        raise ValueError(f"P: expected at least {fc_packed_size(k, n)} floats, got {P.shape[0]}")
-    if m and n:
-        with nogil:
-            fc_gemm(m, n, k, &A[0, 0] if k else NULL, k, &P[0], &C[0, 0], n)
-
-
 def gemm_nt(const float[:, ::1] A, const float[:, ::1] W, float[:, ::1] C):
     """``C = A @ W.T`` with ``W`` unpacked (for tests and projections)."""
     cdef Py_ssize_t m = A.shape[0], k = A.shape[1], n = W.shape[0]
@@ -290,6 +283,19 @@ cdef inline Py_ssize_t _step_time(Py_ssize_t s, Py_ssize_t t0, Py_ssize_t n,
                                   bint backwards) noexcept nogil:
     """Time of the s-th step of a walk over [t0, t0 + n), forwards or backwards."""
     return t0 + (n - 1 - s if backwards else s)
+
+
+cdef inline Py_ssize_t _block_steps(const int64_t *lens, Py_ssize_t b0,
+                                    Py_ssize_t b1) noexcept nogil:
+    """Steps t below which some row of [b0, b1) is active (no lengths: every step).
+    From there on the block's rows are all masked: its recurrent product is skipped."""
+    cdef Py_ssize_t b, most = 0
+    if lens == NULL:
+        return PY_SSIZE_T_MAX
+    for b in range(b0, b1):
+        if lens[b] > most:
+            most = lens[b]
+    return most
 
 
 cdef inline const float *_prev_row(const float *seq, const float *init, Py_ssize_t t,
@@ -355,11 +361,11 @@ cdef inline const int64_t *_lens(const int64_t[::1] lengths) noexcept nogil:
 
 
 cdef inline void _copy_rows_active(float *dst, const float *src, const float *extra,
-                                   Py_ssize_t B, Py_ssize_t H, const int64_t *lens,
-                                   Py_ssize_t t) noexcept nogil:
-    """dst[b] = src[b] (+ extra[b]) for the rows active at step t."""
+                                   Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t H,
+                                   const int64_t *lens, Py_ssize_t t) noexcept nogil:
+    """dst[b] = src[b] (+ extra[b]) for the rows of [b0, b1) active at step t."""
     cdef Py_ssize_t b, j
-    for b in range(B):
+    for b in range(b0, b1):
         if _masked(lens, t, b):
             continue
         if extra == NULL:
@@ -370,28 +376,207 @@ cdef inline void _copy_rows_active(float *dst, const float *src, const float *ex
 
 
 # ----------------------------------------------------------------------------
+# row blocks: one call's rows split across threads
+#
+# Each loop runs every step of its chunk on the rows [b0, b1) of the batch
+# (strides stay the whole batch B), so the threads of one call never wait for
+# each other between steps.  Every buffer a loop writes is indexed by row (the
+# states, outputs, kept arrays, gradients and the scratch gh, rh, ghn, tmp,
+# direct), so blocks never share memory.  The packed product gives a row the
+# same bits whatever other rows it is multiplied with, for 2 rows or more
+# (csrc/gemm_impl.h): with blocks of at least 2 rows (or the whole batch of
+# one row) the results do not depend on the split.
+
+#: the arguments of one forward loop over a chunk of time (see rnn_forward & co.)
+ctypedef struct FwdLoop:
+    Py_ssize_t t0, n, B, H
+    int packing
+    bint reverse, relu, lbr
+    const int64_t *lens
+    const float *gx
+    const float *wp
+    const float *wp_n
+    const float *peep
+    const float *bhn
+    float *h
+    float *c
+    float *y
+    float *gates
+    float *kept          # LSTM: cs; GRU with linear_before_reset: hn
+    float *gh
+    float *rh
+    float *ghn
+
+#: the arguments of one BPTT loop (see rnn_backward & co.)
+ctypedef struct BwdLoop:
+    Py_ssize_t T, B, H
+    bint reverse, relu, lbr
+    const int64_t *lens
+    const float *y
+    const float *gates
+    const float *cs
+    const float *init    # LSTM: c0; GRU: h0
+    const float *hn
+    const float *wpt
+    const float *wpt_n
+    const float *peep
+    const float *dy
+    float *dh
+    float *dc
+    float *dG
+    float *dGh
+    float *tmp
+    float *direct
+
+#: the rows [r0, r1) of a loop (or product) whose arguments ``args`` points to
+ctypedef void (*RowLoop)(const void *args, Py_ssize_t r0, Py_ssize_t r1) noexcept nogil
+
+
+cdef inline fc_fpenv_t _fp_mode() noexcept nogil:
+    """The calling thread's floating-point control word (read, left as it is)."""
+    cdef fc_fpenv_t mode = fc_fpenv_enter()
+    fc_fpenv_exit(mode)
+    return mode
+
+
+cdef void _run_rows(RowLoop loop, const void *args, Py_ssize_t rows, const int64_t *bounds,
+                    Py_ssize_t nblocks, bint ftz) noexcept nogil:
+    """Run ``loop`` over the row blocks [bounds[i], bounds[i+1]), one thread each, or
+    over all ``rows`` on the calling thread when ``nblocks <= 1`` (no OpenMP then).
+
+    Every thread runs in the caller's floating-point mode, with flush-to-zero when
+    ``ftz`` (the loops; the products run in the caller's mode as they do on one
+    thread): the mode is per thread, and a pool thread keeps whatever it had."""
+    cdef Py_ssize_t i
+    cdef fc_fpenv_t caller, own
+    if nblocks <= 1:
+        own = fc_fpenv_enter() if ftz else 0
+        loop(args, 0, rows)
+        if ftz:
+            fc_fpenv_exit(own)
+        return
+    caller = _fp_mode()
+    for i in prange(nblocks, num_threads=nblocks, schedule="static", chunksize=1):
+        own = fc_fpenv_enter()
+        fc_fpenv_exit(caller)
+        if ftz:
+            fc_fpenv_enter()
+        loop(args, bounds[i], bounds[i + 1])
+        fc_fpenv_exit(own)
+
+
+cdef Py_ssize_t _check_blocks(const int64_t[::1] blocks, Py_ssize_t B) except -1:
+    """The number of row blocks ``blocks`` (bounds 0 = b_0 < b_1 < ... = B, each block
+    of at least 2 rows) describes; 1 for None.  A wrong plan would let two threads
+    write one row, so it is refused, naming what it got."""
+    cdef Py_ssize_t i, n
+    if blocks is None:
+        return 1
+    n = blocks.shape[0] - 1
+    if n < 1 or blocks[0] != 0 or blocks[n] != B:
+        raise ValueError(f"blocks: expected row bounds from 0 to B = {B}, got "
+                         f"{list(blocks)}")
+    for i in range(n):
+        if blocks[i + 1] - blocks[i] < (2 if n > 1 else 0):
+            raise ValueError(f"blocks: expected blocks of at least 2 rows, got "
+                             f"{list(blocks)}")
+    return n
+
+
+cdef inline const int64_t *_bounds(const int64_t[::1] blocks) noexcept nogil:
+    return &blocks[0] if blocks is not None else NULL
+
+
+#: products are split across threads in blocks of a multiple of this many rows: a
+#: multiple of every ISA's tile height (FC_MR in csrc/gemm.c: 3 generic, 6 AVX2,
+#: 8 AVX-512), so that no block but the last ends in a partial tile
+cdef Py_ssize_t GEMM_ROW_GRANULE = 24
+
+
+def gemm_row_granule():
+    """A threaded :func:`gemm` splits its rows in blocks of a multiple of this many."""
+    return GEMM_ROW_GRANULE
+
+
+def gemm_blocks(Py_ssize_t m, Py_ssize_t nthreads):
+    """Row bounds of a product of ``m`` rows split for ``nthreads`` threads (int64, one
+    more than the blocks): equal blocks of a multiple of :func:`gemm_row_granule` rows,
+    the last taking the rest (joined to the one before when shorter than a granule)."""
+    if nthreads < 1 or m < 0:
+        raise ValueError(f"m, nthreads: expected m >= 0 and nthreads >= 1, got "
+                         f"{m}, {nthreads}")
+    cdef Py_ssize_t g = GEMM_ROW_GRANULE, span = nthreads * g
+    cdef Py_ssize_t per = max(1, (m + span - 1) // span) * g
+    bounds = list(range(0, m, per)) + [m]
+    cdef Py_ssize_t k = len(bounds)       # (no negative indices: wraparound is off)
+    if k > 2 and bounds[k - 1] - bounds[k - 2] < g:
+        del bounds[k - 2]
+    return np.array(bounds if m else [0, 0], dtype=np.int64)
+
+
+#: the arguments of one product C = A @ B (B packed), for _run_rows
+ctypedef struct Product:
+    Py_ssize_t n, k, lda, ldc
+    const float *A
+    const float *P
+    float *C
+
+
+cdef void _gemm_rows(const void *p, Py_ssize_t r0, Py_ssize_t r1) noexcept nogil:
+    cdef const Product *a = <const Product *>p
+    fc_gemm(r1 - r0, a.n, a.k, a.A + r0 * a.lda, a.lda, a.P, a.C + r0 * a.ldc, a.ldc)
+
+
+def gemm(const float[:, ::1] A, const float[::1] P, Py_ssize_t n, float[:, ::1] C,
+         Py_ssize_t nthreads=1):
+    """``C = A @ B`` with ``B`` (A.shape[1], n) packed by :func:`pack`, the rows split
+    over up to ``nthreads`` threads (:func:`gemm_blocks`): the same bits for any
+    ``nthreads``.  Runs in the caller's floating-point mode."""
+    cdef Py_ssize_t m = A.shape[0], k = A.shape[1]
+    if C.shape[0] != m or C.shape[1] != n:
+        raise ValueError(f"C: expected shape ({m}, {n}), got ({C.shape[0]}, {C.shape[1]})")
+    if P.shape[0] < fc_packed_size(k, n):
+        raise ValueError(f"P: expected at least {fc_packed_size(k, n)} floats, got {P.shape[0]}")
+    if nthreads < 1:
+        raise ValueError(f"nthreads: expected a positive integer, got {nthreads}")
+    if not (m and n):
+        return
+    cdef const int64_t[::1] blocks = gemm_blocks(m, nthreads) if nthreads > 1 else None
+    cdef Product prod
+    cdef float dummy = 0     # k == 0: a valid address, never read (not NULL + offsets)
+    prod.n, prod.k, prod.lda, prod.ldc = n, k, k, n
+    prod.A, prod.P, prod.C = &A[0, 0] if k else &dummy, &P[0], &C[0, 0]
+    with nogil:
+        _run_rows(_gemm_rows, &prod, m, _bounds(blocks),
+                  blocks.shape[0] - 1 if blocks is not None else 1, False)
+
+
+# ----------------------------------------------------------------------------
 # RNN
 
-cdef void _rnn_fwd(Py_ssize_t t0, Py_ssize_t n, Py_ssize_t B, Py_ssize_t H, const float *gx,
-                   const float *wp, int packing,
-                   float *h, float *y, const int64_t *lens, bint reverse, bint relu,
-                   float *gh) noexcept nogil:
-    cdef Py_ssize_t s, t, b, j
+cdef void _rnn_fwd(const void *p, Py_ssize_t b0, Py_ssize_t b1) noexcept nogil:
+    cdef const FwdLoop *L = <const FwdLoop *>p
+    cdef Py_ssize_t s, t, b, j, t0 = L.t0, B = L.B, H = L.H
+    cdef Py_ssize_t steps = _block_steps(L.lens, b0, b1)
+    cdef float *h = L.h
+    cdef float *y = L.y
+    cdef float *gh = L.gh
     cdef float *a
     cdef const float *g
     cdef float v
-    for s in range(n):
-        t = _step_time(s, t0, n, reverse)
-        _recur(packing, B, H, H, h, wp, gh)
-        for b in range(B):
-            if _masked(lens, t, b):
+    for s in range(L.n):
+        t = _step_time(s, t0, L.n, L.reverse)
+        if t < steps:
+            _recur(L.packing, b1 - b0, H, H, h + b0 * H, L.wp, gh + b0 * H)
+        for b in range(b0, b1):
+            if _masked(L.lens, t, b):
                 memset(y + (t * B + b) * H, 0, H * sizeof(float))
                 continue
             a = gh + b * H
-            g = gx + ((t - t0) * B + b) * H
+            g = L.gx + ((t - t0) * B + b) * H
             for j in range(H):
                 a[j] += g[j]
-            if relu:
+            if L.relu:
                 for j in range(H):
                     v = a[j]
                     a[j] = 0.0 if v < 0 else v   # NaN stays NaN, as in NumPy
@@ -403,31 +588,38 @@ cdef void _rnn_fwd(Py_ssize_t t0, Py_ssize_t n, Py_ssize_t B, Py_ssize_t H, cons
 
 def rnn_forward(Py_ssize_t t0, const float[:, :, ::1] gx, const float[::1] wp, int packing,
                 float[:, ::1] h, float[:, :, ::1] y, const int64_t[::1] lengths, bint reverse,
-                bint relu, float[:, ::1] gh):
+                bint relu, float[:, ::1] gh, const int64_t[::1] blocks=None):
     """Forward loop over the steps [t0, t0 + len(gx)) (a chunk of time, walked backwards
     when ``reverse``); ``gx`` holds ``x W_ih^T + b_ih + b_hh`` for those steps; ``h`` is
     the state before the chunk in, after it out; ``y`` is the whole (T, B, H) output.
     ``wp`` is ``W_hh`` in the form ``packing`` names: packed by :func:`pack` (``PACK_FLOAT``)
-    or :func:`pack_half` (``PACK_HALF``), or ``W_hh.ravel()`` (``PACK_NONE``)."""
+    or :func:`pack_half` (``PACK_HALF``), or ``W_hh.ravel()`` (``PACK_NONE``).
+    ``blocks``: row bounds ``0 = b_0 < ... < b_n = B`` (int64, blocks of at least 2 rows),
+    one thread per block, or None: one thread (every loop takes the same)."""
     _check_chunk(t0, gx.shape[0], y.shape[0])
-    cdef fc_fpenv_t env
+    cdef Py_ssize_t nb = _check_blocks(blocks, y.shape[1])
+    cdef FwdLoop L
+    L.t0, L.n, L.B, L.H = t0, gx.shape[0], y.shape[1], y.shape[2]
+    L.packing, L.reverse, L.relu, L.lens = packing, reverse, relu, _lens(lengths)
+    L.gx, L.wp, L.h, L.y, L.gh = &gx[0, 0, 0], &wp[0], &h[0, 0], &y[0, 0, 0], &gh[0, 0]
     with nogil:
-        env = fc_fpenv_enter()
-        _rnn_fwd(t0, gx.shape[0], y.shape[1], y.shape[2], &gx[0, 0, 0], &wp[0], packing, &h[0, 0],
-                 &y[0, 0, 0], _lens(lengths), reverse, relu, &gh[0, 0])
-        fc_fpenv_exit(env)
+        _run_rows(_rnn_fwd, &L, L.B, _bounds(blocks), nb, True)
 
 
-cdef void _rnn_bwd(Py_ssize_t T, Py_ssize_t B, Py_ssize_t H, const float *y, const float *wpt,
-                   const float *dy, float *dh, float *dG, const int64_t *lens, bint reverse,
-                   bint relu, float *tmp) noexcept nogil:
-    cdef Py_ssize_t s, t, b, j, row
+cdef void _rnn_bwd(const void *p, Py_ssize_t b0, Py_ssize_t b1) noexcept nogil:
+    cdef const BwdLoop *L = <const BwdLoop *>p
+    cdef Py_ssize_t s, t, b, j, row, T = L.T, B = L.B, H = L.H
+    cdef Py_ssize_t steps = _block_steps(L.lens, b0, b1)
+    cdef const float *y = L.y
+    cdef const float *dy = L.dy
+    cdef float *dh = L.dh
+    cdef float *dG = L.dG
     cdef float d, v
     for s in range(T):
-        t = _step_time(s, 0, T, not reverse)
-        for b in range(B):
+        t = _step_time(s, 0, T, not L.reverse)
+        for b in range(b0, b1):
             row = (t * B + b) * H
-            if _masked(lens, t, b):
+            if _masked(L.lens, t, b):
                 memset(dG + row, 0, H * sizeof(float))
                 continue
             for j in range(H):
@@ -435,53 +627,60 @@ cdef void _rnn_bwd(Py_ssize_t T, Py_ssize_t B, Py_ssize_t H, const float *y, con
                 if dy != NULL:
                     d = d + dy[row + j]
                 v = y[row + j]
-                if relu:
+                if L.relu:
                     dG[row + j] = d if v > 0 else 0.0
                 else:
                     dG[row + j] = d * (1 - v * v)
-        fc_gemm(B, H, H, dG + t * B * H, H, wpt, tmp, H)
-        _copy_rows_active(dh, tmp, NULL, B, H, lens, t)
+        if t < steps:
+            fc_gemm(b1 - b0, H, H, dG + (t * B + b0) * H, H, L.wpt, L.tmp + b0 * H, H)
+            _copy_rows_active(dh, L.tmp, NULL, b0, b1, H, L.lens, t)
 
 
 def rnn_backward(const float[:, :, ::1] y, const float[::1] wpt, const float[:, :, ::1] dy,
                  float[:, ::1] dh, float[:, :, ::1] dG, const int64_t[::1] lengths,
-                 bint reverse, bint relu, float[:, ::1] tmp):
-    """BPTT loop: ``dG`` receives the pre-activation gradients; ``dh`` is dh in, dh0 out."""
-    cdef fc_fpenv_t env
+                 bint reverse, bint relu, float[:, ::1] tmp, const int64_t[::1] blocks=None):
+    """BPTT loop: ``dG`` receives the pre-activation gradients; ``dh`` is dh in, dh0 out;
+    ``blocks`` as in :func:`rnn_forward`."""
+    cdef Py_ssize_t nb = _check_blocks(blocks, y.shape[1])
+    cdef BwdLoop L
+    L.T, L.B, L.H = y.shape[0], y.shape[1], y.shape[2]
+    L.reverse, L.relu, L.lens = reverse, relu, _lens(lengths)
+    L.y, L.wpt, L.dy, L.dh, L.dG, L.tmp = (&y[0, 0, 0], &wpt[0], _opt(dy), &dh[0, 0],
+                                           &dG[0, 0, 0], &tmp[0, 0])
     with nogil:
-        env = fc_fpenv_enter()
-        _rnn_bwd(y.shape[0], y.shape[1], y.shape[2], &y[0, 0, 0], &wpt[0], _opt(dy),
-                 &dh[0, 0], &dG[0, 0, 0], _lens(lengths), reverse, relu, &tmp[0, 0])
-        fc_fpenv_exit(env)
+        _run_rows(_rnn_bwd, &L, L.B, _bounds(blocks), nb, True)
 
 
 # ----------------------------------------------------------------------------
 # LSTM
 
-cdef void _lstm_fwd(Py_ssize_t t0, Py_ssize_t n, Py_ssize_t B, Py_ssize_t H, const float *gx,
-                    const float *wp, int packing, const float *peep,
-                    float *h, float *c, float *y, const int64_t *lens, bint reverse,
-                    float *gates, float *cs, float *gh) noexcept nogil:
-    cdef Py_ssize_t s, t, b, j, G = 4 * H
+cdef void _lstm_fwd(const void *p, Py_ssize_t b0, Py_ssize_t b1) noexcept nogil:
+    cdef const FwdLoop *L = <const FwdLoop *>p
+    cdef Py_ssize_t s, t, b, j, t0 = L.t0, B = L.B, H = L.H, G = 4 * L.H
+    cdef Py_ssize_t steps = _block_steps(L.lens, b0, b1)
+    cdef const float *peep = L.peep
+    cdef float *gates = L.gates
+    cdef float *gh = L.gh
     cdef float *a
     cdef float *yr
     cdef float *cb
     cdef const float *g
-    for s in range(n):
-        t = _step_time(s, t0, n, reverse)
-        _recur(packing, B, G, H, h, wp, gh)
-        for b in range(B):
-            yr = y + (t * B + b) * H
-            if _masked(lens, t, b):
+    for s in range(L.n):
+        t = _step_time(s, t0, L.n, L.reverse)
+        if t < steps:
+            _recur(L.packing, b1 - b0, G, H, L.h + b0 * H, L.wp, gh + b0 * G)
+        for b in range(b0, b1):
+            yr = L.y + (t * B + b) * H
+            if _masked(L.lens, t, b):
                 memset(yr, 0, H * sizeof(float))
                 if gates != NULL:     # may be gx's buffer: no projection left behind
                     memset(gates + (t * B + b) * G, 0, G * sizeof(float))
                 continue
             a = gh + b * G
-            g = gx + ((t - t0) * B + b) * G
+            g = L.gx + ((t - t0) * B + b) * G
             for j in range(G):
                 a[j] += g[j]
-            cb = c + b * H
+            cb = L.c + b * H
             if peep != NULL:                 # i and f see c_{t-1}
                 for j in range(H):
                     a[j] += peep[j] * cb[j]
@@ -498,16 +697,17 @@ cdef void _lstm_fwd(Py_ssize_t t0, Py_ssize_t n, Py_ssize_t B, Py_ssize_t H, con
             fc_tanh(yr, H)
             for j in range(H):
                 yr[j] = a[3 * H + j] * yr[j]
-            memcpy(h + b * H, yr, H * sizeof(float))
+            memcpy(L.h + b * H, yr, H * sizeof(float))
             if gates != NULL:
                 memcpy(gates + (t * B + b) * G, a, G * sizeof(float))
-                memcpy(cs + (t * B + b) * H, cb, H * sizeof(float))
+                memcpy(L.kept + (t * B + b) * H, cb, H * sizeof(float))
 
 
 def lstm_forward(Py_ssize_t t0, const float[:, :, ::1] gx, const float[::1] wp, int packing,
                  const float[::1] peephole, float[:, ::1] h, float[:, ::1] c,
                  float[:, :, ::1] y, const int64_t[::1] lengths, bint reverse,
-                 float[:, :, ::1] gates, float[:, :, ::1] cs, float[:, ::1] gh):
+                 float[:, :, ::1] gates, float[:, :, ::1] cs, float[:, ::1] gh,
+                 const int64_t[::1] blocks=None):
     """Forward loop over a chunk of time (as :func:`rnn_forward`); ``h``/``c`` are the
     state in and out; ``peephole`` (3H: i, f, o) or None; ``gates`` (activated i, f, g, o)
     and ``cs`` (cell state after each step), whole (T, ...) arrays, written when not None
@@ -515,35 +715,40 @@ def lstm_forward(Py_ssize_t t0, const float[:, :, ::1] gx, const float[::1] wp, 
     step's row of ``gx`` is read before its gates overwrite it."""
     _check_chunk(t0, gx.shape[0], y.shape[0])
     _check_kept(t0, gx, y, gates, CELLS["lstm"].G, (("cs", cs),))
-    cdef fc_fpenv_t env
+    cdef Py_ssize_t nb = _check_blocks(blocks, y.shape[1])
+    cdef FwdLoop L
+    L.t0, L.n, L.B, L.H = t0, gx.shape[0], y.shape[1], y.shape[2]
+    L.packing, L.reverse, L.lens = packing, reverse, _lens(lengths)
+    L.gx, L.wp, L.gh = &gx[0, 0, 0], &wp[0], &gh[0, 0]
+    L.peep = &peephole[0] if peephole is not None else NULL
+    L.h, L.c, L.y = &h[0, 0], &c[0, 0], &y[0, 0, 0]
+    L.gates, L.kept = _opt_w(gates), _opt_w(cs)
     with nogil:
-        env = fc_fpenv_enter()
-        _lstm_fwd(t0, gx.shape[0], y.shape[1], y.shape[2], &gx[0, 0, 0], &wp[0], packing,
-                  &peephole[0] if peephole is not None else NULL, &h[0, 0],
-                  &c[0, 0], &y[0, 0, 0], _lens(lengths), reverse, _opt_w(gates), _opt_w(cs),
-                  &gh[0, 0])
-        fc_fpenv_exit(env)
+        _run_rows(_lstm_fwd, &L, L.B, _bounds(blocks), nb, True)
 
 
-cdef void _lstm_bwd(Py_ssize_t T, Py_ssize_t B, Py_ssize_t H, const float *gates,
-                    const float *cs, const float *c0, const float *wpt, const float *peep,
-                    const float *dy,
-                    float *dh, float *dc, float *dG, const int64_t *lens, bint reverse,
-                    float *tmp) noexcept nogil:
-    cdef Py_ssize_t s, t, b, j, G = 4 * H
+cdef void _lstm_bwd(const void *p, Py_ssize_t b0, Py_ssize_t b1) noexcept nogil:
+    cdef const BwdLoop *L = <const BwdLoop *>p
+    cdef Py_ssize_t s, t, b, j, T = L.T, B = L.B, H = L.H, G = 4 * L.H
+    cdef Py_ssize_t steps = _block_steps(L.lens, b0, b1)
+    cdef const float *peep = L.peep
+    cdef const float *dy = L.dy
+    cdef const float *cs = L.cs
+    cdef float *dh = L.dh
+    cdef float *dc = L.dc
     cdef const float *a
     cdef const float *cprev
     cdef float *d
     cdef float dhj, dcj, tc, i, f, gg, o, do_, di, df
     for s in range(T):
-        t = _step_time(s, 0, T, not reverse)
-        for b in range(B):
-            d = dG + (t * B + b) * G
-            if _masked(lens, t, b):
+        t = _step_time(s, 0, T, not L.reverse)
+        for b in range(b0, b1):
+            d = L.dG + (t * B + b) * G
+            if _masked(L.lens, t, b):
                 memset(d, 0, G * sizeof(float))
                 continue
-            a = gates + (t * B + b) * G
-            cprev = _prev_row(cs, c0, t, b, T, B, H, lens, reverse)
+            a = L.gates + (t * B + b) * G
+            cprev = _prev_row(cs, L.init, t, b, T, B, H, L.lens, L.reverse)
             memcpy(d + 3 * H, cs + (t * B + b) * H, H * sizeof(float))
             fc_tanh(d + 3 * H, H)         # tanh(c_t), overwritten below
             for j in range(H):
@@ -569,50 +774,65 @@ cdef void _lstm_bwd(Py_ssize_t T, Py_ssize_t B, Py_ssize_t H, const float *gates
                 if peep != NULL:
                     dcj = dcj + di * peep[j] + df * peep[H + j]
                 dc[b * H + j] = dcj
-        fc_gemm(B, H, G, dG + t * B * G, G, wpt, tmp, H)
-        _copy_rows_active(dh, tmp, NULL, B, H, lens, t)
+        if t < steps:
+            fc_gemm(b1 - b0, H, G, L.dG + (t * B + b0) * G, G, L.wpt, L.tmp + b0 * H, H)
+            _copy_rows_active(dh, L.tmp, NULL, b0, b1, H, L.lens, t)
 
 
 def lstm_backward(const float[:, :, ::1] gates, const float[:, :, ::1] cs,
                   const float[:, ::1] c0, const float[::1] wpt, const float[::1] peephole,
                   const float[:, :, ::1] dy,
                   float[:, ::1] dh, float[:, ::1] dc, float[:, :, ::1] dG,
-                  const int64_t[::1] lengths, bint reverse, float[:, ::1] tmp):
+                  const int64_t[::1] lengths, bint reverse, float[:, ::1] tmp,
+                  const int64_t[::1] blocks=None):
     """BPTT loop: ``dG`` receives the pre-activation gradients (i, f, g, o);
-    ``dh``/``dc`` are the final-state gradients in, dh0/dc0 out."""
-    cdef fc_fpenv_t env
+    ``dh``/``dc`` are the final-state gradients in, dh0/dc0 out; ``blocks`` as in
+    :func:`rnn_forward`."""
+    cdef Py_ssize_t nb = _check_blocks(blocks, cs.shape[1])
+    cdef BwdLoop L
+    L.T, L.B, L.H = cs.shape[0], cs.shape[1], cs.shape[2]
+    L.reverse, L.lens = reverse, _lens(lengths)
+    L.gates, L.cs, L.init, L.wpt = &gates[0, 0, 0], &cs[0, 0, 0], &c0[0, 0], &wpt[0]
+    L.peep = &peephole[0] if peephole is not None else NULL
+    L.dy, L.dh, L.dc, L.dG, L.tmp = _opt(dy), &dh[0, 0], &dc[0, 0], &dG[0, 0, 0], &tmp[0, 0]
     with nogil:
-        env = fc_fpenv_enter()
-        _lstm_bwd(cs.shape[0], cs.shape[1], cs.shape[2], &gates[0, 0, 0], &cs[0, 0, 0],
-                  &c0[0, 0], &wpt[0], &peephole[0] if peephole is not None else NULL,
-                  _opt(dy), &dh[0, 0], &dc[0, 0], &dG[0, 0, 0],
-                  _lens(lengths), reverse, &tmp[0, 0])
-        fc_fpenv_exit(env)
+        _run_rows(_lstm_bwd, &L, L.B, _bounds(blocks), nb, True)
 
 
 # ----------------------------------------------------------------------------
 # GRU
 
-cdef void _gru_fwd(Py_ssize_t t0, Py_ssize_t n, Py_ssize_t B, Py_ssize_t H, const float *gx,
-                   const float *wp, const float *wp_n, int packing,
-                   const float *bhn, float *h, float *y,
-                   const int64_t *lens, bint reverse, bint lbr, float *gates, float *hn_out,
-                   float *gh, float *rh, float *ghn) noexcept nogil:
+cdef void _gru_fwd(const void *p, Py_ssize_t b0, Py_ssize_t b1) noexcept nogil:
     """lbr: n = tanh(gx_n + r*(W_hn h + b_hn)), wp packs all of W_hh (3H outputs).
     not lbr: n = tanh(gx_n + W_hn (r*h)), wp packs W_hr, W_hz (2H) and wp_n W_hn."""
-    cdef Py_ssize_t s, t, b, j, G = 3 * H, ldh = 3 * H if lbr else 2 * H
+    cdef const FwdLoop *L = <const FwdLoop *>p
+    cdef bint lbr = L.lbr
+    cdef Py_ssize_t s, t, b, j, t0 = L.t0, B = L.B, H = L.H, G = 3 * L.H
+    cdef Py_ssize_t ldh = 3 * H if lbr else 2 * H
+    cdef Py_ssize_t steps = _block_steps(L.lens, b0, b1)
+    cdef const float *bhn = L.bhn
+    cdef float *h = L.h
+    cdef float *y = L.y
+    cdef float *gates = L.gates
+    cdef float *hn_out = L.kept
+    cdef float *gh = L.gh
+    cdef float *rh = L.rh
+    cdef float *ghn = L.ghn
     cdef float *a
     cdef float *hb
     cdef const float *g
     cdef float hn, nv, z
-    for s in range(n):
-        t = _step_time(s, t0, n, reverse)
-        _recur(packing, B, ldh, H, h, wp, gh)
-        for b in range(B):
-            if _masked(lens, t, b):
+    for s in range(L.n):
+        t = _step_time(s, t0, L.n, L.reverse)
+        if t < steps:
+            _recur(L.packing, b1 - b0, ldh, H, h + b0 * H, L.wp, gh + b0 * ldh)
+        for b in range(b0, b1):
+            if _masked(L.lens, t, b):
+                if hn_out != NULL:    # zeros, as the gates: the cache is the same every run
+                    memset(hn_out + (t * B + b) * H, 0, H * sizeof(float))
                 continue
             a = gh + b * ldh
-            g = gx + ((t - t0) * B + b) * G
+            g = L.gx + ((t - t0) * B + b) * G
             for j in range(2 * H):
                 a[j] += g[j]
             fc_sigmoid(a, 2 * H)          # r, z
@@ -625,16 +845,16 @@ cdef void _gru_fwd(Py_ssize_t t0, Py_ssize_t n, Py_ssize_t B, Py_ssize_t H, cons
             else:
                 for j in range(H):
                     rh[b * H + j] = a[j] * h[b * H + j]
-        if not lbr:
-            _recur(packing, B, H, H, rh, wp_n, ghn)
-        for b in range(B):
-            if _masked(lens, t, b):
+        if not lbr and t < steps:
+            _recur(L.packing, b1 - b0, H, H, rh + b0 * H, L.wp_n, ghn + b0 * H)
+        for b in range(b0, b1):
+            if _masked(L.lens, t, b):
                 memset(y + (t * B + b) * H, 0, H * sizeof(float))
                 if gates != NULL:     # may be gx's buffer: no projection left behind
                     memset(gates + (t * B + b) * G, 0, G * sizeof(float))
                 continue
             a = gh + b * ldh
-            g = gx + ((t - t0) * B + b) * G
+            g = L.gx + ((t - t0) * B + b) * G
             if not lbr:
                 # gh has room for 2H per row only: n goes to ghn
                 for j in range(H):
@@ -659,49 +879,59 @@ def gru_forward(Py_ssize_t t0, const float[:, :, ::1] gx, const float[::1] wp,
                 const float[::1] bhn, float[:, ::1] h, float[:, :, ::1] y,
                 const int64_t[::1] lengths, bint reverse, bint linear_before_reset,
                 float[:, :, ::1] gates, float[:, :, ::1] hn, float[:, ::1] gh,
-                float[:, ::1] rh, float[:, ::1] ghn):
+                float[:, ::1] rh, float[:, ::1] ghn, const int64_t[::1] blocks=None):
     """Forward loop.  ``gx`` holds ``x W_ih^T + b_ih`` plus ``b_hr, b_hz`` (and ``b_hn``
     when not linear_before_reset); ``bhn`` is ``b_hn`` for linear_before_reset.
     ``gates`` (r, z, n; zeros at masked steps) and, for linear_before_reset,
     ``hn = W_hn h + b_hn`` are written when not None; ``gates`` may be ``gx`` itself, as
-    in :func:`lstm_forward`.  Steps as in :func:`rnn_forward`."""
+    in :func:`lstm_forward`.  Steps and ``blocks`` as in :func:`rnn_forward`."""
     _check_chunk(t0, gx.shape[0], y.shape[0])
     _check_kept(t0, gx, y, gates, CELLS["gru"].G, (("hn", hn),))
-    cdef fc_fpenv_t env
+    cdef Py_ssize_t nb = _check_blocks(blocks, y.shape[1])
+    cdef FwdLoop L
+    L.t0, L.n, L.B, L.H = t0, gx.shape[0], y.shape[1], y.shape[2]
+    L.packing, L.reverse, L.lbr, L.lens = packing, reverse, linear_before_reset, _lens(lengths)
+    L.gx, L.wp, L.bhn = &gx[0, 0, 0], &wp[0], &bhn[0]
+    L.wp_n = &wp_n[0] if wp_n is not None else NULL
+    L.h, L.y, L.gates, L.kept = &h[0, 0], &y[0, 0, 0], _opt_w(gates), _opt_w(hn)
+    L.gh, L.rh, L.ghn = &gh[0, 0], &rh[0, 0], &ghn[0, 0]
     with nogil:
-        env = fc_fpenv_enter()
-        _gru_fwd(t0, gx.shape[0], y.shape[1], y.shape[2], &gx[0, 0, 0], &wp[0],
-                 &wp_n[0] if wp_n is not None else NULL, packing, &bhn[0], &h[0, 0], &y[0, 0, 0],
-                 _lens(lengths), reverse, linear_before_reset, _opt_w(gates), _opt_w(hn),
-                 &gh[0, 0], &rh[0, 0], &ghn[0, 0])
-        fc_fpenv_exit(env)
+        _run_rows(_gru_fwd, &L, L.B, _bounds(blocks), nb, True)
 
 
-cdef void _gru_bwd(Py_ssize_t T, Py_ssize_t B, Py_ssize_t H, const float *gates,
-                   const float *hn, const float *y, const float *h0, const float *wpt,
-                   const float *wpt_n, const float *dy, float *dh, float *dGx, float *dGh,
-                   const int64_t *lens, bint reverse, bint lbr, float *tmp,
-                   float *direct) noexcept nogil:
+cdef void _gru_bwd(const void *p, Py_ssize_t b0, Py_ssize_t b1) noexcept nogil:
     """lbr: wpt packs W_hh (3H x H) and dGh gets [dr, dz, dn*r] (gradient of W_hh h + b_hh).
     not lbr: wpt packs W_hr, W_hz (2H x H), wpt_n W_hn; dGh is unused."""
-    cdef Py_ssize_t s, t, b, j, G = 3 * H, row
+    cdef const BwdLoop *L = <const BwdLoop *>p
+    cdef bint lbr = L.lbr
+    cdef Py_ssize_t s, t, b, j, row, T = L.T, B = L.B, H = L.H, G = 3 * L.H
+    cdef Py_ssize_t steps = _block_steps(L.lens, b0, b1)
+    cdef const float *gates = L.gates
+    cdef const float *hn = L.hn
+    cdef const float *y = L.y
+    cdef const float *dy = L.dy
+    cdef float *dh = L.dh
+    cdef float *dGx = L.dG
+    cdef float *dGh = L.dGh
+    cdef float *tmp = L.tmp
+    cdef float *direct = L.direct
     cdef const float *a
     cdef const float *hp
     cdef float *d
     cdef float *e
     cdef float dhj, r, z, n, dnp, dr
     for s in range(T):
-        t = _step_time(s, 0, T, not reverse)
-        for b in range(B):
+        t = _step_time(s, 0, T, not L.reverse)
+        for b in range(b0, b1):
             row = t * B + b
             d = dGx + row * G
-            if _masked(lens, t, b):
+            if _masked(L.lens, t, b):
                 memset(d, 0, G * sizeof(float))
                 if lbr:
                     memset(dGh + row * G, 0, G * sizeof(float))
                 continue
             a = gates + row * G
-            hp = _prev_row(y, h0, t, b, T, B, H, lens, reverse)
+            hp = _prev_row(y, L.init, t, b, T, B, H, L.lens, L.reverse)
             for j in range(H):
                 dhj = dh[b * H + j]
                 if dy != NULL:
@@ -720,25 +950,27 @@ cdef void _gru_bwd(Py_ssize_t T, Py_ssize_t B, Py_ssize_t H, const float *gates,
                 memcpy(e, d, 2 * H * sizeof(float))
                 for j in range(H):
                     e[2 * H + j] = d[2 * H + j] * a[j]
+        if t >= steps:      # every row of the block masked: nothing flows
+            continue
         if lbr:
-            fc_gemm(B, H, G, dGh + t * B * G, G, wpt, tmp, H)
+            fc_gemm(b1 - b0, H, G, dGh + (t * B + b0) * G, G, L.wpt, tmp + b0 * H, H)
         else:
             # dr needs (dn W_hn) first: tmp = dn @ W_hn, then the r, z rows
-            fc_gemm(B, H, H, dGx + t * B * G + 2 * H, G, wpt_n, tmp, H)
-            for b in range(B):
+            fc_gemm(b1 - b0, H, H, dGx + (t * B + b0) * G + 2 * H, G, L.wpt_n, tmp + b0 * H, H)
+            for b in range(b0, b1):
                 row = t * B + b
-                if _masked(lens, t, b):
+                if _masked(L.lens, t, b):
                     continue
                 a = gates + row * G
                 d = dGx + row * G
-                hp = _prev_row(y, h0, t, b, T, B, H, lens, reverse)
+                hp = _prev_row(y, L.init, t, b, T, B, H, L.lens, L.reverse)
                 for j in range(H):
                     r = a[j]
                     dr = tmp[b * H + j] * hp[j]
                     d[j] = dr * r * (1 - r)
                     direct[b * H + j] += tmp[b * H + j] * r
-            fc_gemm(B, H, 2 * H, dGx + t * B * G, G, wpt, tmp, H)
-        _copy_rows_active(dh, tmp, direct, B, H, lens, t)
+            fc_gemm(b1 - b0, H, 2 * H, dGx + (t * B + b0) * G, G, L.wpt, tmp + b0 * H, H)
+        _copy_rows_active(dh, tmp, direct, b0, b1, H, L.lens, t)
 
 
 def gru_backward(const float[:, :, ::1] gates, const float[:, :, ::1] hn,
@@ -746,18 +978,20 @@ def gru_backward(const float[:, :, ::1] gates, const float[:, :, ::1] hn,
                  const float[::1] wpt_n, const float[:, :, ::1] dy, float[:, ::1] dh,
                  float[:, :, ::1] dGx, float[:, :, ::1] dGh, const int64_t[::1] lengths,
                  bint reverse, bint linear_before_reset, float[:, ::1] tmp,
-                 float[:, ::1] direct):
+                 float[:, ::1] direct, const int64_t[::1] blocks=None):
     """BPTT loop: ``dGx`` receives the gradients of the input pre-activations (r, z, n);
     for linear_before_reset ``dGh`` receives those of ``W_hh h + b_hh``; ``dh`` is dh in,
-    dh0 out."""
-    cdef fc_fpenv_t env
+    dh0 out; ``blocks`` as in :func:`rnn_forward`."""
+    cdef Py_ssize_t nb = _check_blocks(blocks, y.shape[1])
+    cdef BwdLoop L
+    L.T, L.B, L.H = y.shape[0], y.shape[1], y.shape[2]
+    L.reverse, L.lbr, L.lens = reverse, linear_before_reset, _lens(lengths)
+    L.gates, L.hn, L.y, L.init = &gates[0, 0, 0], _opt(hn), &y[0, 0, 0], &h0[0, 0]
+    L.wpt, L.wpt_n = &wpt[0], &wpt_n[0] if wpt_n is not None else NULL
+    L.dy, L.dh, L.dG, L.dGh = _opt(dy), &dh[0, 0], &dGx[0, 0, 0], _opt_w(dGh)
+    L.tmp, L.direct = &tmp[0, 0], &direct[0, 0]
     with nogil:
-        env = fc_fpenv_enter()
-        _gru_bwd(y.shape[0], y.shape[1], y.shape[2], &gates[0, 0, 0], _opt(hn), &y[0, 0, 0],
-                 &h0[0, 0], &wpt[0], &wpt_n[0] if wpt_n is not None else NULL, _opt(dy),
-                 &dh[0, 0], &dGx[0, 0, 0], _opt_w(dGh), _lens(lengths), reverse,
-                 linear_before_reset, &tmp[0, 0], &direct[0, 0])
-        fc_fpenv_exit(env)
+        _run_rows(_gru_bwd, &L, L.B, _bounds(blocks), nb, True)
 
 
 # ----------------------------------------------------------------------------
@@ -855,6 +1089,12 @@ cdef class StepKernel:
         cdef float *ghn = &rest[1, 0]
         cdef float *y = &rest[2, 0]
         cdef fc_fpenv_t env
+        cdef FwdLoop L          # one step of the whole batch, nothing kept
+        memset(&L, 0, sizeof(L))
+        L.n, L.B, L.H, L.packing, L.relu, L.lbr = 1, B, H, self.packing, self.relu, self.lbr
+        L.gx, L.wp, L.wp_n, L.peep, L.bhn = gx, self.wp, self.wp_n, self.peep, self.bhn
+        L.h, L.c, L.y = &h[0, 0], &c[0, 0] if c is not None else NULL, y
+        L.gh, L.rh, L.ghn = gh, rh, ghn
         with nogil:
             env = fc_fpenv_enter()
             if self.I:
@@ -865,12 +1105,9 @@ cdef class StepKernel:
                 for j in range(GH):
                     gx[b * GH + j] += self.bias[j]
             if self.kind == KIND_LSTM:
-                _lstm_fwd(0, 1, B, H, gx, self.wp, self.packing, self.peep, &h[0, 0], &c[0, 0], y,
-                          NULL, False, NULL, NULL, gh)
+                _lstm_fwd(&L, 0, B)
             elif self.kind == KIND_GRU:
-                _gru_fwd(0, 1, B, H, gx, self.wp, self.wp_n, self.packing, self.bhn, &h[0, 0], y,
-                         NULL, False, self.lbr, NULL, NULL, gh, rh, ghn)
+                _gru_fwd(&L, 0, B)
             else:
-                _rnn_fwd(0, 1, B, H, gx, self.wp, self.packing, &h[0, 0], y, NULL, False,
-                         self.relu, gh)
+                _rnn_fwd(&L, 0, B)
             fc_fpenv_exit(env)

@@ -23,12 +23,13 @@ import numpy as np
 
 from . import _kernels
 from ._checks import ForwardArgs
+from ._parallel import gemm_threads
 from ._scratch import Scratch
 
 F32 = np.float32
 
-#: ``product(A, C)`` writes ``C = A @ W_ih.T``
-Product = Callable[[np.ndarray, np.ndarray], None]
+#: ``product(A, C, nthreads)`` writes ``C = A @ W_ih.T`` on up to ``nthreads`` threads
+Product = Callable[[np.ndarray, np.ndarray, int], None]
 
 #: inference projects the input at most this many floats of (steps x B x G*H) at
 #: a time (1 MiB), into one reused buffer: memory beyond the output then does
@@ -78,7 +79,7 @@ class RecurrentLayout(NamedTuple):
 class Weights(NamedTuple):
     """The weights as the time loop takes them: biases folded, products chosen.
 
-    ``project(A, C)`` writes ``C = A @ W_ih.T``; ``wp``/``wp_n`` are ``W_hh`` (or its
+    ``project(A, C, nthreads)`` writes ``C = A @ W_ih.T``; ``wp``/``wp_n`` are ``W_hh`` (or its
     parts, see :func:`pack_recurrent`) in the form ``packing`` names
     (``_kernels.PACK_NONE``: its rows as they are; ``PACK_FLOAT``: ``pack()``;
     ``PACK_HALF``: ``pack_half()``, float16 weights).
@@ -94,20 +95,23 @@ class Weights(NamedTuple):
 
 
 def project(x: np.ndarray, product: Product, GH: int, bias: np.ndarray | None,
-            out: np.ndarray | None = None) -> np.ndarray:
-    """Phase 1: ``x (T, B, I) @ W_ih.T + bias`` as one GEMM, float32 C order (T, B, G*H)."""
+            out: np.ndarray | None = None, nthreads: int = 1) -> np.ndarray:
+    """Phase 1: ``x (T, B, I) @ W_ih.T + bias`` as one GEMM, float32 C order (T, B, G*H),
+    on up to ``nthreads`` threads (as many as the cost model gives its size)."""
     T, B, I = x.shape
     gx = np.empty((T * B, GH), F32) if out is None else out.reshape(T * B, GH)
-    product(x.reshape(T * B, I), gx)
+    if nthreads > 1:
+        nthreads = min(nthreads, gemm_threads(T * B, GH, I))
+    product(x.reshape(T * B, I), gx, nthreads)
     if bias is not None:
         gx += bias
     return gx.reshape(T, B, GH)
 
 
-def projected_chunks(a: ForwardArgs, w: Weights, training: bool,
-                     reverse: bool) -> Iterable[tuple[int, np.ndarray]]:
+def projected_chunks(a: ForwardArgs, w: Weights, training: bool, reverse: bool,
+                     nthreads: int = 1) -> Iterable[tuple[int, np.ndarray]]:
     """``(t0, gx)`` pairs: the input projection of steps ``[t0, t0 + len(gx))``, in the
-    order the loop walks time.
+    order the loop walks time, each on up to ``nthreads`` threads.
 
     Training projects all steps at once, and the kernel then overwrites each
     step's projection with its activated gates (kept for backward): one
@@ -117,12 +121,12 @@ def projected_chunks(a: ForwardArgs, w: Weights, training: bool,
     """
     GH = a.G * a.H
     if training or a.T * a.B * GH <= CHUNK_FLOATS:   # one piece: no generator
-        return ((0, project(a.x, w.project, GH, w.bias)),)
-    return inference_chunks(a, w.project, w.bias, reverse)
+        return ((0, project(a.x, w.project, GH, w.bias, nthreads=nthreads)),)
+    return inference_chunks(a, w.project, w.bias, reverse, nthreads)
 
 
 def inference_chunks(a: ForwardArgs, product: Product, bias: np.ndarray | None,
-                     reverse: bool) -> Iterator[tuple[int, np.ndarray]]:
+                     reverse: bool, nthreads: int = 1) -> Iterator[tuple[int, np.ndarray]]:
     """The inference chunks of :func:`projected_chunks`, one reused buffer."""
     # never a chunk of one row: the packed product of one row is the GEMV, which
     # sums in another order than the tiles of the whole call (training).  So at
@@ -135,7 +139,7 @@ def inference_chunks(a: ForwardArgs, product: Product, bias: np.ndarray | None,
     ends = starts[1:] + [a.T]
     spans = list(zip(starts, ends))
     for t0, t1 in (reversed(spans) if reverse else spans):
-        yield t0, project(a.x[t0:t1], product, a.G * a.H, bias, out=buf[:t1 - t0])
+        yield t0, project(a.x[t0:t1], product, a.G * a.H, bias, buf[:t1 - t0], nthreads)
 
 
 def fold_biases(a: ForwardArgs,
@@ -174,8 +178,9 @@ RECURRENT_BUFFERS = ("W_hh", "W_hn")
 
 
 def packed_projection(P: np.ndarray, GH: int) -> Product:
-    """The projection product by ``W_ih`` packed (``_kernels.pack(W_ih, True)``) in ``P``."""
-    return lambda A, C: _kernels.gemm(A, P, GH, C)
+    """The projection product by ``W_ih`` packed (``_kernels.pack(W_ih, True)``) in ``P``,
+    its rows split over the threads it is given (the same bits for any count)."""
+    return lambda A, C, nthreads: _kernels.gemm(A, P, GH, C, nthreads)
 
 
 def weights_for_call(a: ForwardArgs, s: Scratch, layout: RecurrentLayout) -> Weights:
@@ -187,7 +192,8 @@ def weights_for_call(a: ForwardArgs, s: Scratch, layout: RecurrentLayout) -> Wei
     project: Product
     if unpacked_projection(a.T * a.B, a.I):
         W_ih = a.W_ih
-        project = lambda A, C: _kernels.gemm_nt(A, W_ih, C)  # noqa: E731
+        # at most 31 rows: one thread (gemm_threads would give it no more)
+        project = lambda A, C, nthreads: _kernels.gemm_nt(A, W_ih, C)  # noqa: E731
     else:
         project = packed_projection(s.pack("W_ih", a.W_ih, True), a.G * a.H)
     if packs_forward(a):

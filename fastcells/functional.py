@@ -6,7 +6,9 @@ Every cell runs through one forward and one backward skeleton:
 2. project the inputs of all steps with one GEMM (fastcells' own, packed or
    unpacked, in chunks of time for long inference: ``_packing``), fold the
    biases in, prepare ``W_hh`` once per call, and run the compiled time loop
-   (``_kernels``, GIL released);
+   (``_kernels``, GIL released).  A large call splits the loop and the
+   projection by batch rows over the threads the cost model (``_parallel``)
+   wants and the shared budget (``_threads.claim``) gives;
 3. backward only: the compiled BPTT loop, then the weight gradients as one
    matrix product each (``dx`` by fastcells' packed GEMM, ``dW_ih``/``dW_hh``
    by NumPy's BLAS).
@@ -50,6 +52,7 @@ from ._packing import (
     projected_chunks,
     weights_for_call,
 )
+from ._parallel import forward_threads, loop_threads, row_blocks
 from ._results import (
     Cache,
     ForwardResult,
@@ -59,6 +62,7 @@ from ._results import (
     PeepholeLSTMGradients,
 )
 from ._scratch import Scratch, release_scratch
+from ._threads import claim
 
 F32 = np.float32
 BACKEND = "fastcells"
@@ -79,21 +83,24 @@ AnyGradients = Gradients | LSTMGradients | PeepholeLSTMGradients
 Chunks = Iterable[tuple[int, np.ndarray]]
 Kept = dict[str, np.ndarray | None]
 
-#: ``forward(a, w, options, reverse, training, states, y, chunks, gates)``: a cell's
-#: time loop over the projected ``chunks`` (:func:`_packing.projected_chunks`), given
-#: the checked arguments, the prepared weights, the cell's options, the states
-#: (updated in place), the output ``y`` and, when training keeps them, the ``gates``
-#: buffer (the one chunk's own).  It allocates its scratch and returns what training
-#: keeps besides ``y`` and ``gates``, named as in ``CellSpec.cache_fields``.
+#: ``forward(a, w, options, reverse, training, states, y, chunks, gates, blocks)``: a
+#: cell's time loop over the projected ``chunks`` (:func:`_packing.projected_chunks`),
+#: given the checked arguments, the prepared weights, the cell's options, the states
+#: (updated in place), the output ``y``, when training keeps them the ``gates``
+#: buffer (the one chunk's own), and the row blocks of its threads
+#: (:func:`_parallel.row_blocks`, None: one thread).  It allocates its scratch and
+#: returns what training keeps besides ``y`` and ``gates``, named as in
+#: ``CellSpec.cache_fields``.
 #: Plain arguments, no record: this runs per call, and T = B = 1 calls are short.
 ForwardLoop = Callable[[ForwardArgs, Weights, Options, bool, bool, tuple[np.ndarray, ...],
-                        np.ndarray, Chunks, np.ndarray | None], Kept]
+                        np.ndarray, Chunks, np.ndarray | None, np.ndarray | None], Kept]
 
 
 class _Back(NamedTuple):
     """One backward run: the cache, the call's scratch, the upstream gradients
-    (``finals``: one per state, final-state gradients in, initial-state ones out)
-    and the initial states (zeros when the forward pass had none)."""
+    (``finals``: one per state, final-state gradients in, initial-state ones out),
+    the initial states (zeros when the forward pass had none) and the loop's row
+    blocks (:func:`_parallel.row_blocks`, None: one thread)."""
 
     cache: Cache
     s: Scratch
@@ -105,6 +112,7 @@ class _Back(NamedTuple):
     T: int
     B: int
     H: int
+    blocks: np.ndarray | None
 
 
 def _no_extra(b: _Back, dG: np.ndarray, hprev: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -124,7 +132,7 @@ class _Adapter(NamedTuple):
 
     layout(options)
         How ``W_hh``/``b_hh`` enter the loop (:class:`_packing.RecurrentLayout`).
-    forward(a, w, options, reverse, training, states, y, chunks, gates)
+    forward(a, w, options, reverse, training, states, y, chunks, gates, blocks)
         Runs ``_kernels.<cell>_forward`` over every chunk (:data:`ForwardLoop`).
     backward(b)
         Runs ``_kernels.<cell>_backward``; returns ``(dGx, dGh)``, the gradients
@@ -161,12 +169,13 @@ def _plain_layout(options: Options) -> RecurrentLayout:
 
 def _rnn_forward_loop(a: ForwardArgs, w: Weights, options: Options, reverse: bool,
                       training: bool, states: tuple[np.ndarray, ...], y: np.ndarray,
-                      chunks: Chunks, gates: np.ndarray | None) -> Kept:
+                      chunks: Chunks, gates: np.ndarray | None,
+                      blocks: np.ndarray | None) -> Kept:
     relu = options["nonlinearity"] == "relu"
     gh = np.empty((a.B, a.H), F32)
     for t0, gx in chunks:
         _kernels.rnn_forward(t0, gx, w.wp, w.packing, states[0], y, a.lengths, reverse, relu,
-                             gh)
+                             gh, blocks)
     return {}
 
 
@@ -174,7 +183,8 @@ def _rnn_backward_loop(b: _Back) -> tuple[np.ndarray, np.ndarray]:
     dG = b.s.empty("dG", (b.T, b.B, b.H))
     _kernels.rnn_backward(b.cache["y"], b.s.pack("W_hh", b.cache["W_hh"], False), b.dy,
                           b.finals[0], dG, b.lengths, b.reverse,
-                          b.cache.options["nonlinearity"] == "relu", b.s.empty("tmp", (b.B, b.H)))
+                          b.cache.options["nonlinearity"] == "relu", b.s.empty("tmp", (b.B, b.H)),
+                          b.blocks)
     return dG, dG
 
 
@@ -185,7 +195,8 @@ def _gru_layout(options: Options) -> RecurrentLayout:
 
 def _gru_forward_loop(a: ForwardArgs, w: Weights, options: Options, reverse: bool,
                       training: bool, states: tuple[np.ndarray, ...], y: np.ndarray,
-                      chunks: Chunks, gates: np.ndarray | None) -> Kept:
+                      chunks: Chunks, gates: np.ndarray | None,
+                      blocks: np.ndarray | None) -> Kept:
     lbr = options["linear_before_reset"]
     hn = np.empty((a.T, a.B, a.H), F32) if training and lbr else None
     # without linear_before_reset the n rows' product waits for r: gh has the
@@ -198,7 +209,7 @@ def _gru_forward_loop(a: ForwardArgs, w: Weights, options: Options, reverse: boo
     assert bhn is not None, "the GRU layout always has b_hn"
     for t0, gx in chunks:
         _kernels.gru_forward(t0, gx, w.wp, w.wp_n, w.packing, bhn, states[0], y, a.lengths,
-                             reverse, lbr, gates, hn, gh, rh, ghn)
+                             reverse, lbr, gates, hn, gh, rh, ghn, blocks)
     return {"hn": hn}
 
 
@@ -211,7 +222,8 @@ def _gru_backward_loop(b: _Back) -> tuple[np.ndarray, np.ndarray]:
                                 lambda W, i: b.s.pack(RECURRENT_BUFFERS[i], W, False))
     _kernels.gru_backward(b.cache["gates"], b.cache["hn"], b.cache["y"], b.init[0], wpt, wpt_n,
                           b.dy, b.finals[0], dGx, dGh, b.lengths, b.reverse, lbr,
-                          b.s.empty("tmp", (b.B, b.H)), b.s.empty("direct", (b.B, b.H)))
+                          b.s.empty("tmp", (b.B, b.H)), b.s.empty("direct", (b.B, b.H)),
+                          b.blocks)
     return dGx, dGx if dGh is None else dGh
 
 
@@ -226,7 +238,8 @@ def _gru_recurrent_input_n(b: _Back, hprev: np.ndarray) -> np.ndarray | None:
 
 def _lstm_forward_loop(a: ForwardArgs, w: Weights, options: Options, reverse: bool,
                        training: bool, states: tuple[np.ndarray, ...], y: np.ndarray,
-                       chunks: Chunks, gates: np.ndarray | None) -> Kept:
+                       chunks: Chunks, gates: np.ndarray | None,
+                       blocks: np.ndarray | None) -> Kept:
     h, c = states
     # zeros, not empty: masked steps are never written, and dpeephole
     # multiplies every step's cs by its (zero) gate gradient: 0 * garbage
@@ -234,7 +247,7 @@ def _lstm_forward_loop(a: ForwardArgs, w: Weights, options: Options, reverse: bo
     gh = np.empty((a.B, a.G * a.H), F32)
     for t0, gx in chunks:
         _kernels.lstm_forward(t0, gx, w.wp, w.packing, w.peephole, h, c, y, a.lengths, reverse,
-                              gates, cs, gh)
+                              gates, cs, gh, blocks)
     return {"cs": cs}
 
 
@@ -243,7 +256,7 @@ def _lstm_backward_loop(b: _Back) -> tuple[np.ndarray, np.ndarray]:
     dG = b.s.empty("dG", (b.T, b.B, c["W_hh"].shape[0]))
     _kernels.lstm_backward(c["gates"], c["cs"], b.init[1], b.s.pack("W_hh", c["W_hh"], False),
                            c["peephole"], b.dy, b.finals[0], b.finals[1], dG, b.lengths,
-                           b.reverse, b.s.empty("tmp", (b.B, b.H)))
+                           b.reverse, b.s.empty("tmp", (b.B, b.H)), b.blocks)
     return dG, dG
 
 
@@ -301,23 +314,42 @@ _HAS_C = frozenset(cell for cell, spec in CELLS.items() if spec.has_cell_state)
 _KEEPS_GATES = frozenset(cell for cell, spec in CELLS.items() if "gates" in spec.cache_fields)
 
 
+RunResult = tuple[np.ndarray, tuple[np.ndarray, ...], Kept]
+
+
 def _run(cell: str, a: ForwardArgs, options: Options, reverse: bool, training: bool,
-         weights: Weights | None = None) -> tuple[np.ndarray, tuple[np.ndarray, ...], Kept]:
+         weights: Weights | None = None) -> RunResult:
     """The outputs ``y``, the final states and what training keeps (besides ``y``) of
-    one forward pass; ``weights`` prepared (Stepper) or None (prepared here)."""
+    one forward pass; ``weights`` prepared (Stepper) or None (prepared here).  The
+    call takes the threads the cost model gives its size from the shared budget
+    (none for small calls, which run on the calling thread alone)."""
+    want = forward_threads(a.T, a.B, a.I, a.G, a.H)
+    if want <= 1:
+        return _run_on(cell, a, options, reverse, training, weights, 1)
+    with claim(want) as n:
+        return _run_on(cell, a, options, reverse, training, weights, n)
+
+
+def _run_on(cell: str, a: ForwardArgs, options: Options, reverse: bool, training: bool,
+            weights: Weights | None, nthreads: int) -> RunResult:
+    """:func:`_run` on up to ``nthreads`` threads."""
     adapter = _ADAPTERS[cell]
     h = _initial(a.h0, a.B, a.H)
     states = (h, _initial(a.c0, a.B, a.H)) if cell in _HAS_C else (h,)
     if a.T == 0 or a.B == 0:      # empty work: the initial states are the final ones
         return np.zeros((a.T, a.B, a.H), F32), states, {}
     y = np.empty((a.T, a.B, a.H), F32)
+    blocks = None
+    if nthreads > 1:
+        blocks = row_blocks(a.B, min(nthreads, loop_threads(a.B, a.G, a.H)), a.lengths)
     with Scratch() as s:
         w = weights_for_call(a, s, adapter.layout(options)) if weights is None else weights
-        chunks = projected_chunks(a, w, training, reverse)
+        chunks = projected_chunks(a, w, training, reverse, nthreads)
         gates = None
         if training and cell in _KEEPS_GATES:
             (_, gates), = chunks  # one chunk of every step: its buffer keeps the gates
-        kept = adapter.forward(a, w, options, reverse, training, states, y, chunks, gates)
+        kept = adapter.forward(a, w, options, reverse, training, states, y, chunks, gates,
+                               blocks)
     kept["gates"] = gates
     return y, states, kept
 
@@ -405,6 +437,16 @@ def _weight_grads(s: Scratch, x: np.ndarray, W_ih: np.ndarray, dGx: np.ndarray,
     return dx, dW_ih, dW_hh, db_ih, db_hh
 
 
+def _backward_loop(adapter: _Adapter, b: _Back) -> tuple[np.ndarray, np.ndarray]:
+    """The cell's BPTT loop, its rows split over the threads the cost model gives its
+    size (none for small calls: they run on the calling thread alone)."""
+    want = loop_threads(b.B, b.cache["W_hh"].shape[0] // b.H, b.H)
+    if want <= 1:
+        return adapter.backward(b)
+    with claim(want) as n:
+        return adapter.backward(b._replace(blocks=row_blocks(b.B, n, b.lengths)))
+
+
 def _zeros_if_none(a: np.ndarray | None, B: int, H: int) -> np.ndarray:
     return np.zeros((B, H), F32) if a is None else a
 
@@ -427,8 +469,9 @@ def _backward(cell: str, cache: Any, dy: Any, finals: tuple[Any, ...]) -> AnyGra
         return result(dx, *grads, dW_ih, dW_hh, db_ih, db_hh, *adapter.empty_extra(cache))
     with Scratch() as s:
         init = [_zeros_if_none(cache[f"{state}0"], B, H) for state in spec.states]
-        b = _Back(cache, s, dy, grads, init, cache.options["reverse"], cache["lengths"], T, B, H)
-        dGx, dGh = adapter.backward(b)
+        b = _Back(cache, s, dy, grads, init, cache.options["reverse"], cache["lengths"], T, B,
+                  H, None)
+        dGx, dGh = _backward_loop(adapter, b)
         hprev = _prev_states(cache["y"], b.init[0], b.lengths, b.reverse,
                              s.empty("hprev", (T, B, H)))
         dx, dW_ih, dW_hh, db_ih, db_hh = _weight_grads(
@@ -474,9 +517,12 @@ def rnn_forward(x: Any, W_ih: Any, W_hh: Any, b_ih: Any = None, b_hh: Any = None
 
     Notes
     -----
-    One call runs on one thread.  The compiled loop releases the GIL, so
-    several Python threads can run calls at once (each thread keeps its own
-    scratch buffers: :func:`release_scratch`).
+    A call large enough to pay for it splits its time loop and its input
+    products by batch rows over up to :func:`fastcells.get_num_threads`
+    threads, with the same bits for any thread count.  The compiled loops
+    release the GIL, so several Python threads can run calls at once, sharing
+    that budget (each thread keeps its own scratch buffers:
+    :func:`release_scratch`).
     """
     return cast(ForwardResult, _forward(
         "rnn", {"nonlinearity": check_nonlinearity(nonlinearity)}, x, W_ih, W_hh, b_ih, b_hh,
@@ -504,9 +550,12 @@ def rnn_backward(cache: Any, dy: Any = None, dh: Any = None) -> Gradients:
 
     Notes
     -----
-    One call runs on one thread.  The compiled loop releases the GIL, so
-    several Python threads can run calls at once (each thread keeps its own
-    scratch buffers: :func:`release_scratch`).
+    A call large enough to pay for it splits its time loop and its input
+    products by batch rows over up to :func:`fastcells.get_num_threads`
+    threads, with the same bits for any thread count.  The compiled loops
+    release the GIL, so several Python threads can run calls at once, sharing
+    that budget (each thread keeps its own scratch buffers:
+    :func:`release_scratch`).
     """
     return cast(Gradients, _backward("rnn", cache, dy, (dh,)))
 
@@ -551,9 +600,12 @@ def gru_forward(x: Any, W_ih: Any, W_hh: Any, b_ih: Any = None, b_hh: Any = None
 
     Notes
     -----
-    One call runs on one thread.  The compiled loop releases the GIL, so
-    several Python threads can run calls at once (each thread keeps its own
-    scratch buffers: :func:`release_scratch`).
+    A call large enough to pay for it splits its time loop and its input
+    products by batch rows over up to :func:`fastcells.get_num_threads`
+    threads, with the same bits for any thread count.  The compiled loops
+    release the GIL, so several Python threads can run calls at once, sharing
+    that budget (each thread keeps its own scratch buffers:
+    :func:`release_scratch`).
     """
     options = {"linear_before_reset": check_bool("linear_before_reset", linear_before_reset)}
     return cast(ForwardResult, _forward("gru", options, x, W_ih, W_hh, b_ih, b_hh, h0, None,
@@ -582,9 +634,12 @@ def gru_backward(cache: Any, dy: Any = None, dh: Any = None) -> Gradients:
 
     Notes
     -----
-    One call runs on one thread.  The compiled loop releases the GIL, so
-    several Python threads can run calls at once (each thread keeps its own
-    scratch buffers: :func:`release_scratch`).
+    A call large enough to pay for it splits its time loop and its input
+    products by batch rows over up to :func:`fastcells.get_num_threads`
+    threads, with the same bits for any thread count.  The compiled loops
+    release the GIL, so several Python threads can run calls at once, sharing
+    that budget (each thread keeps its own scratch buffers:
+    :func:`release_scratch`).
     """
     return cast(Gradients, _backward("gru", cache, dy, (dh,)))
 
@@ -628,9 +683,12 @@ def lstm_forward(x: Any, W_ih: Any, W_hh: Any, b_ih: Any = None, b_hh: Any = Non
 
     Notes
     -----
-    One call runs on one thread.  The compiled loop releases the GIL, so
-    several Python threads can run calls at once (each thread keeps its own
-    scratch buffers: :func:`release_scratch`).
+    A call large enough to pay for it splits its time loop and its input
+    products by batch rows over up to :func:`fastcells.get_num_threads`
+    threads, with the same bits for any thread count.  The compiled loops
+    release the GIL, so several Python threads can run calls at once, sharing
+    that budget (each thread keeps its own scratch buffers:
+    :func:`release_scratch`).
     """
     return cast(LSTMForwardResult, _forward("lstm", {}, x, W_ih, W_hh, b_ih, b_hh, h0, c0,
                                             peephole, lengths, reverse, training))
@@ -660,9 +718,12 @@ def lstm_backward(cache: Any, dy: Any = None, dh: Any = None,
 
     Notes
     -----
-    One call runs on one thread.  The compiled loop releases the GIL, so
-    several Python threads can run calls at once (each thread keeps its own
-    scratch buffers: :func:`release_scratch`).
+    A call large enough to pay for it splits its time loop and its input
+    products by batch rows over up to :func:`fastcells.get_num_threads`
+    threads, with the same bits for any thread count.  The compiled loops
+    release the GIL, so several Python threads can run calls at once, sharing
+    that budget (each thread keeps its own scratch buffers:
+    :func:`release_scratch`).
     """
     return cast(LSTMGradients | PeepholeLSTMGradients,
                 _backward("lstm", cache, dy, (dh, dc)))
@@ -682,8 +743,9 @@ class Stepper:
     (serving).  The Stepper keeps float32 copies of the weights as they were
     when it was built: build a new one after changing them.
 
-    Threads: one Stepper may be called from several threads at once; each call
-    runs on its calling thread with the GIL released.
+    Threads: one Stepper may be called from several threads at once, with the
+    GIL released; a step runs on its calling thread, and :meth:`forward` splits
+    large batches over threads as the functional calls do.
 
     Parameters
     ----------
@@ -759,8 +821,9 @@ class Stepper:
         always the packed ones; the functional call multiplies a few rows
         unpacked (``T*B < 32``, or batch 1 and ``T <= 16``), where its results
         then differ from these by float32 rounding; elsewhere they are the same
-        bits.  Safe to call from several threads at once (each call runs on its
-        thread with the GIL released).
+        bits.  Safe to call from several threads at once (the GIL released; a
+        large call splits its batch rows over threads, the same bits for any
+        thread count).
 
         Parameters
         ----------

@@ -1,0 +1,105 @@
+"""How one call splits across threads: the cost model and the row blocks.
+
+How it is built, and why:
+- A call has two parallel parts.  The time loop splits by batch rows: each
+  thread runs every step on its own contiguous block of rows, so the
+  threads never wait for each other between steps (one fork and one join
+  per loop call).  The input projection, one large GEMM, splits by rows
+  too (``_kernels.gemm``'s ``nthreads``).
+- Bits: the packed GEMM gives a row the same bits whatever rows it is
+  multiplied with, for products of 2 rows or more (csrc/gemm_impl.h), and
+  every other step of the loops is per row.  So every block has at least
+  ``SPLIT_MIN_ROWS`` = 2 rows (one row would take the GEMV, which sums in
+  another order), a batch of 1 is never split, and the answers are the same
+  for any thread count.
+- The cost model below says how many threads a call wants; the shared
+  budget (``_threads.claim``) says how many it gets.  Calls that want one
+  thread never touch the budget: a small call costs a few comparisons more.
+- With ``lengths``, blocks are cut so that their valid steps (the sum of
+  their rows' lengths) are even, so the threads finish together; a block
+  whose rows have all ended skips its recurrent product (in the loops).
+
+The constants are to be set from ``scripts/measure/thread_costmodel.py``
+run on a quiet machine (1 vs 2 threads per cell and shape, and the cost of
+one fork/join); the figures go to docs/design.md, not here.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import _kernels
+
+#: a block of the time loop never has fewer rows than this: one row would take
+#: the GEMV path and change the bits (a fact of the GEMM, not a tunable)
+SPLIT_MIN_ROWS = 2
+#: the time loop splits only when each thread gets at least this many rows: fewer
+#: rows than a GEMM tile per thread leave the tiles part empty while each thread
+#: still streams all of ``W_hh`` at every step
+MIN_ROWS_PER_THREAD = 4
+#: ... and at least this much recurrent product per step and thread
+#: (``2 * rows * G*H * H`` flops): below it a step is dominated by the gate pass
+#: and the call's fixed costs, which a split does not shorten
+MIN_STEP_FLOPS_PER_THREAD = 1 << 17
+#: a product (input projection, ``dx``) splits only when each thread gets at
+#: least this many flops, far above the cost of one fork/join
+MIN_GEMM_FLOPS_PER_THREAD = 1 << 21
+#: products split in blocks of a multiple of this many rows (``_kernels``: a
+#: multiple of every ISA's tile height)
+GEMM_ROW_GRANULE: int = _kernels.gemm_row_granule()
+
+
+def loop_threads(B: int, G: int, H: int) -> int:
+    """How many threads the time loop of a batch of ``B`` rows (``G`` gates of ``H``)
+    wants: at most one per ``MIN_ROWS_PER_THREAD`` rows and per
+    ``MIN_STEP_FLOPS_PER_THREAD`` of recurrent product per step; 1 for small work."""
+    if B < 2 * MIN_ROWS_PER_THREAD or B < 2 * SPLIT_MIN_ROWS:
+        return 1
+    by_rows = B // max(MIN_ROWS_PER_THREAD, SPLIT_MIN_ROWS)
+    by_work = 2 * B * G * H * H // max(MIN_STEP_FLOPS_PER_THREAD, 1)
+    return max(1, min(by_rows, by_work))
+
+
+def gemm_threads(m: int, n: int, k: int) -> int:
+    """How many threads a packed product of ``m`` rows, ``n`` columns and depth ``k``
+    wants: at most one per ``GEMM_ROW_GRANULE`` rows and per
+    ``MIN_GEMM_FLOPS_PER_THREAD``; 1 for small products."""
+    if m < 2 * GEMM_ROW_GRANULE:
+        return 1
+    return max(1, min(m // GEMM_ROW_GRANULE,
+                      2 * m * n * k // max(MIN_GEMM_FLOPS_PER_THREAD, 1)))
+
+
+def forward_threads(T: int, B: int, I: int, G: int, H: int) -> int:
+    """How many threads a forward call wants (its loop's or its projection's need)."""
+    if B < 2 * MIN_ROWS_PER_THREAD and T * B < 2 * GEMM_ROW_GRANULE:
+        return 1        # small calls: decided in two comparisons
+    return max(loop_threads(B, G, H), gemm_threads(T * B, G * H, I))
+
+
+def row_blocks(B: int, n: int, lengths: np.ndarray | None = None) -> np.ndarray | None:
+    """The row bounds (int64, ``0 = b_0 < ... < b_k = B``) of the time loop's blocks
+    for at most ``n`` threads, or None for one block.
+
+    Blocks are contiguous, of at least ``SPLIT_MIN_ROWS`` rows; without ``lengths``
+    of equal size, with them cut where the running sum of lengths crosses each
+    thread's share, so each block has about the same valid steps.
+    """
+    n = min(n, B // SPLIT_MIN_ROWS)
+    if n <= 1:
+        return None
+    total = 0 if lengths is None else int(lengths.sum())
+    if lengths is None or total == 0:      # no lengths, or none valid: equal rows
+        cuts = [B * i // n for i in range(1, n)]
+    else:
+        # the cut whose prefix of valid steps is nearest each thread's share
+        prefix = np.zeros(B + 1, np.int64)
+        np.cumsum(lengths, out=prefix[1:])
+        share = total * np.arange(1, n) / n
+        above = np.minimum(np.searchsorted(prefix, share), B)
+        nearer_below = share - prefix[above - 1] < prefix[above] - share
+        cuts = (above - nearer_below).tolist()
+    bounds = [0]
+    for i, cut in enumerate(cuts, 1):   # each block keeps its minimum, and leaves room
+        bounds.append(min(max(cut, bounds[-1] + SPLIT_MIN_ROWS), B - (n - i) * SPLIT_MIN_ROWS))
+    bounds.append(B)
+    return np.array(bounds, dtype=np.int64)
