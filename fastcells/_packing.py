@@ -36,6 +36,10 @@ Product = Callable[[np.ndarray, np.ndarray, int], None]
 #: not grow with T, and each chunk is still a GEMM large enough to be efficient
 CHUNK_FLOATS = 1 << 18
 
+#: ... times the threads of a threaded call: each chunk costs two parallel
+#: regions (projection, loop), so a call on n threads takes chunks n times
+#: larger, each thread's share of a chunk staying what one thread's is
+
 #: batch-1 forward calls of at most this many steps multiply by ``W_hh`` as it is,
 #: unpacked: packing costs more than the few unpacked steps lose (docs/design.md,
 #: "Measurements behind the code's choices", "Packing policy")
@@ -131,7 +135,8 @@ def inference_chunks(a: ForwardArgs, product: Product, bias: np.ndarray | None,
     # never a chunk of one row: the packed product of one row is the GEMV, which
     # sums in another order than the tiles of the whole call (training).  So at
     # batch 1 chunks have 2 steps at least, and a step left over joins the last
-    steps = max(2 if a.B == 1 else 1, min(a.T, CHUNK_FLOATS // (a.B * a.G * a.H)))
+    floats = CHUNK_FLOATS * max(1, nthreads)
+    steps = max(2 if a.B == 1 else 1, min(a.T, floats // (a.B * a.G * a.H)))
     starts = list(range(0, a.T, steps))
     if a.B == 1 and len(starts) > 1 and a.T - starts[-1] == 1:
         starts.pop()
