@@ -874,3 +874,119 @@ cdef class StepKernel:
                 _rnn_fwd(0, 1, B, H, gx, self.wp, self.packing, &h[0, 0], y, NULL, False,
                          self.relu, gh)
             fc_fpenv_exit(env)
+
+
+# ----------------------------------------------------------------------------
+# backward's weight gradients: C = A^T B on the packed GEMM, C's rows split across threads
+
+from cpython.pyport cimport PY_SSIZE_T_MAX
+from cython.parallel cimport prange
+
+cdef extern from "gemm_tn.h" nogil:
+    enum:
+        FC_TN_BLOCK
+    int fc_gemm_tn_threads(Py_ssize_t m, int nthreads)
+    Py_ssize_t fc_gemm_tn_split(Py_ssize_t m, int nthreads, int t)
+    void fc_gemm_tn_rows(Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t n, Py_ssize_t k,
+                         const float *A, Py_ssize_t lda, const float *P, float *C,
+                         Py_ssize_t ldc, float *At)
+
+cdef extern from "gemm.h" nogil:
+    enum:
+        FC_NR
+
+#: the largest buffer (in floats) a size is allowed to ask for: its bytes fit a Py_ssize_t
+cdef Py_ssize_t _MAX_FLOATS = PY_SSIZE_T_MAX // sizeof(float)
+
+
+def gemm_tn_threads(Py_ssize_t m, int nthreads):
+    """How many of ``nthreads`` threads :func:`gemm_tn` runs for a C of ``m`` rows
+    (C's rows are split in ranges of whole tiles; more threads would have none)."""
+    if nthreads < 1:
+        raise ValueError(f"nthreads: expected an integer >= 1, got {nthreads}")
+    return fc_gemm_tn_threads(m, nthreads)
+
+
+def gemm_tn_floats(Py_ssize_t k, Py_ssize_t m, Py_ssize_t n, int nthreads):
+    """Floats of the work buffer :func:`gemm_tn` needs for C (m, n) = A^T B with A (k, m),
+    B (k, n) at ``nthreads`` threads: B packed (with room to align it) and each thread's
+    block of A's columns transposed.  MemoryError if that many bytes cannot be addressed."""
+    if k < 0 or m < 0 or n < 0:
+        raise ValueError(f"k, m, n: expected sizes >= 0, got ({k}, {m}, {n})")
+    nt = gemm_tn_threads(m, nthreads)
+    # in Python integers (objects), so nothing overflows before the check
+    cdef object K = k, M = m, N = n
+    packed = max((N + FC_NR - 1) // FC_NR * FC_NR * K, 1) + 15     # as _pack_floats
+    need = packed + nt * min(FC_TN_BLOCK, M) * K
+    if need > _MAX_FLOATS:
+        raise MemoryError(f"gemm_tn: a work buffer of {need} floats for k={k}, m={m}, n={n} "
+                          f"at {nt} threads exceeds the address space")
+    return need
+
+
+cdef void _gemm_tn_part(int t, int nt, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+                        const float *A, Py_ssize_t lda, const float *P, float *C,
+                        float *At) noexcept nogil:
+    """Thread t's rows of C (of nt threads), in its own block At of A's columns; in
+    the loops' floating-point mode, which every thread sets for itself."""
+    cdef fc_fpenv_t env = fc_fpenv_enter()
+    fc_gemm_tn_rows(fc_gemm_tn_split(m, nt, t), fc_gemm_tn_split(m, nt, t + 1), n, k, A, lda,
+                    P, C, n, At + t * min(<Py_ssize_t>FC_TN_BLOCK, m) * k)
+    fc_fpenv_exit(env)
+
+
+cdef void _pack_panels(int t, int nt, Py_ssize_t k, Py_ssize_t n, const float *B,
+                       float *P) noexcept nogil:
+    """Thread t's share (of nt) of B's (k x n) panels packed into P: the panels of
+    columns [j0, j1) are those of the matrix of these columns alone (an exact copy)."""
+    cdef Py_ssize_t panels = (n + FC_NR - 1) // FC_NR
+    cdef Py_ssize_t j0 = panels * t // nt * FC_NR, j1 = min(panels * (t + 1) // nt * FC_NR, n)
+    if j1 > j0:
+        fc_pack(B + j0, k, j1 - j0, n, 1, P + j0 * k)
+
+
+def gemm_tn(const float[:, ::1] A, const float[:, ::1] B, float[:, ::1] C, Py_ssize_t a0=0,
+            int nthreads=1, buf=None):
+    """``C = A[:, a0:a0 + m].T @ B`` with ``m = C.shape[0]``: backward's ``dW = dG^T X``.
+
+    ``A`` (k, >= a0 + m), ``B`` (k, n) and ``C`` (m, n) are C-contiguous float32.  Runs
+    on the packed GEMM (``B`` packed once, each block of C's rows from A's columns
+    copied transposed) over ``nthreads`` threads, each computing whole rows of C over
+    all of k in the GEMM's fixed order: the result has the same bits at any thread
+    count.  Work space: ``buf`` (float32, C order, at least :func:`gemm_tn_floats`
+    floats) when given, else a new array."""
+    cdef Py_ssize_t k = A.shape[0], m = C.shape[0], n = C.shape[1]
+    if nthreads < 1:
+        raise ValueError(f"nthreads: expected an integer >= 1, got {nthreads}")
+    if a0 < 0 or a0 + m > A.shape[1]:
+        raise ValueError(f"A: expected columns [a0, a0 + m) = [{a0}, {a0 + m}) within its "
+                         f"shape ({k}, {A.shape[1]})")
+    if B.shape[0] != k or B.shape[1] != n:
+        raise ValueError(f"B: expected shape (k, n) = ({k}, {n}), got "
+                         f"({B.shape[0]}, {B.shape[1]})")
+    if m == 0 or n == 0:
+        return
+    if k == 0:                      # an empty sum
+        memset(&C[0, 0], 0, m * n * sizeof(float))
+        return
+    cdef int nt = fc_gemm_tn_threads(m, nthreads), t
+    need = gemm_tn_floats(k, m, n, nt)
+    if buf is None:
+        buf = np.empty(need, dtype=np.float32)
+    else:
+        _check_pack_buffer(buf, need)
+    cdef float[::1] work = buf
+    # B's panels start on a 64-byte boundary, as pack() places them
+    cdef float *P = &work[(16 - (<size_t>&work[0] // sizeof(float)) % 16) % 16]
+    cdef float *At = &work[_pack_floats(k, n)]
+    with nogil:
+        if nt == 1:
+            fc_pack(&B[0, 0], k, n, n, 1, P)
+            _gemm_tn_part(0, 1, m, n, k, &A[0, a0], A.shape[1], P, &C[0, 0], At)
+        else:
+            # every thread packs its share of B's panels, then (after the loop's
+            # barrier) multiplies its rows of C by all of them
+            for t in prange(nt, num_threads=nt, schedule="static", chunksize=1):
+                _pack_panels(t, nt, k, n, &B[0, 0], P)
+            for t in prange(nt, num_threads=nt, schedule="static", chunksize=1):
+                _gemm_tn_part(t, nt, m, n, k, &A[0, a0], A.shape[1], P, &C[0, 0], At)

@@ -24,7 +24,7 @@ from typing import Any, NamedTuple, cast
 
 import numpy as np
 
-from . import _kernels
+from . import _kernels, _threads
 from ._cells import CELLS, cell_spec
 from ._checks import (
     ForwardArgs,
@@ -373,6 +373,11 @@ def _prev_states(y: np.ndarray, init: np.ndarray, lengths: np.ndarray | None,
     return prev
 
 
+#: a weight-gradient product takes one more thread per this many flops (2*m*n*k):
+#: below it, the calling thread alone (an OpenMP fork and join costs more than it saves)
+WGRAD_FLOPS_PER_THREAD = 1 << 23
+
+
 def _weight_grads(s: Scratch, x: np.ndarray, W_ih: np.ndarray, dGx: np.ndarray,
                   dGh: np.ndarray, hprev: np.ndarray, has_bias: bool,
                   hprev_n: np.ndarray | None = None) -> tuple[Any, ...]:
@@ -380,25 +385,41 @@ def _weight_grads(s: Scratch, x: np.ndarray, W_ih: np.ndarray, dGx: np.ndarray,
 
     ``hprev_n``: what the last H rows of ``W_hh`` multiply instead of ``hprev``
     (``r*h`` for a GRU without ``linear_before_reset``).
+
+    Notes
+    -----
+    Every product runs on fastcells' packed GEMM, none on NumPy's BLAS (whose
+    threads spin after a call and fight the caller's).  ``dW = dG^T X`` splits
+    its rows across the threads :func:`_threads.claim` grants, one more thread
+    per :data:`WGRAD_FLOPS_PER_THREAD`; its bits do not depend on their number.
+    The bias sums are NumPy reductions (no BLAS).
     """
     T, B, I = x.shape
     GH, H = dGx.shape[2], hprev.shape[2]
-    dGx2 = dGx.reshape(T * B, GH)
-    dGh2 = dGh.reshape(T * B, GH)
-    # dx by fastcells' packed GEMM (W_ih packed as it is, a plain copy); the
-    # transposed products dW stay with BLAS, whose packing of dG^T beats reading
-    # dG across rows (docs/design.md, "Backward products")
-    dx = np.empty((T * B, I), F32)
+    k = T * B
+    dGx2 = dGx.reshape(k, GH)
+    dGh2 = dGh.reshape(k, GH)
+    # dx by fastcells' packed GEMM (W_ih packed as it is, a plain copy)
+    dx = np.empty((k, I), F32)
     _kernels.gemm(dGx2, s.pack("W_ih", W_ih, False), I, dx)
     dx = dx.reshape(T, B, I)
-    # NumPy's matmul has no BLAS path for an inner size of 1 (T*B == 1): np.dot has
-    mm = np.dot if T * B == 1 else np.matmul
-    dW_ih = mm(dGx2.T, x.reshape(T * B, I))
+    # dW_ih = dGx^T X, dW_hh = dGh^T H_prev: (A, B, C, first column of A) per product
+    dW_ih, dW_hh = np.empty((GH, I), F32), np.empty((GH, H), F32)
+    hprev2 = hprev.reshape(k, H)
+    products = [(dGx2, x.reshape(k, I), dW_ih, 0)]
     if hprev_n is None:
-        dW_hh = mm(dGh2.T, hprev.reshape(T * B, H))
-    else:
-        dW_hh = np.concatenate([mm(dGh2[:, :GH - H].T, hprev.reshape(T * B, H)),
-                                mm(dGh2[:, GH - H:].T, hprev_n.reshape(T * B, H))])
+        products.append((dGh2, hprev2, dW_hh, 0))
+    else:       # the last H rows of W_hh multiply hprev_n
+        products += [(dGh2, hprev2, dW_hh[:GH - H], 0),
+                     (dGh2, hprev_n.reshape(k, H), dW_hh[GH - H:], GH - H)]
+    want = max(_kernels.gemm_tn_threads(C.shape[0], max(1, 2 * k * C.size
+                                                         // WGRAD_FLOPS_PER_THREAD))
+               for _, _, C, _ in products)
+    with _threads.claim(want) as n:
+        buf = s.empty("wgrad", (max(_kernels.gemm_tn_floats(k, C.shape[0], C.shape[1], n)
+                                    for _, _, C, _ in products),))
+        for A, Bk, C, a0 in products:
+            _kernels.gemm_tn(A, Bk, C, a0, n, buf)
     db_ih = dGx2.sum(axis=0) if has_bias else None
     # the same sum twice when both pre-activations share one gradient (RNN, LSTM)
     db_hh = (db_ih.copy() if dGh is dGx else dGh2.sum(axis=0)) if db_ih is not None else None
