@@ -68,15 +68,18 @@ ptrdiff_t fc_gemm_tn_split(ptrdiff_t m, int nthreads, int t)
     return row;
 }
 
-void fc_gemm_tn_rows(ptrdiff_t i0, ptrdiff_t i1, ptrdiff_t n, ptrdiff_t k, const float *A,
-                     ptrdiff_t lda, const float *P, float *C, ptrdiff_t ldc, float *At)
+void fc_gemm_tn_rows(ptrdiff_t i0, ptrdiff_t i1, ptrdiff_t k, const float *A, ptrdiff_t lda,
+                     int nb, const fc_tn_product *prods, float *At)
 {
     for (ptrdiff_t i = i0; i < i1;) {
         ptrdiff_t r = FC_TN_MIN(FC_TN_BLOCK, i1 - i);
         if (i1 - i - r == 1)   /* never leave a block of one row */
             r -= 1;
         fc_transpose(A + i, k, r, lda, At, k);
-        fc_gemm(r, n, k, At, k, P, C + i * ldc, ldc);
+        for (int j = 0; j < nb; j++)
+            if (prods[j].n > 0)
+                fc_gemm(r, prods[j].n, k, At, k, prods[j].P, prods[j].C + i * prods[j].ldc,
+                        prods[j].ldc);
         i += r;
     }
 }

@@ -7,6 +7,9 @@
  * (exact), then runs fc_gemm against B packed once by fc_pack (B's rows as
  * they are: the plain-copy packing).
  *
+ * Products that share A (dW_ih and dW_hh from one dG) share its transposed
+ * blocks: one copy of A for both.
+ *
  * Threads: C's rows are split by fc_gemm_tn_split, and each thread runs
  * fc_gemm_tn_rows over its own rows and scratch.  A row's result does not
  * depend on the rows multiplied with it (gemm_impl.h) provided no product
@@ -38,13 +41,25 @@ int fc_gemm_tn_threads(ptrdiff_t m, int nthreads);
  * has exactly one row unless m == 1. */
 ptrdiff_t fc_gemm_tn_split(ptrdiff_t m, int nthreads, int t);
 
-/* Rows [i0, i1) of C = A^T B: A is k x (columns used), rows lda floats
- * apart, C's row i is A's column i; B (k x n) is packed in P (fc_pack);
- * C's rows are ldc floats apart.  At: scratch of at least
+/* At most this many products share A's transposed blocks in one call:
+ * dW_ih = dG^T X and dW_hh = dG^T H_prev when both see the same dG. */
+#define FC_TN_MAX_B 2
+
+/* One product C = A^T B of a call: B (k x n) packed by fc_pack in P, C's
+ * rows ldc floats apart. */
+typedef struct {
+    ptrdiff_t n;
+    const float *P;
+    float *C;
+    ptrdiff_t ldc;
+} fc_tn_product;
+
+/* Rows [i0, i1) of each product's C = A^T B: A is k x (columns used), rows
+ * lda floats apart, C's row i is A's column i.  At: scratch of at least
  * min(FC_TN_BLOCK, i1 - i0) * k floats.  Blocks of at most FC_TN_BLOCK rows,
- * none of one row unless i1 - i0 == 1.  The caller sets the floating-point
- * mode (fpenv.h). */
-void fc_gemm_tn_rows(ptrdiff_t i0, ptrdiff_t i1, ptrdiff_t n, ptrdiff_t k, const float *A,
-                     ptrdiff_t lda, const float *P, float *C, ptrdiff_t ldc, float *At);
+ * none of one row unless i1 - i0 == 1, each transposed once for all nb
+ * products.  The caller sets the floating-point mode (fpenv.h). */
+void fc_gemm_tn_rows(ptrdiff_t i0, ptrdiff_t i1, ptrdiff_t k, const float *A, ptrdiff_t lda,
+                     int nb, const fc_tn_product *prods, float *At);
 
 #endif

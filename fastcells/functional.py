@@ -392,7 +392,8 @@ def _weight_grads(s: Scratch, x: np.ndarray, W_ih: np.ndarray, dGx: np.ndarray,
     threads spin after a call and fight the caller's).  ``dW = dG^T X`` splits
     its rows across the threads :func:`_threads.claim` grants, one more thread
     per :data:`WGRAD_FLOPS_PER_THREAD`; its bits do not depend on their number.
-    The bias sums are NumPy reductions (no BLAS).
+    ``dW_ih`` and ``dW_hh`` share one transposed copy of ``dG`` when they have
+    the same ``dG``.  The bias sums are NumPy reductions (no BLAS).
     """
     T, B, I = x.shape
     GH, H = dGx.shape[2], hprev.shape[2]
@@ -403,23 +404,28 @@ def _weight_grads(s: Scratch, x: np.ndarray, W_ih: np.ndarray, dGx: np.ndarray,
     dx = np.empty((k, I), F32)
     _kernels.gemm(dGx2, s.pack("W_ih", W_ih, False), I, dx)
     dx = dx.reshape(T, B, I)
-    # dW_ih = dGx^T X, dW_hh = dGh^T H_prev: (A, B, C, first column of A) per product
+    # dW_ih = dGx^T X, dW_hh = dGh^T H_prev: one call per block of dG's columns,
+    # which it copies transposed once for its products, (A, first column, Bs, Cs)
     dW_ih, dW_hh = np.empty((GH, I), F32), np.empty((GH, H), F32)
-    hprev2 = hprev.reshape(k, H)
-    products = [(dGx2, x.reshape(k, I), dW_ih, 0)]
-    if hprev_n is None:
-        products.append((dGh2, hprev2, dW_hh, 0))
-    else:       # the last H rows of W_hh multiply hprev_n
-        products += [(dGh2, hprev2, dW_hh[:GH - H], 0),
-                     (dGh2, hprev_n.reshape(k, H), dW_hh[GH - H:], GH - H)]
-    want = max(_kernels.gemm_tn_threads(C.shape[0], max(1, 2 * k * C.size
-                                                         // WGRAD_FLOPS_PER_THREAD))
-               for _, _, C, _ in products)
+    x2, hprev2 = x.reshape(k, I), hprev.reshape(k, H)
+    calls: list[tuple[np.ndarray, int, tuple[np.ndarray, ...], tuple[np.ndarray, ...]]]
+    if dGh is not dGx:          # GRU with linear_before_reset: its own dGh
+        calls = [(dGx2, 0, (x2,), (dW_ih,)), (dGh2, 0, (hprev2,), (dW_hh,))]
+    elif hprev_n is None:
+        calls = [(dGx2, 0, (x2, hprev2), (dW_ih, dW_hh))]
+    else:                       # the last H rows of W_hh multiply hprev_n
+        n0 = GH - H
+        calls = [(dGx2, 0, (x2, hprev2), (dW_ih[:n0], dW_hh[:n0])),
+                 (dGx2, n0, (x2, hprev_n.reshape(k, H)), (dW_ih[n0:], dW_hh[n0:]))]
+    want = max(_kernels.gemm_tn_threads(
+        len(Cs[0]), max(1, 2 * k * sum(C.size for C in Cs) // WGRAD_FLOPS_PER_THREAD))
+        for _, _, _, Cs in calls)
     with _threads.claim(want) as n:
-        buf = s.empty("wgrad", (max(_kernels.gemm_tn_floats(k, C.shape[0], C.shape[1], n)
-                                    for _, _, C, _ in products),))
-        for A, Bk, C, a0 in products:
-            _kernels.gemm_tn(A, Bk, C, a0, n, buf)
+        buf = s.empty("wgrad", (max(
+            _kernels.gemm_tn_floats(k, len(Cs[0]), Cs[0].shape[1], n, *(C.shape[1] for C in Cs[1:]))
+            for _, _, _, Cs in calls),))
+        for A, a0, Bs, Cs in calls:
+            _kernels.gemm_tn(A, Bs[0], Cs[0], a0, n, buf, *Bs[1:], *Cs[1:])
     db_ih = dGx2.sum(axis=0) if has_bias else None
     # the same sum twice when both pre-activations share one gradient (RNN, LSTM)
     db_hh = (db_ih.copy() if dGh is dGx else dGh2.sum(axis=0)) if db_ih is not None else None
