@@ -20,6 +20,7 @@ pool, ``_scratch``); the loop allocates nothing.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from contextlib import nullcontext
 from typing import Any, NamedTuple, cast
 
 import numpy as np
@@ -405,27 +406,25 @@ def _weight_grads(s: Scratch, x: np.ndarray, W_ih: np.ndarray, dGx: np.ndarray,
     _kernels.gemm(dGx2, s.pack("W_ih", W_ih, False), I, dx)
     dx = dx.reshape(T, B, I)
     # dW_ih = dGx^T X, dW_hh = dGh^T H_prev: one call per block of dG's columns,
-    # which it copies transposed once for its products, (A, first column, Bs, Cs)
+    # which it copies transposed once for both its products: (A, a0, B, C, B2, C2)
     dW_ih, dW_hh = np.empty((GH, I), F32), np.empty((GH, H), F32)
     x2, hprev2 = x.reshape(k, I), hprev.reshape(k, H)
-    calls: list[tuple[np.ndarray, int, tuple[np.ndarray, ...], tuple[np.ndarray, ...]]]
+    calls: list[tuple[np.ndarray, int, np.ndarray, np.ndarray, Any, Any]]
     if dGh is not dGx:          # GRU with linear_before_reset: its own dGh
-        calls = [(dGx2, 0, (x2,), (dW_ih,)), (dGh2, 0, (hprev2,), (dW_hh,))]
+        calls = [(dGx2, 0, x2, dW_ih, None, None), (dGh2, 0, hprev2, dW_hh, None, None)]
     elif hprev_n is None:
-        calls = [(dGx2, 0, (x2, hprev2), (dW_ih, dW_hh))]
+        calls = [(dGx2, 0, x2, dW_ih, hprev2, dW_hh)]
     else:                       # the last H rows of W_hh multiply hprev_n
         n0 = GH - H
-        calls = [(dGx2, 0, (x2, hprev2), (dW_ih[:n0], dW_hh[:n0])),
-                 (dGx2, n0, (x2, hprev_n.reshape(k, H)), (dW_ih[n0:], dW_hh[n0:]))]
-    want = max(_kernels.gemm_tn_threads(
-        len(Cs[0]), max(1, 2 * k * sum(C.size for C in Cs) // WGRAD_FLOPS_PER_THREAD))
-        for _, _, _, Cs in calls)
-    with _threads.claim(want) as n:
-        buf = s.empty("wgrad", (max(
-            _kernels.gemm_tn_floats(k, len(Cs[0]), Cs[0].shape[1], n, *(C.shape[1] for C in Cs[1:]))
-            for _, _, _, Cs in calls),))
-        for A, a0, Bs, Cs in calls:
-            _kernels.gemm_tn(A, Bs[0], Cs[0], a0, n, buf, *Bs[1:], *Cs[1:])
+        calls = [(dGx2, 0, x2, dW_ih[:n0], hprev2, dW_hh[:n0]),
+                 (dGx2, n0, x2, dW_ih[n0:], hprev_n.reshape(k, H), dW_hh[n0:])]
+    want = _kernels.gemm_tn_threads(GH, max(1, 2 * k * GH * (I + H) // WGRAD_FLOPS_PER_THREAD))
+    # one thread: no budget to claim (a small call's few microseconds)
+    with _threads.claim(want) if want > 1 else nullcontext(1) as n:
+        for A, a0, Bk, C, B2, C2 in calls:
+            need = _kernels.gemm_tn_floats(k, C.shape[0], C.shape[1], n,
+                                           0 if C2 is None else C2.shape[1])
+            _kernels.gemm_tn(A, Bk, C, a0, n, s.empty("wgrad", (need,)), B2, C2)
     db_ih = dGx2.sum(axis=0) if has_bias else None
     # the same sum twice when both pre-activations share one gradient (RNN, LSTM)
     db_hh = (db_ih.copy() if dGh is dGx else dGh2.sum(axis=0)) if db_ih is not None else None
