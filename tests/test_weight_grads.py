@@ -251,11 +251,13 @@ def restore_threads(monkeypatch):
     monkeypatch.setattr(_threads, "_setting", _threads.thread_setting())
 
 
+@pytest.mark.parametrize("T, B, I, H", [(9, 7, 30, 26), (5, 6, 11, 40)])
 @pytest.mark.parametrize("cell", list(CELLS))
-def test_backward_weight_gradients_bits_do_not_depend_on_threads(cell, spy_threads,
+def test_backward_weight_gradients_bits_do_not_depend_on_threads(cell, T, B, I, H, spy_threads,
                                                                  restore_threads):
+    """Every cell (GRU's two forms: dGh of its own, W_hh's n rows apart), I above and
+    below H; also within the kernels' gradient tolerance of the float64 reference."""
     rng = np.random.default_rng(SEED)
-    T, B, I, H = 9, 7, 30, 26
     inputs = make_inputs(cell, rng, T, B, I, H)
     upstream = make_upstream(cell, rng, T, B, H)
     cache = forward(fastcells, cell, inputs, training=True).cache
@@ -271,6 +273,10 @@ def test_backward_weight_gradients_bits_do_not_depend_on_threads(cell, spy_threa
         for name in ("dW_ih", "dW_hh"):
             np.testing.assert_array_equal(getattr(results[t], name), getattr(results[1], name),
                                           err_msg=f"{cell} {name}: {t} threads")
+    ref = backward(reference, cell, forward(reference, cell, as_float64(inputs),
+                                            training=True).cache, as_float64(upstream))
+    for name in ("dW_ih", "dW_hh"):
+        assert_close(getattr(results[1], name), getattr(ref, name), GRAD_TOL, f"{cell} {name}")
 
 
 def test_small_products_stay_on_the_calling_thread(monkeypatch, restore_threads):
