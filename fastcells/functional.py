@@ -374,9 +374,11 @@ def _prev_states(y: np.ndarray, init: np.ndarray, lengths: np.ndarray | None,
     return prev
 
 
-#: a weight-gradient product takes one more thread per this many flops (2*m*n*k):
-#: below it, the calling thread alone (an OpenMP fork and join costs more than it saves)
-WGRAD_FLOPS_PER_THREAD = 1 << 23
+#: the weight-gradient products take one more thread per this many flops (2*m*n*k):
+#: each thread gets tens of microseconds of work, well above an OpenMP fork and join,
+#: and below twice this the calling thread works alone (docs/design.md, "Backward
+#: products")
+WGRAD_FLOPS_PER_THREAD = 1 << 22
 
 
 def _weight_grads(s: Scratch, x: np.ndarray, W_ih: np.ndarray, dGx: np.ndarray,
