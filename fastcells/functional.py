@@ -413,6 +413,7 @@ def _weight_grads(s: Scratch, x: np.ndarray, W_ih: np.ndarray, dGx: np.ndarray,
     x2, hprev2 = x.reshape(k, I), hprev.reshape(k, H)
     calls: list[tuple[np.ndarray, int, np.ndarray, np.ndarray, Any, Any]]
     if dGh is not dGx:          # GRU with linear_before_reset: its own dGh
+        assert hprev_n is None, "a cell with its own dGh multiplies W_hh's rows by hprev"
         calls = [(dGx2, 0, x2, dW_ih, None, None), (dGh2, 0, hprev2, dW_hh, None, None)]
     elif hprev_n is None:
         calls = [(dGx2, 0, x2, dW_ih, hprev2, dW_hh)]
