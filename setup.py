@@ -21,7 +21,7 @@ SANITIZE = os.environ.get("FASTCELLS_SANITIZE", "")
 
 EXTENSIONS = {
     "fastcells._kernels": {
-        "sources": ["fastcells/_kernels.pyx", "csrc/cpu.c", "csrc/gemm.c"],
+        "sources": ["fastcells/_kernels.pyx", "csrc/cpu.c", "csrc/gemm.c", "csrc/gemm_tn.c"],
     },
 }
 

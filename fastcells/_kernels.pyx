@@ -1111,3 +1111,177 @@ cdef class StepKernel:
             else:
                 _rnn_fwd(&L, 0, B)
             fc_fpenv_exit(env)
+
+
+# ----------------------------------------------------------------------------
+# backward's weight gradients: C = A^T B on the packed GEMM, C's rows split across threads
+
+from cpython.pyport cimport PY_SSIZE_T_MAX
+from cython.parallel cimport prange
+
+cdef extern from "gemm_tn.h" nogil:
+    enum:
+        FC_TN_BLOCK
+        FC_TN_MAX_B
+    ctypedef struct fc_tn_product:
+        Py_ssize_t n
+        const float *P
+        float *C
+        Py_ssize_t ldc
+    int fc_gemm_tn_threads(Py_ssize_t m, int nthreads)
+    Py_ssize_t fc_gemm_tn_split(Py_ssize_t m, int nthreads, int t)
+    void fc_gemm_tn_rows(Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t k, const float *A,
+                         Py_ssize_t lda, int nb, const fc_tn_product *prods, float *At)
+
+cdef extern from "gemm.h" nogil:
+    enum:
+        FC_NR
+
+#: the largest buffer (in floats) a size is allowed to ask for: its bytes fit a Py_ssize_t
+cdef Py_ssize_t _MAX_FLOATS = PY_SSIZE_T_MAX // sizeof(float)
+
+
+def gemm_tn_threads(Py_ssize_t m, int nthreads):
+    """How many of ``nthreads`` threads :func:`gemm_tn` runs for a C of ``m`` rows
+    (C's rows are split in ranges of whole tiles; more threads would have none)."""
+    if nthreads < 1:
+        raise ValueError(f"nthreads: expected an integer >= 1, got {nthreads}")
+    return fc_gemm_tn_threads(m, nthreads)
+
+
+def gemm_tn_floats(Py_ssize_t k, Py_ssize_t m, Py_ssize_t n, int nthreads, Py_ssize_t n2=0):
+    """Floats of the work buffer :func:`gemm_tn` needs for C (m, n) = A^T B (and C2 (m, n2)
+    = A^T B2) with A (k, m), B (k, n), B2 (k, n2) at ``nthreads`` threads: the B packed
+    (with room to align them) and each thread's block of A's columns transposed.
+    MemoryError if that many bytes cannot be addressed."""
+    if k < 0 or m < 0 or n < 0 or n2 < 0:
+        raise ValueError(f"k, m, n, n2: expected sizes >= 0, got ({k}, {m}, {n}, {n2})")
+    nt = gemm_tn_threads(m, nthreads)
+    # in Python integers (objects), so nothing overflows before the check
+    cdef object K = k, M = m
+    need = nt * min(FC_TN_BLOCK, M) * K
+    for N in (n, n2):
+        need += max((N + FC_NR - 1) // FC_NR * FC_NR * K, 1) + 15     # as _pack_floats
+    if need > _MAX_FLOATS:
+        raise MemoryError(f"gemm_tn: a work buffer of {need} floats for k={k}, m={m}, n={n}, "
+                          f"n2={n2} at {nt} threads exceeds the address space")
+    return need
+
+
+cdef void _pack_panels(int t, int nt, Py_ssize_t k, int nb, const float **B,
+                       const fc_tn_product *prods) noexcept nogil:
+    """Thread t's share (of nt) of the panels of every B_j (k x n_j) packed into its
+    P: the panels of columns [j0, j1) are those of the matrix of these columns alone
+    (an exact copy)."""
+    cdef Py_ssize_t total = 0, first = 0, g0, g1, j0, j1, n
+    cdef int j
+    for j in range(nb):
+        total += (prods[j].n + FC_NR - 1) // FC_NR
+    g0, g1 = total * t // nt, total * (t + 1) // nt     # this thread's panels, all B's
+    for j in range(nb):
+        n = prods[j].n
+        j0 = max(g0 - first, 0) * FC_NR
+        j1 = min(max(g1 - first, 0) * FC_NR, n)
+        if j1 > j0:
+            # the panels are written here only, read-only after (hence const in prods)
+            fc_pack(B[j] + j0, k, j1 - j0, n, 1, <float *>prods[j].P + j0 * k)
+        first += (n + FC_NR - 1) // FC_NR
+
+
+cdef void _gemm_tn_part(int t, int nt, Py_ssize_t m, Py_ssize_t k, const float *A,
+                        Py_ssize_t lda, int nb, const fc_tn_product *prods,
+                        float *At) noexcept nogil:
+    """Thread t's rows of every C (of nt threads), in its own block At of A's columns;
+    in the loops' floating-point mode, which every thread sets for itself."""
+    cdef fc_fpenv_t env = fc_fpenv_enter()
+    fc_gemm_tn_rows(fc_gemm_tn_split(m, nt, t), fc_gemm_tn_split(m, nt, t + 1), k, A, lda,
+                    nb, prods, At + t * min(<Py_ssize_t>FC_TN_BLOCK, m) * k)
+    fc_fpenv_exit(env)
+
+
+cdef float *_aligned(float *p) noexcept nogil:
+    # the first 64-byte boundary from p, where pack() places its panels too
+    return p + (16 - (<size_t>p // sizeof(float)) % 16) % 16
+
+
+def _check_tn_shapes(str bname, const float[:, ::1] B, str cname, float[:, ::1] C,
+                     Py_ssize_t k, Py_ssize_t m):
+    if B.shape[0] != k or B.shape[1] != C.shape[1]:
+        raise ValueError(f"{bname}: expected shape (k, n) = ({k}, {C.shape[1]}), got "
+                         f"({B.shape[0]}, {B.shape[1]})")
+    if C.shape[0] != m:
+        raise ValueError(f"{cname}: expected shape (m, n) = ({m}, {C.shape[1]}), got "
+                         f"({C.shape[0]}, {C.shape[1]})")
+
+
+cdef Py_ssize_t _tn_product(fc_tn_product *prods, const float **Bp, int j,
+                            const float[:, ::1] B, float[:, ::1] C, Py_ssize_t k,
+                            float *region):
+    """prods[j], Bp[j]: the product C = A^T B, B to be packed into region (64-byte
+    aligned within it); returns the floats the region takes."""
+    cdef Py_ssize_t n = C.shape[1]
+    prods[j].n = n
+    prods[j].P = _aligned(region)
+    prods[j].C = &C[0, 0] if n else NULL
+    prods[j].ldc = n
+    Bp[j] = &B[0, 0] if n else NULL
+    return _pack_floats(k, n)
+
+
+def gemm_tn(const float[:, ::1] A, const float[:, ::1] B, float[:, ::1] C, Py_ssize_t a0=0,
+            int nthreads=1, buf=None, const float[:, ::1] B2=None, float[:, ::1] C2=None):
+    """``C = A[:, a0:a0 + m].T @ B`` with ``m = C.shape[0]``: backward's ``dW = dG^T X``;
+    with ``B2`` and ``C2``, also ``C2 = A[:, a0:a0 + m].T @ B2`` (A copied once for both).
+
+    ``A`` (k, >= a0 + m), ``B`` (k, n), ``C`` (m, n), ``B2`` (k, n2), ``C2`` (m, n2) are
+    C-contiguous float32.  Runs on the packed GEMM (each ``B`` packed once, each block
+    of C's rows from A's columns copied transposed) over ``nthreads`` threads, each
+    computing whole rows of C over all of k in the GEMM's fixed order: the result
+    has the same bits at any thread count, and with or without the second product.
+    Work space: ``buf`` (float32, C order, at least :func:`gemm_tn_floats` floats)
+    when given, else a new array."""
+    cdef Py_ssize_t k = A.shape[0], m = C.shape[0]
+    if nthreads < 1:
+        raise ValueError(f"nthreads: expected an integer >= 1, got {nthreads}")
+    if a0 < 0 or a0 + m > A.shape[1]:
+        raise ValueError(f"A: expected columns [a0, a0 + m) = [{a0}, {a0 + m}) within its "
+                         f"shape ({k}, {A.shape[1]})")
+    if (B2 is None) != (C2 is None):
+        raise ValueError("B2, C2: expected both or neither, got "
+                         f"{'B2' if C2 is None else 'C2'} alone")
+    _check_tn_shapes("B", B, "C", C, k, m)
+    cdef int nb = 1, t
+    if B2 is not None:
+        _check_tn_shapes("B2", B2, "C2", C2, k, m)
+        nb = 2
+    if m == 0 or (C.shape[1] == 0 and (nb == 1 or C2.shape[1] == 0)):
+        return
+    if k == 0:                      # empty sums
+        C[...] = 0
+        if nb == 2:
+            C2[...] = 0
+        return
+    cdef int nt = fc_gemm_tn_threads(m, nthreads)
+    need = gemm_tn_floats(k, m, C.shape[1], nt, C2.shape[1] if nb == 2 else 0)
+    if buf is None:
+        buf = np.empty(need, dtype=np.float32)
+    else:
+        _check_pack_buffer(buf, need)
+    cdef float[::1] work = buf
+    cdef fc_tn_product prods[FC_TN_MAX_B]
+    cdef const float *Bp[FC_TN_MAX_B]
+    cdef Py_ssize_t at = _tn_product(prods, Bp, 0, B, C, k, &work[0])
+    if nb == 2:
+        at += _tn_product(prods, Bp, 1, B2, C2, k, &work[at])
+    cdef float *At = &work[at]
+    with nogil:
+        if nt == 1:
+            _pack_panels(0, 1, k, nb, Bp, prods)
+            _gemm_tn_part(0, 1, m, k, &A[0, a0], A.shape[1], nb, prods, At)
+        else:
+            # every thread packs its share of the panels, then (after the loop's
+            # barrier) multiplies its rows of A's columns by all of them
+            for t in prange(nt, num_threads=nt, schedule="static", chunksize=1):
+                _pack_panels(t, nt, k, nb, Bp, prods)
+            for t in prange(nt, num_threads=nt, schedule="static", chunksize=1):
+                _gemm_tn_part(t, nt, m, k, &A[0, a0], A.shape[1], nb, prods, At)

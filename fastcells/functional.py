@@ -22,11 +22,12 @@ pool, ``_scratch``); the loop allocates nothing.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from contextlib import nullcontext
 from typing import Any, NamedTuple, cast
 
 import numpy as np
 
-from . import _kernels
+from . import _kernels, _threads
 from ._cells import CELLS, cell_spec
 from ._checks import (
     ForwardArgs,
@@ -405,6 +406,13 @@ def _prev_states(y: np.ndarray, init: np.ndarray, lengths: np.ndarray | None,
     return prev
 
 
+#: the weight-gradient products take one more thread per this many flops (2*m*n*k):
+#: each thread gets tens of microseconds of work, well above an OpenMP fork and join,
+#: and below twice this the calling thread works alone (docs/design.md, "Backward
+#: products")
+WGRAD_FLOPS_PER_THREAD = 1 << 22
+
+
 def _weight_grads(s: Scratch, x: np.ndarray, W_ih: np.ndarray, dGx: np.ndarray,
                   dGh: np.ndarray, hprev: np.ndarray, has_bias: bool,
                   hprev_n: np.ndarray | None = None) -> tuple[Any, ...]:
@@ -412,25 +420,46 @@ def _weight_grads(s: Scratch, x: np.ndarray, W_ih: np.ndarray, dGx: np.ndarray,
 
     ``hprev_n``: what the last H rows of ``W_hh`` multiply instead of ``hprev``
     (``r*h`` for a GRU without ``linear_before_reset``).
+
+    Notes
+    -----
+    Every product runs on fastcells' packed GEMM, none on NumPy's BLAS (whose
+    threads spin after a call and fight the caller's).  ``dW = dG^T X`` splits
+    its rows across the threads :func:`_threads.claim` grants, one more thread
+    per :data:`WGRAD_FLOPS_PER_THREAD`; its bits do not depend on their number.
+    ``dW_ih`` and ``dW_hh`` share one transposed copy of ``dG`` when they have
+    the same ``dG``.  The bias sums are NumPy reductions (no BLAS).
     """
     T, B, I = x.shape
     GH, H = dGx.shape[2], hprev.shape[2]
-    dGx2 = dGx.reshape(T * B, GH)
-    dGh2 = dGh.reshape(T * B, GH)
-    # dx by fastcells' packed GEMM (W_ih packed as it is, a plain copy); the
-    # transposed products dW stay with BLAS, whose packing of dG^T beats reading
-    # dG across rows (docs/design.md, "Backward products")
-    dx = np.empty((T * B, I), F32)
+    k = T * B
+    dGx2 = dGx.reshape(k, GH)
+    dGh2 = dGh.reshape(k, GH)
+    # dx by fastcells' packed GEMM (W_ih packed as it is, a plain copy)
+    dx = np.empty((k, I), F32)
     _kernels.gemm(dGx2, s.pack("W_ih", W_ih, False), I, dx)
     dx = dx.reshape(T, B, I)
-    # NumPy's matmul has no BLAS path for an inner size of 1 (T*B == 1): np.dot has
-    mm = np.dot if T * B == 1 else np.matmul
-    dW_ih = mm(dGx2.T, x.reshape(T * B, I))
-    if hprev_n is None:
-        dW_hh = mm(dGh2.T, hprev.reshape(T * B, H))
-    else:
-        dW_hh = np.concatenate([mm(dGh2[:, :GH - H].T, hprev.reshape(T * B, H)),
-                                mm(dGh2[:, GH - H:].T, hprev_n.reshape(T * B, H))])
+    # dW_ih = dGx^T X, dW_hh = dGh^T H_prev: one call per block of dG's columns,
+    # which it copies transposed once for both its products: (A, a0, B, C, B2, C2)
+    dW_ih, dW_hh = np.empty((GH, I), F32), np.empty((GH, H), F32)
+    x2, hprev2 = x.reshape(k, I), hprev.reshape(k, H)
+    calls: list[tuple[np.ndarray, int, np.ndarray, np.ndarray, Any, Any]]
+    if dGh is not dGx:          # GRU with linear_before_reset: its own dGh
+        assert hprev_n is None, "a cell with its own dGh multiplies W_hh's rows by hprev"
+        calls = [(dGx2, 0, x2, dW_ih, None, None), (dGh2, 0, hprev2, dW_hh, None, None)]
+    elif hprev_n is None:
+        calls = [(dGx2, 0, x2, dW_ih, hprev2, dW_hh)]
+    else:                       # the last H rows of W_hh multiply hprev_n
+        n0 = GH - H
+        calls = [(dGx2, 0, x2, dW_ih[:n0], hprev2, dW_hh[:n0]),
+                 (dGx2, n0, x2, dW_ih[n0:], hprev_n.reshape(k, H), dW_hh[n0:])]
+    want = _kernels.gemm_tn_threads(GH, max(1, 2 * k * GH * (I + H) // WGRAD_FLOPS_PER_THREAD))
+    # one thread: no budget to claim (a small call's few microseconds)
+    with _threads.claim(want) if want > 1 else nullcontext(1) as n:
+        for A, a0, Bk, C, B2, C2 in calls:
+            need = _kernels.gemm_tn_floats(k, C.shape[0], C.shape[1], n,
+                                           0 if C2 is None else C2.shape[1])
+            _kernels.gemm_tn(A, Bk, C, a0, n, s.empty("wgrad", (need,)), B2, C2)
     db_ih = dGx2.sum(axis=0) if has_bias else None
     # the same sum twice when both pre-activations share one gradient (RNN, LSTM)
     db_hh = (db_ih.copy() if dGh is dGx else dGh2.sum(axis=0)) if db_ih is not None else None
