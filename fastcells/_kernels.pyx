@@ -14,7 +14,8 @@ How this module is built, and why:
 - The input projection before the loop is one large GEMM on fastcells' own
   products (``gemm``: packed; ``gemm_nt``: unpacked, for few rows), called by
   the Python layer (``fastcells._packing``); after backward's loop, ``dx`` is
-  one packed ``gemm`` and ``dW_ih``/``dW_hh`` are NumPy (BLAS) products.
+  one packed ``gemm`` and ``dW_ih``/``dW_hh`` are ``gemm_tn`` (``C = A^T B``,
+  C's rows split across threads, see ``csrc/gemm_tn.h``).
 - How each product reads its weight is the ``packing`` argument, one of the
   ``PACK_*`` constants below (exposed to Python); the cell facts the wrappers
   need (gate counts) come from ``fastcells._cells``.
@@ -1117,7 +1118,6 @@ cdef class StepKernel:
 # backward's weight gradients: C = A^T B on the packed GEMM, C's rows split across threads
 
 from cpython.pyport cimport PY_SSIZE_T_MAX
-from cython.parallel cimport prange
 
 cdef extern from "gemm_tn.h" nogil:
     enum:

@@ -9,9 +9,10 @@ Every cell runs through one forward and one backward skeleton:
    (``_kernels``, GIL released).  A large call splits the loop and the
    projection by batch rows over the threads the cost model (``_parallel``)
    wants and the shared budget (``_threads.claim``) gives;
-3. backward only: the compiled BPTT loop, then the weight gradients as one
-   matrix product each (``dx`` by fastcells' packed GEMM, ``dW_ih``/``dW_hh``
-   by NumPy's BLAS).
+3. backward only: the compiled BPTT loop (split by batch rows like the
+   forward's), then the weight gradients as one matrix product each, all on
+   fastcells' packed GEMM across fastcells' threads (``dx`` by ``gemm``,
+   ``dW_ih``/``dW_hh`` by ``gemm_tn``), none on NumPy's BLAS.
 
 What differs per cell (the loop's buffers, the kernel call, the extra
 gradients) is one entry of ``_ADAPTERS``, keyed like ``_cells.CELLS``; the
@@ -27,7 +28,7 @@ from typing import Any, NamedTuple, cast
 
 import numpy as np
 
-from . import _kernels, _threads
+from . import _kernels, _parallel, _threads
 from ._cells import CELLS, cell_spec
 from ._checks import (
     ForwardArgs,
@@ -435,9 +436,12 @@ def _weight_grads(s: Scratch, x: np.ndarray, W_ih: np.ndarray, dGx: np.ndarray,
     k = T * B
     dGx2 = dGx.reshape(k, GH)
     dGh2 = dGh.reshape(k, GH)
-    # dx by fastcells' packed GEMM (W_ih packed as it is, a plain copy)
+    # dx by fastcells' packed GEMM (W_ih packed as it is, a plain copy), its rows
+    # split across threads when large (the same bits for any count)
     dx = np.empty((k, I), F32)
-    _kernels.gemm(dGx2, s.pack("W_ih", W_ih, False), I, dx)
+    dx_want = _parallel.gemm_threads(k, I, GH)
+    with _threads.claim(dx_want) if dx_want > 1 else nullcontext(1) as n_dx:
+        _kernels.gemm(dGx2, s.pack("W_ih", W_ih, False), I, dx, n_dx)
     dx = dx.reshape(T, B, I)
     # dW_ih = dGx^T X, dW_hh = dGh^T H_prev: one call per block of dG's columns,
     # which it copies transposed once for both its products: (A, a0, B, C, B2, C2)
