@@ -39,7 +39,15 @@ MIN_ROWS_PER_THREAD = 4
 #: ... and at least this much recurrent product per step and thread
 #: (``2 * rows * G*H * H`` flops): below it a step is dominated by the gate pass
 #: and the call's fixed costs, which a split does not shorten
-MIN_STEP_FLOPS_PER_THREAD = 1 << 17
+MIN_STEP_FLOPS_PER_THREAD = 1 << 15
+
+#: with only 2 or 3 rows per thread, the split pays only for more work per step
+#: (each thread streams all of ``W_hh`` for few rows) ...
+MIN_STEP_FLOPS_FEW_ROWS = 1 << 18
+#: ... and up to this hidden size: beyond it both threads stream a ``W_hh`` that
+#: outgrows the caches, and the forward ran no faster split (docs/design.md,
+#: "Threads")
+FEW_ROWS_MAX_H = 512
 #: a product (input projection, ``dx``) splits only when each thread gets at
 #: least this many flops, far above the cost of one fork/join
 MIN_GEMM_FLOPS_PER_THREAD = 1 << 21
@@ -51,12 +59,17 @@ GEMM_ROW_GRANULE: int = _kernels.gemm_row_granule()
 def loop_threads(B: int, G: int, H: int) -> int:
     """How many threads the time loop of a batch of ``B`` rows (``G`` gates of ``H``)
     wants: at most one per ``MIN_ROWS_PER_THREAD`` rows and per
-    ``MIN_STEP_FLOPS_PER_THREAD`` of recurrent product per step; 1 for small work."""
-    if B < 2 * MIN_ROWS_PER_THREAD or B < 2 * SPLIT_MIN_ROWS:
+    ``MIN_STEP_FLOPS_PER_THREAD`` of recurrent product per step, or else, for
+    ``H <= FEW_ROWS_MAX_H``, one per ``SPLIT_MIN_ROWS`` rows and per
+    ``MIN_STEP_FLOPS_FEW_ROWS``; 1 for small work."""
+    if B < 2 * SPLIT_MIN_ROWS:
         return 1
-    by_rows = B // max(MIN_ROWS_PER_THREAD, SPLIT_MIN_ROWS)
-    by_work = 2 * B * G * H * H // max(MIN_STEP_FLOPS_PER_THREAD, 1)
-    return max(1, min(by_rows, by_work))
+    flops = 2 * B * G * H * H
+    n = min(B // max(MIN_ROWS_PER_THREAD, SPLIT_MIN_ROWS),
+            flops // max(MIN_STEP_FLOPS_PER_THREAD, 1))
+    if n < 2 and H <= FEW_ROWS_MAX_H:
+        n = min(B // SPLIT_MIN_ROWS, flops // max(MIN_STEP_FLOPS_FEW_ROWS, 1))
+    return max(1, n)
 
 
 def gemm_threads(m: int, n: int, k: int) -> int:
@@ -71,7 +84,7 @@ def gemm_threads(m: int, n: int, k: int) -> int:
 
 def forward_threads(T: int, B: int, I: int, G: int, H: int) -> int:
     """How many threads a forward call wants (its loop's or its projection's need)."""
-    if B < 2 * MIN_ROWS_PER_THREAD and T * B < 2 * GEMM_ROW_GRANULE:
+    if B < 2 * SPLIT_MIN_ROWS and T * B < 2 * GEMM_ROW_GRANULE:
         return 1        # small calls: decided in two comparisons
     return max(loop_threads(B, G, H), gemm_threads(T * B, G * H, I))
 
