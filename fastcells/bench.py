@@ -582,6 +582,24 @@ def _timed_calls(fn: Runner, repeat: int) -> list[float]:
     return times
 
 
+#: with more than one thread per system, each system's turn in a round starts with
+#: this pause and one untimed call: the threads of the system timed before (a
+#: spinning pool: libgomp's, ONNX Runtime's) go idle first, and its own wake up,
+#: so no system is timed while another's threads still hold the cores
+SETTLE_SECONDS = 0.02
+
+
+def _settle() -> None:
+    """Let every thread pool of the process go idle (see ``SETTLE_SECONDS``)."""
+    if _threads.get_num_threads() > 1 or threading_of_peers() > 1:
+        time.sleep(SETTLE_SECONDS)
+
+
+def threading_of_peers() -> int:
+    """The thread count the report set for the peers (1 unless --threads/--scaling)."""
+    return int(os.environ.get("OMP_NUM_THREADS", "1") or 1)
+
+
 def measure_rounds(fns: dict[str, Any], target: float, min_repeats: int = 3,
                    repeat: int | None = None, rounds: int = ROUNDS,
                    setup: dict[str, Callable[[], Any]] | None = None) -> dict[str, Any]:
@@ -609,6 +627,9 @@ def measure_rounds(fns: dict[str, Any], target: float, min_repeats: int = 3,
     for i in range(rounds):
         for name, fn in fns.items():
             setup.get(name, _nothing)()
+            if len(fns) > 1:
+                _settle()
+                fn()
             times[name] += _timed_calls(fn, per_round[name][i])
     return {name: {"median_ms": 1e3 * statistics.median(t), "min_ms": 1e3 * min(t),
                    "repeats": len(t)} for name, t in times.items()}
