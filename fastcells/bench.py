@@ -589,20 +589,10 @@ def _timed_calls(fn: Runner, repeat: int) -> list[float]:
 SETTLE_SECONDS = 0.02
 
 
-def _settle() -> None:
-    """Let every thread pool of the process go idle (see ``SETTLE_SECONDS``)."""
-    if _threads.get_num_threads() > 1 or threading_of_peers() > 1:
-        time.sleep(SETTLE_SECONDS)
-
-
-def threading_of_peers() -> int:
-    """The thread count the report set for the peers (1 unless --threads/--scaling)."""
-    return int(os.environ.get("OMP_NUM_THREADS", "1") or 1)
-
-
 def measure_rounds(fns: dict[str, Any], target: float, min_repeats: int = 3,
                    repeat: int | None = None, rounds: int = ROUNDS,
-                   setup: dict[str, Callable[[], Any]] | None = None) -> dict[str, Any]:
+                   setup: dict[str, Callable[[], Any]] | None = None,
+                   settle: bool = False) -> dict[str, Any]:
     """Median and minimum milliseconds per call of each function in ``fns`` (name ->
     callable), timed in ``rounds`` interleaved rounds.
 
@@ -611,6 +601,8 @@ def measure_rounds(fns: dict[str, Any], target: float, min_repeats: int = 3,
     seconds (at least ``min_repeats`` in all).  Medians pool every round.
     ``setup[name]``, when given, runs untimed before the warm-up and before each
     round's calls of ``name`` (``--scaling`` sets the thread count there).
+    ``settle``: each turn starts with a pause and one untimed call (``SETTLE_SECONDS``;
+    the reports at more than one thread).
     """
     setup = setup or {}
     per_round = {}
@@ -627,8 +619,8 @@ def measure_rounds(fns: dict[str, Any], target: float, min_repeats: int = 3,
     for i in range(rounds):
         for name, fn in fns.items():
             setup.get(name, _nothing)()
-            if len(fns) > 1:
-                _settle()
+            if settle:
+                time.sleep(SETTLE_SECONDS)
                 fn()
             times[name] += _timed_calls(fn, per_round[name][i])
     return {name: {"median_ms": 1e3 * statistics.median(t), "min_ms": 1e3 * min(t),
@@ -866,7 +858,8 @@ def run_row(cell: str, shape: Shape, mode: str, systems: Sequence[str], target: 
     row.update(threads=DEFAULT_THREADS if threads is None else threads, skipped=skipped)
     if "fp16w" in fns:      # what float16 weights cost in accuracy: y against float64
         row["fp16w_rel_err"] = errors({"y": fns["fp16w"]().y}, {"y": p.expected(mode)["y"]})[1]
-    row["times"] = measure_rounds(fns, target, min_repeats, repeat)
+    row["times"] = measure_rounds(fns, target, min_repeats, repeat,
+                                  settle=threads is None or threads > 1)
     for system, t in row["times"].items():
         progress(f"{system} {t['median_ms']:.3f} ms")
     median = {s: t["median_ms"] for s, t in row["times"].items()}
@@ -926,7 +919,7 @@ def run_scaling(cell: str, shape: Shape, mode: str, systems: Sequence[str],
         row = _new_row(p, mode)
         row.update(threads=n, skipped=skipped)
         rows.append(row)
-    times = measure_rounds(fns, target, min_repeats, repeat, setup=setup)
+    times = measure_rounds(fns, target, min_repeats, repeat, setup=setup, settle=True)
     for row in rows:
         n = row["threads"]
         row["times"] = {s: times[f"{s}@{n}"] for s in systems if f"{s}@{n}" in times}
