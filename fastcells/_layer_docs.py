@@ -120,8 +120,9 @@ Parameters are named and shaped as PyTorch's (G = {G} gates, in the order
 (G*H,){extra}, with the suffix ``_reverse`` for the reverse direction.
 :meth:`state_dict` and :meth:`load_state_dict` exchange them with PyTorch.
 
-Threads: one call runs on one thread; the kernels release the GIL, so
-several Python threads can run layers (or one layer's :meth:`step` on
+Threads: a large call splits over up to ``fastcells.get_num_threads()``
+threads (by batch rows; the same bits at any count); the kernels release the
+GIL, so several Python threads can run layers (or one layer's :meth:`step` on
 separate states) at the same time.  Do not call :meth:`backward` of one
 layer from two threads at once: it adds to the same ``grads``.
 
@@ -166,8 +167,9 @@ TypeError
 Notes
 -----
 In training mode (the default) the call keeps what :meth:`backward` needs
-and applies dropout between layers; in eval mode it keeps nothing.  One
-call runs on one thread, with the GIL released.
+and applies dropout between layers; in eval mode it keeps nothing.  A large
+call splits over fastcells' threads (``fastcells.set_num_threads``), with the
+GIL released.
 
 Truncated BPTT over stateful chunks: pass the previous chunk's final state
 as ``hx`` (a new array the layer never writes; ``.copy()`` it if you change
