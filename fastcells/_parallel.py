@@ -59,8 +59,11 @@ FEW_ROWS_MAX_H = 512
 COLUMN_SPLIT_MAX_ROWS = 4
 #: ... from this hidden size (below it a step is too short for a join per step) ...
 COLUMN_SPLIT_MIN_H = 256
-#: ... with at least this many units per thread
+#: ... with at least this many units per thread ...
 COLUMN_MIN_UNITS = 128
+#: ... and at least this much recurrent product per step and thread (``2 * B * G*H
+#: * H`` flops): below it the join each step costs about what the split saves
+MIN_COLUMN_STEP_FLOPS_PER_THREAD = 1 << 18
 #: a column block is whole packed panels of this many columns (``_kernels``: the
 #: GEMM sums each column within its panel; a fact of the GEMM, not a tunable)
 COLUMN_GRANULE: int = _kernels.panel_columns()
@@ -90,14 +93,16 @@ def loop_threads(B: int, G: int, H: int) -> int:
 
 def column_threads(B: int, G: int, H: int) -> int:
     """How many threads the time loop of a batch too small to split by rows wants when
-    each step splits by hidden units instead (:func:`column_blocks`): one per
-    ``COLUMN_MIN_UNITS`` units from ``H >= COLUMN_SPLIT_MIN_H``, at most
+    each step splits by hidden units instead (:func:`column_blocks`): at most one per
+    ``COLUMN_MIN_UNITS`` units and per ``MIN_COLUMN_STEP_FLOPS_PER_THREAD`` of
+    recurrent product per step, from ``H >= COLUMN_SPLIT_MIN_H``, at most
     ``COLUMN_SPLIT_MAX_ROWS`` rows, ``H`` whole panels; 1 otherwise (and where the
     rows split)."""
     if (B > COLUMN_SPLIT_MAX_ROWS or H < COLUMN_SPLIT_MIN_H or H % COLUMN_GRANULE
             or loop_threads(B, G, H) > 1):
         return 1
-    return max(1, H // max(COLUMN_MIN_UNITS, COLUMN_GRANULE))
+    return max(1, min(H // max(COLUMN_MIN_UNITS, COLUMN_GRANULE),
+                      2 * B * G * H * H // max(MIN_COLUMN_STEP_FLOPS_PER_THREAD, 1)))
 
 
 def column_blocks(H: int, n: int) -> np.ndarray | None:

@@ -41,6 +41,7 @@ def split_columns(monkeypatch):
     ``cols`` plans the forward kernels get.  Yields the list of plans."""
     monkeypatch.setattr(_parallel, "COLUMN_SPLIT_MIN_H", PANEL)
     monkeypatch.setattr(_parallel, "COLUMN_MIN_UNITS", PANEL)
+    monkeypatch.setattr(_parallel, "MIN_COLUMN_STEP_FLOPS_PER_THREAD", 0)
     plans: list = []
     for family in ("rnn", "gru", "lstm"):
         name = f"{family}_forward"
@@ -189,12 +190,15 @@ def test_cho_gru_and_half_weights_stay_on_one_thread(split_columns):
 
 
 def test_cost_model():
-    """Batch 1-4 from H = 256 wants threads (one per 128 units); small H, larger
-    batches that split by rows, and H off the panels do not."""
+    """Batch 1-4 from H = 256 wants threads (one per 128 units, when the step is
+    large enough); small H, small steps, larger batches that split by rows, and H off
+    the panels do not."""
     assert _parallel.column_threads(1, 4, 1024) == 8
     assert _parallel.column_threads(3, 3, 512) == 4
     assert _parallel.column_threads(1, 4, 256) == 2
     assert _parallel.column_threads(1, 4, 128) == 1
+    assert _parallel.column_threads(1, 1, 256) == 1          # an RNN step: too small
+    assert _parallel.column_threads(1, 1, 512) == 2
     assert _parallel.column_threads(1, 4, 520) == 1          # not whole panels
     assert _parallel.column_threads(4, 4, 512) == 1          # its rows split
     assert _parallel.column_threads(4, 4, 1024) == 8         # its rows do not
