@@ -233,18 +233,45 @@ def _check_pack_buffer(buf, Py_ssize_t need):
             raise ValueError(f"{want}, got {got}")
 
 
-def gemm_nt(const float[:, ::1] A, const float[:, ::1] W, float[:, ::1] C):
-    """``C = A @ W.T`` with ``W`` unpacked (for tests and projections)."""
-    cdef Py_ssize_t m = A.shape[0], k = A.shape[1], n = W.shape[0]
+#: the arguments of one unpacked product C = A @ W.T, for _run_rows over W's rows
+ctypedef struct ProductNT:
+    Py_ssize_t m, k, ldc
+    const float *A
+    const float *W
+    float *C
+
+
+cdef void _gemm_nt_cols(const void *p, Py_ssize_t j0, Py_ssize_t j1) noexcept nogil:
+    """C's columns [j0, j1) (W's rows) of an unpacked product."""
+    cdef const ProductNT *a = <const ProductNT *>p
+    fc_gemm_nt(a.m, j1 - j0, a.k, a.A, a.k, a.W + j0 * a.k, a.k, a.C + j0, a.ldc)
+
+
+def gemm_nt(const float[:, ::1] A, const float[:, ::1] W, float[:, ::1] C,
+            Py_ssize_t nthreads=1):
+    """``C = A @ W.T`` with ``W`` unpacked (for tests and projections), C's columns (W's
+    rows) split over up to ``nthreads`` threads in blocks of whole cache lines: every
+    element is summed in the same order whatever its block (csrc/gemm_nt_impl.h), so
+    the same bits for any ``nthreads``.  Runs in the caller's floating-point mode."""
+    cdef Py_ssize_t m = A.shape[0], k = A.shape[1], n = W.shape[0], per, nb
     if W.shape[1] != k:
         raise ValueError(f"W: expected shape ({n}, {k}), got ({W.shape[0]}, {W.shape[1]})")
     if C.shape[0] != m or C.shape[1] != n:
         raise ValueError(f"C: expected shape ({m}, {n}), got ({C.shape[0]}, {C.shape[1]})")
+    if nthreads < 1:
+        raise ValueError(f"nthreads: expected a positive integer, got {nthreads}")
+    if not (m and n):
+        return
+    # equal blocks of whole FC_NR-column groups (C's cache lines), the last taking the rest
+    per = ((n + FC_NR - 1) // FC_NR + nthreads - 1) // nthreads * FC_NR
+    cdef const int64_t[::1] bounds = np.array(list(range(0, n, per)) + [n], dtype=np.int64)
+    nb = bounds.shape[0] - 1
+    cdef ProductNT prod
     cdef float dummy = 0     # k == 0: a valid address, never read (not NULL + offsets)
-    if m and n:
-        with nogil:
-            fc_gemm_nt(m, n, k, &A[0, 0] if k else &dummy, k, &W[0, 0] if k else &dummy, k,
-                       &C[0, 0], n)
+    prod.m, prod.k, prod.ldc = m, k, n
+    prod.A, prod.W, prod.C = &A[0, 0] if k else &dummy, &W[0, 0] if k else &dummy, &C[0, 0]
+    with nogil:
+        _run_rows(_gemm_nt_cols, &prod, n, &bounds[0], nb, False)
 
 
 cdef void _activate(float *x, Py_ssize_t n, bint tanh, bint ftz) noexcept nogil:

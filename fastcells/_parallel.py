@@ -126,6 +126,13 @@ def gemm_threads(m: int, n: int, k: int) -> int:
                       2 * m * n * k // max(MIN_GEMM_FLOPS_PER_THREAD, 1)))
 
 
+def gemm_nt_threads(m: int, n: int, k: int) -> int:
+    """How many threads an unpacked product (``_kernels.gemm_nt``: a short projection)
+    of ``m`` rows, ``n`` columns and depth ``k`` wants: it splits C's columns, so at
+    most one per ``COLUMN_GRANULE`` columns and per ``MIN_GEMM_FLOPS_PER_THREAD``."""
+    return max(1, min(n // COLUMN_GRANULE, 2 * m * n * k // max(MIN_GEMM_FLOPS_PER_THREAD, 1)))
+
+
 def forward_threads(T: int, B: int, I: int, G: int, H: int, columns: bool = False) -> int:
     """How many threads a forward call wants (its loop's or its projection's need);
     ``columns``: its loop may split by hidden units (:func:`column_threads`)."""

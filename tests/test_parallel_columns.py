@@ -252,3 +252,34 @@ def test_column_plan_needs_packed_floats_and_no_row_plan():
                              h, y, None, False, False, None, None,
                              np.zeros((B, 2 * H), np.float32), np.zeros((B, H), np.float32),
                              np.zeros((B, H), np.float32), cols=np.array([0, 16, 32]))
+
+
+@pytest.mark.parametrize("m,n,k", [(1, 1, 1), (25, 2048, 512), (3, 100, 37), (31, 17, 0),
+                                   (7, 48, 130)])
+def test_unpacked_product_split_by_columns_same_bits(m, n, k):
+    """The unpacked product (short projections) splits C's columns: the bits of one
+    thread for any count, and NumPy's values."""
+    rng = np.random.default_rng(4)
+    A = rng.standard_normal((m, k)).astype(np.float32)
+    W = rng.standard_normal((n, k)).astype(np.float32)
+    want = np.empty((m, n), np.float32)
+    _kernels.gemm_nt(A, W, want)
+    np.testing.assert_allclose(want, A.astype(np.float64) @ W.T.astype(np.float64),
+                               rtol=1e-4, atol=1e-4 * max(k, 1))
+    for nthreads in THREAD_COUNTS[1:]:
+        got = np.full((m, n), np.nan, np.float32)
+        _kernels.gemm_nt(A, W, got, nthreads)
+        np.testing.assert_array_equal(got, want, err_msg=f"{nthreads} threads")
+
+
+def test_unpacked_product_cost_model():
+    assert _parallel.gemm_nt_threads(25, 2048, 512) >= 2
+    assert _parallel.gemm_nt_threads(25, 2048, 512) <= 2048 // PANEL
+    assert _parallel.gemm_nt_threads(2, 64, 16) == 1
+    assert _parallel.gemm_nt_threads(1, 8, 1 << 20) == 1      # fewer columns than a block
+
+
+def test_unpacked_product_refuses_bad_thread_count():
+    A, W, C = (np.zeros(s, np.float32) for s in ((2, 3), (4, 3), (2, 4)))
+    with pytest.raises(ValueError, match="nthreads: expected a positive integer, got 0"):
+        _kernels.gemm_nt(A, W, C, 0)
