@@ -21,7 +21,9 @@ How this module is built, and why:
   need (gate counts) come from ``fastcells._cells``.
 - One call may run on several threads (OpenMP, ``prange``): each loop takes
   a block of batch rows and runs every step on it, and the products split by
-  rows (see "row blocks" below); with one block nothing enters OpenMP.
+  rows (see "row blocks" below); a forward loop of too few rows to split
+  splits each step by hidden units instead ("column blocks"), and the
+  unpacked product by columns; with one block nothing enters OpenMP.
 - ``lengths`` (or NULL) marks the steps ``t >= lengths[b]`` that leave row
   ``b`` untouched; ``reverse`` walks time backwards, each row starting at its
   own last valid step.  Backward walks the forward order in reverse.
@@ -857,6 +859,7 @@ def rnn_forward(Py_ssize_t t0, const float[:, :, ::1] gx, const float[::1] wp, i
     cdef Py_ssize_t nc = _check_cols(cols, blocks, y.shape[2], packing)
     cdef float[::1] spare = _spare_state(nc, y.shape[1], y.shape[2])
     cdef FwdLoop L
+    memset(&L, 0, sizeof(L))     # every pointer it does not set is NULL
     L.t0, L.n, L.B, L.H = t0, gx.shape[0], y.shape[1], y.shape[2]
     L.packing, L.reverse, L.relu, L.lens = packing, reverse, relu, _lens(lengths)
     L.gx, L.wp, L.h, L.y, L.gh = &gx[0, 0, 0], &wp[0], &h[0, 0], &y[0, 0, 0], &gh[0, 0]
@@ -981,6 +984,7 @@ def lstm_forward(Py_ssize_t t0, const float[:, :, ::1] gx, const float[::1] wp, 
     cdef Py_ssize_t nc = _check_cols(cols, blocks, y.shape[2], packing)
     cdef float[::1] spare = _spare_state(nc, y.shape[1], y.shape[2])
     cdef FwdLoop L
+    memset(&L, 0, sizeof(L))     # every pointer it does not set is NULL
     L.t0, L.n, L.B, L.H = t0, gx.shape[0], y.shape[1], y.shape[2]
     L.packing, L.reverse, L.lens = packing, reverse, _lens(lengths)
     L.gx, L.wp, L.gh = &gx[0, 0, 0], &wp[0], &gh[0, 0]
@@ -1164,6 +1168,7 @@ def gru_forward(Py_ssize_t t0, const float[:, :, ::1] gx, const float[::1] wp,
                          f"per step), got {list(cols)}")
     cdef float[::1] spare = _spare_state(nc, y.shape[1], y.shape[2])
     cdef FwdLoop L
+    memset(&L, 0, sizeof(L))     # every pointer it does not set is NULL
     L.t0, L.n, L.B, L.H = t0, gx.shape[0], y.shape[1], y.shape[2]
     L.packing, L.reverse, L.lbr, L.lens = packing, reverse, linear_before_reset, _lens(lengths)
     L.gx, L.wp, L.bhn = &gx[0, 0, 0], &wp[0], &bhn[0]

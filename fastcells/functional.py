@@ -8,7 +8,8 @@ Every cell runs through one forward and one backward skeleton:
    biases in, prepare ``W_hh`` once per call, and run the compiled time loop
    (``_kernels``, GIL released).  A large call splits the loop and the
    projection by batch rows over the threads the cost model (``_parallel``)
-   wants and the shared budget (``_threads.claim``) gives;
+   wants and the shared budget (``_threads.claim``) gives; a forward loop of
+   too few rows to split (batch 1 to 4) splits each step by hidden units;
 3. backward only: the compiled BPTT loop (split by batch rows like the
    forward's), then the weight gradients as one matrix product each, all on
    fastcells' packed GEMM across fastcells' threads (``dx`` by ``gemm``,
