@@ -1,9 +1,9 @@
 """Small batches split each forward step by hidden units, with the bits of one thread.
 
-A batch of 1 to 3 rows cannot split by rows (``fastcells._parallel``), so its
-forward loop splits every step by hidden units: each thread computes whole
-16-column panels of every gate's recurrent product and the gate pass of those
-units (``_kernels``, "column blocks").  The cost model keeps these small
+A batch of 1 to 3 rows cannot split by rows (``fastcells._parallel``; 4 rows
+often do not pay for it), so its forward loop splits every step by hidden
+units: each thread computes whole 16-column panels of every gate's recurrent
+product and the gate pass of those units (``_kernels``, "column blocks").  The cost model keeps these small
 shapes on one thread, so the tests lower its thresholds (:func:`split_columns`),
 record the plans the kernels get and assert the split really ran; then
 outputs, final states and the cache's arrays bit for bit at 1, 2, 3 and 8
@@ -23,7 +23,8 @@ THREAD_COUNTS = (1, 2, 3, 8)
 #: more steps than the unpacked batch-1 calls take (those never split)
 T = _packing.UNPACKED_MAX_STEPS + 3
 I = 5
-BATCHES = (1, 2, 3)
+#: 4 rows: split by units where the rows do not split (always, at these sizes)
+BATCHES = (1, 2, 3, 4)
 #: one panel (no split), three (uneven splits), four
 HIDDEN = (16, 48, 64)
 #: the cells whose loop splits by units (the GRU without linear_before_reset does not)
