@@ -21,7 +21,9 @@ How this module is built, and why:
   need (gate counts) come from ``fastcells._cells``.
 - One call may run on several threads (OpenMP, ``prange``): each loop takes
   a block of batch rows and runs every step on it, and the products split by
-  rows (see "row blocks" below); with one block nothing enters OpenMP.
+  rows (see "row blocks" below); a forward loop of too few rows to split
+  splits each step by hidden units instead ("column blocks"), and the
+  unpacked product by columns; with one block nothing enters OpenMP.
 - ``lengths`` (or NULL) marks the steps ``t >= lengths[b]`` that leave row
   ``b`` untouched; ``reverse`` walks time backwards, each row starting at its
   own last valid step.  Backward walks the forward order in reverse.
@@ -46,6 +48,8 @@ cdef extern from "cpu.h" nogil:
     int FC_ISA_COUNT
 
 cdef extern from "gemm.h" nogil:
+    enum:
+        FC_NR               # columns per packed panel
     Py_ssize_t fc_packed_size(Py_ssize_t k, Py_ssize_t n)
     void fc_pack(const float *src, Py_ssize_t k, Py_ssize_t n, Py_ssize_t rs,
                  Py_ssize_t cs, float *P)
@@ -231,18 +235,45 @@ def _check_pack_buffer(buf, Py_ssize_t need):
             raise ValueError(f"{want}, got {got}")
 
 
-def gemm_nt(const float[:, ::1] A, const float[:, ::1] W, float[:, ::1] C):
-    """``C = A @ W.T`` with ``W`` unpacked (for tests and projections)."""
-    cdef Py_ssize_t m = A.shape[0], k = A.shape[1], n = W.shape[0]
+#: the arguments of one unpacked product C = A @ W.T, for _run_rows over W's rows
+ctypedef struct ProductNT:
+    Py_ssize_t m, k, ldc
+    const float *A
+    const float *W
+    float *C
+
+
+cdef void _gemm_nt_cols(const void *p, Py_ssize_t j0, Py_ssize_t j1) noexcept nogil:
+    """C's columns [j0, j1) (W's rows) of an unpacked product."""
+    cdef const ProductNT *a = <const ProductNT *>p
+    fc_gemm_nt(a.m, j1 - j0, a.k, a.A, a.k, a.W + j0 * a.k, a.k, a.C + j0, a.ldc)
+
+
+def gemm_nt(const float[:, ::1] A, const float[:, ::1] W, float[:, ::1] C,
+            Py_ssize_t nthreads=1):
+    """``C = A @ W.T`` with ``W`` unpacked (for tests and projections), C's columns (W's
+    rows) split over up to ``nthreads`` threads in blocks of whole cache lines: every
+    element is summed in the same order whatever its block (csrc/gemm_nt_impl.h), so
+    the same bits for any ``nthreads``.  Runs in the caller's floating-point mode."""
+    cdef Py_ssize_t m = A.shape[0], k = A.shape[1], n = W.shape[0], per, nb
     if W.shape[1] != k:
         raise ValueError(f"W: expected shape ({n}, {k}), got ({W.shape[0]}, {W.shape[1]})")
     if C.shape[0] != m or C.shape[1] != n:
         raise ValueError(f"C: expected shape ({m}, {n}), got ({C.shape[0]}, {C.shape[1]})")
+    if nthreads < 1:
+        raise ValueError(f"nthreads: expected a positive integer, got {nthreads}")
+    if not (m and n):
+        return
+    # equal blocks of whole FC_NR-column groups (C's cache lines), the last taking the rest
+    per = ((n + FC_NR - 1) // FC_NR + nthreads - 1) // nthreads * FC_NR
+    cdef const int64_t[::1] bounds = np.array(list(range(0, n, per)) + [n], dtype=np.int64)
+    nb = bounds.shape[0] - 1
+    cdef ProductNT prod
     cdef float dummy = 0     # k == 0: a valid address, never read (not NULL + offsets)
-    if m and n:
-        with nogil:
-            fc_gemm_nt(m, n, k, &A[0, 0] if k else &dummy, k, &W[0, 0] if k else &dummy, k,
-                       &C[0, 0], n)
+    prod.m, prod.k, prod.ldc = m, k, n
+    prod.A, prod.W, prod.C = &A[0, 0] if k else &dummy, &W[0, 0] if k else &dummy, &C[0, 0]
+    with nogil:
+        _run_rows(_gemm_nt_cols, &prod, n, &bounds[0], nb, False)
 
 
 cdef void _activate(float *x, Py_ssize_t n, bint tanh, bint ftz) noexcept nogil:
@@ -440,6 +471,16 @@ cdef inline fc_fpenv_t _fp_mode() noexcept nogil:
     return mode
 
 
+cdef inline fc_fpenv_t _enter_as(fc_fpenv_t caller, bint ftz) noexcept nogil:
+    """Put the calling (pool) thread in the caller's floating-point mode ``caller``, with
+    flush-to-zero when ``ftz``; returns the thread's own mode, to restore after."""
+    cdef fc_fpenv_t own = fc_fpenv_enter()
+    fc_fpenv_exit(caller)
+    if ftz:
+        fc_fpenv_enter()
+    return own
+
+
 cdef void _run_rows(RowLoop loop, const void *args, Py_ssize_t rows, const int64_t *bounds,
                     Py_ssize_t nblocks, bint ftz) noexcept nogil:
     """Run ``loop`` over the row blocks [bounds[i], bounds[i+1]), one thread each, or
@@ -458,10 +499,7 @@ cdef void _run_rows(RowLoop loop, const void *args, Py_ssize_t rows, const int64
         return
     caller = _fp_mode()
     for i in prange(nblocks, num_threads=nblocks, schedule="static", chunksize=1):
-        own = fc_fpenv_enter()
-        fc_fpenv_exit(caller)
-        if ftz:
-            fc_fpenv_enter()
+        own = _enter_as(caller, ftz)
         loop(args, bounds[i], bounds[i + 1])
         fc_fpenv_exit(own)
 
@@ -497,6 +535,11 @@ cdef Py_ssize_t GEMM_ROW_GRANULE = 24
 def gemm_row_granule():
     """A threaded :func:`gemm` splits its rows in blocks of a multiple of this many."""
     return GEMM_ROW_GRANULE
+
+
+def panel_columns():
+    """Columns per panel of :func:`pack`: a loop's ``cols`` bounds are multiples of it."""
+    return FC_NR
 
 
 def gemm_blocks(Py_ssize_t m, Py_ssize_t nthreads):
@@ -553,6 +596,216 @@ def gemm(const float[:, ::1] A, const float[::1] P, Py_ssize_t n, float[:, ::1] 
 
 
 # ----------------------------------------------------------------------------
+# column blocks: one step's hidden units split across threads
+#
+# A batch of 1 to 3 rows cannot be split by rows (a block needs 2 rows, see
+# above), so its forward steps split by hidden units instead: at every step
+# each thread takes the units [j0, j1) (whole panels of FC_NR columns) and
+# computes their columns of every gate's recurrent product, then their part
+# of the gate pass, for all rows.  One fork and one join per step: the next
+# step's product reads all of h, so the threads meet once per step.
+# - Bits: the packed product sums each column within its own panel, in the
+#   same order whatever panels it is asked for (csrc/gemm_impl.h), and the
+#   activations work lane by lane (csrc/activations_impl.h), so a block of
+#   whole panels gets the bits of the whole row, for any split.
+# - h is double-buffered: a thread's product reads all of h_{t-1} while the
+#   others write their units of h_t.  c (LSTM) is updated in place: each
+#   thread reads and writes only its own units of it.
+# - Only the forms whose step is one product then one pass: RNN, LSTM and GRU
+#   with linear_before_reset (the other GRU form multiplies twice per step),
+#   with W_hh packed as floats (PACK_FLOAT) and H a multiple of FC_NR.
+
+#: one step of a column-split forward loop (the loop's arguments, the step, the states)
+ctypedef struct ColStep:
+    const FwdLoop *L
+    CellKind kind
+    Py_ssize_t G            # gates per unit: gh and gx have G*H columns per row
+    Py_ssize_t t
+    bint product            # some row is active at t (else the product is skipped)
+    const float *hp         # h_{t-1}
+    float *hn               # h_t
+
+
+cdef inline void _add(float *a, const float *x, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t j
+    for j in range(n):
+        a[j] += x[j]
+
+
+cdef void _col_rnn(const ColStep *S, Py_ssize_t n, float *a, float *yr,
+                   float *hr) noexcept nogil:
+    """The RNN's n units of one row: ``a`` their pre-activations (gx added)."""
+    cdef Py_ssize_t j
+    cdef float v
+    if S.L.relu:
+        for j in range(n):
+            v = a[j]
+            a[j] = 0.0 if v < 0 else v   # NaN stays NaN, as in NumPy
+    else:
+        fc_tanh(a, n)
+    memcpy(hr, a, n * sizeof(float))
+    memcpy(yr, a, n * sizeof(float))
+
+
+cdef void _col_lstm(const ColStep *S, Py_ssize_t j0, Py_ssize_t n, Py_ssize_t b, float *a,
+                    float *yr, float *hr) noexcept nogil:
+    """The LSTM's units [j0, j0 + n) of row b: ``a`` its gate i's pre-activations (gx
+    added), the other gates H floats apart; as _lstm_fwd does for whole rows."""
+    cdef const FwdLoop *L = S.L
+    cdef Py_ssize_t j, g, H = L.H
+    cdef const float *peep = L.peep
+    cdef float *cb = L.c + b * H + j0
+    if peep != NULL:                 # i and f see c_{t-1}
+        for j in range(n):
+            a[j] += peep[j0 + j] * cb[j]
+            a[H + j] += peep[H + j0 + j] * cb[j]
+    fc_sigmoid(a, n)              # i
+    fc_sigmoid(a + H, n)          # f
+    fc_tanh(a + 2 * H, n)         # g
+    for j in range(n):
+        cb[j] = a[H + j] * cb[j] + a[j] * a[2 * H + j]
+    if peep != NULL:                 # o sees c_t
+        for j in range(n):
+            a[3 * H + j] += peep[2 * H + j0 + j] * cb[j]
+    fc_sigmoid(a + 3 * H, n)      # o
+    memcpy(yr, cb, n * sizeof(float))
+    fc_tanh(yr, n)
+    for j in range(n):
+        yr[j] = a[3 * H + j] * yr[j]
+    memcpy(hr, yr, n * sizeof(float))
+    if L.gates != NULL:
+        for g in range(4):
+            memcpy(L.gates + (S.t * L.B + b) * 4 * H + g * H + j0, a + g * H,
+                   n * sizeof(float))
+        memcpy(L.kept + (S.t * L.B + b) * H + j0, cb, n * sizeof(float))
+
+
+cdef void _col_gru(const ColStep *S, Py_ssize_t j0, Py_ssize_t n, Py_ssize_t b, float *a,
+                   const float *x, float *yr, float *hr) noexcept nogil:
+    """The GRU's (linear_before_reset) units [j0, j0 + n) of row b: ``a`` its r gate's
+    pre-activations (gx added to r and z only), the others H floats apart; ``x`` its
+    gx; as _gru_fwd does for whole rows."""
+    cdef const FwdLoop *L = S.L
+    cdef Py_ssize_t j, g, H = L.H, row = S.t * L.B + b
+    cdef const float *hp = S.hp + b * H + j0
+    cdef float hn, nv, z
+    fc_sigmoid(a, n)              # r
+    fc_sigmoid(a + H, n)          # z
+    for j in range(n):
+        hn = a[2 * H + j] + L.bhn[j0 + j]
+        if L.kept != NULL:
+            L.kept[row * H + j0 + j] = hn
+        a[2 * H + j] = x[2 * H + j] + a[j] * hn
+    fc_tanh(a + 2 * H, n)
+    for j in range(n):
+        nv = a[2 * H + j]
+        z = a[H + j]
+        hr[j] = nv + z * (hp[j] - nv)
+    memcpy(yr, hr, n * sizeof(float))
+    if L.gates != NULL:
+        for g in range(3):
+            memcpy(L.gates + row * 3 * H + g * H + j0, a + g * H, n * sizeof(float))
+
+
+cdef void _col_step(const ColStep *S, Py_ssize_t j0, Py_ssize_t j1) noexcept nogil:
+    """Step S.t of the units [j0, j1) (whole panels) of every row: their columns of each
+    gate's recurrent product, then their part of the gate pass (masked rows: output
+    zeros, state kept, kept arrays zeros, as the whole-row loops do)."""
+    cdef const FwdLoop *L = S.L
+    cdef Py_ssize_t b, g, B = L.B, H = L.H, G = S.G, n = j1 - j0, row
+    cdef Py_ssize_t added = 2 if S.kind == KIND_GRU else G    # gates gx joins before
+    cdef float *a
+    cdef const float *x
+    cdef float *yr
+    cdef float *hr
+    if S.product:
+        # gate g's units [j0, j1) are the panels from (g*H + j0) / FC_NR, each FC_NR*H floats
+        for g in range(G):
+            fc_gemm(B, n, H, S.hp, H, L.wp + (g * H + j0) * H, L.gh + g * H + j0, G * H)
+    for b in range(B):
+        row = S.t * B + b
+        yr = L.y + row * H + j0
+        hr = S.hn + b * H + j0
+        if _masked(L.lens, S.t, b):
+            memset(yr, 0, n * sizeof(float))
+            memcpy(hr, S.hp + b * H + j0, n * sizeof(float))
+            if L.gates != NULL:     # may be gx's buffer: no projection left behind
+                for g in range(G):
+                    memset(L.gates + row * G * H + g * H + j0, 0, n * sizeof(float))
+            if S.kind == KIND_GRU and L.kept != NULL:
+                memset(L.kept + row * H + j0, 0, n * sizeof(float))
+            continue
+        a = L.gh + b * G * H + j0
+        x = L.gx + ((S.t - L.t0) * B + b) * G * H + j0
+        for g in range(added):
+            _add(a + g * H, x + g * H, n)
+        if S.kind == KIND_RNN:
+            _col_rnn(S, n, a, yr, hr)
+        elif S.kind == KIND_LSTM:
+            _col_lstm(S, j0, n, b, a, yr, hr)
+        else:
+            _col_gru(S, j0, n, b, a, x, yr, hr)
+
+
+cdef void _run_cols(const FwdLoop *L, CellKind kind, Py_ssize_t G, const int64_t *cols,
+                    Py_ssize_t ncols, float *spare) noexcept nogil:
+    """The forward loop ``L`` with every step split over the unit blocks
+    [cols[i], cols[i+1]), one thread each; ``spare`` (B*H floats) is h's second buffer.
+    Every thread runs in the caller's floating-point mode with flush-to-zero."""
+    cdef ColStep S
+    cdef Py_ssize_t s, i, steps = _block_steps(L.lens, 0, L.B)
+    cdef fc_fpenv_t caller = _fp_mode(), own
+    cdef float *other
+    S.L, S.kind, S.G = L, kind, G
+    S.hp, S.hn = L.h, spare
+    for s in range(L.n):
+        S.t = _step_time(s, L.t0, L.n, L.reverse)
+        S.product = S.t < steps
+        for i in prange(ncols, num_threads=ncols, schedule="static", chunksize=1):
+            own = _enter_as(caller, True)
+            _col_step(&S, cols[i], cols[i + 1])
+            fc_fpenv_exit(own)
+        other = <float *>S.hp       # the state just written becomes the previous one
+        S.hp, S.hn = S.hn, other
+    if S.hp != L.h:
+        memcpy(L.h, S.hp, L.B * L.H * sizeof(float))
+
+
+cdef Py_ssize_t _check_cols(const int64_t[::1] cols, const int64_t[::1] blocks,
+                            Py_ssize_t H, int packing) except -1:
+    """The number of unit blocks ``cols`` (bounds 0 = j_0 < j_1 < ... = H, multiples of
+    FC_NR) describes; 1 for None.  Refused (naming what it got) unless W_hh is packed
+    as floats and there is no row plan: a wrong plan would let two threads write one
+    unit, or read panels that are not there."""
+    cdef Py_ssize_t i, n
+    if cols is None:
+        return 1
+    n = cols.shape[0] - 1
+    if n < 1 or cols[0] != 0 or cols[n] != H:
+        raise ValueError(f"cols: expected unit bounds from 0 to H = {H}, got {list(cols)}")
+    for i in range(n):
+        if cols[i + 1] <= cols[i] or cols[i + 1] % FC_NR:
+            raise ValueError(f"cols: expected increasing multiples of {FC_NR}, got "
+                             f"{list(cols)}")
+    if n > 1 and packing != PACK_FLOAT:
+        raise ValueError(f"packing: expected PACK_FLOAT ({int(PACK_FLOAT)}) with cols, "
+                         f"got {packing}")
+    if n > 1 and blocks is not None:
+        raise ValueError(f"blocks, cols: expected one plan, got blocks {list(blocks)} "
+                         f"and cols {list(cols)}")
+    return n
+
+
+def _spare_state(Py_ssize_t ncols, Py_ssize_t B, Py_ssize_t H):
+    """h's second buffer for a column-split loop (None on one thread)."""
+    return np.empty(B * H, np.float32) if ncols > 1 else None
+
+
+cdef inline float *_spare_ptr(float[::1] spare) noexcept nogil:
+    return &spare[0] if spare is not None else NULL
+
+
+# ----------------------------------------------------------------------------
 # RNN
 
 cdef void _rnn_fwd(const void *p, Py_ssize_t b0, Py_ssize_t b1) noexcept nogil:
@@ -589,22 +842,32 @@ cdef void _rnn_fwd(const void *p, Py_ssize_t b0, Py_ssize_t b1) noexcept nogil:
 
 def rnn_forward(Py_ssize_t t0, const float[:, :, ::1] gx, const float[::1] wp, int packing,
                 float[:, ::1] h, float[:, :, ::1] y, const int64_t[::1] lengths, bint reverse,
-                bint relu, float[:, ::1] gh, const int64_t[::1] blocks=None):
+                bint relu, float[:, ::1] gh, const int64_t[::1] blocks=None,
+                const int64_t[::1] cols=None):
     """Forward loop over the steps [t0, t0 + len(gx)) (a chunk of time, walked backwards
     when ``reverse``); ``gx`` holds ``x W_ih^T + b_ih + b_hh`` for those steps; ``h`` is
     the state before the chunk in, after it out; ``y`` is the whole (T, B, H) output.
     ``wp`` is ``W_hh`` in the form ``packing`` names: packed by :func:`pack` (``PACK_FLOAT``)
     or :func:`pack_half` (``PACK_HALF``), or ``W_hh.ravel()`` (``PACK_NONE``).
     ``blocks``: row bounds ``0 = b_0 < ... < b_n = B`` (int64, blocks of at least 2 rows),
-    one thread per block, or None: one thread (every loop takes the same)."""
+    one thread per block, or None: one thread (every loop takes the same).
+    ``cols``: instead, unit bounds ``0 = j_0 < ... < j_n = H`` (int64, multiples of 16,
+    ``PACK_FLOAT``), one thread per block at every step (see "column blocks"; the
+    LSTM and the GRU with linear_before_reset take it too), or None."""
     _check_chunk(t0, gx.shape[0], y.shape[0])
     cdef Py_ssize_t nb = _check_blocks(blocks, y.shape[1])
+    cdef Py_ssize_t nc = _check_cols(cols, blocks, y.shape[2], packing)
+    cdef float[::1] spare = _spare_state(nc, y.shape[1], y.shape[2])
     cdef FwdLoop L
+    memset(&L, 0, sizeof(L))     # every pointer it does not set is NULL
     L.t0, L.n, L.B, L.H = t0, gx.shape[0], y.shape[1], y.shape[2]
     L.packing, L.reverse, L.relu, L.lens = packing, reverse, relu, _lens(lengths)
     L.gx, L.wp, L.h, L.y, L.gh = &gx[0, 0, 0], &wp[0], &h[0, 0], &y[0, 0, 0], &gh[0, 0]
     with nogil:
-        _run_rows(_rnn_fwd, &L, L.B, _bounds(blocks), nb, True)
+        if nc > 1:
+            _run_cols(&L, KIND_RNN, 1, &cols[0], nc, _spare_ptr(spare))
+        else:
+            _run_rows(_rnn_fwd, &L, L.B, _bounds(blocks), nb, True)
 
 
 cdef void _rnn_bwd(const void *p, Py_ssize_t b0, Py_ssize_t b1) noexcept nogil:
@@ -708,24 +971,32 @@ def lstm_forward(Py_ssize_t t0, const float[:, :, ::1] gx, const float[::1] wp, 
                  const float[::1] peephole, float[:, ::1] h, float[:, ::1] c,
                  float[:, :, ::1] y, const int64_t[::1] lengths, bint reverse,
                  float[:, :, ::1] gates, float[:, :, ::1] cs, float[:, ::1] gh,
-                 const int64_t[::1] blocks=None):
+                 const int64_t[::1] blocks=None, const int64_t[::1] cols=None):
     """Forward loop over a chunk of time (as :func:`rnn_forward`); ``h``/``c`` are the
     state in and out; ``peephole`` (3H: i, f, o) or None; ``gates`` (activated i, f, g, o)
     and ``cs`` (cell state after each step), whole (T, ...) arrays, written when not None
     (zeros at masked steps).  ``gates`` may be ``gx`` itself (one chunk, t0 = 0): a
-    step's row of ``gx`` is read before its gates overwrite it."""
+    step's row of ``gx`` is read before its gates overwrite it.  ``blocks``, ``cols``
+    as in :func:`rnn_forward`."""
     _check_chunk(t0, gx.shape[0], y.shape[0])
     _check_kept(t0, gx, y, gates, CELLS["lstm"].G, (("cs", cs),))
     cdef Py_ssize_t nb = _check_blocks(blocks, y.shape[1])
+    cdef Py_ssize_t nc = _check_cols(cols, blocks, y.shape[2], packing)
+    cdef float[::1] spare = _spare_state(nc, y.shape[1], y.shape[2])
     cdef FwdLoop L
+    memset(&L, 0, sizeof(L))     # every pointer it does not set is NULL
     L.t0, L.n, L.B, L.H = t0, gx.shape[0], y.shape[1], y.shape[2]
     L.packing, L.reverse, L.lens = packing, reverse, _lens(lengths)
     L.gx, L.wp, L.gh = &gx[0, 0, 0], &wp[0], &gh[0, 0]
     L.peep = &peephole[0] if peephole is not None else NULL
     L.h, L.c, L.y = &h[0, 0], &c[0, 0], &y[0, 0, 0]
     L.gates, L.kept = _opt_w(gates), _opt_w(cs)
+    cdef Py_ssize_t G = CELLS["lstm"].G
     with nogil:
-        _run_rows(_lstm_fwd, &L, L.B, _bounds(blocks), nb, True)
+        if nc > 1:
+            _run_cols(&L, KIND_LSTM, G, &cols[0], nc, _spare_ptr(spare))
+        else:
+            _run_rows(_lstm_fwd, &L, L.B, _bounds(blocks), nb, True)
 
 
 cdef void _lstm_bwd(const void *p, Py_ssize_t b0, Py_ssize_t b1) noexcept nogil:
@@ -880,24 +1151,36 @@ def gru_forward(Py_ssize_t t0, const float[:, :, ::1] gx, const float[::1] wp,
                 const float[::1] bhn, float[:, ::1] h, float[:, :, ::1] y,
                 const int64_t[::1] lengths, bint reverse, bint linear_before_reset,
                 float[:, :, ::1] gates, float[:, :, ::1] hn, float[:, ::1] gh,
-                float[:, ::1] rh, float[:, ::1] ghn, const int64_t[::1] blocks=None):
+                float[:, ::1] rh, float[:, ::1] ghn, const int64_t[::1] blocks=None,
+                const int64_t[::1] cols=None):
     """Forward loop.  ``gx`` holds ``x W_ih^T + b_ih`` plus ``b_hr, b_hz`` (and ``b_hn``
     when not linear_before_reset); ``bhn`` is ``b_hn`` for linear_before_reset.
     ``gates`` (r, z, n; zeros at masked steps) and, for linear_before_reset,
     ``hn = W_hn h + b_hn`` are written when not None; ``gates`` may be ``gx`` itself, as
-    in :func:`lstm_forward`.  Steps and ``blocks`` as in :func:`rnn_forward`."""
+    in :func:`lstm_forward`.  Steps, ``blocks`` and ``cols`` (linear_before_reset
+    only) as in :func:`rnn_forward`."""
     _check_chunk(t0, gx.shape[0], y.shape[0])
     _check_kept(t0, gx, y, gates, CELLS["gru"].G, (("hn", hn),))
     cdef Py_ssize_t nb = _check_blocks(blocks, y.shape[1])
+    cdef Py_ssize_t nc = _check_cols(cols, blocks, y.shape[2], packing)
+    if nc > 1 and not linear_before_reset:
+        raise ValueError("cols: expected None without linear_before_reset (two products "
+                         f"per step), got {list(cols)}")
+    cdef float[::1] spare = _spare_state(nc, y.shape[1], y.shape[2])
     cdef FwdLoop L
+    memset(&L, 0, sizeof(L))     # every pointer it does not set is NULL
     L.t0, L.n, L.B, L.H = t0, gx.shape[0], y.shape[1], y.shape[2]
     L.packing, L.reverse, L.lbr, L.lens = packing, reverse, linear_before_reset, _lens(lengths)
     L.gx, L.wp, L.bhn = &gx[0, 0, 0], &wp[0], &bhn[0]
     L.wp_n = &wp_n[0] if wp_n is not None else NULL
     L.h, L.y, L.gates, L.kept = &h[0, 0], &y[0, 0, 0], _opt_w(gates), _opt_w(hn)
     L.gh, L.rh, L.ghn = &gh[0, 0], &rh[0, 0], &ghn[0, 0]
+    cdef Py_ssize_t G = CELLS["gru"].G
     with nogil:
-        _run_rows(_gru_fwd, &L, L.B, _bounds(blocks), nb, True)
+        if nc > 1:
+            _run_cols(&L, KIND_GRU, G, &cols[0], nc, _spare_ptr(spare))
+        else:
+            _run_rows(_gru_fwd, &L, L.B, _bounds(blocks), nb, True)
 
 
 cdef void _gru_bwd(const void *p, Py_ssize_t b0, Py_ssize_t b1) noexcept nogil:
@@ -1132,10 +1415,6 @@ cdef extern from "gemm_tn.h" nogil:
     Py_ssize_t fc_gemm_tn_split(Py_ssize_t m, int nthreads, int t)
     void fc_gemm_tn_rows(Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t k, const float *A,
                          Py_ssize_t lda, int nb, const fc_tn_product *prods, float *At)
-
-cdef extern from "gemm.h" nogil:
-    enum:
-        FC_NR
 
 #: the largest buffer (in floats) a size is allowed to ask for: its bytes fit a Py_ssize_t
 cdef Py_ssize_t _MAX_FLOATS = PY_SSIZE_T_MAX // sizeof(float)

@@ -15,6 +15,11 @@ How it is built, and why:
 - The cost model below says how many threads a call wants; the shared
   budget (``_threads.claim``) says how many it gets.  Calls that want one
   thread never touch the budget: a small call costs a few comparisons more.
+- A batch of 1 to 3 rows (or 4, when the rows do not pay) cannot split by
+  rows: its forward loop splits each step by hidden units instead (whole
+  16-column panels of every gate, ``_kernels``' "column blocks"), one fork and
+  one join per step; same bits for any count, since the GEMM sums each
+  column within its panel and the activations work lane by lane.
 - With ``lengths``, blocks are cut so that their valid steps (the sum of
   their rows' lengths) are even, so the threads finish together; a block
   whose rows have all ended skips its recurrent product (in the loops).
@@ -48,6 +53,20 @@ MIN_STEP_FLOPS_FEW_ROWS = 1 << 18
 #: outgrows the caches, and the forward ran no faster split (docs/design.md,
 #: "Threads")
 FEW_ROWS_MAX_H = 512
+#: batches of at most this many rows that the rows do not split split each forward
+#: step by hidden units instead (the columns of the recurrent product): one fork
+#: and one join per step, paid for by a large enough step
+COLUMN_SPLIT_MAX_ROWS = 4
+#: ... from this hidden size (below it a step is too short for a join per step) ...
+COLUMN_SPLIT_MIN_H = 256
+#: ... with at least this many units per thread ...
+COLUMN_MIN_UNITS = 128
+#: ... and at least this much recurrent product per step and thread (``2 * B * G*H
+#: * H`` flops): below it the join each step costs about what the split saves
+MIN_COLUMN_STEP_FLOPS_PER_THREAD = 1 << 18
+#: a column block is whole packed panels of this many columns (``_kernels``: the
+#: GEMM sums each column within its panel; a fact of the GEMM, not a tunable)
+COLUMN_GRANULE: int = _kernels.panel_columns()
 #: a product (input projection, ``dx``) splits only when each thread gets at
 #: least this many flops, far above the cost of one fork/join
 MIN_GEMM_FLOPS_PER_THREAD = 1 << 21
@@ -72,6 +91,31 @@ def loop_threads(B: int, G: int, H: int) -> int:
     return max(1, n)
 
 
+def column_threads(B: int, G: int, H: int) -> int:
+    """How many threads the time loop of a batch too small to split by rows wants when
+    each step splits by hidden units instead (:func:`column_blocks`): at most one per
+    ``COLUMN_MIN_UNITS`` units and per ``MIN_COLUMN_STEP_FLOPS_PER_THREAD`` of
+    recurrent product per step, from ``H >= COLUMN_SPLIT_MIN_H``, at most
+    ``COLUMN_SPLIT_MAX_ROWS`` rows, ``H`` whole panels; 1 otherwise (and where the
+    rows split)."""
+    if (B > COLUMN_SPLIT_MAX_ROWS or H < COLUMN_SPLIT_MIN_H or H % COLUMN_GRANULE
+            or loop_threads(B, G, H) > 1):
+        return 1
+    return max(1, min(H // max(COLUMN_MIN_UNITS, COLUMN_GRANULE),
+                      2 * B * G * H * H // max(MIN_COLUMN_STEP_FLOPS_PER_THREAD, 1)))
+
+
+def column_blocks(H: int, n: int) -> np.ndarray | None:
+    """The unit bounds (int64, ``0 = j_0 < ... < j_k = H``, multiples of
+    ``COLUMN_GRANULE``) of a column-split loop for at most ``n`` threads, or None
+    for one block: whole panels, as even as they go."""
+    panels = H // COLUMN_GRANULE
+    n = min(n, panels)
+    if n <= 1:
+        return None
+    return np.array([panels * i // n * COLUMN_GRANULE for i in range(n + 1)], dtype=np.int64)
+
+
 def gemm_threads(m: int, n: int, k: int) -> int:
     """How many threads a packed product of ``m`` rows, ``n`` columns and depth ``k``
     wants: at most one per ``GEMM_ROW_GRANULE`` rows and per
@@ -82,11 +126,21 @@ def gemm_threads(m: int, n: int, k: int) -> int:
                       2 * m * n * k // max(MIN_GEMM_FLOPS_PER_THREAD, 1)))
 
 
-def forward_threads(T: int, B: int, I: int, G: int, H: int) -> int:
-    """How many threads a forward call wants (its loop's or its projection's need)."""
-    if B < 2 * SPLIT_MIN_ROWS and T * B < 2 * GEMM_ROW_GRANULE:
-        return 1        # small calls: decided in two comparisons
-    return max(loop_threads(B, G, H), gemm_threads(T * B, G * H, I))
+def gemm_nt_threads(m: int, n: int, k: int) -> int:
+    """How many threads an unpacked product (``_kernels.gemm_nt``: a short projection)
+    of ``m`` rows, ``n`` columns and depth ``k`` wants: it splits C's columns, so at
+    most one per ``COLUMN_GRANULE`` columns and per ``MIN_GEMM_FLOPS_PER_THREAD``."""
+    return max(1, min(n // COLUMN_GRANULE, 2 * m * n * k // max(MIN_GEMM_FLOPS_PER_THREAD, 1)))
+
+
+def forward_threads(T: int, B: int, I: int, G: int, H: int, columns: bool = False) -> int:
+    """How many threads a forward call wants (its loop's or its projection's need);
+    ``columns``: its loop may split by hidden units (:func:`column_threads`)."""
+    if (B < 2 * SPLIT_MIN_ROWS and T * B < 2 * GEMM_ROW_GRANULE
+            and (not columns or H < COLUMN_SPLIT_MIN_H)):
+        return 1        # small calls: decided in a few comparisons
+    loop = max(loop_threads(B, G, H), column_threads(B, G, H) if columns else 1)
+    return max(loop, gemm_threads(T * B, G * H, I))
 
 
 def row_blocks(B: int, n: int, lengths: np.ndarray | None = None) -> np.ndarray | None:

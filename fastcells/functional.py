@@ -8,7 +8,8 @@ Every cell runs through one forward and one backward skeleton:
    biases in, prepare ``W_hh`` once per call, and run the compiled time loop
    (``_kernels``, GIL released).  A large call splits the loop and the
    projection by batch rows over the threads the cost model (``_parallel``)
-   wants and the shared budget (``_threads.claim``) gives;
+   wants and the shared budget (``_threads.claim``) gives; a forward loop of
+   too few rows to split (batch 1 to 4) splits each step by hidden units;
 3. backward only: the compiled BPTT loop (split by batch rows like the
    forward's), then the weight gradients as one matrix product each, all on
    fastcells' packed GEMM across fastcells' threads (``dx`` by ``gemm``,
@@ -50,6 +51,7 @@ from ._packing import (
     RecurrentLayout,
     Weights,
     pack_recurrent,
+    packs_forward,
     prepared_weights,
     projected_chunks,
     weights_for_call,
@@ -85,17 +87,19 @@ AnyGradients = Gradients | LSTMGradients | PeepholeLSTMGradients
 Chunks = Iterable[tuple[int, np.ndarray]]
 Kept = dict[str, np.ndarray | None]
 
-#: ``forward(a, w, options, reverse, training, states, y, chunks, gates, blocks)``: a
+#: ``forward(a, w, options, reverse, training, states, y, chunks, gates, blocks, cols)``:
 #: cell's time loop over the projected ``chunks`` (:func:`_packing.projected_chunks`),
 #: given the checked arguments, the prepared weights, the cell's options, the states
 #: (updated in place), the output ``y``, when training keeps them the ``gates``
 #: buffer (the one chunk's own), and the row blocks of its threads
-#: (:func:`_parallel.row_blocks`, None: one thread).  It allocates its scratch and
+#: (:func:`_parallel.row_blocks`) or its steps' unit blocks
+#: (:func:`_parallel.column_blocks`), None: one thread.  It allocates its scratch and
 #: returns what training keeps besides ``y`` and ``gates``, named as in
 #: ``CellSpec.cache_fields``.
 #: Plain arguments, no record: this runs per call, and T = B = 1 calls are short.
 ForwardLoop = Callable[[ForwardArgs, Weights, Options, bool, bool, tuple[np.ndarray, ...],
-                        np.ndarray, Chunks, np.ndarray | None, np.ndarray | None], Kept]
+                        np.ndarray, Chunks, np.ndarray | None, np.ndarray | None,
+                        np.ndarray | None], Kept]
 
 
 class _Back(NamedTuple):
@@ -134,7 +138,7 @@ class _Adapter(NamedTuple):
 
     layout(options)
         How ``W_hh``/``b_hh`` enter the loop (:class:`_packing.RecurrentLayout`).
-    forward(a, w, options, reverse, training, states, y, chunks, gates, blocks)
+    forward(a, w, options, reverse, training, states, y, chunks, gates, blocks, cols)
         Runs ``_kernels.<cell>_forward`` over every chunk (:data:`ForwardLoop`).
     backward(b)
         Runs ``_kernels.<cell>_backward``; returns ``(dGx, dGh)``, the gradients
@@ -172,12 +176,12 @@ def _plain_layout(options: Options) -> RecurrentLayout:
 def _rnn_forward_loop(a: ForwardArgs, w: Weights, options: Options, reverse: bool,
                       training: bool, states: tuple[np.ndarray, ...], y: np.ndarray,
                       chunks: Chunks, gates: np.ndarray | None,
-                      blocks: np.ndarray | None) -> Kept:
+                      blocks: np.ndarray | None, cols: np.ndarray | None) -> Kept:
     relu = options["nonlinearity"] == "relu"
     gh = np.empty((a.B, a.H), F32)
     for t0, gx in chunks:
         _kernels.rnn_forward(t0, gx, w.wp, w.packing, states[0], y, a.lengths, reverse, relu,
-                             gh, blocks)
+                             gh, blocks, cols=cols)
     return {}
 
 
@@ -198,7 +202,7 @@ def _gru_layout(options: Options) -> RecurrentLayout:
 def _gru_forward_loop(a: ForwardArgs, w: Weights, options: Options, reverse: bool,
                       training: bool, states: tuple[np.ndarray, ...], y: np.ndarray,
                       chunks: Chunks, gates: np.ndarray | None,
-                      blocks: np.ndarray | None) -> Kept:
+                      blocks: np.ndarray | None, cols: np.ndarray | None) -> Kept:
     lbr = options["linear_before_reset"]
     hn = np.empty((a.T, a.B, a.H), F32) if training and lbr else None
     # without linear_before_reset the n rows' product waits for r: gh has the
@@ -211,7 +215,7 @@ def _gru_forward_loop(a: ForwardArgs, w: Weights, options: Options, reverse: boo
     assert bhn is not None, "the GRU layout always has b_hn"
     for t0, gx in chunks:
         _kernels.gru_forward(t0, gx, w.wp, w.wp_n, w.packing, bhn, states[0], y, a.lengths,
-                             reverse, lbr, gates, hn, gh, rh, ghn, blocks)
+                             reverse, lbr, gates, hn, gh, rh, ghn, blocks, cols=cols)
     return {"hn": hn}
 
 
@@ -241,7 +245,7 @@ def _gru_recurrent_input_n(b: _Back, hprev: np.ndarray) -> np.ndarray | None:
 def _lstm_forward_loop(a: ForwardArgs, w: Weights, options: Options, reverse: bool,
                        training: bool, states: tuple[np.ndarray, ...], y: np.ndarray,
                        chunks: Chunks, gates: np.ndarray | None,
-                       blocks: np.ndarray | None) -> Kept:
+                       blocks: np.ndarray | None, cols: np.ndarray | None) -> Kept:
     h, c = states
     # zeros, not empty: masked steps are never written, and dpeephole
     # multiplies every step's cs by its (zero) gate gradient: 0 * garbage
@@ -249,7 +253,7 @@ def _lstm_forward_loop(a: ForwardArgs, w: Weights, options: Options, reverse: bo
     gh = np.empty((a.B, a.G * a.H), F32)
     for t0, gx in chunks:
         _kernels.lstm_forward(t0, gx, w.wp, w.packing, w.peephole, h, c, y, a.lengths, reverse,
-                              gates, cs, gh, blocks)
+                              gates, cs, gh, blocks, cols=cols)
     return {"cs": cs}
 
 
@@ -319,13 +323,24 @@ _KEEPS_GATES = frozenset(cell for cell, spec in CELLS.items() if "gates" in spec
 RunResult = tuple[np.ndarray, tuple[np.ndarray, ...], Kept]
 
 
+def _splits_columns(cell: str, a: ForwardArgs, options: Options,
+                    weights: Weights | None) -> bool:
+    """Whether the call's loop may split its steps by hidden units: ``W_hh`` packed as
+    floats, and one product per step (not the GRU without linear_before_reset)."""
+    if cell == "gru" and not options["linear_before_reset"]:
+        return False
+    if weights is None:
+        return packs_forward(a)
+    return weights.packing == _kernels.PACK_FLOAT
+
+
 def _run(cell: str, a: ForwardArgs, options: Options, reverse: bool, training: bool,
          weights: Weights | None = None) -> RunResult:
     """The outputs ``y``, the final states and what training keeps (besides ``y``) of
     one forward pass; ``weights`` prepared (Stepper) or None (prepared here).  The
     call takes the threads the cost model gives its size from the shared budget
     (none for small calls, which run on the calling thread alone)."""
-    want = forward_threads(a.T, a.B, a.I, a.G, a.H)
+    want = forward_threads(a.T, a.B, a.I, a.G, a.H, _splits_columns(cell, a, options, weights))
     if want <= 1:
         return _run_on(cell, a, options, reverse, training, weights, 1)
     with claim(want) as n:
@@ -341,9 +356,12 @@ def _run_on(cell: str, a: ForwardArgs, options: Options, reverse: bool, training
     if a.T == 0 or a.B == 0:      # empty work: the initial states are the final ones
         return np.zeros((a.T, a.B, a.H), F32), states, {}
     y = np.empty((a.T, a.B, a.H), F32)
-    blocks = None
+    blocks = cols = None
     if nthreads > 1:
         blocks = row_blocks(a.B, min(nthreads, loop_threads(a.B, a.G, a.H)), a.lengths)
+        if blocks is None and _splits_columns(cell, a, options, weights):
+            cols = _parallel.column_blocks(
+                a.H, min(nthreads, _parallel.column_threads(a.B, a.G, a.H)))
     with Scratch() as s:
         w = weights_for_call(a, s, adapter.layout(options)) if weights is None else weights
         chunks = projected_chunks(a, w, training, reverse, nthreads)
@@ -351,7 +369,7 @@ def _run_on(cell: str, a: ForwardArgs, options: Options, reverse: bool, training
         if training and cell in _KEEPS_GATES:
             (_, gates), = chunks  # one chunk of every step: its buffer keeps the gates
         kept = adapter.forward(a, w, options, reverse, training, states, y, chunks, gates,
-                               blocks)
+                               blocks, cols)
     kept["gates"] = gates
     return y, states, kept
 
