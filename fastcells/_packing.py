@@ -23,7 +23,7 @@ import numpy as np
 
 from . import _kernels
 from ._checks import ForwardArgs
-from ._parallel import gemm_threads
+from ._parallel import gemm_nt_threads, gemm_threads
 from ._scratch import Scratch
 
 F32 = np.float32
@@ -105,7 +105,7 @@ def project(x: np.ndarray, product: Product, GH: int, bias: np.ndarray | None,
     T, B, I = x.shape
     gx = np.empty((T * B, GH), F32) if out is None else out.reshape(T * B, GH)
     if nthreads > 1:
-        nthreads = min(nthreads, gemm_threads(T * B, GH, I))
+        nthreads = min(nthreads, max(gemm_threads(T * B, GH, I), gemm_nt_threads(T * B, GH, I)))
     product(x.reshape(T * B, I), gx, nthreads)
     if bias is not None:
         gx += bias
@@ -197,8 +197,8 @@ def weights_for_call(a: ForwardArgs, s: Scratch, layout: RecurrentLayout) -> Wei
     project: Product
     if unpacked_projection(a.T * a.B, a.I):
         W_ih = a.W_ih
-        # at most 31 rows: one thread (gemm_threads would give it no more)
-        project = lambda A, C, nthreads: _kernels.gemm_nt(A, W_ih, C)  # noqa: E731
+        # at most 31 rows: split by columns of W_ih (gemm_nt_threads; the same bits)
+        project = lambda A, C, nthreads: _kernels.gemm_nt(A, W_ih, C, nthreads)  # noqa: E731
     else:
         project = packed_projection(s.pack("W_ih", a.W_ih, True), a.G * a.H)
     if packs_forward(a):

@@ -4,8 +4,10 @@ How it is built, and why:
 - A call has two parallel parts.  The time loop splits by batch rows: each
   thread runs every step on its own contiguous block of rows, so the
   threads never wait for each other between steps (one fork and one join
-  per loop call).  The input projection, one large GEMM, splits by rows
-  too (``_kernels.gemm``'s ``nthreads``).
+  per loop call).  A forward at batch 1-4 with a large H, which rows cannot
+  split, splits each step by hidden units instead (``column_threads``: one
+  fork and join per step).  The input projection, one large GEMM, splits by
+  rows too (``_kernels.gemm``'s ``nthreads``), or a short one by columns.
 - Bits: the packed GEMM gives a row the same bits whatever rows it is
   multiplied with, for products of 2 rows or more (csrc/gemm_impl.h), and
   every other step of the loops is per row.  So every block has at least

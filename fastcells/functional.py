@@ -569,8 +569,9 @@ def rnn_forward(x: Any, W_ih: Any, W_hh: Any, b_ih: Any = None, b_hh: Any = None
     Notes
     -----
     A call large enough to pay for it splits its time loop and its input
-    products by batch rows over up to :func:`fastcells.get_num_threads`
-    threads, with the same bits for any thread count.  The compiled loops
+    products over up to :func:`fastcells.get_num_threads` threads: by batch
+    rows, or at batch 1-4 with a large hidden size each step by hidden units;
+    the same bits for any thread count.  The compiled loops
     release the GIL, so several Python threads can run calls at once, sharing
     that budget (each thread keeps its own scratch buffers:
     :func:`release_scratch`).
@@ -652,8 +653,9 @@ def gru_forward(x: Any, W_ih: Any, W_hh: Any, b_ih: Any = None, b_hh: Any = None
     Notes
     -----
     A call large enough to pay for it splits its time loop and its input
-    products by batch rows over up to :func:`fastcells.get_num_threads`
-    threads, with the same bits for any thread count.  The compiled loops
+    products over up to :func:`fastcells.get_num_threads` threads: by batch
+    rows, or at batch 1-4 with a large hidden size each step by hidden units;
+    the same bits for any thread count.  The compiled loops
     release the GIL, so several Python threads can run calls at once, sharing
     that budget (each thread keeps its own scratch buffers:
     :func:`release_scratch`).
@@ -735,8 +737,9 @@ def lstm_forward(x: Any, W_ih: Any, W_hh: Any, b_ih: Any = None, b_hh: Any = Non
     Notes
     -----
     A call large enough to pay for it splits its time loop and its input
-    products by batch rows over up to :func:`fastcells.get_num_threads`
-    threads, with the same bits for any thread count.  The compiled loops
+    products over up to :func:`fastcells.get_num_threads` threads: by batch
+    rows, or at batch 1-4 with a large hidden size each step by hidden units;
+    the same bits for any thread count.  The compiled loops
     release the GIL, so several Python threads can run calls at once, sharing
     that budget (each thread keeps its own scratch buffers:
     :func:`release_scratch`).
