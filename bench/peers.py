@@ -96,7 +96,8 @@ def default_threads(peers: Sequence[str]) -> dict[str, str]:
     if "ort" in peers:
         cores = _physical_cores()
         got["ONNX Runtime"] = ("its own (intra_op_num_threads=0: one per physical core"
-                               + (f", {cores} here)" if cores else ")"))
+                               + (f", {cores} here" if cores else "")
+                               + "; spinning off, see bench/README.md)")
     return got
 
 
@@ -161,6 +162,12 @@ def ort_runner(p: Problem, mode: str, threads: int | None = 1) -> Runner:
     if threads is not None:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
+    if threads != 1:
+        # ONNX Runtime's pool threads spin between runs and starve whatever the
+        # report times next in this process (onnxruntime#13808): with more than
+        # one thread they wait passively here.  Its own times may be a little
+        # higher than in a process of its own.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     sess = ort.InferenceSession(onnx_model.model_bytes(p), opts,
                                 providers=["CPUExecutionProvider"])
     feed = onnx_model.feed(p)

@@ -584,9 +584,10 @@ def _timed_calls(fn: Runner, repeat: int) -> list[float]:
 
 #: with more than one thread per system, each system's turn in a round starts with
 #: this pause and one untimed call: the threads of the system timed before (a
-#: spinning pool: libgomp's, ONNX Runtime's) go idle first, and its own wake up,
-#: so no system is timed while another's threads still hold the cores
-SETTLE_SECONDS = 0.02
+#: spinning pool: libgomp's, PyTorch's) go idle first, and its own wake up, so no
+#: system is timed while another's threads still hold the cores (bench/README.md
+#: says what a shorter pause did)
+SETTLE_SECONDS = 0.1
 
 
 def measure_rounds(fns: dict[str, Any], target: float, min_repeats: int = 3,
