@@ -146,12 +146,23 @@ def pack_floats(Py_ssize_t rows, Py_ssize_t cols, bint transpose):
     return _pack_floats(cols, rows) if transpose else _pack_floats(rows, cols)
 
 
-def pack(const float[:, ::1] W, bint transpose, buf=None):
+cdef void _pack_range(const float *W, Py_ssize_t k, Py_ssize_t n, Py_ssize_t rs,
+                      Py_ssize_t cs, float *P, Py_ssize_t p0, Py_ssize_t p1) noexcept nogil:
+    """Panels [p0, p1) of the pack of a K x N matrix: the pack of its columns from
+    16 p0 on is the same panels, so threads may each pack a range (a copy: the same
+    bits whatever the split)."""
+    cdef Py_ssize_t c0 = p0 * FC_NR, c1 = min(n, p1 * FC_NR)
+    if c1 > c0:
+        fc_pack(W + c0 * cs, k, c1 - c0, rs, cs, P + c0 * k)
+
+
+def pack(const float[:, ::1] W, bint transpose, buf=None, Py_ssize_t nthreads=1):
     """Pack ``W`` (N_out, K) for ``A @ W.T`` (transpose=True) or ``W`` (K, N) for ``A @ W``.
 
     Into ``buf`` (float32, C order, at least :func:`pack_floats` floats) when
-    given, else a new array; returns the 64-byte aligned packed view."""
-    cdef Py_ssize_t k, n, rs, cs
+    given, else a new array; returns the 64-byte aligned packed view.  The panels
+    are split over up to ``nthreads`` threads (a copy: the same bits)."""
+    cdef Py_ssize_t k, n, rs, cs, npan, per, i, nt
     if transpose:
         n, k = W.shape[0], W.shape[1]
         rs, cs = 1, W.shape[1]
@@ -168,9 +179,19 @@ def pack(const float[:, ::1] W, bint transpose, buf=None):
     cdef Py_ssize_t off = (16 - (<size_t>buf.ctypes.data // 4) % 16) % 16
     out = buf[off:off + size]
     cdef float[::1] P = out
+    if nthreads < 1:
+        raise ValueError(f"nthreads: expected a positive integer, got {nthreads}")
+    npan = (n + FC_NR - 1) // FC_NR
+    nt = min(nthreads, npan)
     if W.shape[0] and W.shape[1]:
         with nogil:
-            fc_pack(&W[0, 0], k, n, rs, cs, &P[0])
+            if nt <= 1:
+                fc_pack(&W[0, 0], k, n, rs, cs, &P[0])
+            else:
+                per = (npan + nt - 1) // nt
+                for i in prange(nt, num_threads=nt, schedule="static", chunksize=1):
+                    _pack_range(&W[0, 0], k, n, rs, cs, &P[0], i * per,
+                                min(npan, (i + 1) * per))
     return out
 
 

@@ -188,11 +188,20 @@ def packed_projection(P: np.ndarray, GH: int) -> Product:
     return lambda A, C, nthreads: _kernels.gemm(A, P, GH, C, nthreads)
 
 
-def weights_for_call(a: ForwardArgs, s: Scratch, layout: RecurrentLayout) -> Weights:
+#: a weight is packed on several threads (a threaded call's) from this many floats:
+#: smaller packs are cheaper than a fork/join
+PACK_SPLIT_MIN_FLOATS = 1 << 16
+
+
+def weights_for_call(a: ForwardArgs, s: Scratch, layout: RecurrentLayout,
+                     nthreads: int = 1) -> Weights:
     """The weights of one forward call: packed (into ``s``'s buffers, kept by the
-    thread) when the call's shape pays for it.  The packs use backward's buffer
-    names: a thread never runs both at once, so one buffer per weight serves
-    either layout."""
+    thread) when the call's shape pays for it, large packs split over up to
+    ``nthreads`` threads.  The packs use backward's buffer names: a thread never
+    runs both at once, so one buffer per weight serves either layout."""
+    def threads_for(W: np.ndarray) -> int:
+        return nthreads if W.size >= PACK_SPLIT_MIN_FLOATS else 1
+
     bias, bhn = fold_biases(a, layout)
     project: Product
     if unpacked_projection(a.T * a.B, a.I):
@@ -200,10 +209,11 @@ def weights_for_call(a: ForwardArgs, s: Scratch, layout: RecurrentLayout) -> Wei
         # at most 31 rows: split by columns of W_ih (gemm_nt_threads; the same bits)
         project = lambda A, C, nthreads: _kernels.gemm_nt(A, W_ih, C, nthreads)  # noqa: E731
     else:
-        project = packed_projection(s.pack("W_ih", a.W_ih, True), a.G * a.H)
+        project = packed_projection(s.pack("W_ih", a.W_ih, True, threads_for(a.W_ih)),
+                                    a.G * a.H)
     if packs_forward(a):
         packing = _kernels.PACK_FLOAT
-        prep = lambda W, i: s.pack(RECURRENT_BUFFERS[i], W, True)  # noqa: E731
+        prep = lambda W, i: s.pack(RECURRENT_BUFFERS[i], W, True, threads_for(W))  # noqa: E731
     else:
         packing = _kernels.PACK_NONE
         prep = lambda W, i: W.ravel()  # noqa: E731

@@ -90,12 +90,14 @@ class Scratch:
             buf = bufs[name] = np.empty(n, F32)
         return buf[:n].reshape(shape)
 
-    def pack(self, name: str, W: np.ndarray, transpose: bool) -> np.ndarray:
-        """``_kernels.pack(W, transpose)`` into the buffer ``name``."""
+    def pack(self, name: str, W: np.ndarray, transpose: bool,
+             nthreads: int = 1) -> np.ndarray:
+        """``_kernels.pack(W, transpose)`` into the buffer ``name``, its panels split
+        over up to ``nthreads`` threads."""
         n = _kernels.pack_floats(W.shape[0], W.shape[1], transpose)
         if n < SCRATCH_MIN_FLOATS:          # not kept: no bookkeeping
             return _kernels.pack(W, transpose)
-        return _kernels.pack(W, transpose, self.empty(name, (n,)))
+        return _kernels.pack(W, transpose, self.empty(name, (n,)), nthreads)
 
 
 def release_scratch() -> None:

@@ -363,7 +363,8 @@ def _run_on(cell: str, a: ForwardArgs, options: Options, reverse: bool, training
             cols = _parallel.column_blocks(
                 a.H, min(nthreads, _parallel.column_threads(a.B, a.G, a.H)))
     with Scratch() as s:
-        w = weights_for_call(a, s, adapter.layout(options)) if weights is None else weights
+        w = (weights_for_call(a, s, adapter.layout(options), nthreads) if weights is None
+             else weights)
         chunks = projected_chunks(a, w, training, reverse, nthreads)
         gates = None
         if training and cell in _KEEPS_GATES:

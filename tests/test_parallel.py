@@ -297,3 +297,15 @@ def test_quiet_after_return():
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert float(out.stdout) <= 0.05 * 0.5, f"CPU after return: {out.stdout.strip()} s"
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (17, 5), (16, 32), (33, 70), (100, 1000), (2048, 512)])
+@pytest.mark.parametrize("transpose", [True, False])
+def test_pack_split_over_threads_is_the_same_copy(shape, transpose):
+    W = np.random.default_rng(1).standard_normal(shape, dtype=np.float32)
+    one = _kernels.pack(W, transpose)
+    for n in (2, 3, 8):
+        got = _kernels.pack(W, transpose, None, n)
+        assert got.shape == one.shape and np.array_equal(got, one), n
+    with pytest.raises(ValueError, match="nthreads: expected a positive integer, got 0"):
+        _kernels.pack(W, transpose, None, 0)
