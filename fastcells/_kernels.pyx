@@ -632,6 +632,8 @@ def gemm(const float[:, ::1] A, const float[::1] P, Py_ssize_t n, float[:, ::1] 
 # - h is double-buffered: a thread's product reads all of h_{t-1} while the
 #   others write their units of h_t.  c (LSTM) is updated in place: each
 #   thread reads and writes only its own units of it.
+# - The gate passes below (_col_rnn, _col_lstm) serve the whole-row loops too,
+#   called for all H units: one copy of each cell's arithmetic.
 # - Only the forms whose step is one product then one pass: RNN, LSTM and GRU
 #   with linear_before_reset (the other GRU form multiplies twice per step),
 #   with W_hh packed as floats (PACK_FLOAT) and H a multiple of FC_NR.
@@ -831,34 +833,26 @@ cdef inline float *_spare_ptr(float[::1] spare) noexcept nogil:
 
 cdef void _rnn_fwd(const void *p, Py_ssize_t b0, Py_ssize_t b1) noexcept nogil:
     cdef const FwdLoop *L = <const FwdLoop *>p
-    cdef Py_ssize_t s, t, b, j, t0 = L.t0, B = L.B, H = L.H
+    cdef Py_ssize_t s, t, b, t0 = L.t0, B = L.B, H = L.H
     cdef Py_ssize_t steps = _block_steps(L.lens, b0, b1)
     cdef float *h = L.h
     cdef float *y = L.y
     cdef float *gh = L.gh
     cdef float *a
-    cdef const float *g
-    cdef float v
+    cdef ColStep S              # the gate pass is the column loops' (all H units)
+    S.L = L
     for s in range(L.n):
         t = _step_time(s, t0, L.n, L.reverse)
         if t < steps:
             _recur(L.packing, b1 - b0, H, H, h + b0 * H, L.wp, gh + b0 * H)
+        S.t = t
         for b in range(b0, b1):
             if _masked(L.lens, t, b):
                 memset(y + (t * B + b) * H, 0, H * sizeof(float))
                 continue
             a = gh + b * H
-            g = L.gx + ((t - t0) * B + b) * H
-            for j in range(H):
-                a[j] += g[j]
-            if L.relu:
-                for j in range(H):
-                    v = a[j]
-                    a[j] = 0.0 if v < 0 else v   # NaN stays NaN, as in NumPy
-            else:
-                fc_tanh(a, H)
-            memcpy(h + b * H, a, H * sizeof(float))
-            memcpy(y + (t * B + b) * H, a, H * sizeof(float))
+            _add(a, L.gx + ((t - t0) * B + b) * H, H)
+            _col_rnn(&S, H, a, y + (t * B + b) * H, h + b * H)
 
 
 def rnn_forward(Py_ssize_t t0, const float[:, :, ::1] gx, const float[::1] wp, int packing,
@@ -941,19 +935,19 @@ def rnn_backward(const float[:, :, ::1] y, const float[::1] wpt, const float[:, 
 
 cdef void _lstm_fwd(const void *p, Py_ssize_t b0, Py_ssize_t b1) noexcept nogil:
     cdef const FwdLoop *L = <const FwdLoop *>p
-    cdef Py_ssize_t s, t, b, j, t0 = L.t0, B = L.B, H = L.H, G = 4 * L.H
+    cdef Py_ssize_t s, t, b, t0 = L.t0, B = L.B, H = L.H, G = 4 * L.H
     cdef Py_ssize_t steps = _block_steps(L.lens, b0, b1)
-    cdef const float *peep = L.peep
     cdef float *gates = L.gates
     cdef float *gh = L.gh
     cdef float *a
     cdef float *yr
-    cdef float *cb
-    cdef const float *g
+    cdef ColStep S              # the gate pass is the column loops' (all H units)
+    S.L = L
     for s in range(L.n):
         t = _step_time(s, t0, L.n, L.reverse)
         if t < steps:
             _recur(L.packing, b1 - b0, G, H, L.h + b0 * H, L.wp, gh + b0 * G)
+        S.t = t
         for b in range(b0, b1):
             yr = L.y + (t * B + b) * H
             if _masked(L.lens, t, b):
@@ -962,30 +956,8 @@ cdef void _lstm_fwd(const void *p, Py_ssize_t b0, Py_ssize_t b1) noexcept nogil:
                     memset(gates + (t * B + b) * G, 0, G * sizeof(float))
                 continue
             a = gh + b * G
-            g = L.gx + ((t - t0) * B + b) * G
-            for j in range(G):
-                a[j] += g[j]
-            cb = L.c + b * H
-            if peep != NULL:                 # i and f see c_{t-1}
-                for j in range(H):
-                    a[j] += peep[j] * cb[j]
-                    a[H + j] += peep[H + j] * cb[j]
-            fc_sigmoid(a, 2 * H)          # i, f
-            fc_tanh(a + 2 * H, H)         # g
-            for j in range(H):
-                cb[j] = a[H + j] * cb[j] + a[j] * a[2 * H + j]
-            if peep != NULL:                 # o sees c_t
-                for j in range(H):
-                    a[3 * H + j] += peep[2 * H + j] * cb[j]
-            fc_sigmoid(a + 3 * H, H)      # o
-            memcpy(yr, cb, H * sizeof(float))
-            fc_tanh(yr, H)
-            for j in range(H):
-                yr[j] = a[3 * H + j] * yr[j]
-            memcpy(L.h + b * H, yr, H * sizeof(float))
-            if gates != NULL:
-                memcpy(gates + (t * B + b) * G, a, G * sizeof(float))
-                memcpy(L.kept + (t * B + b) * H, cb, H * sizeof(float))
+            _add(a, L.gx + ((t - t0) * B + b) * G, G)
+            _col_lstm(&S, 0, H, b, a, yr, L.h + b * H)
 
 
 def lstm_forward(Py_ssize_t t0, const float[:, :, ::1] gx, const float[::1] wp, int packing,
