@@ -14,10 +14,10 @@ walks through it.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeVar
 
 
 @dataclass(frozen=True)
@@ -109,3 +109,17 @@ def cell_functions(module: Any, cell: str) -> tuple[Any, Any]:
     ``fastcells.reference``)."""
     spec = cell_spec(cell)
     return getattr(module, f"{spec.name}_forward"), getattr(module, f"{spec.name}_backward")
+
+
+_Function = TypeVar("_Function", bound=Callable[..., Any])
+
+
+def fill_doc(function: _Function, parts: Mapping[str, str]) -> _Function:
+    """Fill the ``%(name)s`` sections of a public function's docstring from ``parts``,
+    for the cell its name starts with (a part may itself use ``%(cell)s`` and
+    ``%(G)s``): shared text written once, every ``help()`` page whole."""
+    spec = cell_spec(function.__name__.split("_")[0], "function")
+    values = {"cell": spec.name, "G": "H" if spec.G == 1 else f"{spec.G}*H"}
+    filled = {name: text % values for name, text in parts.items()}
+    function.__doc__ = (function.__doc__ or "") % {**filled, **values}
+    return function

@@ -25,12 +25,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
-from typing import Any, NamedTuple, cast
+from typing import Any, NamedTuple, TypeVar, cast
 
 import numpy as np
 
 from . import _kernels, _parallel, _threads
-from ._cells import CELLS, cell_spec
+from ._cells import CELLS, cell_spec, fill_doc
 from ._checks import (
     ForwardArgs,
     as_float,
@@ -536,6 +536,47 @@ def _backward(cell: str, cache: Any, dy: Any, finals: tuple[Any, ...]) -> AnyGra
 # ----------------------------------------------------------------------------
 # the public functions
 
+#: the docstring text every cell's function shares, filled in by @_doc (so that
+#: help() shows each page whole while the text is written once)
+_DOC_PARTS = {
+    "cache_dy": """    cache : Cache
+        The ``cache`` of ``%(cell)s_forward(..., training=True)``.
+    dy : array (T, B, H), optional
+        Gradient of the loss with respect to ``y`` (zeros if None; entries past
+        a sequence's length are ignored).""",
+    "sequence_options": """    lengths : int array (B,), optional
+        Valid steps per sequence, ``0 <= lengths[b] <= T``; outputs past a
+        sequence's end are zeros and its state stops there.
+    reverse : bool
+        Run from each sequence's last valid step to the first.
+    training : bool
+        Keep what :func:`%(cell)s_backward` needs (returned as ``cache``).""",
+    "notes_forward": """    Notes
+    -----
+    A call large enough to pay for it splits its time loop and its input
+    products over up to :func:`fastcells.get_num_threads` threads: by batch
+    rows, or at batch 1-4 with a large hidden size each step by hidden units;
+    the same bits for any thread count.  The compiled loops release the GIL,
+    so several Python threads can run calls at once, sharing that budget (each
+    thread keeps its own scratch buffers: :func:`release_scratch`).""",
+    "notes_backward": """    Notes
+    -----
+    A call large enough to pay for it splits its time loop and its products by
+    batch rows over up to :func:`fastcells.get_num_threads` threads, with the
+    same bits for any thread count.  The compiled loops release the GIL, so
+    several Python threads can run calls at once, sharing that budget (each
+    thread keeps its own scratch buffers: :func:`release_scratch`).""",
+}
+
+_Function = TypeVar("_Function", bound=Callable[..., Any])
+
+
+def _doc(function: _Function) -> _Function:
+    """Fill the shared sections of a public function's docstring (:data:`_DOC_PARTS`)."""
+    return fill_doc(function, _DOC_PARTS)
+
+
+@_doc
 def rnn_forward(x: Any, W_ih: Any, W_hh: Any, b_ih: Any = None, b_hh: Any = None,
                 h0: Any = None, *, nonlinearity: str = "tanh", lengths: Any = None,
                 reverse: bool = False, training: bool = False) -> ForwardResult:
@@ -553,13 +594,7 @@ def rnn_forward(x: Any, W_ih: Any, W_hh: Any, b_ih: Any = None, b_hh: Any = None
         Initial hidden state, zeros if None.
     nonlinearity : {"tanh", "relu"}
         The activation ``act``.
-    lengths : int array (B,), optional
-        Valid steps per sequence, ``0 <= lengths[b] <= T``; outputs past a
-        sequence's end are zeros and its state stops there.
-    reverse : bool
-        Run from each sequence's last valid step to the first.
-    training : bool
-        Keep what :func:`rnn_backward` needs (returned as ``cache``).
+%(sequence_options)s
 
     Returns
     -------
@@ -567,31 +602,20 @@ def rnn_forward(x: Any, W_ih: Any, W_hh: Any, b_ih: Any = None, b_hh: Any = None
         ``y`` (T, B, H) float32, ``h`` (B, H) float32 (the state after each
         sequence's last valid step), ``cache`` (None unless ``training``).
 
-    Notes
-    -----
-    A call large enough to pay for it splits its time loop and its input
-    products over up to :func:`fastcells.get_num_threads` threads: by batch
-    rows, or at batch 1-4 with a large hidden size each step by hidden units;
-    the same bits for any thread count.  The compiled loops
-    release the GIL, so several Python threads can run calls at once, sharing
-    that budget (each thread keeps its own scratch buffers:
-    :func:`release_scratch`).
+%(notes_forward)s
     """
     return cast(ForwardResult, _forward(
         "rnn", {"nonlinearity": check_nonlinearity(nonlinearity)}, x, W_ih, W_hh, b_ih, b_hh,
         h0, None, None, lengths, reverse, training))
 
 
+@_doc
 def rnn_backward(cache: Any, dy: Any = None, dh: Any = None) -> Gradients:
     """Backpropagate through :func:`rnn_forward` (BPTT).
 
     Parameters
     ----------
-    cache : Cache
-        The ``cache`` of ``rnn_forward(..., training=True)``.
-    dy : array (T, B, H), optional
-        Gradient of the loss with respect to ``y`` (zeros if None; entries past
-        a sequence's length are ignored).
+%(cache_dy)s
     dh : array (B, H), optional
         Gradient with respect to the final hidden state ``h`` (zeros if None).
 
@@ -601,18 +625,12 @@ def rnn_backward(cache: Any, dy: Any = None, dh: Any = None) -> Gradients:
         ``dx (T, B, I), dh0 (B, H), dW_ih (H, I), dW_hh (H, H), db_ih, db_hh (H,)``,
         all float32; the bias gradients are None when the forward pass had no biases.
 
-    Notes
-    -----
-    A call large enough to pay for it splits its time loop and its input
-    products by batch rows over up to :func:`fastcells.get_num_threads`
-    threads, with the same bits for any thread count.  The compiled loops
-    release the GIL, so several Python threads can run calls at once, sharing
-    that budget (each thread keeps its own scratch buffers:
-    :func:`release_scratch`).
+%(notes_backward)s
     """
     return cast(Gradients, _backward("rnn", cache, dy, (dh,)))
 
 
+@_doc
 def gru_forward(x: Any, W_ih: Any, W_hh: Any, b_ih: Any = None, b_hh: Any = None,
                 h0: Any = None, *, linear_before_reset: bool = True, lengths: Any = None,
                 reverse: bool = False, training: bool = False) -> ForwardResult:
@@ -637,13 +655,7 @@ def gru_forward(x: Any, W_ih: Any, W_hh: Any, b_ih: Any = None, b_hh: Any = None
         Initial hidden state, zeros if None.
     linear_before_reset : bool
         Which GRU form (above).
-    lengths : int array (B,), optional
-        Valid steps per sequence, ``0 <= lengths[b] <= T``; outputs past a
-        sequence's end are zeros and its state stops there.
-    reverse : bool
-        Run from each sequence's last valid step to the first.
-    training : bool
-        Keep what :func:`gru_backward` needs (returned as ``cache``).
+%(sequence_options)s
 
     Returns
     -------
@@ -651,31 +663,20 @@ def gru_forward(x: Any, W_ih: Any, W_hh: Any, b_ih: Any = None, b_hh: Any = None
         ``y`` (T, B, H) float32, ``h`` (B, H) float32 (the state after each
         sequence's last valid step), ``cache`` (None unless ``training``).
 
-    Notes
-    -----
-    A call large enough to pay for it splits its time loop and its input
-    products over up to :func:`fastcells.get_num_threads` threads: by batch
-    rows, or at batch 1-4 with a large hidden size each step by hidden units;
-    the same bits for any thread count.  The compiled loops
-    release the GIL, so several Python threads can run calls at once, sharing
-    that budget (each thread keeps its own scratch buffers:
-    :func:`release_scratch`).
+%(notes_forward)s
     """
     options = {"linear_before_reset": check_bool("linear_before_reset", linear_before_reset)}
     return cast(ForwardResult, _forward("gru", options, x, W_ih, W_hh, b_ih, b_hh, h0, None,
                                         None, lengths, reverse, training))
 
 
+@_doc
 def gru_backward(cache: Any, dy: Any = None, dh: Any = None) -> Gradients:
     """Backpropagate through :func:`gru_forward` (BPTT), either GRU form.
 
     Parameters
     ----------
-    cache : Cache
-        The ``cache`` of ``gru_forward(..., training=True)``.
-    dy : array (T, B, H), optional
-        Gradient of the loss with respect to ``y`` (zeros if None; entries past
-        a sequence's length are ignored).
+%(cache_dy)s
     dh : array (B, H), optional
         Gradient with respect to the final hidden state ``h`` (zeros if None).
 
@@ -686,18 +687,12 @@ def gru_backward(cache: Any, dy: Any = None, dh: Any = None) -> Gradients:
         (3*H,)``, all float32; the bias gradients are None when the forward pass
         had no biases.
 
-    Notes
-    -----
-    A call large enough to pay for it splits its time loop and its input
-    products by batch rows over up to :func:`fastcells.get_num_threads`
-    threads, with the same bits for any thread count.  The compiled loops
-    release the GIL, so several Python threads can run calls at once, sharing
-    that budget (each thread keeps its own scratch buffers:
-    :func:`release_scratch`).
+%(notes_backward)s
     """
     return cast(Gradients, _backward("gru", cache, dy, (dh,)))
 
 
+@_doc
 def lstm_forward(x: Any, W_ih: Any, W_hh: Any, b_ih: Any = None, b_hh: Any = None,
                  h0: Any = None, c0: Any = None, *, peephole: Any = None, lengths: Any = None,
                  reverse: bool = False, training: bool = False) -> LSTMForwardResult:
@@ -721,13 +716,7 @@ def lstm_forward(x: Any, W_ih: Any, W_hh: Any, b_ih: Any = None, b_hh: Any = Non
         Initial hidden and cell state, zeros if None.
     peephole : array (3*H,), optional
         Peephole weights in the order i, f, o.
-    lengths : int array (B,), optional
-        Valid steps per sequence, ``0 <= lengths[b] <= T``; outputs past a
-        sequence's end are zeros and its states stop there.
-    reverse : bool
-        Run from each sequence's last valid step to the first.
-    training : bool
-        Keep what :func:`lstm_backward` needs (returned as ``cache``).
+%(sequence_options)s
 
     Returns
     -------
@@ -735,31 +724,20 @@ def lstm_forward(x: Any, W_ih: Any, W_hh: Any, b_ih: Any = None, b_hh: Any = Non
         ``y`` (T, B, H), ``h`` (B, H), ``c`` (B, H), all float32 (the states
         after each sequence's last valid step), ``cache`` (None unless ``training``).
 
-    Notes
-    -----
-    A call large enough to pay for it splits its time loop and its input
-    products over up to :func:`fastcells.get_num_threads` threads: by batch
-    rows, or at batch 1-4 with a large hidden size each step by hidden units;
-    the same bits for any thread count.  The compiled loops
-    release the GIL, so several Python threads can run calls at once, sharing
-    that budget (each thread keeps its own scratch buffers:
-    :func:`release_scratch`).
+%(notes_forward)s
     """
     return cast(LSTMForwardResult, _forward("lstm", {}, x, W_ih, W_hh, b_ih, b_hh, h0, c0,
                                             peephole, lengths, reverse, training))
 
 
+@_doc
 def lstm_backward(cache: Any, dy: Any = None, dh: Any = None,
                   dc: Any = None) -> LSTMGradients | PeepholeLSTMGradients:
     """Backpropagate through :func:`lstm_forward` (BPTT).
 
     Parameters
     ----------
-    cache : Cache
-        The ``cache`` of ``lstm_forward(..., training=True)``.
-    dy : array (T, B, H), optional
-        Gradient of the loss with respect to ``y`` (zeros if None; entries past
-        a sequence's length are ignored).
+%(cache_dy)s
     dh, dc : array (B, H), optional
         Gradients with respect to the final hidden and cell states (zeros if None).
 
@@ -771,14 +749,7 @@ def lstm_backward(cache: Any, dy: Any = None, dh: Any = None,
         forward pass had no biases.  A :class:`PeepholeLSTMGradients` (the same
         plus ``dpeephole (3*H,)``) when the forward pass had peepholes.
 
-    Notes
-    -----
-    A call large enough to pay for it splits its time loop and its input
-    products by batch rows over up to :func:`fastcells.get_num_threads`
-    threads, with the same bits for any thread count.  The compiled loops
-    release the GIL, so several Python threads can run calls at once, sharing
-    that budget (each thread keeps its own scratch buffers:
-    :func:`release_scratch`).
+%(notes_backward)s
     """
     return cast(LSTMGradients | PeepholeLSTMGradients,
                 _backward("lstm", cache, dy, (dh, dc)))

@@ -37,7 +37,7 @@ import numpy as np
 import numpy.typing as npt
 
 from . import _checks
-from ._cells import CELLS, STATES
+from ._cells import CELLS, STATES, fill_doc
 from ._results import (
     Cache,
     ForwardResult,
@@ -293,12 +293,8 @@ _Function = TypeVar("_Function", bound=Callable[..., Any])
 
 def _doc(function: _Function) -> _Function:
     """Fill the ``%(name)s`` sections of a public function's docstring from
-    :data:`_DOC_PARTS`, for the cell its name starts with."""
-    cell = function.__name__.split("_")[0]
-    values = {"cell": cell, "G": "H" if CELLS[cell].G == 1 else f"{CELLS[cell].G}*H"}
-    parts = {name: text % values for name, text in _DOC_PARTS.items()}
-    function.__doc__ = (function.__doc__ or "") % {**parts, **values}
-    return function
+    :data:`_DOC_PARTS`."""
+    return fill_doc(function, _DOC_PARTS)
 
 
 # ----------------------------------------------------------------------------
