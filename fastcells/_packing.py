@@ -101,11 +101,9 @@ class Weights(NamedTuple):
 def project(x: np.ndarray, product: Product, GH: int, bias: np.ndarray | None,
             out: np.ndarray | None = None, nthreads: int = 1) -> np.ndarray:
     """Phase 1: ``x (T, B, I) @ W_ih.T + bias`` as one GEMM, float32 C order (T, B, G*H),
-    on up to ``nthreads`` threads (as many as the cost model gives its size)."""
+    on up to ``nthreads`` threads (the product takes as many as its size pays for)."""
     T, B, I = x.shape
     gx = np.empty((T * B, GH), F32) if out is None else out.reshape(T * B, GH)
-    if nthreads > 1:
-        nthreads = min(nthreads, max(gemm_threads(T * B, GH, I), gemm_nt_threads(T * B, GH, I)))
     product(x.reshape(T * B, I), gx, nthreads)
     if bias is not None:
         gx += bias
@@ -184,8 +182,23 @@ RECURRENT_BUFFERS = ("W_hh", "W_hn")
 
 def packed_projection(P: np.ndarray, GH: int) -> Product:
     """The projection product by ``W_ih`` packed (``_kernels.pack(W_ih, True)``) in ``P``,
-    its rows split over the threads it is given (the same bits for any count)."""
-    return lambda A, C, nthreads: _kernels.gemm(A, P, GH, C, nthreads)
+    its rows split over up to the threads it is given, as many as its size pays for
+    (``gemm_threads``; the same bits for any count)."""
+    def product(A: np.ndarray, C: np.ndarray, nthreads: int) -> None:
+        n = min(nthreads, gemm_threads(A.shape[0], GH, A.shape[1])) if nthreads > 1 else 1
+        _kernels.gemm(A, P, GH, C, n)
+    return product
+
+
+def unpacked_projection_product(W_ih: np.ndarray) -> Product:
+    """The projection product by ``W_ih`` as it is (few rows), its columns split over up
+    to the threads it is given, as many as its size pays for (``gemm_nt_threads``; the
+    same bits for any count)."""
+    GH, I = W_ih.shape
+    def product(A: np.ndarray, C: np.ndarray, nthreads: int) -> None:
+        n = min(nthreads, gemm_nt_threads(A.shape[0], GH, I)) if nthreads > 1 else 1
+        _kernels.gemm_nt(A, W_ih, C, n)
+    return product
 
 
 #: a weight is packed on several threads (a threaded call's) from this many floats:
@@ -205,9 +218,7 @@ def weights_for_call(a: ForwardArgs, s: Scratch, layout: RecurrentLayout,
     bias, bhn = fold_biases(a, layout)
     project: Product
     if unpacked_projection(a.T * a.B, a.I):
-        W_ih = a.W_ih
-        # at most 31 rows: split by columns of W_ih (gemm_nt_threads; the same bits)
-        project = lambda A, C, nthreads: _kernels.gemm_nt(A, W_ih, C, nthreads)  # noqa: E731
+        project = unpacked_projection_product(a.W_ih)
     else:
         project = packed_projection(s.pack("W_ih", a.W_ih, True, threads_for(a.W_ih)),
                                     a.G * a.H)
