@@ -209,6 +209,7 @@ class _Graph:
 
         self.helper, self.numpy_helper = helper, numpy_helper
         self.spec = spec
+        self.params = spec.layer.state_dict()
         self.batch_first, self.initial_states, self.lens = (batch_first, initial_states,
                                                             sequence_lens)
         self.nodes: list[Any] = []
@@ -238,7 +239,7 @@ class _Graph:
 
         layer = self.spec.layer
         cell, H, D = layer._spec.name, layer.hidden_size, layer.num_directions
-        sd = layer.state_dict()
+        sd = self.params
         sfx = [f"_l{k}" + ("_reverse" if d else "") for d in range(D)]
 
         def onnx_order(base: str, kind: str = cell) -> np.ndarray | None:
@@ -274,8 +275,8 @@ class _Graph:
         if not any(n.output[0] == name for n in self.nodes):
             zero = self._const("zero_length", np.array(0, np.int32))
             is_empty = self._node("Equal", [LENS, zero], "is_empty")
-            shape = self._const("states_shape", np.array([1, -1, 1], np.int64))
-            self._node("Reshape", [is_empty, shape], name)
+            axes = self._const("states_axes", np.array([0, 2], np.int64))
+            self._node("Unsqueeze", [is_empty, axes], name)
         return name
 
     def _recurrent(self, k: int, x: str) -> tuple[str, list[str]]:
@@ -298,9 +299,9 @@ class _Graph:
             attrs["activations"] = [str(options["nonlinearity"]).capitalize()] * D
         if "linear_before_reset" in options:
             attrs["linear_before_reset"] = int(options["linear_before_reset"])
-        Y = f"Y_l{k}"
+        y = f"Y_l{k}"
         finals = [f"Y_{s}_l{k}" for s in states]
-        self.nodes.append(self.helper.make_node(layer._spec.layer, inputs, [Y] + finals,
+        self.nodes.append(self.helper.make_node(layer._spec.layer, inputs, [y] + finals,
                                                 name=f"{cell}_l{k}", **attrs))
         if self.lens and self.initial_states:
             # ONNX Runtime ends an empty sequence (length 0) in zeros, fastcells in
@@ -308,10 +309,11 @@ class _Graph:
             empty = self._empty_rows()
             finals = [self._node("Where", [empty, init, final], f"{final}_or_initial")
                       for init, final in zip(initial, finals)]
-        side_by_side = self._node("Transpose", [Y], f"{Y}_directions_last",
+        side_by_side = self._node("Transpose", [y], f"{y}_directions_last",
                                   perm=list(_DIRECTIONS_LAST))
-        width = self._const(f"{Y}_shape", np.array([0, 0, -1], np.int64))
-        return self._node("Reshape", [side_by_side, width], f"{Y}_TBDH"), finals
+        # (T, B, D*H) spelled out: a -1 cannot be inferred when T = 0
+        width = self._const(f"{y}_shape", np.array([0, 0, D * layer.hidden_size], np.int64))
+        return self._node("Reshape", [side_by_side, width], f"{y}_TBDH"), finals
 
     # -- the model --------------------------------------------------------------------
 
@@ -337,8 +339,10 @@ class _Graph:
                     self._node("Identity", [y_tm], Y), time_batch + [D * H])]
         for s, names in zip(states, finals):
             out = {"h": H_N, "c": C_N}[s]
-            self._node("Concat", names, out, axis=0) if L > 1 else self._node(
-                "Identity", names, out)
+            if L > 1:
+                self._node("Concat", names, out, axis=0)
+            else:
+                self._node("Identity", names, out)
             outputs.append((out, [L * D, "B", H]))
         if head is not None:
             outputs.append(self._head(head, y_tm, time_batch))
