@@ -162,6 +162,16 @@ def test_without_bias(form):
     _compare(_run(_session(proto), feeds), expected)
 
 
+def test_head_without_bias():
+    layer = _layer("lstm", 2)
+    linear = fastcells.Linear(H, OUT, bias=False, seed=3)
+    proto = interop.to_onnx([layer, linear])
+    assert "head.bias" not in {t.name for t in proto.graph.initializer}
+    feeds, expected = _problem(layer, 5, 3)
+    expected["out"] = linear(expected["y"][-1])
+    _compare(_run(_session(proto), feeds), expected)
+
+
 def test_dropout_is_not_exported():
     layer = fastcells.LSTM(I, H, 3, dropout=0.5, seed=2).eval()
     feeds, expected = _problem(layer, 5, 2)
@@ -329,3 +339,19 @@ def test_missing_onnx_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "onnx", None)     # import onnx raises ImportError
     with pytest.raises(ImportError, match=r"pip install fastcells\[onnx\]"):
         interop.to_onnx(_layer("rnn-tanh"))
+
+
+# the ONNX reference evaluator, a second runtime that reads the operators' spec:
+# the graph around the nodes (Transpose, Reshape, Slice, Concat, Gather) is the
+# spec's, not one runtime's.  It ignores sequence_lens and computes no "Relu".
+@pytest.mark.parametrize("form", ["rnn-tanh", "gru-lbr", "gru-nolbr", "lstm", "lstm-peephole"])
+def test_reference_evaluator_matches(form):
+    from onnx.reference import ReferenceEvaluator
+
+    layer = _layer(form, 3, True)
+    linear = fastcells.Linear(2 * H, OUT, seed=3)
+    proto = interop.to_onnx([layer, linear], batch_first=True, initial_states=True, head="all")
+    feeds, expected = _problem(layer, 5, 4, initial_states=True, batch_first=True)
+    expected["out"] = linear(expected["y"])
+    evaluator = ReferenceEvaluator(proto)
+    _compare(dict(zip(evaluator.output_names, evaluator.run(None, feeds))), expected)
