@@ -49,10 +49,11 @@ _REFUSED_OPTIONS = {
     "layer_norm": "ONNX's {op} operator has no normalization inside the cell",
     "proj_size": "ONNX's {op} operator has no projection of the hidden state",
 }
-#: the layers exported, by class: the ONNX operator (also their ``_spec.layer``)
+#: the layer classes exported; each one's ``_spec.layer`` is its ONNX operator's name
 _EXPORTED = (RNN, GRU, LSTM)
-#: the graph's input and output names
-X, H0, C0, LENS, Y, H_N, C_N, OUT = "x", "h0", "c0", "sequence_lens", "y", "h", "c", "out"
+#: the graph's input and output names besides the states (inputs ``h0``, ``c0``, the
+#: layers' state names; outputs ``h``, ``c``, the cell table's)
+X, LENS, Y, OUT = "x", "sequence_lens", "y", "out"
 #: the permutations: (T, D, B, H) -> (T, B, D, H) and (T, B, .) <-> (B, T, .)
 _DIRECTIONS_LAST, _SWAP_TB = (0, 2, 1, 3), (1, 0, 2)
 
@@ -286,7 +287,7 @@ class _Graph:
         cell, D = layer._spec.name, layer.num_directions
         W, R, B, P = self._weights(k)
         states = list(layer._spec.states)
-        initial = [self._initial(s + "0", k) for s in states]
+        initial = [self._initial(name, k) for name in layer._state_names]
         inputs = [x, W, R, B, LENS if self.lens else ""] + initial
         if P:
             inputs.append(P)
@@ -338,19 +339,18 @@ class _Graph:
         outputs = [(self._time_major(y_tm, Y) if self.batch_first else
                     self._node("Identity", [y_tm], Y), time_batch + [D * H])]
         for s, names in zip(states, finals):
-            out = {"h": H_N, "c": C_N}[s]
             if L > 1:
-                self._node("Concat", names, out, axis=0)
+                self._node("Concat", names, s, axis=0)
             else:
-                self._node("Identity", names, out)
-            outputs.append((out, [L * D, "B", H]))
+                self._node("Identity", names, s)
+            outputs.append((s, [L * D, "B", H]))
         if head is not None:
             outputs.append(self._head(head, y_tm, time_batch))
 
         inputs = [helper.make_tensor_value_info(X, f32, time_batch + [In])]
         if self.initial_states:
-            inputs += [helper.make_tensor_value_info(s + "0", f32, [L * D, "B", H])
-                       for s in states]
+            inputs += [helper.make_tensor_value_info(name, f32, [L * D, "B", H])
+                       for name in layer._state_names]
         if self.lens:
             inputs.append(helper.make_tensor_value_info(LENS, TensorProto.INT32, ["B"]))
         graph = helper.make_graph(
