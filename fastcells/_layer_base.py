@@ -90,7 +90,7 @@ class _Layer:
     def __setstate__(self, state: Any) -> None:
         """Restore a pickled state (a newer format raises ``ValueError`` naming both
         versions); the gradients are zeros, nothing is kept for ``backward``."""
-        attrs = without_header(type(self).__name__, state)
+        attrs = without_header(type(self).__name__, state, ("_params",))
         self.__dict__.update(attrs)
         # a dict of its own: assign=True in a shallow copy must not touch the original
         self._params = dict(self._params)

@@ -51,12 +51,14 @@ def with_header(state: dict[str, Any]) -> dict[str, Any]:
     return state
 
 
-def without_header(what: str, state: Any, *, header_required: bool = False) -> dict[str, Any]:
+def without_header(what: str, state: Any, required: tuple[str, ...], *,
+                   header_required: bool = False) -> dict[str, Any]:
     """A pickled ``state`` checked and without its header, modules imported again (a new dict).
 
-    ``what`` names the object in messages (``"LSTM"``, ``"Stepper"``).  A state
-    without a header is format 0, refused when ``header_required`` (objects that
-    did not pickle before formats existed).
+    ``what`` names the object in messages (``"LSTM"``, ``"Stepper"``);
+    ``required``: the entries the state must have.  A state without a header is
+    format 0, refused when ``header_required`` (objects that did not pickle
+    before formats existed).
 
     Raises
     ------
@@ -64,7 +66,8 @@ def without_header(what: str, state: Any, *, header_required: bool = False) -> d
         ``state`` is not a dict.
     ValueError
         The format is not an int, is newer than :data:`PICKLE_FORMAT` (naming
-        both versions), or is missing where ``header_required``.
+        both versions), or is missing where ``header_required``; a required
+        entry is missing.
     """
     if type(state) is not dict:
         raise TypeError(f"cannot load this fastcells {what}: expected its pickled state to be a "
@@ -87,6 +90,10 @@ def without_header(what: str, state: Any, *, header_required: bool = False) -> d
             f"{writer}, and this fastcells {__version__} reads pickle formats up to "
             f"{PICKLE_FORMAT}; install {writer} (or newer) where it is loaded, or pickle it "
             f"again with fastcells {__version__}")
+    missing = [key for key in required if key not in attrs]
+    if missing:
+        raise ValueError(f"cannot load this fastcells {what}: its pickled state lacks the "
+                         f"entries {missing} (not a fastcells {what}, or corrupted)")
     for key, value in attrs.items():
         if type(value) is ModuleRef:
             attrs[key] = importlib.import_module(value)

@@ -848,6 +848,10 @@ class Stepper:
             np.zeros(a.H, F32) if w.bhn is None else w.bhn, w.peephole, a.I, a.H,
             options["nonlinearity"] == "relu", options["linear_before_reset"], w.packing)
 
+    #: the entries of a pickled Stepper (besides the header)
+    _STEPPER_STATE = ("cell", "W_ih", "W_hh", "bias", "b_hn", "peephole", "weight_dtype",
+                      "options")
+
     def __getstate__(self) -> dict[str, Any]:
         """The pickled state: the weights unpacked, the folded biases and the options."""
         w, G, H = self._weights, self._spec.G, self.hidden_size
@@ -868,7 +872,7 @@ class Stepper:
 
     def __setstate__(self, state: Any) -> None:
         """Build the Stepper again from a pickled state (its weights packed anew)."""
-        s = without_header("Stepper", state, header_required=True)
+        s = without_header("Stepper", state, self._STEPPER_STATE, header_required=True)
         bias, b_hh = s["bias"], None
         if bias is not None:
             # b_ih + b_hh is the pickled bias bit for bit: -0.0 adds nothing to any float

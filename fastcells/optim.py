@@ -57,6 +57,15 @@ def _layers(layers: Any) -> list[Layer]:
     return items
 
 
+def _writable(value: Any) -> Any:
+    """``value`` with its read-only arrays (in dicts too) replaced by writable copies."""
+    if isinstance(value, np.ndarray):
+        return value if value.flags.writeable else value.copy()
+    if isinstance(value, dict):
+        return {k: _writable(v) for k, v in value.items()}
+    return value
+
+
 def _pairs(layers: Sequence[Layer]) -> Iterator[tuple[Key, Array, Array]]:
     """(key, parameter, gradient) for every parameter of every layer."""
     for i, layer in enumerate(layers):
@@ -121,8 +130,11 @@ class _Optimizer:
 
     def __setstate__(self, state: Any) -> None:
         """Restore a pickled state (a newer format raises ``ValueError`` naming both
-        versions)."""
-        self.__dict__.update(without_header(type(self).__name__, state))
+        versions).  Read-only arrays of the state (out-of-band buffers, as Ray's
+        object store gives) are copied: the optimizer updates its state in place."""
+        attrs = without_header(type(self).__name__, state, ("layers", "state"))
+        attrs["state"] = _writable(attrs["state"])
+        self.__dict__.update(attrs)
 
     def _changed(self) -> None:
         """Tell the layers their parameters changed (they drop prepared weights)."""

@@ -91,6 +91,17 @@ def run(rnn, head, x, dout=None):
                      **{f"head.{k}": v for k, v in head.grads.items()}}
 
 
+def assert_train_alike(original, clone, x, dout):
+    """One training step of each (rnn, head, optimizer) gives the same parameters' bits."""
+    for rnn, head, opt in (original, clone):
+        opt.zero_grad()
+        run(rnn, head, x, dout)
+        opt.step()
+    for layer, copied in zip(original[:2], clone[:2]):
+        for name, p in layer.parameters().items():
+            assert_same_bits(copied.parameters()[name], p)
+
+
 def stepper_weights(cell, H, I, rng, bias=True, peephole=False):
     G = GATES[cell]
     w = [rng.uniform(-0.5, 0.5, (G * H, I)), rng.uniform(-0.5, 0.5, (G * H, H))]
@@ -295,13 +306,7 @@ def test_optimizer_pickled_with_its_model_resumes_training(make):
     clone_rnn, clone_head, clone_opt = roundtrip((rnn, head, opt))
     assert clone_opt.layers[0] is clone_rnn and clone_opt.layers[1] is clone_head
     assert clone_opt.state.keys() == opt.state.keys()
-    for r, h, o in ((rnn, head, opt), (clone_rnn, clone_head, clone_opt)):
-        o.zero_grad()
-        run(r, h, x, dout)
-        o.step()
-    for layer, clone in ((rnn, clone_rnn), (head, clone_head)):
-        for name, p in layer.parameters().items():
-            assert_same_bits(clone.parameters()[name], p)
+    assert_train_alike((rnn, head, opt), (clone_rnn, clone_head, clone_opt), x, dout)
 
 
 def test_optimizer_pickled_alone_brings_copies_of_its_layers():
@@ -353,6 +358,9 @@ def test_corrupted_states_are_refused(cls):
         obj.__setstate__({_pickle.FORMAT_KEY: -1})
     with pytest.raises(ValueError, match="by an unknown fastcells, and this fastcells"):
         obj.__setstate__({_pickle.FORMAT_KEY: 10**6})        # no version entry
+    with pytest.raises(ValueError, match=f"fastcells {cls.__name__}: its pickled state lacks "
+                                         f"the entries \\[.*\\] \\(not a fastcells"):
+        obj.__setstate__({_pickle.FORMAT_KEY: _pickle.PICKLE_FORMAT, "cell": "gru"})
 
 
 def test_a_stepper_state_without_a_header_is_refused():
@@ -549,6 +557,28 @@ def test_out_of_band_pickle_with_read_only_buffers():
     assert_same_bits(clone.eval()(x)[0], rnn.eval()(x)[0])
     with pytest.raises(ValueError, match="read-only array for weight_ih_l0"):
         Adam(clone).step()
+
+
+@pytest.mark.parametrize("make", [Adam, lambda ls: SGD(ls, lr=1e-3, momentum=0.5)],
+                         ids=["adam", "sgd"])
+def test_optimizer_shipped_with_read_only_buffers_resumes(make):
+    """Out of band and read-only, as Ray ships them: the optimizer's own state comes back
+    writable (it is updated in place); the layers' parameters stay read-only until the
+    layers get arrays of their own, and then training resumes with the same bits."""
+    rnn, head = model("gru", 8, False, I=3)
+    x = np.random.default_rng(SEED).standard_normal((5, 2, 3)).astype(np.float32)
+    dout = np.ones((5, 2, 4), np.float32)
+    opt = make([rnn, head])
+    run(rnn, head, x, dout)
+    opt.step()
+    buffers = []
+    data = pickle.dumps((rnn, head, opt), protocol=5, buffer_callback=buffers.append)
+    c_rnn, c_head, c_opt = pickle.loads(data, buffers=[b.raw().toreadonly() for b in buffers])
+    with pytest.raises(ValueError, match="read-only array for weight_ih_l0"):
+        c_opt.step()
+    for layer in (c_rnn, c_head):
+        layer.load_state_dict(layer.state_dict(), assign=True)
+    assert_train_alike((rnn, head, opt), (c_rnn, c_head, c_opt), x, dout)
 
 
 @pytest.mark.parametrize("key", list(STEPPERS))
