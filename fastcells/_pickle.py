@@ -14,7 +14,9 @@ Formats:
 - 0: no header: a layer or optimizer pickled by fastcells before formats
   existed, its ``__dict__`` as it was.
 - 1: the header; layers without gradients, training tape and prepared
-  steppers; a ``Stepper`` as its unpacked weights and constructor options.
+  steppers, random generators as their states (:class:`GeneratorState`),
+  modules by name; a ``Stepper`` as its unpacked weights and constructor
+  options.
 """
 from __future__ import annotations
 
@@ -40,12 +42,27 @@ class ModuleRef(str):
     """A module in a pickled state, by name (modules do not pickle); imported on load."""
 
 
+class GeneratorState(dict):  # type: ignore[type-arg]
+    """A ``numpy.random.Generator`` in a pickled state, as its bit generator's state
+    (plain ints and names), made a generator again on load.  NumPy's own pickle
+    of a generator does not load across NumPy 1 and 2; this does."""
+
+
+def _generator(state: GeneratorState) -> np.random.Generator:
+    bit_generator = getattr(np.random, state["bit_generator"])()
+    bit_generator.state = dict(state)
+    return np.random.Generator(bit_generator)
+
+
 def with_header(state: dict[str, Any]) -> dict[str, Any]:
-    """``state`` (a dict this function may change) with the header, modules by name."""
+    """``state`` (a dict this function may change) with the header, modules by name and
+    random generators as their states."""
     from . import __version__
     for key, value in state.items():
         if isinstance(value, ModuleType):
             state[key] = ModuleRef(value.__name__)
+        elif isinstance(value, np.random.Generator):
+            state[key] = GeneratorState(value.bit_generator.state)
     state[FORMAT_KEY] = PICKLE_FORMAT
     state[VERSION_KEY] = __version__
     return state
@@ -97,6 +114,8 @@ def without_header(what: str, state: Any, required: tuple[str, ...], *,
     for key, value in attrs.items():
         if type(value) is ModuleRef:
             attrs[key] = importlib.import_module(value)
+        elif type(value) is GeneratorState:
+            attrs[key] = _generator(value)
     return attrs
 
 

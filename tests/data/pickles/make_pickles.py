@@ -77,8 +77,9 @@ def main() -> None:
     lstm.train()
     head.train()
     with open(HERE / f"format{PICKLE_FORMAT}.pkl", "wb") as f:
+        # protocol 4: NumPy 1.26 cannot load NumPy 2's protocol-5 arrays (numpy#28340)
         pickle.dump({"lstm": lstm, "head": head, "adam": adam, "stepper": stepper}, f,
-                    protocol=5)
+                    protocol=4)
     # after the pickle: the weights one more training step gives (Adam's state at work)
     train_step(lstm, head, adam, x, dout)
     expected |= {f"trained.lstm.{k}": v for k, v in lstm.state_dict().items()}
