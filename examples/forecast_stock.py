@@ -71,6 +71,7 @@ MAIN_CELL = "LSTM"
 #: inclusive year ranges of the targets' dates
 SPLITS = {"train": (1999, 2012), "val": (2013, 2015), "test": (2016, 2018)}
 WINDOW = 20          # trading days of history per prediction: about a month
+MAX_WINDOW = 250     # a trading year: longer windows would eat the first training year
 VOLUME_DAYS = 20     # the volume surprise's reference: the mean log volume of the previous days
 FEATURES = 2         # per day: log return, volume surprise
 LAYERS = 2
@@ -286,10 +287,13 @@ def print_report(data: Dataset, runs: list[Run], epochs: int) -> Run:
         print("  ".join(f"{c:>{len(name)}s}" for c, name in zip(cells, TABLE_COLUMNS)))
     chosen = min(runs, key=lambda r: r.val_rmse[r.best_epoch - 1])
     chosen_rmse = rmse(chosen.test_pred, truth)
+    close = data.prev_close[test] * np.exp(truth)
     print(f"selected by val RMSE: {chosen.label}, test RMSE {PERCENT * chosen_rmse:.4f} % "
           f"({chosen_rmse / zero:.3f} x zero-return), direction "
           f"{PERCENT * direction(chosen.test_pred, truth):.1f} % (always up "
-          f"{PERCENT * up:.1f} %)")
+          f"{PERCENT * up:.1f} %); next close RMSE "
+          f"{rmse(data.prev_close[test] * np.exp(chosen.test_pred), close):.2f} points "
+          f"(random walk {rmse(data.prev_close[test], close):.2f})")
     print("Daily returns are close to unpredictable: an RMSE ratio near 1 and a direction "
           "near the always-up share are the honest expectation, not a failure. This is a "
           "correct, reproducible workflow, not a trading claim.")
@@ -345,18 +349,41 @@ def plot(data: Dataset, runs: list[Run], main_run: Run, out: str) -> bool:
     return True
 
 
+def positive(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
+def window_size(text: str) -> int:
+    """argparse type: an integer in [1, MAX_WINDOW]."""
+    value = positive(text)
+    if value > MAX_WINDOW:
+        raise argparse.ArgumentTypeError(f"expected at most {MAX_WINDOW} days, got {value}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a few seconds, for CI")
-    parser.add_argument("--epochs", type=int, default=None, help="most epochs per model")
-    parser.add_argument("--patience", type=int, default=None,
+    parser.add_argument("--epochs", type=positive, default=None, help="most epochs per model")
+    parser.add_argument("--patience", type=positive, default=None,
                         help="epochs without a better val RMSE before stopping")
-    parser.add_argument("--hidden", type=int, default=None)
-    parser.add_argument("--window", type=int, default=WINDOW, help="trading days per input")
+    parser.add_argument("--hidden", type=positive, default=None)
+    parser.add_argument("--window", type=window_size, default=WINDOW,
+                        help="trading days per input")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="forecast_stock.png", help="PNG path (with matplotlib)")
     parser.add_argument("--quiet", action="store_true", help="no per-epoch progress lines")
     args = parser.parse_args(argv)
+    folder = os.path.dirname(os.path.abspath(args.out))
+    if not os.path.isdir(folder):                # before training, not after
+        parser.error(f"argument --out: expected a path in an existing folder, got {args.out!r}")
     epochs = args.epochs or (3 if args.quick else 30)
     patience = args.patience or (epochs if args.quick else 5)
     hidden = args.hidden or (8 if args.quick else 32)

@@ -10,6 +10,7 @@ import contextlib
 import importlib.util
 import inspect
 import io
+import os
 import pathlib
 import re
 import struct
@@ -43,11 +44,28 @@ STOCK_COLUMNS = ("cell", "layer norm", "best epoch", "val RMSE %", "test RMSE %"
 STOCK_SANE_RATIO = 1.5
 
 
+def _env():
+    """The environment of a script run: the fastcells of this tree, not an installed one.
+
+    A script's own folder (examples/) is first on its path, the repository's root is not.
+    """
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path}
+
+
 def _run(name, *args, cwd=None):
     proc = subprocess.run([sys.executable, str(EXAMPLES / f"{name}.py"), "--quick", *args],
-                          capture_output=True, text=True, timeout=TIMEOUT, cwd=cwd)
+                          capture_output=True, text=True, timeout=TIMEOUT, cwd=cwd, env=_env())
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
+
+
+def test_examples_run_this_trees_fastcells():
+    proc = subprocess.run([sys.executable, "-c", "import fastcells; print(fastcells.__file__)"],
+                          capture_output=True, text=True, timeout=TIMEOUT, cwd=EXAMPLES,
+                          env=_env())
+    assert proc.returncode == 0, proc.stderr
+    assert pathlib.Path(proc.stdout.strip()).parent == ROOT / "fastcells"
 
 
 @pytest.fixture(scope="module")
@@ -213,6 +231,20 @@ def _load(name):
     finally:
         del sys.modules[spec.name]
     return module
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--epochs", "0"], "--epochs: expected an integer >= 1, got '0'"),
+    (["--hidden", "x"], "--hidden: expected an integer >= 1, got 'x'"),
+    (["--window", "251"], "--window: expected at most 250 days, got 251"),
+    (["--out", "no/such/folder/plot.png"], "--out: expected a path in an existing folder"),
+])
+def test_forecast_stock_refuses_bad_arguments_before_training(args, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        _load("forecast_stock").main(["--quick", *args])
+    assert exit_info.value.code == 2
+    captured = capsys.readouterr()
+    assert message in captured.err and captured.out == ""
 
 
 def test_examples_exit_cleanly_without_their_data_package(monkeypatch, capsys):
