@@ -9,7 +9,8 @@ A model that scores about the zero-return (random walk) RMSE and about the
 always-up share of days in direction is the expected, honest outcome; nothing
 here is a trading claim.  The point is a correct, reproducible workflow:
 stationary features, a chronological split, statistics from the training
-years only, model selection on a validation period, a test period touched once.
+years only, early stopping and model selection on a validation period, and a
+test period used for nothing but the final scores.
 
 Task: predict the next day's log return ``r_t = log(P_t / P_{t-1})`` (and from
 it the next close, ``P_{t-1} exp(r_t)``, one step ahead) from the previous
@@ -28,7 +29,8 @@ step's output; mean squared error, gradient clipping
 (``fastcells.optim.clip_grad_norm``), Adam.  The main model is the LSTM with
 layer normalization; the tutorial's three cells (RNN, GRU, LSTM), each with
 and without layer normalization, are trained the same way and compared in one
-table: test RMSE, RMSE over the zero-return RMSE, directional accuracy (a day
+table: the best epoch (by validation RMSE) and the epochs run, validation and
+test RMSE, test RMSE over the zero-return RMSE, directional accuracy (a day
 is "up" when its return is > 0) and training seconds per epoch.  A fastcells
 without ``layer_norm`` skips the normalized rows and says so.
 
@@ -42,7 +44,7 @@ predicted closes, the daily returns with the predicted returns, and the
 training curves.  Prints one progress line per epoch (``--quiet``: none).
 Seeded: the same numbers run to run with the same thread count.
 
-Run: ``python examples/forecast_stock.py`` (under a minute), ``--quick`` for a
+Run: ``python examples/forecast_stock.py`` (about a minute), ``--quick`` for a
 few seconds (CI).  Without arch it says so and exits 0.
 """
 from __future__ import annotations
@@ -81,7 +83,7 @@ CLIP = 1.0           # max joint gradient norm
 LR = 1e-3
 BATCH = 64
 PERCENT = 100.0      # returns are printed in percent
-TABLE_COLUMNS = ("cell", "layer norm", "best epoch", "val RMSE %", "test RMSE %", "vs zero",
+TABLE_COLUMNS = ("cell", "layer norm", "best/run", "val RMSE %", "test RMSE %", "vs zero",
                  "direction %", "s/epoch")
 NO_LAYER_NORM = "this fastcells has no layer_norm: the normalized rows are skipped"
 
@@ -265,7 +267,7 @@ def fit(model: Forecaster, data: Dataset, run: Run, epochs: int, patience: int, 
     run.test_pred = data.to_return(model(data.x[:, data.index["test"]]))
 
 
-def print_report(data: Dataset, runs: list[Run], epochs: int) -> Run:
+def print_report(data: Dataset, runs: list[Run]) -> Run:
     """The baselines, the table, the model chosen by validation; returns that model's run."""
     test = data.index["test"]
     truth = data.returns[test]
@@ -279,7 +281,8 @@ def print_report(data: Dataset, runs: list[Run], epochs: int) -> Run:
     print("  ".join(f"{name:>{len(name)}s}" for name in TABLE_COLUMNS))
     for run in runs:
         test_rmse = rmse(run.test_pred, truth)
-        cells = (run.cell, "yes" if run.layer_norm else "no", f"{run.best_epoch}/{epochs}",
+        cells = (run.cell, "yes" if run.layer_norm else "no",
+                 f"{run.best_epoch}/{len(run.train_loss)}",
                  f"{PERCENT * run.val_rmse[run.best_epoch - 1]:.4f}",
                  f"{PERCENT * test_rmse:.4f}", f"{test_rmse / zero:.3f}",
                  f"{PERCENT * direction(run.test_pred, truth):.1f}",
@@ -415,13 +418,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
             model = make_model(cell, hidden, LAYERS, DROPOUT, layer_norm, seed=args.seed)
             fit(model, data, run, epochs, patience, args.seed, args.quiet)
             runs.append(run)
-    print_report(data, runs, epochs)
+    selected = print_report(data, runs)
     main_run = [r for r in runs if r.cell == MAIN_CELL][-1]    # the normalized one if any
     if plot(data, runs, main_run, args.out):
         print(f"plot written to {args.out}")
     else:
         print("matplotlib is not installed: no plot")
-    return {"runs": runs, "data": data}
+    return {"runs": runs, "data": data, "selected": selected}
 
 
 if __name__ == "__main__":

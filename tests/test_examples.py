@@ -38,10 +38,12 @@ TRAINING_EXAMPLES = {"forecast_lstm": ("statsmodels", False),
 PROGRESS = re.compile(r"^ +(?:(\S+) +)?(?:epoch|step) +(\d+)/(\d+) +train loss ([\d.]+)"
                       r"(?: .*)? ([\d.]+) s$", re.M)
 #: the stock example's table: its header's columns, then one row per model
-STOCK_COLUMNS = ("cell", "layer norm", "best epoch", "val RMSE %", "test RMSE %", "vs zero",
+STOCK_COLUMNS = ("cell", "layer norm", "best/run", "val RMSE %", "test RMSE %", "vs zero",
                  "direction %", "s/epoch")
 #: a model diverging on returns is far worse than predicting zero; a sane one is about as good
 STOCK_SANE_RATIO = 1.5
+#: the stock example's --quick epochs
+QUICK_STOCK_EPOCHS = 3
 
 
 def _env():
@@ -149,13 +151,15 @@ def test_forecast_stock_table_plot_and_baselines(quick):
     up = _number(r"always up ([\d.]+) %", out)
     assert 0.3 < zero < 3 and 40 < up < 70, out      # daily S&P 500 returns: about 1 %
     for row in rows.values():
-        numbers = {k: float(v) for k, v in row.items() if k not in ("cell", "layer norm",
-                                                                     "best epoch")}
+        numbers = {k: float(v) for k, v in row.items()
+                   if k not in ("cell", "layer norm", "best/run")}
         assert all(np.isfinite(v) for v in numbers.values()), row
         # sane, not necessarily better than the random walk: returns are hard to predict
         assert numbers["test RMSE %"] < STOCK_SANE_RATIO * zero, row
         assert numbers["vs zero"] == pytest.approx(numbers["test RMSE %"] / zero, abs=2e-3)
         assert 0 <= numbers["direction %"] <= 100 and numbers["s/epoch"] > 0, row
+        best, ran = map(int, row["best/run"].split("/"))
+        assert 1 <= best <= ran == QUICK_STOCK_EPOCHS, row      # --quick stops no model early
     assert "close to unpredictable" in out and "not a trading claim" in out
     if importlib.util.find_spec("matplotlib") is None:
         assert "no plot" in out
@@ -176,8 +180,8 @@ def test_forecast_stock_progress_lines_every_epoch(quick):
     labels = {c for c in ("RNN", "GRU", "LSTM")} | {c + "+LN" for c in _layer_norm_cells()}
     assert set(epochs) == labels, out
     for label, seen in epochs.items():
-        n = seen[0][1]                      # --quick runs every epoch: no early stop
-        assert seen == [(k, n) for k in range(1, n + 1)], (label, seen)
+        assert seen == [(k, QUICK_STOCK_EPOCHS) for k in range(1, QUICK_STOCK_EPOCHS + 1)], \
+            (label, seen)
 
 
 def test_forecast_stock_is_reproducible_and_quiet(quick):
