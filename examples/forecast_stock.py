@@ -209,7 +209,7 @@ def direction(pred: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean((pred > 0) == (truth > 0)))
 
 
-@dataclass
+@dataclass(eq=False)          # runs compare by identity: they hold arrays
 class Run:
     """One model's training history and test predictions."""
 
@@ -316,16 +316,17 @@ def plot(data: Dataset, runs: list[Run], main_run: Run, out: str) -> bool:
         return False
     test = data.index["test"]
     dates = data.dates[test]
+    color = f"C{runs.index(main_run)}"          # the main model's color in every panel
     fig, (ax_price, ax_ret, ax_loss) = plt.subplots(3, 1, figsize=(9, 10))
     ax_price.plot(dates, data.prev_close[test] * np.exp(data.returns[test]), color="0.3",
                   lw=1, label="close")
-    ax_price.plot(dates, data.prev_close[test] * np.exp(main_run.test_pred), color="C3", lw=0.8,
+    ax_price.plot(dates, data.prev_close[test] * np.exp(main_run.test_pred), color=color, lw=0.8,
                   label=f"{main_run.label}: one-step-ahead prediction")
     ax_price.set_title("S&P 500 on the test years (never seen in training)")
     ax_price.set_ylabel("close")
     ax_price.legend(fontsize="small")
     ax_ret.plot(dates, PERCENT * data.returns[test], color="0.6", lw=0.6, label="log return")
-    ax_ret.plot(dates, PERCENT * main_run.test_pred, color="C3", lw=0.8,
+    ax_ret.plot(dates, PERCENT * main_run.test_pred, color=color, lw=0.8,
                 label=f"{main_run.label}: predicted")
     ax_ret.axhline(0, color="k", lw=0.5)
     ax_ret.set_ylabel("daily log return (%)")
