@@ -26,7 +26,7 @@ SDIST_MUST_CARRY = [
     "csrc/gemm.c", "csrc/gemm_impl.h",
     "tests/conftest.py", "tests/test_examples.py", "tests/data/pickles/format1.pkl",
     "tests/data/pickles/format1_expected.npz",
-    "examples/forecast_lstm.py", "examples/classify_digits_bigru.py",
+    "examples/forecast_lstm.py", "examples/forecast_stock.py", "examples/classify_digits_bigru.py",
     "examples/gradient_flow.py", "examples/typed_usage.py",
     "scripts/release/smoke.py", "scripts/checks/sanitize.sh",
     "bench/README.md", "bench/test_bench.py", "bench/conftest.py",
