@@ -40,7 +40,7 @@ the cell's own.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, NamedTuple, TypeVar, cast
 
@@ -362,6 +362,12 @@ _DOC_PARTS = {
     training : bool
         Keep the activations that :func:`fastcells.reference.%(cell)s_backward`
         needs, in the result's ``cache``.""",
+    "layer_norm": """layer_norm : LayerNormWeights or None
+        ``(ih_weight, ih_bias, hh_weight, hh_bias)``: γ_ih, β_ih, γ_hh, β_hh of
+        shape (%(G)s,) (a 4-tuple in this order also works; ``c_weight`` and
+        ``c_bias`` must be None); None means no layer normalization.
+    layer_norm_eps : float
+        The ``eps`` of LN, finite and > 0.""",
     "forward_raises": """Raises
     ------
     TypeError, ValueError
@@ -383,10 +389,13 @@ _DOC_PARTS = {
 
     Returns
     -------
-    Gradients
+    Gradients or LayerNormGradients
         ``dx (T, B, I)``, ``dh0 (B, H)`` (also when h0 was None),
         ``dW_ih (%(G)s, I)``, ``dW_hh (%(G)s, H)``, ``db_ih, db_hh (%(G)s,)`` (None
-        when the forward pass had no biases).  New arrays of the compute dtype.""",
+        when the forward pass had no biases); with ``layer_norm`` a
+        ``LayerNormGradients`` whose ``dlayer_norm`` (a ``LayerNormWeights``)
+        holds the gradients of the gains and biases.  New arrays of the
+        compute dtype.""",
     "backward_raises": """Raises
     ------
     TypeError, ValueError
@@ -407,7 +416,7 @@ def _doc(function: _Function) -> _Function:
 # RNN
 
 
-def _rnn_step(nonlinearity: str) -> Step:
+def _rnn_step(nonlinearity: str, ln: _LayerNorm | None) -> Step:
     def relu(a: Array) -> Array:
         return np.maximum(a, 0)
 
@@ -416,7 +425,7 @@ def _rnn_step(nonlinearity: str) -> Step:
     def step(gx_t: Array, state: State, W_hh: Array,
              b_hh: Array | None) -> tuple[State, dict[str, Array]]:
         (h,) = state
-        h_new: Array = act(gx_t + _hidden_projection(h, W_hh, b_hh))
+        h_new: Array = act(gx_t + _hidden_projection(h, W_hh, b_hh, ln))
         return (h_new,), {"h_new": h_new}
 
     return step
@@ -424,12 +433,13 @@ def _rnn_step(nonlinearity: str) -> Step:
 
 def _rnn_step_backward(cache: Cache, t: int, d_new: State) -> _StepGrads:
     (dh,) = d_new
-    h_prev, h_new = cache["h_prev"][t], cache["h_new"][t]
+    h_new = cache["h_new"][t]
     if _options(cache)["nonlinearity"] == "tanh":
         da = dh * (1 - h_new * h_new)
     else:
         da = dh * (h_new > 0)
-    return _StepGrads(da, da, da.T @ h_prev, (da @ cache["W_hh"],))
+    dW_hh, dh_prev, dextra = _hidden_backward(cache, t, da)
+    return _StepGrads(da, da, dW_hh, (dh_prev,), dextra)
 
 
 @_doc
@@ -437,10 +447,17 @@ def rnn_forward(x: npt.ArrayLike, W_ih: npt.ArrayLike, W_hh: npt.ArrayLike,
                 b_ih: npt.ArrayLike | None = None, b_hh: npt.ArrayLike | None = None,
                 h0: npt.ArrayLike | None = None, *, nonlinearity: str = "tanh",
                 lengths: npt.ArrayLike | None = None, reverse: bool = False,
-                training: bool = False) -> ForwardResult:
+                training: bool = False, layer_norm: Sequence[npt.ArrayLike | None] | None = None,
+                layer_norm_eps: float = 1e-5) -> ForwardResult:
     """Elman RNN over a sequence, in pure NumPy (the oracle of ``fastcells.rnn_forward``).
 
     ``h' = act(W_ih x + b_ih + W_hh h + b_hh)`` with ``act`` tanh or relu.
+
+    With ``layer_norm`` (Ba, Kiros and Hinton 2016), where
+    ``LN(v; γ, β) = (v - mean(v)) / sqrt(var(v) + eps) * γ + β`` over a row
+    (population variance, ``eps = layer_norm_eps``):
+    ``h' = act(LN(W_ih x; γ_ih, β_ih) + LN(W_hh h; γ_hh, β_hh) + b_ih + b_hh)``
+    (each LN over the H values).
 
     %(oracle)s
 
@@ -457,6 +474,7 @@ def rnn_forward(x: npt.ArrayLike, W_ih: npt.ArrayLike, W_hh: npt.ArrayLike,
     nonlinearity : {"tanh", "relu"}
         The activation ``act``.
     %(sequence)s
+    %(layer_norm)s
 
     Returns
     -------
@@ -472,14 +490,15 @@ def rnn_forward(x: npt.ArrayLike, W_ih: npt.ArrayLike, W_hh: npt.ArrayLike,
     reverse = _checks.check_bool("reverse", reverse)
     training = _checks.check_bool("training", training)
     args = _checks.check_forward("rnn", x, W_ih, W_hh, b_ih, b_hh, h0, lengths=lengths)
-    y, (h,), cache = _forward("rnn", args, _rnn_step(nonlinearity), {"h_new": args.H},
-                              {"nonlinearity": nonlinearity}, reverse, training)
+    ln = _check_layer_norm("rnn", layer_norm, layer_norm_eps, args)
+    y, (h,), cache = _forward("rnn", args, _rnn_step(nonlinearity, ln), {"h_new": args.H},
+                              {"nonlinearity": nonlinearity}, reverse, training, ln)
     return ForwardResult(y, h, cache)
 
 
 @_doc
 def rnn_backward(cache: Cache, dy: npt.ArrayLike | None = None,
-                 dh: npt.ArrayLike | None = None) -> Gradients:
+                 dh: npt.ArrayLike | None = None) -> Gradients | LayerNormGradients:
     """Gradients of a :func:`fastcells.reference.rnn_forward` pass, in pure NumPy.
 
     %(backward)s
@@ -487,7 +506,16 @@ def rnn_backward(cache: Cache, dy: npt.ArrayLike | None = None,
 
     %(backward_raises)s
     """
-    g = _backward("rnn", cache, _rnn_step_backward, dy, {"h": dh})
+    return _h_backward("rnn", cache, _rnn_step_backward, dy, dh)
+
+
+def _h_backward(cell: str, cache: Cache, step_backward: StepBackward, dy: Any,
+                dh: Any) -> Gradients | LayerNormGradients:
+    """``<cell>_backward`` of a cell whose only state is h (RNN, GRU)."""
+    g = _backward(cell, cache, step_backward, dy, {"h": dh})
+    if _options(cache)["layer_norm_eps"] is not None:
+        return LayerNormGradients(g.dx, g.d_initial[0], g.dW_ih, g.dW_hh, g.db_ih, g.db_hh,
+                                  _layer_norm_gradients(g.dextra))
     return Gradients(g.dx, g.d_initial[0], g.dW_ih, g.dW_hh, g.db_ih, g.db_hh)
 
 
@@ -495,20 +523,24 @@ def rnn_backward(cache: Cache, dy: npt.ArrayLike | None = None,
 # GRU (gates r, z, n)
 
 
-def _gru_step(linear_before_reset: bool) -> Step:
+def _gru_step(linear_before_reset: bool, ln: _LayerNorm | None) -> Step:
     def step(gx_t: Array, state: State, W_hh: Array,
              b_hh: Array | None) -> tuple[State, dict[str, Array]]:
         (h,) = state
         H = h.shape[1]
         gx_r, gx_z, gx_n = gx_t[:, :H], gx_t[:, H:2 * H], gx_t[:, 2 * H:]
-        gh_rz = _hidden_projection(h, W_hh[:2 * H], None if b_hh is None else b_hh[:2 * H])
-        r = _sigmoid(gx_r + gh_rz[:, :H])
-        z = _sigmoid(gx_z + gh_rz[:, H:])
-        b_hn = None if b_hh is None else b_hh[2 * H:]
         if linear_before_reset:
-            hn = _hidden_projection(h, W_hh[2 * H:], b_hn)   # W_hn h + b_hn
+            # all three blocks of W_hh h + b_hh (of LN(W_hh h) + b_hh: LN over the 3*H)
+            gh = _hidden_projection(h, W_hh, b_hh, ln)
+        else:
+            gh = _hidden_projection(h, W_hh[:2 * H], None if b_hh is None else b_hh[:2 * H])
+        r = _sigmoid(gx_r + gh[:, :H])
+        z = _sigmoid(gx_z + gh[:, H:2 * H])
+        if linear_before_reset:
+            hn = gh[:, 2 * H:]    # W_hn h + b_hn
             n = np.tanh(gx_n + r * hn)
         else:
+            b_hn = None if b_hh is None else b_hh[2 * H:]
             hn = _hidden_projection(r * h, W_hh[2 * H:], b_hn)  # W_hn (r h) + b_hn
             n = np.tanh(gx_n + hn)
         h_new = (1 - z) * n + z * h
@@ -530,12 +562,13 @@ def _gru_step_backward(cache: Cache, t: int, d_new: State) -> _StepGrads:
     dh_prev = dh * z
     dan = dn * (1 - n * n)          # wrt the argument of tanh
     daz = dz * z * (1 - z)
+    dextra: dict[str, Array] = {}
     if _options(cache)["linear_before_reset"]:
         dhn = dan * r                # wrt W_hn h + b_hn
         dar = dan * hn * r * (1 - r)
         dgh = np.concatenate([dar, daz, dhn], axis=1)
-        dW_hh = dgh.T @ h
-        dh_prev += dgh @ W_hh
+        dW_hh, dh_hidden, dextra = _hidden_backward(cache, t, dgh)
+        dh_prev += dh_hidden
     else:
         d_rh = dan @ W_hn            # wrt r * h
         dar = d_rh * h * r * (1 - r)
@@ -543,7 +576,7 @@ def _gru_step_backward(cache: Cache, t: int, d_new: State) -> _StepGrads:
         dW_hh = np.concatenate([dgh[:, :2 * H].T @ h, dan.T @ (r * h)], axis=0)
         dh_prev += dgh[:, :2 * H] @ W_hrz + d_rh * r
     dgx = np.concatenate([dar, daz, dan], axis=1)
-    return _StepGrads(dgx, dgh, dW_hh, (dh_prev,))
+    return _StepGrads(dgx, dgh, dW_hh, (dh_prev,), dextra)
 
 
 @_doc
@@ -551,7 +584,8 @@ def gru_forward(x: npt.ArrayLike, W_ih: npt.ArrayLike, W_hh: npt.ArrayLike,
                 b_ih: npt.ArrayLike | None = None, b_hh: npt.ArrayLike | None = None,
                 h0: npt.ArrayLike | None = None, *, linear_before_reset: bool = True,
                 lengths: npt.ArrayLike | None = None, reverse: bool = False,
-                training: bool = False) -> ForwardResult:
+                training: bool = False, layer_norm: Sequence[npt.ArrayLike | None] | None = None,
+                layer_norm_eps: float = 1e-5) -> ForwardResult:
     """GRU over a sequence, in pure NumPy (the oracle of ``fastcells.gru_forward``).
 
     Gates in PyTorch's order r, z, n:
@@ -560,6 +594,14 @@ def gru_forward(x: npt.ArrayLike, W_ih: npt.ArrayLike, W_hh: npt.ArrayLike,
     ``linear_before_reset`` (PyTorch, cuDNN, Keras ``reset_after=True``), else
     ``n = tanh(W_in x + b_in + W_hn (r * h) + b_hn)`` (Cho et al. 2014, ONNX
     default); ``h' = (1 - z) * n + z * h``.
+
+    With ``layer_norm`` (Ba, Kiros and Hinton 2016; ``linear_before_reset``
+    only), where ``LN(v; γ, β) = (v - mean(v)) / sqrt(var(v) + eps) * γ + β``
+    over a row (population variance, ``eps = layer_norm_eps``):
+    ``a_i = LN(W_ih x; γ_ih, β_ih) + b_ih`` and ``a_h = LN(W_hh h; γ_hh, β_hh) + b_hh``
+    (each LN over all 3*H values, blocks r, z, n);
+    ``r = σ(a_i,r + a_h,r)``, ``z = σ(a_i,z + a_h,z)``, ``n = tanh(a_i,n + r * a_h,n)``,
+    ``h' = (1 - z) * n + z * h``.
 
     %(oracle)s
 
@@ -574,8 +616,10 @@ def gru_forward(x: npt.ArrayLike, W_ih: npt.ArrayLike, W_hh: npt.ArrayLike,
     h0 : array (B, H) or None
         Initial hidden state; None means zeros.
     linear_before_reset : bool
-        Which form of ``n`` (see above); True is PyTorch's.
+        Which form of ``n`` (see above); True is PyTorch's.  False with
+        ``layer_norm`` raises ``ValueError`` (no standard normalized form).
     %(sequence)s
+    %(layer_norm)s
 
     Returns
     -------
@@ -591,15 +635,17 @@ def gru_forward(x: npt.ArrayLike, W_ih: npt.ArrayLike, W_hh: npt.ArrayLike,
     reverse = _checks.check_bool("reverse", reverse)
     training = _checks.check_bool("training", training)
     args = _checks.check_forward("gru", x, W_ih, W_hh, b_ih, b_hh, h0, lengths=lengths)
-    y, (h,), cache = _forward("gru", args, _gru_step(linear_before_reset),
+    ln = _check_layer_norm("gru", layer_norm, layer_norm_eps, args, linear_before_reset)
+    y, (h,), cache = _forward("gru", args, _gru_step(linear_before_reset, ln),
                               {"gates": args.G * args.H, "hn": args.H},
-                              {"linear_before_reset": linear_before_reset}, reverse, training)
+                              {"linear_before_reset": linear_before_reset}, reverse, training,
+                              ln)
     return ForwardResult(y, h, cache)
 
 
 @_doc
 def gru_backward(cache: Cache, dy: npt.ArrayLike | None = None,
-                 dh: npt.ArrayLike | None = None) -> Gradients:
+                 dh: npt.ArrayLike | None = None) -> Gradients | LayerNormGradients:
     """Gradients of a :func:`fastcells.reference.gru_forward` pass, in pure NumPy.
 
     %(backward)s
@@ -607,8 +653,7 @@ def gru_backward(cache: Cache, dy: npt.ArrayLike | None = None,
 
     %(backward_raises)s
     """
-    g = _backward("gru", cache, _gru_step_backward, dy, {"h": dh})
-    return Gradients(g.dx, g.d_initial[0], g.dW_ih, g.dW_hh, g.db_ih, g.db_hh)
+    return _h_backward("gru", cache, _gru_step_backward, dy, dh)
 
 
 # ----------------------------------------------------------------------------
@@ -687,7 +732,8 @@ def lstm_forward(x: npt.ArrayLike, W_ih: npt.ArrayLike, W_hh: npt.ArrayLike,
                  h0: npt.ArrayLike | None = None, c0: npt.ArrayLike | None = None, *,
                  peephole: npt.ArrayLike | None = None,
                  lengths: npt.ArrayLike | None = None, reverse: bool = False,
-                 training: bool = False, layer_norm: LayerNormWeights | None = None,
+                 training: bool = False,
+                 layer_norm: Sequence[npt.ArrayLike | None] | None = None,
                  layer_norm_eps: float = 1e-5) -> LSTMForwardResult:
     """LSTM over a sequence, in pure NumPy (the oracle of ``fastcells.lstm_forward``).
 

@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 import pytest
-from test_reference_gradcheck import GRAD_RTOL, numerical_gradient
+from test_reference_gradcheck import GRAD_RTOL, RELU_MARGIN, numerical_gradient
 
 from fastcells import _checks, reference
 from fastcells._cells import CELLS as CELL_TABLE
@@ -156,6 +156,9 @@ LENGTHS = np.array([4, 0, 2])  # a full sequence, an empty one, a partial one
 
 #: the layer-normalized variants: test id -> (family, forward options)
 LN_CELLS = {
+    "rnn-tanh": ("rnn", {"nonlinearity": "tanh"}),
+    "rnn-relu": ("rnn", {"nonlinearity": "relu"}),
+    "gru": ("gru", {"linear_before_reset": True}),
     "lstm": ("lstm", {}),
     "lstm-peephole": ("lstm", {"peephole": True}),
 }
@@ -226,6 +229,24 @@ def loss_of(cell, out, dy, dh, dc):
     return total + np.sum(dc * out.c) if family(cell) == "lstm" else total
 
 
+def numpy_ln(v, gain, bias, eps=1e-5):
+    mean = v.mean(axis=-1, keepdims=True)
+    var = v.var(axis=-1, keepdims=True)
+    return (v - mean) / np.sqrt(var + eps) * gain + bias
+
+
+def assert_relu_away_from_kink(inputs, cache):
+    """Every relu pre-activation, at every step and row, is far from 0 (else finite
+    differences across the kink mean nothing)."""
+    pre = (numpy_ln(inputs["x"] @ inputs["W_ih"].T, inputs["ln_ih_weight"],
+                    inputs["ln_ih_bias"])
+           + numpy_ln(cache["h_prev"] @ inputs["W_hh"].T, inputs["ln_hh_weight"],
+                      inputs["ln_hh_bias"]))
+    if inputs["b_ih"] is not None:
+        pre += inputs["b_ih"] + inputs["b_hh"]
+    assert np.abs(pre).min() > RELU_MARGIN, "choose another seed: relu kink within reach"
+
+
 # ----------------------------------------------------------------------------
 # gradients by central finite differences
 
@@ -240,6 +261,8 @@ def test_gradients_match_finite_differences(cell, bias, lengths, reverse):
     dy, dh, dc = upstream(rng)
     out = ln_forward(cell, inputs, lengths=lengths, reverse=reverse, training=True)
     grads = ln_backward(cell, out.cache, dy, dh, dc)
+    if cell == "rnn-relu":
+        assert_relu_away_from_kink(inputs, out.cache)
     expected_type = LayerNormLSTMGradients if family(cell) == "lstm" else LayerNormGradients
     assert type(grads) is expected_type
 
@@ -357,3 +380,126 @@ def test_reference_matches_a_pytorch_autograd_cell(cell, lengths, reverse, eps):
         expected = np.zeros(tensor.shape) if tensor.grad is None else tensor.grad.numpy()
         np.testing.assert_allclose(gradient_of(grads, name), expected, rtol=1e-9, atol=1e-9,
                                    err_msg=name)
+
+
+# ----------------------------------------------------------------------------
+# the reference's other promises, with layer normalization
+
+
+@pytest.mark.parametrize("shape", [(0, B), (T, 0)], ids=["T=0", "B=0"])
+@pytest.mark.parametrize("cell", list(LN_CELLS))
+def test_empty_work_gives_zero_gradients_of_the_right_shapes(cell, shape):
+    rng = np.random.default_rng(5)
+    inputs = make_ln_inputs(cell, rng, T=shape[0], B=shape[1])
+    out = ln_forward(cell, inputs, training=True)
+    dy, dh, dc = upstream(rng, T=shape[0], B=shape[1])
+    grads = ln_backward(cell, out.cache, dy, dh, dc)
+    for name, value in inputs.items():
+        if name.startswith("ln_") or name == "peephole":
+            grad = gradient_of(grads, name)
+            assert grad.shape == value.shape and not grad.any(), name
+    np.testing.assert_array_equal(grads.dh0, dh if shape[0] == 0 else 0)
+
+
+@pytest.mark.parametrize("cell", list(LN_CELLS))
+def test_layer_norm_arrays_are_never_written_aliased_or_read_after_the_call(cell):
+    rng = np.random.default_rng(6)
+    inputs = make_ln_inputs(cell, rng)
+    before = {k: v.copy() for k, v in inputs.items()}
+    dy, dh, dc = upstream(rng)
+    out = ln_forward(cell, inputs, lengths=LENGTHS, training=True)
+    first = ln_backward(cell, out.cache, dy, dh, dc)
+    for name, value in inputs.items():
+        np.testing.assert_array_equal(value, before[name], err_msg=name)
+    for value in inputs.values():   # the cache holds copies: backward ignores changes
+        value += 1
+    second = ln_backward(cell, out.cache, dy, dh, dc)
+    results = [a for a in (*out[:-1], *first[:-1], *first.dlayer_norm) if a is not None]
+    for name, value in inputs.items():
+        assert not any(np.shares_memory(r, value) for r in results), name
+    for a, b in zip((*first[:-1], *first.dlayer_norm), (*second[:-1], *second.dlayer_norm)):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("cell", list(LN_CELLS))
+def test_dtype_follows_the_other_arguments(cell, dtype):
+    rng = np.random.default_rng(7)
+    inputs = {k: v.astype(dtype) if k.startswith(("x", "W", "b", "h", "c", "p")) else v
+              for k, v in make_ln_inputs(cell, rng).items()}   # ln_* stay float64
+    out = ln_forward(cell, inputs, training=True)
+    grads = ln_backward(cell, out.cache, *upstream(rng))
+    assert out.y.dtype == dtype
+    assert all(g.dtype == dtype for g in grads.dlayer_norm if g is not None)
+
+
+@pytest.mark.parametrize("cell", list(LN_CELLS))
+def test_without_layer_norm_the_results_are_unchanged(cell):
+    rng = np.random.default_rng(8)
+    inputs = make_ln_inputs(cell, rng)
+    kwargs = call_args(cell, inputs)
+    kwargs["layer_norm"] = None
+    out = getattr(reference, f"{family(cell)}_forward")(**kwargs, training=True)
+    grads = ln_backward(cell, out.cache, *upstream(rng))
+    assert not hasattr(grads, "dlayer_norm")
+    with_ln = ln_forward(cell, inputs)
+    assert not np.allclose(out.y, with_ln.y)    # the gains were random: LN changes y
+
+
+def test_layer_norm_makes_the_output_invariant_to_scaling_the_weights():
+    """LN(W x) does not change when W is scaled (up to eps): a property of the equations."""
+    rng = np.random.default_rng(9)
+    inputs = make_ln_inputs("lstm", rng)
+    a = ln_forward("lstm", inputs, layer_norm_eps=1e-12)
+    scaled = {**inputs, "W_ih": 3 * inputs["W_ih"], "W_hh": 0.5 * inputs["W_hh"]}
+    b = ln_forward("lstm", scaled, layer_norm_eps=1e-12)
+    np.testing.assert_allclose(a.y, b.y, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(a.c, b.c, rtol=1e-9, atol=1e-9)
+
+
+# ----------------------------------------------------------------------------
+# bad input, through the reference's forward functions
+
+
+@pytest.mark.parametrize("cell", list(LN_CELLS))
+def test_forward_refuses_bad_gains_naming_them(cell):
+    inputs = make_ln_inputs(cell, np.random.default_rng(10))
+    for name in [k for k in inputs if k.startswith("ln_")]:
+        n = inputs[name].shape[0]
+        with pytest.raises(ValueError, match=fr"^layer_norm\.{name[3:]}: expected shape "
+                                             fr".*\({n},\), got \({n - 1},\)"):
+            ln_forward(cell, {**inputs, name: inputs[name][1:]})
+        with pytest.raises(TypeError, match=fr"^layer_norm\.{name[3:]}: expected a real "
+                                            "floating-point array"):
+            ln_forward(cell, {**inputs, name: inputs[name].astype(np.int32)})
+
+
+@pytest.mark.parametrize("eps", [0.0, -1.0, math.nan, math.inf])
+@pytest.mark.parametrize("cell", list(LN_CELLS))
+def test_forward_refuses_a_bad_eps(cell, eps):
+    inputs = make_ln_inputs(cell, np.random.default_rng(11))
+    with pytest.raises(ValueError, match=r"^layer_norm_eps: expected a finite number > 0"):
+        ln_forward(cell, inputs, layer_norm_eps=eps)
+
+
+@pytest.mark.parametrize("cell", ["rnn-tanh", "gru"])
+def test_forward_refuses_c_gains_without_lstm(cell):
+    inputs = {**make_ln_inputs(cell, np.random.default_rng(12)), "ln_c_weight": np.ones(H),
+              "ln_c_bias": np.zeros(H)}
+    with pytest.raises(ValueError, match=r"^layer_norm\.c_weight: expected None"):
+        ln_forward(cell, inputs)
+
+
+@pytest.mark.parametrize("field", ["c_weight", "c_bias"])
+def test_forward_requires_c_gains_for_lstm(field):
+    inputs = make_ln_inputs("lstm", np.random.default_rng(13))
+    del inputs[f"ln_{field}"]
+    with pytest.raises(ValueError, match=fr"^layer_norm\.{field}: expected an array of shape "
+                                         r"\(H,\) = \(4,\), got None"):
+        ln_forward("lstm", inputs)
+
+
+def test_forward_refuses_gru_without_linear_before_reset():
+    inputs = make_ln_inputs("gru", np.random.default_rng(14))
+    with pytest.raises(ValueError, match=r"^layer_norm: expected linear_before_reset=True"):
+        reference.gru_forward(**{**call_args("gru", inputs), "linear_before_reset": False})
