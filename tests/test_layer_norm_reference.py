@@ -287,6 +287,32 @@ def test_gradients_match_finite_differences(cell, bias, lengths, reverse):
         assert grads.dlayer_norm.c_weight is None and grads.dlayer_norm.c_bias is None
 
 
+@pytest.mark.parametrize("cell", list(LN_CELLS))
+def test_gradients_without_initial_state_match_finite_differences(cell):
+    """h0 (c0) None: the recurrent rows LN(W_hh h) start constant (zero variance), where
+    LN's derivative is about 1/sqrt(eps); eps = 1e-3 keeps central differences of step
+    1e-6 accurate there (at 1e-5 their own error reaches the tolerance)."""
+    rng = np.random.default_rng(4321)
+    inputs = make_ln_inputs(cell, rng)
+    states = [name for name in ("h0", "c0") if name in inputs]
+    dy, dh, dc = upstream(rng)
+    out = ln_forward(cell, {**inputs, **dict.fromkeys(states)}, training=True,
+                     layer_norm_eps=1e-3)
+    grads = ln_backward(cell, out.cache, dy, dh, dc)
+    for name in states:
+        inputs[name] = np.zeros_like(inputs[name])
+    np.testing.assert_array_equal(ln_forward(cell, inputs, layer_norm_eps=1e-3).y, out.y)
+
+    def loss():
+        return loss_of(cell, ln_forward(cell, inputs, layer_norm_eps=1e-3), dy, dh, dc)
+
+    for name in inputs:
+        numeric = numerical_gradient(loss, inputs, name)
+        scale = max(np.abs(numeric).max(), 1.0)
+        np.testing.assert_allclose(gradient_of(grads, name), numeric, rtol=GRAD_RTOL,
+                                   atol=GRAD_RTOL * scale, err_msg=name)
+
+
 # ----------------------------------------------------------------------------
 # against a float64 PyTorch autograd cell written from the equations of issue 12
 # (LN by torch.nn.functional.layer_norm; no fastcells code)
@@ -356,11 +382,26 @@ TORCH_RTOL = 1e-10
 @pytest.mark.parametrize("lengths", [None, LENGTHS], ids=["full", "lengths"])
 @pytest.mark.parametrize("cell", list(LN_CELLS))
 def test_reference_matches_a_pytorch_autograd_cell(cell, lengths, reverse, eps):
+    check_against_pytorch(cell, lengths, reverse, eps)
+
+
+@pytest.mark.parametrize("cell", list(LN_CELLS))
+def test_reference_without_initial_state_matches_the_pytorch_cell(cell):
+    """h0 (c0) None, given to PyTorch as zeros: LN of a constant row at the first step."""
+    check_against_pytorch(cell, None, False, 1e-5, initial_state=False)
+
+
+def check_against_pytorch(cell, lengths, reverse, eps, initial_state=True):
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(99)
     inputs = make_ln_inputs(cell, rng)
     dy, dh, dc = upstream(rng)
-    out = ln_forward(cell, inputs, lengths=lengths, reverse=reverse, training=True,
+    states = [name for name in ("h0", "c0") if name in inputs]
+    if not initial_state:
+        for name in states:
+            inputs[name] = np.zeros_like(inputs[name])
+    given = inputs if initial_state else {**inputs, **dict.fromkeys(states)}
+    out = ln_forward(cell, given, lengths=lengths, reverse=reverse, training=True,
                      layer_norm_eps=eps)
     grads = ln_backward(cell, out.cache, dy, dh, dc)
 
