@@ -20,7 +20,7 @@ from numpy.typing import DTypeLike
 from ._cells import GATE_ORDER as GATE_ORDER  # re-exported
 from ._cells import GATES as GATES  # re-exported
 from ._cells import NONLINEARITIES
-from ._results import Cache
+from ._results import Cache, LayerNormWeights
 
 # ----------------------------------------------------------------------------
 # dtypes
@@ -406,6 +406,71 @@ def _state_checks(cell: str, h0: Any, c0: Any, lengths: Any, T: int, B: int, H: 
                                   f"of {T * B * G * H} elements, more than the address space "
                                   "holds"))
     return h0, c0, lengths
+
+
+#: how many arrays a layer-normalized cell's gains and biases hold, without and with c's
+_LN_FIELDS_HC = 4
+_LN_FIELDS_C = len(LayerNormWeights._fields)
+
+
+def check_layer_norm(cell: str, layer_norm: Any, eps: Any, H: int, dtype: Any, *,
+                     linear_before_reset: bool = True) -> tuple[LayerNormWeights | None, float]:
+    """Validate and convert the ``layer_norm`` and ``layer_norm_eps`` arguments of
+    ``<cell>_forward``; returns ``(weights, eps)``.
+
+    ``layer_norm`` is None (no normalization: returned as None) or a
+    :class:`LayerNormWeights`, or any 4- or 6-sequence in its field order.  Each
+    array must be real floating point of its shape: ``(G*H,)`` for the ih/hh
+    gains and biases, ``(H,)`` for ``c_weight``/``c_bias``, which an LSTM needs
+    and the other cells refuse.  The arrays are converted to ``dtype`` (the
+    compute dtype, float32 for the kernels) as :func:`as_float` does: an array
+    that already fits is returned as it is (never written).  ``eps`` must be a
+    finite real number > 0, returned as a float.  A GRU with
+    ``linear_before_reset=False`` has no standard normalized form and is refused.
+    Every error names the argument, what was expected and what was received.
+    """
+    if isinstance(eps, (bool, np.bool_)) or not isinstance(
+            eps, (int, float, np.integer, np.floating)):
+        raise TypeError(f"layer_norm_eps: expected a finite number > 0, got {eps!r}")
+    eps_value = float(eps)
+    if not (np.isfinite(eps_value) and eps_value > 0):
+        raise ValueError(f"layer_norm_eps: expected a finite number > 0, got {eps_value}")
+    if layer_norm is None:
+        return None, eps_value
+    if cell == "gru" and not linear_before_reset:
+        raise ValueError("layer_norm: expected linear_before_reset=True with layer_norm "
+                         "(a GRU with linear_before_reset=False has no standard normalized "
+                         "form), got linear_before_reset=False and layer_norm given")
+    if not isinstance(layer_norm, (tuple, list)) or \
+            len(layer_norm) not in (_LN_FIELDS_HC, _LN_FIELDS_C):
+        what = (f"{type(layer_norm).__name__} of length {len(layer_norm)}"
+                if isinstance(layer_norm, (tuple, list)) else type(layer_norm).__name__)
+        raise TypeError(f"layer_norm: expected None or a LayerNormWeights (a 4- or 6-tuple "
+                        f"{LayerNormWeights._fields}), got {what}")
+    weights = LayerNormWeights(*layer_norm)
+    dtype = _F32 if dtype is np.float32 else np.dtype(dtype)
+    GH = f"{GATES[cell]}*H"
+    shapes = {"ih_weight": ((GH,), (GATES[cell] * H,)), "ih_bias": ((GH,), (GATES[cell] * H,)),
+              "hh_weight": ((GH,), (GATES[cell] * H,)), "hh_bias": ((GH,), (GATES[cell] * H,)),
+              "c_weight": (("H",), (H,)), "c_bias": (("H",), (H,))}
+    converted: list[np.ndarray | None] = []
+    for field, value in zip(LayerNormWeights._fields, weights):
+        name = f"layer_norm.{field}"
+        symbols, shape = shapes[field]
+        if field.startswith("c_") and cell != "lstm":
+            if value is not None:
+                raise ValueError(f"{name}: expected None (only an LSTM normalizes its cell "
+                                 f"state), got {_describe(value)} for {cell}")
+            converted.append(None)
+            continue
+        if value is None:
+            raise ValueError(f"{name}: expected an array of shape {_shape_str(symbols, shape)}"
+                             f", got None")
+        arr = _array(name, value, dtype, False)
+        if arr.shape != shape:
+            check_shape(name, arr, symbols, shape)
+        converted.append(arr)
+    return LayerNormWeights._make(converted), eps_value
 
 
 def check_nonlinearity(nonlinearity: Any) -> str:

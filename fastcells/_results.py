@@ -3,8 +3,10 @@
 ``ForwardResult`` / ``LSTMForwardResult`` are what ``<cell>_forward`` returns,
 ``Gradients`` / ``LSTMGradients`` / ``PeepholeLSTMGradients`` what
 ``<cell>_backward`` returns, and :class:`Cache` what a training forward pass
-keeps for its backward pass.  They are the contract shared by
-``fastcells.reference`` and ``fastcells.functional``.
+keeps for its backward pass.  :class:`LayerNormWeights` holds the gains and
+biases of a layer-normalized cell (and their gradients), ``LayerNormGradients``
+/ ``LayerNormLSTMGradients`` what ``<cell>_backward`` returns for one.  They
+are the contract shared by ``fastcells.reference`` and ``fastcells.functional``.
 """
 from __future__ import annotations
 
@@ -15,7 +17,8 @@ from typing import Any, NamedTuple
 import numpy as np
 
 __all__ = ["ForwardResult", "LSTMForwardResult", "Gradients", "LSTMGradients",
-           "PeepholeLSTMGradients", "Cache"]
+           "PeepholeLSTMGradients", "LayerNormWeights", "LayerNormGradients",
+           "LayerNormLSTMGradients", "Cache"]
 
 
 class ForwardResult(NamedTuple):
@@ -82,6 +85,64 @@ class PeepholeLSTMGradients(NamedTuple):
     db_ih: np.ndarray | None
     db_hh: np.ndarray | None
     dpeephole: np.ndarray
+
+
+class LayerNormWeights(NamedTuple):
+    """Gains and biases of a layer-normalized cell (also used for their gradients).
+
+    ``LN(v; g, b) = (v - mean(v)) / sqrt(var(v) + eps) * g + b`` over a whole row
+    (population variance).  ``ih_*`` normalize the input projection ``W_ih x``,
+    ``hh_*`` the recurrent projection ``W_hh h`` (each a row of G*H values,
+    normalized before the biases ``b_ih``, ``b_hh`` are added); LSTM's ``c_*``
+    normalize the new cell state inside ``h' = o * tanh(LN(c'))`` (H values; the
+    carried ``c'`` itself is not normalized).
+
+    ih_weight, ih_bias : array (G*H,)
+        Gain and bias of ``LN(W_ih x)``.
+    hh_weight, hh_bias : array (G*H,)
+        Gain and bias of ``LN(W_hh h)``.
+    c_weight, c_bias : array (H,) or None
+        Gain and bias of ``LN(c')``: required for an LSTM, None for RNN and GRU.
+    """
+
+    ih_weight: np.ndarray
+    ih_bias: np.ndarray
+    hh_weight: np.ndarray
+    hh_bias: np.ndarray
+    c_weight: np.ndarray | None = None
+    c_bias: np.ndarray | None = None
+
+
+class LayerNormGradients(NamedTuple):
+    """Result of ``rnn_backward`` / ``gru_backward`` for a layer-normalized cell: as
+    :class:`Gradients` plus ``dlayer_norm``, the gradients of the gains and biases
+    (a :class:`LayerNormWeights` of the compute dtype, ``c_weight``/``c_bias``
+    None)."""
+
+    dx: np.ndarray
+    dh0: np.ndarray
+    dW_ih: np.ndarray
+    dW_hh: np.ndarray
+    db_ih: np.ndarray | None
+    db_hh: np.ndarray | None
+    dlayer_norm: LayerNormWeights
+
+
+class LayerNormLSTMGradients(NamedTuple):
+    """Result of ``lstm_backward`` for a layer-normalized LSTM: as
+    :class:`LSTMGradients` plus ``dpeephole (3*H,)`` (order i, f, o; None without
+    peepholes) and ``dlayer_norm``, the gradients of the gains and biases (a
+    :class:`LayerNormWeights` of the compute dtype)."""
+
+    dx: np.ndarray
+    dh0: np.ndarray
+    dc0: np.ndarray
+    dW_ih: np.ndarray
+    dW_hh: np.ndarray
+    db_ih: np.ndarray | None
+    db_hh: np.ndarray | None
+    dpeephole: np.ndarray | None
+    dlayer_norm: LayerNormWeights
 
 
 class Cache:
