@@ -27,6 +27,7 @@ import argparse
 import functools
 import logging
 import os
+import signal
 import sys
 import time
 from typing import Any
@@ -41,14 +42,14 @@ from dask_inference import (  # noqa: E402  (the examples folder, on the path ab
     NUM_LAYERS,
     QUICK_SIZES,
     REPEATS,
-    chunk_calls,
+    WORKER_COUNTS,
     cores,
     inference_inputs,
     inference_model,
     limit_threads,
     median_rate,
+    single_process,
     thread_report,
-    threads,
 )
 
 #: the state-dict names of one recurrent layer's weights, in lstm_forward's order
@@ -123,7 +124,7 @@ def run_actors(ray: Any, state_ref: Any, x: np.ndarray, chunk: int, expected: di
     """Throughput and bits with 1 and 2 actors over blocks in the object store."""
     remote = ray.remote(Predictor)
     blocks = [ray.put(x[i:i + chunk]) for i in range(0, len(x), chunk)]
-    for nactors in (1, 2):
+    for nactors in WORKER_COUNTS:
         threads_each = max(1, ncores // nactors)
         actors = [remote.options(num_cpus=threads_each).remote(state_ref, threads_each)
                   for _ in range(nactors)]
@@ -157,7 +158,7 @@ def run_data(ray: Any, state_ref: Any, x: np.ndarray, chunk: int, expected: dict
     ds = ray.data.from_numpy([x[i:i + chunk] for i in range(0, len(x), chunk)]).map_batches(
         Predictor, fn_constructor_args=(state_ref, threads_each), batch_size=chunk,
         compute=ray.data.ActorPoolStrategy(size=2), num_cpus=threads_each,
-        batch_format="numpy", max_restarts=0)
+        batch_format="numpy")
     result = np.concatenate([b["y"] for b in ds.iter_batches(batch_size=None,
                                                               batch_format="numpy")])
     seconds = time.perf_counter() - start
@@ -183,16 +184,13 @@ def main(argv: list[str] | None = None) -> None:
     x = inference_inputs(n, seq_len)
     print(f"inference: {NUM_LAYERS}-layer LSTM({hidden}) + Linear, {n} sequences of "
           f"{seq_len} steps, chunks of {chunk}, {ncores} cores")
-    expected = {}
-    for t in sorted({max(1, ncores // k) for k in (1, 2)}):
-        with threads(t):
-            expected[t] = chunk_calls(model, x, chunk)
-    with threads(ncores):
-        rate = median_rate(lambda: chunk_calls(model, x, chunk), n, REPEATS)
-    print(f"single process ({ncores} threads): {rate:.0f} sequences/s")
-    ray.init(num_cpus=ncores, include_dashboard=False, log_to_driver=False,
-             logging_level=logging.WARNING)
+    expected = single_process(model, x, chunk, ncores)
     try:
+        ray.init(num_cpus=ncores, include_dashboard=False, log_to_driver=False,
+                 logging_level=logging.WARNING)
+        # a termination signal ends the program through the finally below, so Ray's
+        # processes end with it (set after ray.init, which installs its own handler)
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
         state_ref = ray.put(weights_state(model))       # once; every actor maps it
         run_actors(ray, state_ref, x, chunk, expected, ncores)
         run_data(ray, state_ref, x, chunk, expected, ncores)

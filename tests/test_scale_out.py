@@ -83,7 +83,8 @@ def test_dask_inference_is_bit_equal_on_workers(dask_inference_output):
 
 def test_dask_inference_prints_throughputs(dask_inference_output):
     out = dask_inference_output
-    assert float(re.search(r"single process \(\d+ threads\): (\d+) sequences/s", out)[1]) > 0
+    singles = re.findall(r"single process \((\d+) thread\(s\)\): (\d+) sequences/s", out)
+    assert singles and singles[0][0] == "1" and all(float(r) > 0 for _, r in singles), out
     rates = _rates(r"(\d) worker\(s\) x (\d+) thread\(s\): (\d+) sequences/s", out)
     assert [r[0] for r in rates] == [1, 2] and all(r[2] > 0 for r in rates), out
 
@@ -98,11 +99,11 @@ def test_dask_workers_limit_threads_to_their_share(dask_inference_output):
 
 
 def test_dask_model_is_shipped_once_per_worker(dask_inference_output):
-    """Every chunk ran on the copy each worker received once (none on a per-task copy)."""
-    for used, total in re.findall(r"one model copy \[[\d, ]+\], (\d+) of (\d+)",
-                                  dask_inference_output):
-        assert used == total
-    assert dask_inference_output.count("one model copy") == 2
+    """Every chunk ran on the copy each worker received once (none on a per-task copy;
+    Dask may run a task twice, so the runs are at least the tasks)."""
+    runs = re.findall(r"one model copy \[[\d, ]+\], (\d+) for (\d+) chunk tasks",
+                      dask_inference_output)
+    assert len(runs) == 2 and all(int(used) >= int(tasks) > 0 for used, tasks in runs), runs
 
 
 def test_dask_bad_chunk_raises_in_the_client_and_the_cluster_survives():
