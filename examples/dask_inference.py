@@ -30,8 +30,8 @@ does not fit the model raises ``ValueError`` naming the chunk's shape and the
 expected one; the error reaches the client and the cluster keeps working.
 
 Run: ``python examples/dask_inference.py`` (``--quick``: small sizes, for CI;
-``--sweep``, ``--bad-input``).  Without dask and distributed it says so and
-exits 0.
+``--sweep``, ``--bad-input``).  Without dask, distributed or threadpoolctl it
+says so and exits 0.
 """
 from __future__ import annotations
 
@@ -407,9 +407,10 @@ def main(argv: list[str] | None = None) -> None:
     try:
         import dask.array  # noqa: F401
         import distributed  # noqa: F401
-    except ImportError:
-        print("dask_inference: dask and distributed are not installed "
-              "(pip install 'dask[array,distributed]'); skipping")
+        import threadpoolctl  # noqa: F401
+    except ImportError as e:
+        print(f"dask_inference: {e.name} is not installed (pip install "
+              "'dask[array,distributed]' threadpoolctl); skipping")
         return
     if args.sweep:
         run_sweep(args.quick)

@@ -19,7 +19,7 @@ this process with the layers.  ``ray.shutdown()`` runs however the program
 ends, so no Ray process outlives it.
 
 Run: ``python examples/ray_inference.py`` (``--quick``: small sizes, for CI).
-Without Ray it says so and exits 0.
+Without Ray or threadpoolctl it says so and exits 0.
 """
 from __future__ import annotations
 
@@ -175,8 +175,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         import ray
-    except ImportError:
-        print("ray_inference: ray is not installed (pip install 'ray[data]'); skipping")
+        import threadpoolctl  # noqa: F401
+    except ImportError as e:
+        print(f"ray_inference: {e.name} is not installed (pip install 'ray[data]' "
+              "threadpoolctl); skipping")
         return
     n, seq_len, hidden, chunk = QUICK_SIZES if args.quick else FULL_SIZES
     ncores = cores()

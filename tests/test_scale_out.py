@@ -5,6 +5,8 @@ checks read what it prints.  Every run carries a marker in its environment,
 which the worker processes of Dask and Ray inherit: after a run no process
 with the marker may be left (a leftover is killed, by its id, and fails the test).
 """
+import builtins
+import importlib.util
 import os
 import pathlib
 import re
@@ -14,8 +16,6 @@ import time
 import uuid
 
 import pytest
-
-pytest.importorskip("threadpoolctl")
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -42,6 +42,7 @@ def _marked(tag):
 
 def _run(name, *args):
     """Run ``examples/<name>.py --quick *args``; its output; no process of it left behind."""
+    pytest.importorskip("threadpoolctl")
     tag = uuid.uuid4().hex
     env = dict(os.environ, **{MARKER: tag})
     try:
@@ -144,3 +145,22 @@ def test_ray_inference_is_bit_equal_zero_copy_and_leaves_nothing():
     if "Ray Data does not import" not in out:
         assert "Ray Data map_batches, 2 actors: equal to this process's calls bit for bit: " \
                "True" in out, out
+
+
+@pytest.mark.parametrize("name, blocked", [("dask_inference", "distributed"),
+                                           ("ray_inference", "ray")])
+def test_examples_exit_cleanly_without_their_cluster_package(monkeypatch, capsys, name, blocked):
+    real_import = builtins.__import__
+
+    def without(module, *args, **kwargs):
+        if module.split(".")[0] == blocked:
+            raise ImportError(f"No module named {module!r}", name=module)
+        return real_import(module, *args, **kwargs)
+
+    monkeypatch.setattr(sys, "path", list(sys.path))     # the examples add their folder
+    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    monkeypatch.setattr(builtins, "__import__", without)
+    assert example.main(["--quick"]) is None
+    assert f"{name}: {blocked} is not installed" in capsys.readouterr().out
