@@ -15,6 +15,7 @@ import sys
 import time
 import uuid
 
+import numpy as np
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -147,6 +148,27 @@ def test_ray_inference_is_bit_equal_zero_copy_and_leaves_nothing():
                "True" in out, out
 
 
+def _load(name, monkeypatch):
+    monkeypatch.setattr(sys, "path", list(sys.path))     # the examples add their folder
+    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    return example
+
+
+@pytest.mark.parametrize("shape", [(4, 17, 8), (4, 16, 7), (4, 16), (4, 16, 8, 1)])
+def test_a_chunk_of_another_length_or_feature_size_is_refused(monkeypatch, shape):
+    """The check each worker makes before running a chunk (what --bad-input shows)."""
+    example = _load("dask_inference", monkeypatch)
+    model = example.inference_model(8, 16)
+    pattern = re.escape(f"chunk: expected shape (B, T, I) = (B, 16, 8) for this model, "
+                        f"got {shape}")
+    with pytest.raises(ValueError, match=pattern):
+        example.predict_block(np.zeros(shape, np.float32), model)
+    assert model.calls == 0
+    assert example.predict_block(np.zeros((4, 16, 8), np.float32), model).shape == (4, 1)
+
+
 @pytest.mark.parametrize("name, blocked", [("dask_inference", "distributed"),
                                            ("ray_inference", "ray")])
 def test_examples_exit_cleanly_without_their_cluster_package(monkeypatch, capsys, name, blocked):
@@ -157,10 +179,7 @@ def test_examples_exit_cleanly_without_their_cluster_package(monkeypatch, capsys
             raise ImportError(f"No module named {module!r}", name=module)
         return real_import(module, *args, **kwargs)
 
-    monkeypatch.setattr(sys, "path", list(sys.path))     # the examples add their folder
-    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
-    example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)
+    example = _load(name, monkeypatch)
     monkeypatch.setattr(builtins, "__import__", without)
     assert example.main(["--quick"]) is None
     assert f"{name}: {blocked} is not installed" in capsys.readouterr().out
