@@ -21,17 +21,28 @@ How it is built, and why:
 - Clarity over speed: the loop over time is Python, everything in a step is
   vectorized over the batch.
 
+Layer normalization (``layer_norm``, Ba, Kiros and Hinton 2016) normalizes the
+input projection of all steps at once before the loop, and the recurrent
+projection (and the LSTM's new cell state inside its output) in each step:
+``_layer_norm`` / ``_layer_norm_backward``.  The backward pass recomputes the
+normalized rows from the cached states rather than caching their statistics.
+
 The cache (``training=True``) holds copies of ``x``, ``W_ih``, ``W_hh``, the
-``lengths`` (None or int64 (B,)) and, indexed by the original time t:
+``lengths`` (None or int64 (B,)), the ``peephole``, the gains and biases of
+layer normalization ``ln_<field>`` (None without it) and, indexed by the
+original time t:
 ``h_prev`` (T, B, H) the state entering step t (LSTM also ``c_prev``); RNN
 ``h_new`` (T, B, H); GRU ``gates`` (T, B, 3H) = r, z, n and ``hn`` (T, B, H)
-the hidden side of n (W_hn h + b_hn, or W_hn (r h) + b_hn); LSTM ``gates``
-(T, B, 4H) = i, f, g, o.  Its options: ``reverse``, ``bias`` and the cell's own.
+the hidden side of n (W_hn h + b_hn, or W_hn (r h) + b_hn; normalized: the n
+part of LN(W_hh h) + b_hh); LSTM ``gates`` (T, B, 4H) = i, f, g, o.  Its options:
+``reverse``, ``bias``, ``layer_norm_eps`` (None without layer normalization) and
+the cell's own.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple, TypeVar
+from collections.abc import Callable, Mapping, Sequence
+from types import MappingProxyType
+from typing import Any, NamedTuple, TypeVar, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -42,6 +53,9 @@ from ._results import (
     Cache,
     ForwardResult,
     Gradients,
+    LayerNormGradients,
+    LayerNormLSTMGradients,
+    LayerNormWeights,
     LSTMForwardResult,
     LSTMGradients,
     PeepholeLSTMGradients,
@@ -51,6 +65,7 @@ __all__ = [
     "rnn_forward", "rnn_backward",
     "gru_forward", "gru_backward",
     "lstm_forward", "lstm_backward",
+    "LayerNormWeights", "LayerNormGradients", "LayerNormLSTMGradients",
 ]
 
 _BACKEND = "reference"
@@ -81,8 +96,63 @@ def _active(lengths: npt.NDArray[np.int64] | None, T: int, B: int) -> npt.NDArra
 
 
 def _options(cache: Cache) -> Mapping[str, Any]:
-    """The forward options a cache was made with (``reverse``, ``bias``, the cell's own)."""
+    """The forward options a cache was made with (``reverse``, ``bias``,
+    ``layer_norm_eps``, the cell's own)."""
     return cache.options
+
+
+# ----------------------------------------------------------------------------
+# layer normalization
+
+
+class _LayerNorm(NamedTuple):
+    """The gains and biases of a layer-normalized cell with its epsilon."""
+
+    weights: LayerNormWeights
+    eps: float
+
+
+def _layer_norm(v: Array, gain: Array, bias: Array, eps: float) -> Array:
+    """``LN(v) = (v - mean(v)) / sqrt(var(v) + eps) * gain + bias`` over the last axis
+    (population variance)."""
+    out: Array = _normalized(v, eps)[0] * gain + bias
+    return out
+
+
+def _normalized(v: Array, eps: float) -> tuple[Array, Array]:
+    """``(v_hat, 1 / sqrt(var(v) + eps))``, ``v_hat = (v - mean(v)) / sqrt(var(v) + eps)``
+    over the last axis."""
+    centered = v - v.mean(axis=-1, keepdims=True)
+    inv_std: Array = 1 / np.sqrt((centered * centered).mean(axis=-1, keepdims=True) + eps)
+    return centered * inv_std, inv_std
+
+
+def _layer_norm_backward(d_out: Array, v: Array, gain: Array,
+                         eps: float) -> tuple[Array, Array, Array]:
+    """Derivatives of ``LN(v; gain, bias)`` given ``d_out`` wrt its result:
+    ``(dv, dgain, dbias)``, the gain and bias ones summed over every row."""
+    v_hat, inv_std = _normalized(v, eps)
+    d_hat = d_out * gain
+    dv: Array = inv_std * (d_hat - d_hat.mean(axis=-1, keepdims=True)
+                           - v_hat * (d_hat * v_hat).mean(axis=-1, keepdims=True))
+    rows = (d_out * v_hat).reshape(-1, v.shape[-1]), d_out.reshape(-1, v.shape[-1])
+    return dv, rows[0].sum(axis=0), rows[1].sum(axis=0)
+
+
+def _check_layer_norm(cell: str, layer_norm: Any, eps: Any, args: _checks.ForwardArgs,
+                      linear_before_reset: bool = True) -> _LayerNorm | None:
+    weights, eps = _checks.check_layer_norm(cell, layer_norm, eps, args.H, args.x.dtype,
+                                            linear_before_reset=linear_before_reset)
+    return None if weights is None else _LayerNorm(weights, eps)
+
+
+def _cached_layer_norm(cache: Cache) -> _LayerNorm | None:
+    """The layer normalization a forward pass ran with (None without)."""
+    eps = _options(cache)["layer_norm_eps"]
+    if eps is None:
+        return None
+    return _LayerNorm(LayerNormWeights._make(cache[f"ln_{field}"]
+                                             for field in LayerNormWeights._fields), eps)
 
 
 # ----------------------------------------------------------------------------
@@ -95,9 +165,12 @@ Step = Callable[[Array, State, Array, Array | None], tuple[State, dict[str, Arra
 
 
 def _forward(cell: str, args: _checks.ForwardArgs, step: Step, saved_widths: Mapping[str, int],
-             options: Mapping[str, Any], reverse: bool,
-             training: bool) -> tuple[Array, State, Cache | None]:
+             options: Mapping[str, Any], reverse: bool, training: bool,
+             ln: _LayerNorm | None = None) -> tuple[Array, State, Cache | None]:
     """Run ``step`` over time; returns (y, final state tuple, cache or None).
+
+    ``gx_t`` is ``W_ih x_t + b_ih``, or ``LN(W_ih x_t; γ_ih, β_ih) + b_ih`` with
+    ``ln`` (the step itself normalizes its recurrent side).
 
     The cache holds, indexed by the original time t: ``<s>_prev`` (T, B, H) the
     state entering step t for each state name s, and every key of
@@ -114,6 +187,8 @@ def _forward(cell: str, args: _checks.ForwardArgs, step: Step, saved_widths: Map
                          for s in STATES[cell])
 
     gx = x @ W_ih.T  # input projection of every step at once: (T, B, G*H)
+    if ln is not None:
+        gx = _layer_norm(gx, ln.weights.ih_weight, ln.weights.ih_bias, ln.eps)
     if b_ih is not None:
         gx += b_ih
     active = _active(args.lengths, T, B)
@@ -134,10 +209,15 @@ def _forward(cell: str, args: _checks.ForwardArgs, step: Step, saved_widths: Map
     if training:
         # copies, so that a caller who reuses x or the weights after this call
         # does not change what backward computes
-        arrays = {"x": x.copy() if x is args.x else x, "W_ih": W_ih.copy(), "W_hh": W_hh.copy(),
-                  "lengths": None if args.lengths is None else args.lengths.copy(),
-                  "peephole": None if args.peephole is None else args.peephole.copy(), **saved}
-        cache = Cache(cell, _BACKEND, {**options, "reverse": reverse, "bias": b_ih is not None},
+        arrays: dict[str, Any] = {
+            "x": x.copy() if x is args.x else x, "W_ih": W_ih.copy(), "W_hh": W_hh.copy(),
+            "lengths": None if args.lengths is None else args.lengths.copy(),
+            "peephole": None if args.peephole is None else args.peephole.copy(), **saved}
+        for field in LayerNormWeights._fields:
+            ln_array = None if ln is None else getattr(ln.weights, field)
+            arrays[f"ln_{field}"] = None if ln_array is None else ln_array.copy()
+        cache = Cache(cell, _BACKEND, {**options, "reverse": reverse, "bias": b_ih is not None,
+                                       "layer_norm_eps": None if ln is None else ln.eps},
                       arrays)
     return y, state, cache
 
@@ -150,15 +230,15 @@ class _StepGrads(NamedTuple):
     the batch is the step's share of db_hh).
     dW_hh (G*H, H): the step's share of dW_hh.
     d_prev: tuple of (B, H), wrt the state entering the step.
-    dextra: the step's share of the gradient of the cell's extra parameters
-    (LSTM peepholes, (3H,)), or None.
+    dextra: the step's share of the gradients of the cell's extra parameters, by
+    cache key (``peephole``, ``ln_hh_weight``, ...; the keys the cell has).
     """
 
     dgx: Array
     dgh: Array
     dW_hh: Array
     d_prev: State
-    dextra: Array | None = None
+    dextra: Mapping[str, Array] = MappingProxyType({})
 
 
 #: step_backward(cache, t, d_new) -> _StepGrads, ``d_new`` the gradients wrt
@@ -167,8 +247,9 @@ StepBackward = Callable[[Cache, int, State], _StepGrads]
 
 
 class _BackwardResult(NamedTuple):
-    """What the shared backward loop returns; ``dextra`` is the gradient of the
-    cell's extra parameters (LSTM peepholes), None if it has none."""
+    """What the shared backward loop returns.  ``dextra`` holds the gradient of
+    each extra parameter of the forward pass, by cache key: ``peephole`` and the
+    ``ln_<field>`` of layer normalization, those that were not None."""
 
     dx: Array
     d_initial: State
@@ -176,7 +257,7 @@ class _BackwardResult(NamedTuple):
     dW_hh: Array
     db_ih: Array | None
     db_hh: Array | None
-    dextra: Array | None
+    dextra: dict[str, Array]
 
 
 def _backward(cell: str, cache: Any, step_backward: StepBackward, dy: Any,
@@ -200,7 +281,7 @@ def _backward(cell: str, cache: Any, step_backward: StepBackward, dy: Any,
     dgx = np.zeros((T, B, GH), dtype)
     dW_hh = np.zeros((GH, H), dtype)
     db_hh: Array | None = np.zeros(GH, dtype)
-    dextra = None
+    dextra = {key: np.zeros_like(cache[key]) for key in _EXTRAS if cache[key] is not None}
     for t in reversed(_time_order(T, _options(cache)["reverse"])):
         d_new = list(d_state)
         if dy is not None:
@@ -213,23 +294,48 @@ def _backward(cell: str, cache: Any, step_backward: StepBackward, dy: Any,
         dgx[t] = np.where(active[t], step.dgx, 0)
         dW_hh += step.dW_hh
         db_hh += step.dgh.sum(axis=0)
-        if step.dextra is not None:
-            dextra = step.dextra if dextra is None else dextra + step.dextra
+        for key, value in step.dextra.items():
+            dextra[key] += value
         d_state = [np.where(active[t], g_prev, g) for g_prev, g in zip(step.d_prev, d_state)]
 
+    db_ih = dgx.sum(axis=(0, 1)) if _options(cache)["bias"] else None
+    ln = _cached_layer_norm(cache)
+    if ln is not None:     # back through LN(W_ih x): dgx becomes the gradient wrt W_ih x
+        dgx, dextra["ln_ih_weight"], dextra["ln_ih_bias"] = _layer_norm_backward(
+            dgx, x @ W_ih.T, ln.weights.ih_weight, ln.eps)
     dx = dgx @ W_ih
     dW_ih = dgx.reshape(T * B, GH).T @ x.reshape(T * B, I)
-    db_ih = dgx.sum(axis=(0, 1)) if _options(cache)["bias"] else None
     if db_ih is None:
         db_hh = None
     return _BackwardResult(dx, tuple(d_state), dW_ih, dW_hh, db_ih, db_hh, dextra)
 
 
-def _hidden_projection(h: Array, W_hh: Array, b_hh: Array | None) -> Array:
+#: the cache keys of the parameters whose gradients the step backward functions add up
+_EXTRAS = ("peephole", *(f"ln_{field}" for field in LayerNormWeights._fields))
+
+
+def _hidden_projection(h: Array, W_hh: Array, b_hh: Array | None,
+                       ln: _LayerNorm | None = None) -> Array:
+    """``W_hh h + b_hh``, or ``LN(W_hh h; γ_hh, β_hh) + b_hh`` with ``ln``."""
     gh: Array = h @ W_hh.T
+    if ln is not None:
+        gh = _layer_norm(gh, ln.weights.hh_weight, ln.weights.hh_bias, ln.eps)
     if b_hh is not None:
         gh += b_hh
     return gh
+
+
+def _hidden_backward(cache: Cache, t: int, dgh: Array) -> tuple[Array, Array, dict[str, Array]]:
+    """Back through :func:`_hidden_projection` at step t, given ``dgh`` wrt its result:
+    ``(dW_hh, dh, dextra)``, the step's share of dW_hh, the gradient wrt the state h
+    entering the step, and the gradients of LN's gain and bias (by cache key)."""
+    h, W_hh = cache["h_prev"][t], cache["W_hh"]
+    ln = _cached_layer_norm(cache)
+    dextra = {}
+    if ln is not None:
+        dgh, dextra["ln_hh_weight"], dextra["ln_hh_bias"] = _layer_norm_backward(
+            dgh, h @ W_hh.T, ln.weights.hh_weight, ln.eps)
+    return dgh.T @ h, dgh @ W_hh, dextra
 
 
 # ----------------------------------------------------------------------------
@@ -256,6 +362,12 @@ _DOC_PARTS = {
     training : bool
         Keep the activations that :func:`fastcells.reference.%(cell)s_backward`
         needs, in the result's ``cache``.""",
+    "layer_norm": """layer_norm : LayerNormWeights or None
+        ``(ih_weight, ih_bias, hh_weight, hh_bias)``: γ_ih, β_ih, γ_hh, β_hh of
+        shape (%(G)s,) (a 4-tuple in this order also works; ``c_weight`` and
+        ``c_bias`` must be None); None means no layer normalization.
+    layer_norm_eps : float
+        The ``eps`` of LN, finite and > 0.""",
     "forward_raises": """Raises
     ------
     TypeError, ValueError
@@ -277,10 +389,13 @@ _DOC_PARTS = {
 
     Returns
     -------
-    Gradients
+    Gradients or LayerNormGradients
         ``dx (T, B, I)``, ``dh0 (B, H)`` (also when h0 was None),
         ``dW_ih (%(G)s, I)``, ``dW_hh (%(G)s, H)``, ``db_ih, db_hh (%(G)s,)`` (None
-        when the forward pass had no biases).  New arrays of the compute dtype.""",
+        when the forward pass had no biases); with ``layer_norm`` a
+        ``LayerNormGradients`` whose ``dlayer_norm`` (a ``LayerNormWeights``)
+        holds the gradients of the gains and biases.  New arrays of the
+        compute dtype.""",
     "backward_raises": """Raises
     ------
     TypeError, ValueError
@@ -301,7 +416,7 @@ def _doc(function: _Function) -> _Function:
 # RNN
 
 
-def _rnn_step(nonlinearity: str) -> Step:
+def _rnn_step(nonlinearity: str, ln: _LayerNorm | None) -> Step:
     def relu(a: Array) -> Array:
         return np.maximum(a, 0)
 
@@ -310,7 +425,7 @@ def _rnn_step(nonlinearity: str) -> Step:
     def step(gx_t: Array, state: State, W_hh: Array,
              b_hh: Array | None) -> tuple[State, dict[str, Array]]:
         (h,) = state
-        h_new: Array = act(gx_t + _hidden_projection(h, W_hh, b_hh))
+        h_new: Array = act(gx_t + _hidden_projection(h, W_hh, b_hh, ln))
         return (h_new,), {"h_new": h_new}
 
     return step
@@ -318,12 +433,13 @@ def _rnn_step(nonlinearity: str) -> Step:
 
 def _rnn_step_backward(cache: Cache, t: int, d_new: State) -> _StepGrads:
     (dh,) = d_new
-    h_prev, h_new = cache["h_prev"][t], cache["h_new"][t]
+    h_new = cache["h_new"][t]
     if _options(cache)["nonlinearity"] == "tanh":
         da = dh * (1 - h_new * h_new)
     else:
         da = dh * (h_new > 0)
-    return _StepGrads(da, da, da.T @ h_prev, (da @ cache["W_hh"],))
+    dW_hh, dh_prev, dextra = _hidden_backward(cache, t, da)
+    return _StepGrads(da, da, dW_hh, (dh_prev,), dextra)
 
 
 @_doc
@@ -331,10 +447,17 @@ def rnn_forward(x: npt.ArrayLike, W_ih: npt.ArrayLike, W_hh: npt.ArrayLike,
                 b_ih: npt.ArrayLike | None = None, b_hh: npt.ArrayLike | None = None,
                 h0: npt.ArrayLike | None = None, *, nonlinearity: str = "tanh",
                 lengths: npt.ArrayLike | None = None, reverse: bool = False,
-                training: bool = False) -> ForwardResult:
+                training: bool = False, layer_norm: Sequence[npt.ArrayLike | None] | None = None,
+                layer_norm_eps: float = 1e-5) -> ForwardResult:
     """Elman RNN over a sequence, in pure NumPy (the oracle of ``fastcells.rnn_forward``).
 
     ``h' = act(W_ih x + b_ih + W_hh h + b_hh)`` with ``act`` tanh or relu.
+
+    With ``layer_norm`` (Ba, Kiros and Hinton 2016), where
+    ``LN(v; γ, β) = (v - mean(v)) / sqrt(var(v) + eps) * γ + β`` over a row
+    (population variance, ``eps = layer_norm_eps``):
+    ``h' = act(LN(W_ih x; γ_ih, β_ih) + LN(W_hh h; γ_hh, β_hh) + b_ih + b_hh)``
+    (each LN over the H values).
 
     %(oracle)s
 
@@ -351,6 +474,7 @@ def rnn_forward(x: npt.ArrayLike, W_ih: npt.ArrayLike, W_hh: npt.ArrayLike,
     nonlinearity : {"tanh", "relu"}
         The activation ``act``.
     %(sequence)s
+    %(layer_norm)s
 
     Returns
     -------
@@ -366,14 +490,15 @@ def rnn_forward(x: npt.ArrayLike, W_ih: npt.ArrayLike, W_hh: npt.ArrayLike,
     reverse = _checks.check_bool("reverse", reverse)
     training = _checks.check_bool("training", training)
     args = _checks.check_forward("rnn", x, W_ih, W_hh, b_ih, b_hh, h0, lengths=lengths)
-    y, (h,), cache = _forward("rnn", args, _rnn_step(nonlinearity), {"h_new": args.H},
-                              {"nonlinearity": nonlinearity}, reverse, training)
+    ln = _check_layer_norm("rnn", layer_norm, layer_norm_eps, args)
+    y, (h,), cache = _forward("rnn", args, _rnn_step(nonlinearity, ln), {"h_new": args.H},
+                              {"nonlinearity": nonlinearity}, reverse, training, ln)
     return ForwardResult(y, h, cache)
 
 
 @_doc
 def rnn_backward(cache: Cache, dy: npt.ArrayLike | None = None,
-                 dh: npt.ArrayLike | None = None) -> Gradients:
+                 dh: npt.ArrayLike | None = None) -> Gradients | LayerNormGradients:
     """Gradients of a :func:`fastcells.reference.rnn_forward` pass, in pure NumPy.
 
     %(backward)s
@@ -381,7 +506,16 @@ def rnn_backward(cache: Cache, dy: npt.ArrayLike | None = None,
 
     %(backward_raises)s
     """
-    g = _backward("rnn", cache, _rnn_step_backward, dy, {"h": dh})
+    return _h_backward("rnn", cache, _rnn_step_backward, dy, dh)
+
+
+def _h_backward(cell: str, cache: Cache, step_backward: StepBackward, dy: Any,
+                dh: Any) -> Gradients | LayerNormGradients:
+    """``<cell>_backward`` of a cell whose only state is h (RNN, GRU)."""
+    g = _backward(cell, cache, step_backward, dy, {"h": dh})
+    if _options(cache)["layer_norm_eps"] is not None:
+        return LayerNormGradients(g.dx, g.d_initial[0], g.dW_ih, g.dW_hh, g.db_ih, g.db_hh,
+                                  _layer_norm_gradients(g.dextra))
     return Gradients(g.dx, g.d_initial[0], g.dW_ih, g.dW_hh, g.db_ih, g.db_hh)
 
 
@@ -389,20 +523,24 @@ def rnn_backward(cache: Cache, dy: npt.ArrayLike | None = None,
 # GRU (gates r, z, n)
 
 
-def _gru_step(linear_before_reset: bool) -> Step:
+def _gru_step(linear_before_reset: bool, ln: _LayerNorm | None) -> Step:
     def step(gx_t: Array, state: State, W_hh: Array,
              b_hh: Array | None) -> tuple[State, dict[str, Array]]:
         (h,) = state
         H = h.shape[1]
         gx_r, gx_z, gx_n = gx_t[:, :H], gx_t[:, H:2 * H], gx_t[:, 2 * H:]
-        gh_rz = _hidden_projection(h, W_hh[:2 * H], None if b_hh is None else b_hh[:2 * H])
-        r = _sigmoid(gx_r + gh_rz[:, :H])
-        z = _sigmoid(gx_z + gh_rz[:, H:])
-        b_hn = None if b_hh is None else b_hh[2 * H:]
         if linear_before_reset:
-            hn = _hidden_projection(h, W_hh[2 * H:], b_hn)   # W_hn h + b_hn
+            # all three blocks of W_hh h + b_hh (of LN(W_hh h) + b_hh: LN over the 3*H)
+            gh = _hidden_projection(h, W_hh, b_hh, ln)
+        else:
+            gh = _hidden_projection(h, W_hh[:2 * H], None if b_hh is None else b_hh[:2 * H])
+        r = _sigmoid(gx_r + gh[:, :H])
+        z = _sigmoid(gx_z + gh[:, H:2 * H])
+        if linear_before_reset:
+            hn = gh[:, 2 * H:]    # W_hn h + b_hn
             n = np.tanh(gx_n + r * hn)
         else:
+            b_hn = None if b_hh is None else b_hh[2 * H:]
             hn = _hidden_projection(r * h, W_hh[2 * H:], b_hn)  # W_hn (r h) + b_hn
             n = np.tanh(gx_n + hn)
         h_new = (1 - z) * n + z * h
@@ -424,12 +562,13 @@ def _gru_step_backward(cache: Cache, t: int, d_new: State) -> _StepGrads:
     dh_prev = dh * z
     dan = dn * (1 - n * n)          # wrt the argument of tanh
     daz = dz * z * (1 - z)
+    dextra: dict[str, Array] = {}
     if _options(cache)["linear_before_reset"]:
         dhn = dan * r                # wrt W_hn h + b_hn
         dar = dan * hn * r * (1 - r)
         dgh = np.concatenate([dar, daz, dhn], axis=1)
-        dW_hh = dgh.T @ h
-        dh_prev += dgh @ W_hh
+        dW_hh, dh_hidden, dextra = _hidden_backward(cache, t, dgh)
+        dh_prev += dh_hidden
     else:
         d_rh = dan @ W_hn            # wrt r * h
         dar = d_rh * h * r * (1 - r)
@@ -437,7 +576,7 @@ def _gru_step_backward(cache: Cache, t: int, d_new: State) -> _StepGrads:
         dW_hh = np.concatenate([dgh[:, :2 * H].T @ h, dan.T @ (r * h)], axis=0)
         dh_prev += dgh[:, :2 * H] @ W_hrz + d_rh * r
     dgx = np.concatenate([dar, daz, dan], axis=1)
-    return _StepGrads(dgx, dgh, dW_hh, (dh_prev,))
+    return _StepGrads(dgx, dgh, dW_hh, (dh_prev,), dextra)
 
 
 @_doc
@@ -445,7 +584,8 @@ def gru_forward(x: npt.ArrayLike, W_ih: npt.ArrayLike, W_hh: npt.ArrayLike,
                 b_ih: npt.ArrayLike | None = None, b_hh: npt.ArrayLike | None = None,
                 h0: npt.ArrayLike | None = None, *, linear_before_reset: bool = True,
                 lengths: npt.ArrayLike | None = None, reverse: bool = False,
-                training: bool = False) -> ForwardResult:
+                training: bool = False, layer_norm: Sequence[npt.ArrayLike | None] | None = None,
+                layer_norm_eps: float = 1e-5) -> ForwardResult:
     """GRU over a sequence, in pure NumPy (the oracle of ``fastcells.gru_forward``).
 
     Gates in PyTorch's order r, z, n:
@@ -454,6 +594,14 @@ def gru_forward(x: npt.ArrayLike, W_ih: npt.ArrayLike, W_hh: npt.ArrayLike,
     ``linear_before_reset`` (PyTorch, cuDNN, Keras ``reset_after=True``), else
     ``n = tanh(W_in x + b_in + W_hn (r * h) + b_hn)`` (Cho et al. 2014, ONNX
     default); ``h' = (1 - z) * n + z * h``.
+
+    With ``layer_norm`` (Ba, Kiros and Hinton 2016; ``linear_before_reset``
+    only), where ``LN(v; γ, β) = (v - mean(v)) / sqrt(var(v) + eps) * γ + β``
+    over a row (population variance, ``eps = layer_norm_eps``):
+    ``a_i = LN(W_ih x; γ_ih, β_ih) + b_ih`` and ``a_h = LN(W_hh h; γ_hh, β_hh) + b_hh``
+    (each LN over all 3*H values, blocks r, z, n);
+    ``r = σ(a_i,r + a_h,r)``, ``z = σ(a_i,z + a_h,z)``, ``n = tanh(a_i,n + r * a_h,n)``,
+    ``h' = (1 - z) * n + z * h``.
 
     %(oracle)s
 
@@ -468,8 +616,10 @@ def gru_forward(x: npt.ArrayLike, W_ih: npt.ArrayLike, W_hh: npt.ArrayLike,
     h0 : array (B, H) or None
         Initial hidden state; None means zeros.
     linear_before_reset : bool
-        Which form of ``n`` (see above); True is PyTorch's.
+        Which form of ``n`` (see above); True is PyTorch's.  False with
+        ``layer_norm`` raises ``ValueError`` (no standard normalized form).
     %(sequence)s
+    %(layer_norm)s
 
     Returns
     -------
@@ -485,15 +635,17 @@ def gru_forward(x: npt.ArrayLike, W_ih: npt.ArrayLike, W_hh: npt.ArrayLike,
     reverse = _checks.check_bool("reverse", reverse)
     training = _checks.check_bool("training", training)
     args = _checks.check_forward("gru", x, W_ih, W_hh, b_ih, b_hh, h0, lengths=lengths)
-    y, (h,), cache = _forward("gru", args, _gru_step(linear_before_reset),
+    ln = _check_layer_norm("gru", layer_norm, layer_norm_eps, args, linear_before_reset)
+    y, (h,), cache = _forward("gru", args, _gru_step(linear_before_reset, ln),
                               {"gates": args.G * args.H, "hn": args.H},
-                              {"linear_before_reset": linear_before_reset}, reverse, training)
+                              {"linear_before_reset": linear_before_reset}, reverse, training,
+                              ln)
     return ForwardResult(y, h, cache)
 
 
 @_doc
 def gru_backward(cache: Cache, dy: npt.ArrayLike | None = None,
-                 dh: npt.ArrayLike | None = None) -> Gradients:
+                 dh: npt.ArrayLike | None = None) -> Gradients | LayerNormGradients:
     """Gradients of a :func:`fastcells.reference.gru_forward` pass, in pure NumPy.
 
     %(backward)s
@@ -501,8 +653,7 @@ def gru_backward(cache: Cache, dy: npt.ArrayLike | None = None,
 
     %(backward_raises)s
     """
-    g = _backward("gru", cache, _gru_step_backward, dy, {"h": dh})
-    return Gradients(g.dx, g.d_initial[0], g.dW_ih, g.dW_hh, g.db_ih, g.db_hh)
+    return _h_backward("gru", cache, _gru_step_backward, dy, dh)
 
 
 # ----------------------------------------------------------------------------
@@ -517,20 +668,27 @@ def _peephole_parts(peephole: Array | None) -> tuple[Any, Any, Any]:
     return p_i, p_f, p_o
 
 
-def _lstm_step(peephole: Array | None) -> Step:
+def _c_norm(ln: _LayerNorm) -> tuple[Array, Array]:
+    """(γ_c, β_c) of a layer-normalized LSTM (``check_layer_norm`` requires them)."""
+    return cast(Array, ln.weights.c_weight), cast(Array, ln.weights.c_bias)
+
+
+def _lstm_step(peephole: Array | None, ln: _LayerNorm | None) -> Step:
     p_i, p_f, p_o = _peephole_parts(peephole)
 
     def step(gx_t: Array, state: State, W_hh: Array,
              b_hh: Array | None) -> tuple[State, dict[str, Array]]:
         h, c = state
         H = h.shape[1]
-        a = gx_t + _hidden_projection(h, W_hh, b_hh)
+        a = gx_t + _hidden_projection(h, W_hh, b_hh, ln)
         i = _sigmoid(a[:, :H] + p_i * c)
         f = _sigmoid(a[:, H:2 * H] + p_f * c)
         g = np.tanh(a[:, 2 * H:3 * H])
         c_new = f * c + i * g
         o = _sigmoid(a[:, 3 * H:] + p_o * c_new)
-        h_new = o * np.tanh(c_new)
+        # the carried state is c_new itself; only what h sees of it is normalized
+        c_out = c_new if ln is None else _layer_norm(c_new, *_c_norm(ln), ln.eps)
+        h_new = o * np.tanh(c_out)
         return (h_new, c_new), {"gates": np.concatenate([i, f, g, o], axis=1)}
 
     return step
@@ -538,24 +696,34 @@ def _lstm_step(peephole: Array | None) -> Step:
 
 def _lstm_step_backward(cache: Cache, t: int, d_new: State) -> _StepGrads:
     dh, dc = d_new
-    h, c = cache["h_prev"][t], cache["c_prev"][t]
+    c = cache["c_prev"][t]
     i, f, g, o = np.split(cache["gates"][t], _LSTM_GATES, axis=1)
-    tanh_c = np.tanh(f * c + i * g)
+    c_new = f * c + i * g
+    ln = _cached_layer_norm(cache)
+    dextra: dict[str, Array] = {}
+    if ln is None:
+        tanh_c = np.tanh(c_new)
+    else:
+        tanh_c = np.tanh(_layer_norm(c_new, *_c_norm(ln), ln.eps))
 
     peephole = cache["peephole"]
     p_i, p_f, p_o = _peephole_parts(peephole)
     dao = dh * tanh_c * o * (1 - o)
-    # total gradient wrt the new c: through h, and through o's peephole
-    dc = dc + dh * o * (1 - tanh_c * tanh_c) + dao * p_o
+    # the gradient wrt the new c through h: through tanh (and LN(c_new) with ln)
+    dc_out = dh * o * (1 - tanh_c * tanh_c)
+    if ln is not None:
+        dc_out, dextra["ln_c_weight"], dextra["ln_c_bias"] = _layer_norm_backward(
+            dc_out, c_new, _c_norm(ln)[0], ln.eps)
+    # total gradient wrt the new c: carried, through h, and through o's peephole
+    dc = dc + dc_out + dao * p_o
     dai, daf, dag = dc * g * i * (1 - i), dc * c * f * (1 - f), dc * i * (1 - g * g)
     da = np.concatenate([dai, daf, dag, dao], axis=1)
     dc_prev = dc * f + dai * p_i + daf * p_f
-    dpeephole = None
     if peephole is not None:
-        c_new = f * c + i * g
-        dpeephole = np.concatenate([(dai * c).sum(axis=0), (daf * c).sum(axis=0),
-                                    (dao * c_new).sum(axis=0)])
-    return _StepGrads(da, da, da.T @ h, (da @ cache["W_hh"], dc_prev), dpeephole)
+        dextra["peephole"] = np.concatenate([(dai * c).sum(axis=0), (daf * c).sum(axis=0),
+                                             (dao * c_new).sum(axis=0)])
+    dW_hh, dh_prev, dextra_hh = _hidden_backward(cache, t, da)
+    return _StepGrads(da, da, dW_hh, (dh_prev, dc_prev), {**dextra, **dextra_hh})
 
 
 @_doc
@@ -564,13 +732,25 @@ def lstm_forward(x: npt.ArrayLike, W_ih: npt.ArrayLike, W_hh: npt.ArrayLike,
                  h0: npt.ArrayLike | None = None, c0: npt.ArrayLike | None = None, *,
                  peephole: npt.ArrayLike | None = None,
                  lengths: npt.ArrayLike | None = None, reverse: bool = False,
-                 training: bool = False) -> LSTMForwardResult:
+                 training: bool = False,
+                 layer_norm: Sequence[npt.ArrayLike | None] | None = None,
+                 layer_norm_eps: float = 1e-5) -> LSTMForwardResult:
     """LSTM over a sequence, in pure NumPy (the oracle of ``fastcells.lstm_forward``).
 
-    Gates in PyTorch's order i, f, g, o, from ``W_ih x + b_ih + W_hh h + b_hh``;
+    Gates in PyTorch's order i, f, g, o, from ``a = W_ih x + b_ih + W_hh h + b_hh``;
     ``i, f, o = σ(·)``, ``g = tanh(·)``; ``c' = f * c + i * g``;
     ``h' = o * tanh(c')``.  With ``peephole = (p_i, p_f, p_o)``, i and f also
     get ``p_i * c``, ``p_f * c`` and o gets ``p_o * c'`` before their sigmoid.
+
+    With ``layer_norm`` (Ba, Kiros and Hinton 2016), where
+    ``LN(v; γ, β) = (v - mean(v)) / sqrt(var(v) + eps) * γ + β`` over a row
+    (population variance, ``eps = layer_norm_eps``):
+    ``a = LN(W_ih x; γ_ih, β_ih) + LN(W_hh h; γ_hh, β_hh) + b_ih + b_hh`` (each LN
+    over all 4*H values, the peephole terms added to ``a`` as above),
+    ``c' = f * c + i * g`` and ``h' = o * tanh(LN(c'; γ_c, β_c))`` (over H).  The
+    carried state ``c'`` is not normalized (PyTorch's ``custom_lstms``
+    ``LayerNormLSTMCell`` and TensorFlow Addons' ``LayerNormLSTMCell`` carry
+    ``LN(c')`` instead).
 
     %(oracle)s
 
@@ -587,6 +767,12 @@ def lstm_forward(x: npt.ArrayLike, W_ih: npt.ArrayLike, W_hh: npt.ArrayLike,
     peephole : array (3*H,) or None
         Peephole weights, blocks i, f, o; None means none.
     %(sequence)s
+    layer_norm : LayerNormWeights or None
+        ``(ih_weight, ih_bias, hh_weight, hh_bias, c_weight, c_bias)``: γ_ih,
+        β_ih, γ_hh, β_hh of shape (4*H,) and γ_c, β_c of shape (H,) (a
+        6-tuple in this order also works); None means no layer normalization.
+    layer_norm_eps : float
+        The ``eps`` of LN, finite and > 0.
 
     Returns
     -------
@@ -602,15 +788,16 @@ def lstm_forward(x: npt.ArrayLike, W_ih: npt.ArrayLike, W_hh: npt.ArrayLike,
     training = _checks.check_bool("training", training)
     args = _checks.check_forward("lstm", x, W_ih, W_hh, b_ih, b_hh, h0, c0, lengths=lengths,
                                  peephole=peephole)
-    y, (h, c), cache = _forward("lstm", args, _lstm_step(args.peephole),
-                                {"gates": args.G * args.H}, {}, reverse, training)
+    ln = _check_layer_norm("lstm", layer_norm, layer_norm_eps, args)
+    y, (h, c), cache = _forward("lstm", args, _lstm_step(args.peephole, ln),
+                                {"gates": args.G * args.H}, {}, reverse, training, ln)
     return LSTMForwardResult(y, h, c, cache)
 
 
 @_doc
 def lstm_backward(cache: Cache, dy: npt.ArrayLike | None = None,
                   dh: npt.ArrayLike | None = None, dc: npt.ArrayLike | None = None
-                  ) -> LSTMGradients | PeepholeLSTMGradients:
+                  ) -> LSTMGradients | PeepholeLSTMGradients | LayerNormLSTMGradients:
     """Gradients of a :func:`fastcells.reference.lstm_forward` pass, in pure NumPy.
 
     %(backward)s
@@ -620,18 +807,29 @@ def lstm_backward(cache: Cache, dy: npt.ArrayLike | None = None,
 
     Returns
     -------
-    LSTMGradients or PeepholeLSTMGradients
+    LSTMGradients or PeepholeLSTMGradients or LayerNormLSTMGradients
         ``dx (T, B, I)``, ``dh0, dc0 (B, H)`` (also when h0/c0 were None),
         ``dW_ih (4*H, I)``, ``dW_hh (4*H, H)``, ``db_ih, db_hh (4*H,)`` (None
         when the forward pass had no biases); with peepholes also
-        ``dpeephole (3*H,)``.  New arrays of the compute dtype.
+        ``dpeephole (3*H,)``.  With ``layer_norm``: a ``LayerNormLSTMGradients``,
+        whose ``dpeephole`` is None without peepholes and ``dlayer_norm`` (a
+        ``LayerNormWeights``) holds the gradients of the gains and biases.  New
+        arrays of the compute dtype.
 
     %(backward_raises)s
     """
     g = _backward("lstm", cache, _lstm_step_backward, dy, {"h": dh, "c": dc})
-    (dh0, dc0), dpeephole = g.d_initial, g.dextra
-    if dpeephole is None and cache["peephole"] is not None:   # T == 0 or B == 0
-        dpeephole = np.zeros_like(cache["peephole"])
+    dh0, dc0 = g.d_initial
+    dpeephole = g.dextra.get("peephole")
+    if _options(cache)["layer_norm_eps"] is not None:
+        return LayerNormLSTMGradients(g.dx, dh0, dc0, g.dW_ih, g.dW_hh, g.db_ih, g.db_hh,
+                                      dpeephole, _layer_norm_gradients(g.dextra))
     if dpeephole is None:
         return LSTMGradients(g.dx, dh0, dc0, g.dW_ih, g.dW_hh, g.db_ih, g.db_hh)
     return PeepholeLSTMGradients(g.dx, dh0, dc0, g.dW_ih, g.dW_hh, g.db_ih, g.db_hh, dpeephole)
+
+
+def _layer_norm_gradients(dextra: Mapping[str, Array]) -> LayerNormWeights:
+    """The gradients of the gains and biases, from the backward loop's ``dextra``."""
+    return LayerNormWeights._make(dextra.get(f"ln_{field}")
+                                  for field in LayerNormWeights._fields)

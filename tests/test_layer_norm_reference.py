@@ -8,10 +8,11 @@ import math
 
 import numpy as np
 import pytest
+from test_reference_gradcheck import GRAD_RTOL, RELU_MARGIN, numerical_gradient
 
-from fastcells import _checks
+from fastcells import _checks, reference
 from fastcells._cells import CELLS as CELL_TABLE
-from fastcells._results import LayerNormWeights
+from fastcells._results import LayerNormGradients, LayerNormLSTMGradients, LayerNormWeights
 
 H = 4
 
@@ -145,3 +146,360 @@ def test_check_never_writes_the_callers_arrays():
     checked, _ = _checks.check_layer_norm("lstm", weights, 1e-5, H, np.float64)
     for a, b in zip(weights, before):
         np.testing.assert_array_equal(a, b)
+
+
+# ----------------------------------------------------------------------------
+# the reference's layer-normalized cells: shared set-up
+
+T, B, I = 4, 3, 3
+LENGTHS = np.array([4, 0, 2])  # a full sequence, an empty one, a partial one
+
+#: the layer-normalized variants: test id -> (family, forward options)
+LN_CELLS = {
+    "rnn-tanh": ("rnn", {"nonlinearity": "tanh"}),
+    "rnn-relu": ("rnn", {"nonlinearity": "relu"}),
+    "gru": ("gru", {"linear_before_reset": True}),
+    "lstm": ("lstm", {}),
+    "lstm-peephole": ("lstm", {"peephole": True}),
+}
+
+
+def family(cell):
+    return LN_CELLS[cell][0]
+
+
+def make_ln_inputs(cell, rng, T=T, B=B, I=I, H=H, bias=True):
+    """Random float64 arguments of ``<family>_forward``, flat by name: the layer
+    normalization's arrays are ``ln_<field>`` (see :func:`call_args`)."""
+    fam, options = LN_CELLS[cell]
+    G = CELL_TABLE[fam].G
+
+    def rand(*shape, scale=1.0):
+        return scale * rng.standard_normal(shape)
+
+    inputs = {"x": rand(T, B, I), "W_ih": rand(G * H, I, scale=0.6),
+              "W_hh": rand(G * H, H, scale=0.6),
+              "b_ih": rand(G * H, scale=0.3) if bias else None,
+              "b_hh": rand(G * H, scale=0.3) if bias else None,
+              "h0": rand(B, H, scale=0.5)}
+    if fam == "lstm":
+        inputs["c0"] = rand(B, H, scale=0.5)
+    if options.get("peephole"):
+        inputs["peephole"] = rand(3 * H, scale=0.5)
+    for field, value in ln_weights(fam, rng, H=H)._asdict().items():
+        if value is not None:
+            inputs[f"ln_{field}"] = value
+    return inputs
+
+
+def call_args(cell, inputs):
+    """``inputs`` as keyword arguments of ``<family>_forward`` (a ``layer_norm``)."""
+    fam, options = LN_CELLS[cell]
+    kwargs = {k: v for k, v in inputs.items() if not k.startswith("ln_")}
+    kwargs["layer_norm"] = LayerNormWeights(*(inputs.get(f"ln_{field}")
+                                              for field in LayerNormWeights._fields))
+    kwargs.update({k: v for k, v in options.items() if k != "peephole"})
+    return kwargs
+
+
+def ln_forward(cell, inputs, **kwargs):
+    return getattr(reference, f"{family(cell)}_forward")(**call_args(cell, inputs), **kwargs)
+
+
+def ln_backward(cell, cache, dy, dh, dc):
+    bwd = getattr(reference, f"{family(cell)}_backward")
+    return bwd(cache, dy, dh, dc) if family(cell) == "lstm" else bwd(cache, dy, dh)
+
+
+def gradient_of(grads, name):
+    """The gradient of forward argument ``name`` in a backward result."""
+    if name.startswith("ln_"):
+        return getattr(grads.dlayer_norm, name[3:])
+    return getattr(grads, "d" + name)
+
+
+def upstream(rng, T=T, B=B, H=H):
+    """Random gradients wrt y, h and c (the loss sum(dy*y) + sum(dh*h) + sum(dc*c))."""
+    return rng.standard_normal((T, B, H)), rng.standard_normal((B, H)), \
+        rng.standard_normal((B, H))
+
+
+def loss_of(cell, out, dy, dh, dc):
+    total = np.sum(dy * out.y) + np.sum(dh * out.h)
+    return total + np.sum(dc * out.c) if family(cell) == "lstm" else total
+
+
+def numpy_ln(v, gain, bias, eps=1e-5):
+    mean = v.mean(axis=-1, keepdims=True)
+    var = v.var(axis=-1, keepdims=True)
+    return (v - mean) / np.sqrt(var + eps) * gain + bias
+
+
+def assert_relu_away_from_kink(inputs, cache):
+    """Every relu pre-activation, at every step and row, is far from 0 (else finite
+    differences across the kink mean nothing)."""
+    pre = (numpy_ln(inputs["x"] @ inputs["W_ih"].T, inputs["ln_ih_weight"],
+                    inputs["ln_ih_bias"])
+           + numpy_ln(cache["h_prev"] @ inputs["W_hh"].T, inputs["ln_hh_weight"],
+                      inputs["ln_hh_bias"]))
+    if inputs["b_ih"] is not None:
+        pre += inputs["b_ih"] + inputs["b_hh"]
+    assert np.abs(pre).min() > RELU_MARGIN, "choose another seed: relu kink within reach"
+
+
+# ----------------------------------------------------------------------------
+# gradients by central finite differences
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("lengths", [None, LENGTHS], ids=["full", "lengths"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+@pytest.mark.parametrize("cell", list(LN_CELLS))
+def test_gradients_match_finite_differences(cell, bias, lengths, reverse):
+    rng = np.random.default_rng(1234)
+    inputs = make_ln_inputs(cell, rng, bias=bias)
+    dy, dh, dc = upstream(rng)
+    out = ln_forward(cell, inputs, lengths=lengths, reverse=reverse, training=True)
+    grads = ln_backward(cell, out.cache, dy, dh, dc)
+    if cell == "rnn-relu":
+        assert_relu_away_from_kink(inputs, out.cache)
+    expected_type = LayerNormLSTMGradients if family(cell) == "lstm" else LayerNormGradients
+    assert type(grads) is expected_type
+
+    def loss():
+        return loss_of(cell, ln_forward(cell, inputs, lengths=lengths, reverse=reverse),
+                       dy, dh, dc)
+
+    for name, value in inputs.items():
+        analytic = gradient_of(grads, name)
+        if value is None:  # no bias
+            assert analytic is None, name
+            continue
+        numeric = numerical_gradient(loss, inputs, name)
+        assert analytic.shape == value.shape and analytic.dtype == np.float64, name
+        scale = max(np.abs(numeric).max(), 1.0)
+        np.testing.assert_allclose(analytic, numeric, rtol=GRAD_RTOL, atol=GRAD_RTOL * scale,
+                                   err_msg=name)
+    if family(cell) == "lstm" and "peephole" not in inputs:
+        assert grads.dpeephole is None
+    if family(cell) != "lstm":
+        assert grads.dlayer_norm.c_weight is None and grads.dlayer_norm.c_bias is None
+
+
+# ----------------------------------------------------------------------------
+# against a float64 PyTorch autograd cell written from the equations of issue 12
+# (LN by torch.nn.functional.layer_norm; no fastcells code)
+
+
+def torch_step(torch, fam, options, x_t, state, p):
+    """One step of the layer-normalized ``fam`` cell on (1, ·) tensors; ``p`` the parameters
+    by forward-argument name.  Returns the new state tuple (h,) or (h, c)."""
+    F = torch.nn.functional
+    eps = p["eps"]
+
+    def ln(v, name):
+        return F.layer_norm(v, (v.shape[-1],), p[f"ln_{name}_weight"], p[f"ln_{name}_bias"],
+                            eps)
+
+    zero = torch.zeros((), dtype=torch.float64)
+    a_i = ln(x_t @ p["W_ih"].T, "ih") + p.get("b_ih", zero)
+    a_h = ln(state[0] @ p["W_hh"].T, "hh") + p.get("b_hh", zero)
+    if fam == "rnn":
+        act = torch.tanh if options.get("nonlinearity", "tanh") == "tanh" else torch.relu
+        return (act(a_i + a_h),)
+    if fam == "gru":
+        (h,) = state
+        ir, iz, in_ = a_i.chunk(3, dim=-1)
+        hr, hz, hn = a_h.chunk(3, dim=-1)
+        r, z = torch.sigmoid(ir + hr), torch.sigmoid(iz + hz)
+        n = torch.tanh(in_ + r * hn)
+        return ((1 - z) * n + z * h,)
+    h, c = state
+    ai, af, ag, ao = (a_i + a_h).chunk(4, dim=-1)
+    pi, pf, po = p["peephole"].chunk(3) if "peephole" in p else (zero, zero, zero)
+    i, f = torch.sigmoid(ai + pi * c), torch.sigmoid(af + pf * c)
+    c_new = f * c + i * torch.tanh(ag)
+    o = torch.sigmoid(ao + po * c_new)
+    return (o * torch.tanh(ln(c_new, "c")), c_new)
+
+
+def torch_forward(torch, cell, p, lengths, reverse):
+    """y (T, B, H) and the final states, each sequence run alone over its own steps."""
+    fam, options = LN_CELLS[cell]
+    x = p["x"]
+    T_, B_ = x.shape[:2]
+    H_ = p["W_hh"].shape[1]
+    states = ["h0", "c0"] if fam == "lstm" else ["h0"]
+    ys, finals = [], []
+    for b in range(B_):
+        length = T_ if lengths is None else int(lengths[b])
+        state = tuple(p[s][b:b + 1] for s in states)
+        out = [None] * length
+        steps = range(length - 1, -1, -1) if reverse else range(length)
+        for t in steps:
+            state = torch_step(torch, fam, options, x[t, b:b + 1], state, p)
+            out[t] = state[0][0]
+        pad = [torch.zeros(H_, dtype=torch.float64)] * (T_ - length)
+        ys.append(torch.stack(out + pad) if T_ else torch.zeros(0, H_, dtype=torch.float64))
+        finals.append(state)
+    y = torch.stack(ys, dim=1)
+    return y, [torch.cat([f[k] for f in finals]) for k in range(len(states))]
+
+
+#: reference results vs the PyTorch cell (float64 both: only rounding differs)
+TORCH_RTOL = 1e-10
+
+
+@pytest.mark.parametrize("eps", [1e-5, 0.1])
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("lengths", [None, LENGTHS], ids=["full", "lengths"])
+@pytest.mark.parametrize("cell", list(LN_CELLS))
+def test_reference_matches_a_pytorch_autograd_cell(cell, lengths, reverse, eps):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(99)
+    inputs = make_ln_inputs(cell, rng)
+    dy, dh, dc = upstream(rng)
+    out = ln_forward(cell, inputs, lengths=lengths, reverse=reverse, training=True,
+                     layer_norm_eps=eps)
+    grads = ln_backward(cell, out.cache, dy, dh, dc)
+
+    p = {k: torch.tensor(v, requires_grad=True) for k, v in inputs.items()}
+    y, states = torch_forward(torch, cell, {**p, "eps": eps}, lengths, reverse)
+    loss = (y * torch.tensor(dy)).sum() + (states[0] * torch.tensor(dh)).sum()
+    if family(cell) == "lstm":
+        loss = loss + (states[1] * torch.tensor(dc)).sum()
+    loss.backward()
+
+    np.testing.assert_allclose(out.y, y.detach().numpy(), rtol=TORCH_RTOL, atol=TORCH_RTOL)
+    np.testing.assert_allclose(out.h, states[0].detach().numpy(), rtol=TORCH_RTOL,
+                               atol=TORCH_RTOL)
+    if family(cell) == "lstm":
+        np.testing.assert_allclose(out.c, states[1].detach().numpy(), rtol=TORCH_RTOL,
+                                   atol=TORCH_RTOL)
+    for name, tensor in p.items():
+        expected = np.zeros(tensor.shape) if tensor.grad is None else tensor.grad.numpy()
+        np.testing.assert_allclose(gradient_of(grads, name), expected, rtol=1e-9, atol=1e-9,
+                                   err_msg=name)
+
+
+# ----------------------------------------------------------------------------
+# the reference's other promises, with layer normalization
+
+
+@pytest.mark.parametrize("shape", [(0, B), (T, 0)], ids=["T=0", "B=0"])
+@pytest.mark.parametrize("cell", list(LN_CELLS))
+def test_empty_work_gives_zero_gradients_of_the_right_shapes(cell, shape):
+    rng = np.random.default_rng(5)
+    inputs = make_ln_inputs(cell, rng, T=shape[0], B=shape[1])
+    out = ln_forward(cell, inputs, training=True)
+    dy, dh, dc = upstream(rng, T=shape[0], B=shape[1])
+    grads = ln_backward(cell, out.cache, dy, dh, dc)
+    for name, value in inputs.items():
+        if name.startswith("ln_") or name == "peephole":
+            grad = gradient_of(grads, name)
+            assert grad.shape == value.shape and not grad.any(), name
+    np.testing.assert_array_equal(grads.dh0, dh if shape[0] == 0 else 0)
+
+
+@pytest.mark.parametrize("cell", list(LN_CELLS))
+def test_layer_norm_arrays_are_never_written_aliased_or_read_after_the_call(cell):
+    rng = np.random.default_rng(6)
+    inputs = make_ln_inputs(cell, rng)
+    before = {k: v.copy() for k, v in inputs.items()}
+    dy, dh, dc = upstream(rng)
+    out = ln_forward(cell, inputs, lengths=LENGTHS, training=True)
+    first = ln_backward(cell, out.cache, dy, dh, dc)
+    for name, value in inputs.items():
+        np.testing.assert_array_equal(value, before[name], err_msg=name)
+    for value in inputs.values():   # the cache holds copies: backward ignores changes
+        value += 1
+    second = ln_backward(cell, out.cache, dy, dh, dc)
+    results = [a for a in (*out[:-1], *first[:-1], *first.dlayer_norm) if a is not None]
+    for name, value in inputs.items():
+        assert not any(np.shares_memory(r, value) for r in results), name
+    for a, b in zip((*first[:-1], *first.dlayer_norm), (*second[:-1], *second.dlayer_norm)):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("cell", list(LN_CELLS))
+def test_dtype_follows_the_other_arguments(cell, dtype):
+    rng = np.random.default_rng(7)
+    inputs = {k: v.astype(dtype) if k.startswith(("x", "W", "b", "h", "c", "p")) else v
+              for k, v in make_ln_inputs(cell, rng).items()}   # ln_* stay float64
+    out = ln_forward(cell, inputs, training=True)
+    grads = ln_backward(cell, out.cache, *upstream(rng))
+    assert out.y.dtype == dtype
+    assert all(g.dtype == dtype for g in grads.dlayer_norm if g is not None)
+
+
+@pytest.mark.parametrize("cell", list(LN_CELLS))
+def test_without_layer_norm_the_results_are_unchanged(cell):
+    rng = np.random.default_rng(8)
+    inputs = make_ln_inputs(cell, rng)
+    kwargs = call_args(cell, inputs)
+    kwargs["layer_norm"] = None
+    out = getattr(reference, f"{family(cell)}_forward")(**kwargs, training=True)
+    grads = ln_backward(cell, out.cache, *upstream(rng))
+    assert not hasattr(grads, "dlayer_norm")
+    with_ln = ln_forward(cell, inputs)
+    assert not np.allclose(out.y, with_ln.y)    # the gains were random: LN changes y
+
+
+def test_layer_norm_makes_the_output_invariant_to_scaling_the_weights():
+    """LN(W x) does not change when W is scaled (up to eps): a property of the equations."""
+    rng = np.random.default_rng(9)
+    inputs = make_ln_inputs("lstm", rng)
+    a = ln_forward("lstm", inputs, layer_norm_eps=1e-12)
+    scaled = {**inputs, "W_ih": 3 * inputs["W_ih"], "W_hh": 0.5 * inputs["W_hh"]}
+    b = ln_forward("lstm", scaled, layer_norm_eps=1e-12)
+    np.testing.assert_allclose(a.y, b.y, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(a.c, b.c, rtol=1e-9, atol=1e-9)
+
+
+# ----------------------------------------------------------------------------
+# bad input, through the reference's forward functions
+
+
+@pytest.mark.parametrize("cell", list(LN_CELLS))
+def test_forward_refuses_bad_gains_naming_them(cell):
+    inputs = make_ln_inputs(cell, np.random.default_rng(10))
+    for name in [k for k in inputs if k.startswith("ln_")]:
+        n = inputs[name].shape[0]
+        with pytest.raises(ValueError, match=fr"^layer_norm\.{name[3:]}: expected shape "
+                                             fr".*\({n},\), got \({n - 1},\)"):
+            ln_forward(cell, {**inputs, name: inputs[name][1:]})
+        with pytest.raises(TypeError, match=fr"^layer_norm\.{name[3:]}: expected a real "
+                                            "floating-point array"):
+            ln_forward(cell, {**inputs, name: inputs[name].astype(np.int32)})
+
+
+@pytest.mark.parametrize("eps", [0.0, -1.0, math.nan, math.inf])
+@pytest.mark.parametrize("cell", list(LN_CELLS))
+def test_forward_refuses_a_bad_eps(cell, eps):
+    inputs = make_ln_inputs(cell, np.random.default_rng(11))
+    with pytest.raises(ValueError, match=r"^layer_norm_eps: expected a finite number > 0"):
+        ln_forward(cell, inputs, layer_norm_eps=eps)
+
+
+@pytest.mark.parametrize("cell", ["rnn-tanh", "gru"])
+def test_forward_refuses_c_gains_without_lstm(cell):
+    inputs = {**make_ln_inputs(cell, np.random.default_rng(12)), "ln_c_weight": np.ones(H),
+              "ln_c_bias": np.zeros(H)}
+    with pytest.raises(ValueError, match=r"^layer_norm\.c_weight: expected None"):
+        ln_forward(cell, inputs)
+
+
+@pytest.mark.parametrize("field", ["c_weight", "c_bias"])
+def test_forward_requires_c_gains_for_lstm(field):
+    inputs = make_ln_inputs("lstm", np.random.default_rng(13))
+    del inputs[f"ln_{field}"]
+    with pytest.raises(ValueError, match=fr"^layer_norm\.{field}: expected an array of shape "
+                                         r"\(H,\) = \(4,\), got None"):
+        ln_forward("lstm", inputs)
+
+
+def test_forward_refuses_gru_without_linear_before_reset():
+    inputs = make_ln_inputs("gru", np.random.default_rng(14))
+    with pytest.raises(ValueError, match=r"^layer_norm: expected linear_before_reset=True"):
+        reference.gru_forward(**{**call_args("gru", inputs), "linear_before_reset": False})
