@@ -502,14 +502,11 @@ WGRAD_FLOPS_PER_THREAD = 1 << 22
 
 def _weight_grads(s: Scratch, x: np.ndarray, W_ih: np.ndarray, dGx: np.ndarray,
                   dGh: np.ndarray, hprev: np.ndarray, has_bias: bool,
-                  hprev_n: np.ndarray | None = None,
-                  bias_of: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[Any, ...]:
+                  hprev_n: np.ndarray | None = None) -> tuple[Any, ...]:
     """Phase 3: ``dx, dW_ih, dW_hh, db_ih, db_hh`` as one matrix product (or sum) each.
 
     ``hprev_n``: what the last H rows of ``W_hh`` multiply instead of ``hprev``
-    (``r*h`` for a GRU without ``linear_before_reset``).  ``bias_of``: the gradients
-    whose sums are ``db_ih``, ``db_hh`` when they are not ``dGx``, ``dGh`` (a
-    layer-normalized cell: its biases join after the normalization).
+    (``r*h`` for a GRU without ``linear_before_reset``).
 
     Notes
     -----
@@ -553,7 +550,7 @@ def _weight_grads(s: Scratch, x: np.ndarray, W_ih: np.ndarray, dGx: np.ndarray,
             need = _kernels.gemm_tn_floats(k, C.shape[0], C.shape[1], n,
                                            0 if C2 is None else C2.shape[1])
             _kernels.gemm_tn(A, Bk, C, a0, n, s.empty("wgrad", (need,)), B2, C2)
-    db_ih, db_hh = _bias_grads(*(bias_of or (dGx, dGh))) if has_bias else (None, None)
+    db_ih, db_hh = _bias_grads(dGx, dGh) if has_bias else (None, None)
     return dx, dW_ih, dW_hh, db_ih, db_hh
 
 
@@ -612,13 +609,19 @@ def _backward(cell: str, cache: Any, dy: Any, finals: tuple[Any, ...]) -> AnyGra
         hprev = _prev_states(cache["y"], b.init[0], b.lengths, b.reverse,
                              s.empty("hprev", (T, B, H)))
         if ln is None:
-            dln, wx, wh = (), dGx, dGh
+            dx, dW_ih, dW_hh, db_ih, db_hh = _weight_grads(
+                s, cache["x"], cache["W_ih"], dGx, dGh, hprev, cache["has_bias"],
+                adapter.recurrent_input_n(b, hprev))
+            dln = ()
         else:
+            # the weights see the gradients of the products W_ih x, W_hh h (through
+            # LN); the biases join after LN: theirs are the betas' sums
             dln = (_layer_norm_grads(cache, dGx, dGh, ln[-1]),)
-            wx, wh = _input_norm_backward(s, cache, dGx), ln[-2]
-        dx, dW_ih, dW_hh, db_ih, db_hh = _weight_grads(
-            s, cache["x"], cache["W_ih"], wx, wh, hprev, cache["has_bias"],
-            adapter.recurrent_input_n(b, hprev), (dGx, dGh))
+            dx, dW_ih, dW_hh, _, _ = _weight_grads(
+                s, cache["x"], cache["W_ih"], _input_norm_backward(s, cache, dGx), ln[-2],
+                hprev, False, adapter.recurrent_input_n(b, hprev))
+            db_ih, db_hh = ((dln[0].ih_bias.copy(), dln[0].hh_bias.copy())
+                            if cache["has_bias"] else (None, None))
         extra = adapter.extra(b, dGx, hprev)      # may reuse hprev's buffer: it is done
         return result(dx, *grads, dW_ih, dW_hh, db_ih, db_hh, *extra, *dln)
 

@@ -501,3 +501,24 @@ def test_layer_bad_arguments():
         fastcells.LSTM(3, 4, layer_norm=True, layer_norm_eps=0)
     with pytest.raises(TypeError, match="layer_norm"):
         fastcells.LSTM(3, 4, layer_norm="yes")
+
+
+@pytest.mark.parametrize("name", list(LAYERS))
+def test_layer_float16_step_is_the_rounded_weights_step(name):
+    # float16 step weights: the bits of a float32 step of the weights rounded to float16
+    half = LAYERS[name](4, 16, num_layers=2, layer_norm=True, seed=9).eval()
+    rounded = LAYERS[name](4, 16, num_layers=2, layer_norm=True, seed=9).eval()
+    rng = np.random.default_rng(SEED)
+    for v in half.parameters().values():
+        v += 0.1 * rng.standard_normal(v.shape).astype(np.float32)
+    half.parameters_changed()
+    rounded.load_state_dict({k: v.astype(np.float16).astype(np.float32)
+                             if k.startswith("weight_") else v
+                             for k, v in half.state_dict().items()})
+    half.step_weight_dtype = "float16"
+    x = rng.standard_normal((3, 2, 4)).astype(np.float32)
+    s_half = s_rounded = None
+    for t in range(3):
+        y_half, s_half = half.step(x[t], s_half)
+        y_rounded, s_rounded = rounded.step(x[t], s_rounded)
+        np.testing.assert_array_equal(y_half, y_rounded)
