@@ -453,9 +453,10 @@ def test_layer_matches_the_reference_backend(name):
         assert_close(fast.grads[k], ref.grads[k], GRAD_TOL, k)
 
 
+@pytest.mark.parametrize("backend", [None, reference], ids=["compiled", "reference"])
 @pytest.mark.parametrize("name", list(LAYERS))
-def test_layer_step_equals_the_sequence_call(name):
-    layer = LAYERS[name](4, 16, num_layers=2, layer_norm=True, seed=6).eval()
+def test_layer_step_equals_the_sequence_call(name, backend):
+    layer = LAYERS[name](4, 16, num_layers=2, layer_norm=True, seed=6, backend=backend).eval()
     rng = np.random.default_rng(SEED)
     for v in layer.parameters().values():
         v += 0.1 * rng.standard_normal(v.shape).astype(np.float32)
