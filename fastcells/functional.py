@@ -686,12 +686,13 @@ _DOC_PARTS = {
     training : bool
         Keep what :func:`%(cell)s_backward` needs (returned as ``cache``).""",
     "layer_norm": """    layer_norm : LayerNormWeights, optional
-        Keyword-only: a layer-normalized cell (Ba et al. 2016): the gains and biases
-        ``(ih_weight, ih_bias, hh_weight, hh_bias%(ln_c)s)``, each (%(G)s,)%(ln_c_shape)s,
-        real floats converted to float32 (any tuple in that order).  ``W_ih x`` and
-        ``W_hh h`` are each normalized over the row of %(G)s values,
+        Keyword-only: a layer-normalized cell (Ba et al. 2016): the gains and
+        biases ``(ih_weight, ih_bias, hh_weight, hh_bias%(ln_c)s)``,
+        each (%(G)s,)%(ln_c_shape)s, real floats converted to float32 (any tuple
+        in that order).  ``W_ih x`` and ``W_hh h`` are each normalized over the
+        row of %(G)s values,
         ``LN(v; g, b) = (v - mean(v)) / sqrt(var(v) + eps) * g + b`` (population
-        variance), before the biases join: %(ln_equations)s.
+        variance), before the biases join:%(ln_equations)s
         The backward pass then returns the ``LayerNorm...Gradients`` type, whose
         ``dlayer_norm`` holds the gains' and biases' gradients.
     layer_norm_eps : float
@@ -713,21 +714,25 @@ _DOC_PARTS = {
     thread keeps its own scratch buffers: :func:`release_scratch`).""",
 }
 
-#: the per-cell words of the ``layer_norm`` section
+#: the per-cell words of the ``layer_norm`` section (the equations wrapped and indented)
 _LN_DOC = {
     "rnn": {"ln_c": "", "ln_c_shape": "",
-            "ln_equations": "``h' = act(LN(W_ih x) + LN(W_hh h) + b_ih + b_hh)``"},
+            "ln_equations": """
+        ``h' = act(LN(W_ih x) + LN(W_hh h) + b_ih + b_hh)``."""},
     "gru": {"ln_c": "", "ln_c_shape": "",
-            "ln_equations": "``a_i = LN(W_ih x) + b_ih``, ``a_h = LN(W_hh h) + b_hh``, "
-                            "then the gates of ``linear_before_reset=True`` from them (the "
-                            "other form has no standard normalized form: ValueError)"},
+            "ln_equations": """
+        ``a_i = LN(W_ih x) + b_ih``, ``a_h = LN(W_hh h) + b_hh``, then the gates of
+        ``linear_before_reset=True`` from them (the other form has no standard
+        normalized form: ValueError)."""},
     "lstm": {"ln_c": ", c_weight, c_bias", "ln_c_shape": " and ``c_*`` (H,)",
-             "ln_equations": "``a = LN(W_ih x) + LN(W_hh h) + b_ih + b_hh`` (then the "
-                             "peephole terms), gates as above, ``c' = f*c + i*g`` carried "
-                             "as it is, and ``h' = o * tanh(LN(c'; c_weight, c_bias))`` "
-                             "over H (PyTorch's ``custom_lstms.LayerNormLSTMCell`` and TF "
-                             "Addons' cell carry the normalized ``c`` instead)"},
+             "ln_equations": """
+        ``a = LN(W_ih x) + LN(W_hh h) + b_ih + b_hh`` (then the peephole terms),
+        gates as above, ``c' = f*c + i*g`` carried as it is, and
+        ``h' = o * tanh(LN(c'; c_weight, c_bias))`` over H (PyTorch's
+        ``custom_lstms.LayerNormLSTMCell`` and TF Addons' cell carry the
+        normalized ``c`` instead)."""},
 }
+
 
 _Function = TypeVar("_Function", bound=Callable[..., Any])
 
