@@ -27,6 +27,9 @@ How this module is built, and why:
 - ``lengths`` (or NULL) marks the steps ``t >= lengths[b]`` that leave row
   ``b`` untouched; ``reverse`` walks time backwards, each row starting at its
   own last valid step.  Backward walks the forward order in reverse.
+- A layer-normalized cell is the same loops with an ``ln`` argument: the
+  recurrent product's rows (and the LSTM's new cell state) are normalized in
+  the gate pass, their gradients in the BPTT pass (see "layer normalization").
 """
 from cython.parallel cimport prange
 from cpython.pyport cimport PY_SSIZE_T_MAX
