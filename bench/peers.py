@@ -14,12 +14,23 @@ so its runner takes the count.
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from fastcells.bench import NOT_APPLICABLE, Problem, Runner, Unavailable, agree
+from fastcells import reference
+from fastcells.bench import (
+    NOT_APPLICABLE,
+    PEER_TOL,
+    Problem,
+    Runner,
+    Unavailable,
+    agree,
+    errors,
+)
+from fastcells.reference import LayerNormWeights
 
 from . import onnx_model
 
@@ -129,21 +140,7 @@ def torch_runner(p: Problem, mode: str, threads: int | None = 1) -> Runner:
 
     with torch.inference_mode():
         agree("torch", call(x, states).numpy(), p)
-    if mode == "fwd":
-        def run() -> Any:
-            with torch.inference_mode():
-                return call(x, states)
-        return run
-
-    dy = torch.from_numpy(p.dy)
-
-    def run_bwd() -> Any:
-        xg = x.detach().requires_grad_(True)
-        sg = [s.detach().requires_grad_(True) for s in states]
-        mod.zero_grad(set_to_none=True)
-        call(xg, sg).backward(dy)
-        return xg.grad
-    return run_bwd
+    return _torch_runner(torch, call, x, states, mod, mode, p.dy)
 
 
 def ort_runner(p: Problem, mode: str, threads: int | None = 1) -> Runner:
@@ -173,6 +170,233 @@ def ort_runner(p: Problem, mode: str, threads: int | None = 1) -> Runner:
     feed = onnx_model.feed(p)
     agree("ort", sess.run(["Y"], feed)[0][:, 0], p)
     return lambda: sess.run(["Y"], feed)
+
+
+def _torch_runner(torch: Any, call: Callable[[Any, list[Any]], Any], x: Any, states: list[Any],
+                 module: Any, mode: str, dy: np.ndarray) -> Runner:
+    """The runner of a PyTorch ``call(x, states) -> y``: forward under
+    ``torch.inference_mode()``; forward+backward with ``y.backward(dy)`` and gradients
+    for the input, the initial states and ``module``'s parameters."""
+    if mode == "fwd":
+        def run() -> Any:
+            with torch.inference_mode():
+                return call(x, states)
+        return run
+
+    dy_t = torch.from_numpy(dy)
+
+    def run_bwd() -> Any:
+        xg = x.detach().requires_grad_(True)
+        sg = [s.detach().requires_grad_(True) for s in states]
+        module.zero_grad(set_to_none=True)
+        call(xg, sg).backward(dy_t)
+        return xg.grad
+    return run_bwd
+
+
+def _torch_lstm_peer(p: Problem, threads: int | None, what: str) -> Any:
+    """torch at ``threads``, for a peer of ``what`` that runs fixed-length LSTM problems
+    only (Unavailable for others)."""
+    torch = _torch()
+    if p.cell != "lstm":
+        raise Unavailable(f"{what} is an LSTM's, not {p.cell}'s")
+    if p.lengths is not None:
+        raise Unavailable(f"variable lengths: the {what} peer runs full sequences")
+    set_torch_threads(threads)
+    return torch
+
+
+# ----------------------------------------------------------------------------
+# the layer-normalized LSTM written in PyTorch the way a user would (issue 12)
+#
+# PyTorch has no normalized LSTM: users write one after the ``LayerNormLSTMCell`` of
+# its ``benchmarks/fastrnns/custom_lstms.py``, a cell of ``nn.LayerNorm``s scripted
+# with TorchScript, and loop over time in a scripted layer.  Ours differs in what it
+# carries: ``c' = f * c + i * g`` itself (custom_lstms carries ``LN(c')``), which
+# costs the same.  The biases ``b_ih + b_hh`` go into the LN biases, as in
+# custom_lstms (no separate bias): ``LN(v) + b = v_hat * γ + (β + b)``.
+
+#: a normalized problem's gains are ``1 + LN_SPREAD * N(0, 1)``, its biases
+#: ``LN_SPREAD * N(0, 1)``: near the layers' initialisation (1, 0), but not equal to
+#: it, so that the agreement check sees a wrong gain or bias
+LN_SPREAD = 0.1
+#: the seed that tells the gains' generator from the problem's
+_LN_SEED = 12
+
+
+def layer_norm_weights(p: Problem) -> LayerNormWeights:
+    """The seeded float32 gains and biases of the normalized LSTM on ``p`` (an LSTM
+    problem): ``(G*H,)`` for the ih/hh paths, ``(H,)`` for c."""
+    if p.cell != "lstm":
+        raise ValueError(f"p: expected an LSTM problem, got {p.cell!r}")
+    GH, H = p.W_hh.shape
+    rng = np.random.default_rng([_LN_SEED, p.shape.T, p.shape.B, p.shape.I, p.shape.H])
+    return LayerNormWeights(*(
+        ((1.0 if k % 2 == 0 else 0.0) + LN_SPREAD * rng.standard_normal(n)).astype(np.float32)
+        for k, n in enumerate((GH, GH, GH, GH, H, H))))
+
+
+def torch_ln_lstm(torch: Any, I: int, H: int, eps: float) -> tuple[Any, bool]:
+    """The normalized LSTM layer in PyTorch, ``layer(x, (h0, c0)) -> (y, (h, c))``, and
+    whether it is TorchScript (True) or, when scripting fails, the same modules run
+    eagerly (a Python loop over time).
+
+    Its parameters: ``cell.weight_ih (4*H, I)``, ``cell.weight_hh (4*H, H)`` and the
+    ``nn.LayerNorm`` s ``cell.layernorm_i``, ``cell.layernorm_h`` (4*H) and
+    ``cell.layernorm_c`` (H), initialised by PyTorch.
+    """
+    nn = torch.nn
+
+    class LayerNormLSTMCell(nn.Module):
+        """custom_lstms' cell, carrying the un-normalized c (fastcells' equations)."""
+
+        def __init__(self, input_size: int, hidden_size: int, eps: float):
+            super().__init__()
+            self.weight_ih = nn.Parameter(torch.empty(4 * hidden_size, input_size))
+            self.weight_hh = nn.Parameter(torch.empty(4 * hidden_size, hidden_size))
+            # the LayerNorms' biases are the cell's biases
+            self.layernorm_i = nn.LayerNorm(4 * hidden_size, eps=eps)
+            self.layernorm_h = nn.LayerNorm(4 * hidden_size, eps=eps)
+            self.layernorm_c = nn.LayerNorm(hidden_size, eps=eps)
+
+        def forward(self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]
+                    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+            hx, cx = state
+            gates = (self.layernorm_i(torch.mm(x, self.weight_ih.t()))
+                     + self.layernorm_h(torch.mm(hx, self.weight_hh.t())))
+            ingate, forgetgate, cellgate, outgate = gates.chunk(4, 1)
+            cy = (torch.sigmoid(forgetgate) * cx
+                  + torch.sigmoid(ingate) * torch.tanh(cellgate))
+            hy = torch.sigmoid(outgate) * torch.tanh(self.layernorm_c(cy))
+            return hy, (hy, cy)
+
+    class LSTMLayer(nn.Module):
+        """custom_lstms' layer: the cell over time."""
+
+        def __init__(self, cell: LayerNormLSTMCell):
+            super().__init__()
+            self.cell = cell
+
+        def forward(self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]
+                    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+            outputs: list[torch.Tensor] = []
+            for x_t in x.unbind(0):
+                out, state = self.cell(x_t, state)
+                outputs.append(out)
+            return torch.stack(outputs), state
+
+    layer = LSTMLayer(LayerNormLSTMCell(I, H, eps))
+    try:
+        with warnings.catch_warnings():     # torch.jit.script is deprecated in torch 2.x
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return torch.jit.script(layer), True
+    except Exception:           # TorchScript gone or refusing: the same modules, eagerly
+        return layer, False
+
+
+def torch_ln_lstm_runner(p: Problem, mode: str, threads: int | None = 1, *,
+                         layer_norm: LayerNormWeights | None = None,
+                         layer_norm_eps: float = 1e-5) -> Runner:
+    """The layer-normalized LSTM of :func:`torch_ln_lstm` (TorchScript) with ``p``'s
+    weights and ``layer_norm`` (default :func:`layer_norm_weights`), timed as
+    :func:`torch_runner` times ``nn.LSTM``; checked against the float64
+    ``fastcells.reference.lstm_forward(..., layer_norm=...)`` first (Unavailable if
+    they differ by more than ``PEER_TOL``).  Fixed-length LSTM problems only."""
+    torch = _torch_lstm_peer(p, threads, "the layer-normalized LSTM")
+    ln = layer_norm_weights(p) if layer_norm is None else LayerNormWeights(*layer_norm)
+    layer, _ = torch_ln_lstm(torch, p.shape.I, p.shape.H, layer_norm_eps)
+    cell = layer.cell
+    with torch.no_grad():
+        for param, value in ((cell.weight_ih, p.W_ih), (cell.weight_hh, p.W_hh),
+                             (cell.layernorm_i.weight, ln.ih_weight),
+                             (cell.layernorm_i.bias, ln.ih_bias + p.b_ih),
+                             (cell.layernorm_h.weight, ln.hh_weight),
+                             (cell.layernorm_h.bias, ln.hh_bias + p.b_hh),
+                             (cell.layernorm_c.weight, ln.c_weight),
+                             (cell.layernorm_c.bias, ln.c_bias)):
+            param.copy_(torch.from_numpy(np.asarray(value, np.float32)))
+    x = torch.from_numpy(p.x)
+    states = [torch.from_numpy(s) for s in p.states()]
+
+    def call(x: Any, states: list[Any]) -> Any:
+        return layer(x, (states[0], states[1]))[0]
+
+    with torch.inference_mode():
+        y = call(x, states).numpy()
+    want = reference.lstm_forward(*p.args(np.float64), layer_norm=ln,
+                                  layer_norm_eps=layer_norm_eps).y
+    _, rel = errors({"y": y}, {"y": want})
+    if not rel <= PEER_TOL:
+        raise Unavailable(f"torch (layer norm) disagrees with fastcells.reference: relative "
+                          f"error {rel:.2e}")
+    return _torch_runner(torch, call, x, states, layer, mode, p.dy)
+
+
+# ----------------------------------------------------------------------------
+# PyTorch's LSTM with projection (issue 12): torch.nn.LSTM(proj_size=P)
+
+
+class ProjWeights(NamedTuple):
+    """What an LSTM with projection needs beyond a plain LSTM problem, seeded from it:
+    ``W_hh (4*H, P)`` (the first P columns of ``p.W_hh``), ``W_hr (P, H)`` (uniform
+    in ``±1/sqrt(H)``, PyTorch's initialisation), ``h0 (B, P)`` and ``dy (T, B, P)``
+    (the first P columns of ``p.h0``, ``p.dy``).  ``c0`` is ``p.c0``."""
+
+    W_hh: np.ndarray
+    W_hr: np.ndarray
+    h0: np.ndarray
+    dy: np.ndarray
+
+
+#: the seed that tells W_hr's generator from the problem's
+_PROJ_SEED = 13
+
+
+def proj_weights(p: Problem, proj_size: int) -> ProjWeights:
+    """The seeded float32 :class:`ProjWeights` of an LSTM problem ``p`` at ``proj_size``
+    (``1 <= proj_size < H``)."""
+    H = p.shape.H
+    if p.cell != "lstm":
+        raise ValueError(f"p: expected an LSTM problem, got {p.cell!r}")
+    if not 1 <= proj_size < H:
+        raise ValueError(f"proj_size: expected 1 <= proj_size < hidden_size = {H}, got "
+                         f"{proj_size}")
+    rng = np.random.default_rng([_PROJ_SEED, p.shape.T, p.shape.B, p.shape.I, H, proj_size])
+    k = 1.0 / np.sqrt(H)
+    W_hr = rng.uniform(-k, k, (proj_size, H)).astype(np.float32)
+    return ProjWeights(np.ascontiguousarray(p.W_hh[:, :proj_size]), W_hr,
+                       np.ascontiguousarray(p.h0[:, :proj_size]),
+                       np.ascontiguousarray(p.dy[..., :proj_size]))
+
+
+def torch_proj_runner(p: Problem, mode: str, threads: int | None = 1, *, proj_size: int,
+                      check: Callable[[np.ndarray], None] | None = None) -> Runner:
+    """``torch.nn.LSTM(I, H, proj_size=proj_size)`` with ``p``'s weights and
+    :func:`proj_weights`, timed as :func:`torch_runner` times ``nn.LSTM``.  ``check``,
+    if given, is called with its ``y (T, B, proj_size)`` (float32) before the runner
+    is returned, and may raise Unavailable (fastcells' ``proj_size`` will be compared
+    there).  Fixed-length LSTM problems only."""
+    torch = _torch_lstm_peer(p, threads, "proj_size")
+    proj = proj_weights(p, proj_size)
+    mod = torch.nn.LSTM(p.shape.I, p.shape.H, proj_size=proj_size)
+    with torch.no_grad():
+        for name, value in (("weight_ih_l0", p.W_ih), ("weight_hh_l0", proj.W_hh),
+                            ("bias_ih_l0", p.b_ih), ("bias_hh_l0", p.b_hh),
+                            ("weight_hr_l0", proj.W_hr)):
+            getattr(mod, name).copy_(torch.from_numpy(value))
+    x = torch.from_numpy(p.x)
+    states = [torch.from_numpy(proj.h0)[None], torch.from_numpy(p.c0)[None]]
+
+    def call(x: Any, states: list[Any]) -> Any:
+        return mod(x, (states[0], states[1]))[0]
+
+    with torch.inference_mode(), warnings.catch_warnings():
+        # said once per process, on the first call: PyTorch runs its own LSTM code then
+        warnings.filterwarnings("ignore", "LSTM with projections is not supported with oneDNN")
+        y = call(x, states).numpy()
+    if check is not None:
+        check(y)
+    return _torch_runner(torch, call, x, states, mod, mode, proj.dy)
 
 
 #: the peers' runners, by system name (``fastcells.bench.PEERS``)

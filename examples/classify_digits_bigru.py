@@ -8,7 +8,8 @@ A seeded quarter of the images is the test set; the score is test accuracy
 (chance: 10 %).
 
 Run: ``python examples/classify_digits_bigru.py`` (about 10 s on a laptop),
-``--quick`` for a few seconds (CI).  Without scikit-learn it says so and exits 0.
+``--quick`` for a few seconds (CI).  Prints one progress line per epoch
+(``--quiet``: none).  Without scikit-learn it says so and exits 0.
 """
 from __future__ import annotations
 
@@ -70,6 +71,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--hidden", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quiet", action="store_true", help="no per-epoch progress lines")
     args = parser.parse_args(argv)
     epochs = args.epochs or (4 if args.quick else 20)
 
@@ -88,15 +90,21 @@ def main(argv: list[str] | None = None) -> dict | None:
     opt = optim.Adam(model.layers, lr=1e-2)
     batch = 64
     start = time.perf_counter()
-    for _ in range(epochs):
+    for epoch in range(epochs):
+        epoch_start = time.perf_counter()
         model.mode(True)
         shuffled = rng.permutation(train)
+        total = 0.0
         for i in range(0, len(shuffled), batch):
             idx = shuffled[i:i + batch]
             opt.zero_grad()
-            _, grad = losses.cross_entropy(model(images[idx]), labels[idx])
+            loss, grad = losses.cross_entropy(model(images[idx]), labels[idx])
             model.backward(grad)
             opt.step()
+            total += loss * len(idx)
+        if not args.quiet:
+            print(f"  epoch {epoch + 1:3d}/{epochs}  train loss {total / len(shuffled):.4f}  "
+                  f"{time.perf_counter() - epoch_start:.2f} s", flush=True)
     seconds = time.perf_counter() - start
 
     model.mode(False)

@@ -8,7 +8,8 @@ the years are the test set; the score is the test RMSE (in sunspot numbers)
 against the naive forecast "next year = this year".
 
 Run: ``python examples/forecast_lstm.py`` (about 15 s on a laptop),
-``--quick`` for a few seconds (CI).  Without statsmodels it says so and exits 0.
+``--quick`` for a few seconds (CI).  Prints one progress line per epoch
+(``--quiet``: none).  Without statsmodels it says so and exits 0.
 """
 from __future__ import annotations
 
@@ -81,6 +82,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--hidden", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quiet", action="store_true", help="no per-epoch progress lines")
     args = parser.parse_args(argv)
     epochs = args.epochs or (20 if args.quick else 50)
 
@@ -104,17 +106,23 @@ def main(argv: list[str] | None = None) -> dict | None:
     batch = 32
     start = time.perf_counter()
     for epoch in range(epochs):
+        epoch_start = time.perf_counter()
         model.train()
         order = rng.permutation(y_train.shape[0])
+        total = 0.0
         for i in range(0, len(order), batch):
             idx = order[i:i + batch]
             opt.zero_grad()
-            _, grad = losses.mse(model(x_train[:, idx]), y_train[idx])
+            loss, grad = losses.mse(model(x_train[:, idx]), y_train[idx])
             model.backward(grad)
             fastcells.clip_grad_norm(model.layers, 1.0)
             opt.step()
+            total += loss * len(idx)
         if epoch == epochs // 2:          # one step down in learning rate for the last half
             opt.lr = 3e-3
+        if not args.quiet:
+            print(f"  epoch {epoch + 1:3d}/{epochs}  train loss {total / len(order):.4f}  "
+                  f"{time.perf_counter() - epoch_start:.2f} s", flush=True)
     seconds = time.perf_counter() - start
 
     model.eval()

@@ -16,6 +16,9 @@ from ._results import (
     Cache,
     ForwardResult,
     Gradients,
+    LayerNormGradients,
+    LayerNormLSTMGradients,
+    LayerNormWeights,
     LSTMForwardResult,
     LSTMGradients,
     PeepholeLSTMGradients,
@@ -43,4 +46,5 @@ __all__ = [
     "set_num_threads", "get_num_threads",
     "ForwardResult", "LSTMForwardResult", "Gradients", "LSTMGradients",
     "PeepholeLSTMGradients", "Cache",
+    "LayerNormWeights", "LayerNormGradients", "LayerNormLSTMGradients",
 ]

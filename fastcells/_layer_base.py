@@ -1,11 +1,19 @@
-"""What every layer has: parameters, gradients, train/eval mode and state dicts.
+"""What every layer has: parameters, gradients, train/eval mode, state dicts and pickles.
 
 A layer owns its parameters as float32 C-contiguous arrays under PyTorch's
 names and shapes, and a gradient of the same shape for each.  Optimizers
 and :meth:`_Layer.load_state_dict` write the parameters in place, so the
-references a layer keeps to them never go stale; what a layer derives from
+references a layer keeps to them stay valid; what a layer derives from
 them (the prepared weights of ``step``) is dropped by
 :meth:`_Layer.parameters_changed` and rebuilt when next needed.
+``load_state_dict(..., assign=True)`` instead makes the given arrays the
+parameters (no copy; read-only ones for inference), and the layer refreshes
+its references (:meth:`_Layer._parameters_replaced`).
+
+A layer pickles (and copies) to its parameters and its options: everything
+in its ``__dict__`` except the gradients (zeros again on load), what the
+last training call kept for ``backward`` and the prepared steppers, with the
+header of ``_pickle`` (format and version, checked on load).
 """
 from __future__ import annotations
 
@@ -13,7 +21,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ._checks import as_float, check_bool, check_shape, to_numpy
+from ._checks import as_float, check_bool, check_shape, is_f32c, to_numpy
+from ._pickle import with_header, without_header
 
 F32 = np.dtype(np.float32)
 
@@ -58,11 +67,36 @@ class _Layer:
     def _drop_tape(self) -> None:
         """Forget what the last training call kept for backward."""
 
+    def _parameters_replaced(self) -> None:
+        """Refresh what refers to the parameter arrays, after new arrays replaced them
+        in ``_params`` (``load_state_dict(..., assign=True)``).  Layers that keep such
+        references besides ``_params`` override it."""
+
     def __getstate__(self) -> dict[str, Any]:
-        # the prepared weights (compiled Steppers) are derived: rebuilt at the next step
+        """The pickled state: the ``__dict__`` without gradients, tape or prepared steppers.
+
+        Plain NumPy arrays (the parameters, each once: other references to them
+        are memoized by pickle) and plain values, with the format header.
+        """
         state = self.__dict__.copy()
+        # the layer's own hook forgets the tape, here in a shell over the copy
+        shell = object.__new__(type(self))
+        shell.__dict__ = state
+        shell._drop_tape()
+        del state["grads"]
         state["_derived"] = None
-        return state
+        return with_header(state)
+
+    def __setstate__(self, state: Any) -> None:
+        """Restore a pickled state (a newer format raises ``ValueError`` naming both
+        versions); the gradients are zeros, nothing is kept for ``backward``."""
+        attrs = without_header(type(self).__name__, state, ("_params",))
+        self.__dict__.update(attrs)
+        # a dict of its own: assign=True in a shallow copy must not touch the original
+        self._params = dict(self._params)
+        self.grads = {name: np.zeros(p.shape, F32) for name, p in self._params.items()}
+        self._derived = None
+        self._drop_tape()
 
     def train(self, mode: bool = True) -> _Layer:
         """Set training mode (``mode=True``) or eval mode (``mode=False``).
@@ -157,8 +191,9 @@ class _Layer:
         """
         return {name: p.copy() for name, p in self._params.items()}
 
-    def load_state_dict(self, state_dict: Any, strict: bool = True) -> LoadResult:
-        """Copy parameters from ``state_dict`` into this layer, in place.
+    def load_state_dict(self, state_dict: Any, strict: bool = True, *,
+                        assign: bool = False) -> LoadResult:
+        """Load parameters from ``state_dict``: copied into this layer's arrays, or assigned.
 
         Parameters
         ----------
@@ -169,6 +204,19 @@ class _Layer:
         strict : bool, default True
             Require exactly this layer's keys.  With ``False``, missing and
             unexpected keys are skipped and returned.
+        assign : bool, default False
+            False: copy the values into the layer's parameter arrays, in place
+            (references to them, an optimizer's, stay valid).  True (PyTorch's
+            name): the given arrays *become* the parameters, without a copy, when
+            they are float32, C-contiguous, native-order ndarrays (a NumPy view of
+            a tensor or a memory map included); other arrays are converted, a
+            copy.  Read-only arrays (Ray's object store, ``np.load(...,
+            mmap_mode="r")``) are taken as they are: the layer then runs forward
+            and ``backward`` (gradients are the layer's own arrays), but an
+            optimizer step on them raises ``ValueError`` naming the parameter,
+            and so does a later ``load_state_dict`` with ``assign=False``.
+            Writes to an assigned array (by its owner) change the layer: call
+            :meth:`parameters_changed` after such a write.
 
         Returns
         -------
@@ -178,13 +226,15 @@ class _Layer:
         Raises
         ------
         ValueError
-            Missing or unexpected keys (``strict=True``), or a shape that differs
-            from the layer's; nothing is loaded then.
+            Missing or unexpected keys (``strict=True``), a shape that differs
+            from the layer's, or (``assign=False``) a read-only parameter to
+            write; nothing is loaded then.
         TypeError
             ``state_dict`` is not a mapping, or a value is not a real
-            floating-point array; nothing is loaded then.
+            floating-point array, or ``assign`` not a bool; nothing is loaded then.
         """
         strict = check_bool("strict", strict)
+        assign = check_bool("assign", assign)
         if not hasattr(state_dict, "keys"):
             raise TypeError(f"state_dict: expected a mapping of name -> array, got "
                             f"{type(state_dict).__name__}")
@@ -200,10 +250,22 @@ class _Layer:
         loaded = {}
         for name in keys:
             if name in self._params:
-                value = as_float(name, to_numpy(state_dict[name]), F32)
+                value = to_numpy(state_dict[name])
+                if not is_f32c(value):
+                    value = as_float(name, value, F32)
                 check_shape(name, value, self._symbols[name], self._params[name].shape)
+                if not (assign or self._params[name].flags.writeable):
+                    raise ValueError(
+                        f"state_dict: cannot copy {name} into its parameter, a read-only array "
+                        f"(assigned or unpickled without a copy); expected assign=True, which "
+                        f"replaces the arrays instead, got assign=False")
                 loaded[name] = value
         for name, value in loaded.items():
-            self._params[name][...] = value
+            if assign:
+                self._params[name] = value
+            else:
+                self._params[name][...] = value
+        if assign:
+            self._parameters_replaced()
         self.parameters_changed()
         return LoadResult(missing, unexpected)

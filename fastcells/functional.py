@@ -59,6 +59,7 @@ from ._packing import (
     weights_for_call,
 )
 from ._parallel import forward_threads, loop_threads, row_blocks
+from ._pickle import unpacked, with_header, without_header
 from ._results import (
     Cache,
     ForwardResult,
@@ -955,6 +956,15 @@ class Stepper:
     GIL released; a step runs on its calling thread, and :meth:`forward` splits
     large batches over threads as the functional calls do.
 
+    Pickling (and ``copy``) keeps the weights and options, not the packs: the
+    pickle holds ``W_ih`` and ``W_hh`` unpacked from the panels (float16 arrays
+    for ``weight_dtype="float16"``, whose values they are), the folded bias
+    ``b_ih + b_hh`` (a GRU with ``linear_before_reset`` keeps ``b_hn`` apart),
+    the peepholes, the options, and a format header; unpickling builds the
+    Stepper again from them, packs included, and steps with the same bits.
+    A pickle of a newer format than this fastcells reads raises ``ValueError``
+    naming both versions.
+
     Parameters
     ----------
     cell : {"rnn", "gru", "lstm"}
@@ -1026,6 +1036,7 @@ class Stepper:
         self.cell, self.input_size, self.hidden_size = cell, a.I, a.H
         self.weight_dtype = "float16" if half else "float32"
         self._spec, self._options, self._weights = spec, options, w
+        self._P_ih = P_ih           # W_ih's pack: a pickle unpacks it (__getstate__)
         step_ln = None if ln is None else (
             ln.ih_weight, ln.ih_bias if w.bias is None else ln.ih_bias + w.bias, ln.hh_weight,
             ln.hh_bias, ln.c_weight, ln.c_bias, eps)
@@ -1035,6 +1046,40 @@ class Stepper:
             np.zeros(a.H, F32) if w.bhn is None else w.bhn, w.peephole, a.I, a.H,
             options["nonlinearity"] == "relu", options["linear_before_reset"], w.packing,
             step_ln)
+
+    #: the entries of a pickled Stepper (besides the header)
+    _STEPPER_STATE = ("cell", "W_ih", "W_hh", "bias", "b_hn", "peephole", "weight_dtype",
+                      "options")
+
+    def __getstate__(self) -> dict[str, Any]:
+        """The pickled state: the weights unpacked, the folded biases and the options."""
+        w, G, H = self._weights, self._spec.G, self.hidden_size
+        layout = _ADAPTERS[self.cell].layout(self._options)
+        # W_hh's pack, or with split_n its first rows' and W_hn's
+        parts = [unpacked(w.wp, (G - 1 if layout.split_n else G) * H, H)]
+        if w.wp_n is not None:
+            parts.append(unpacked(w.wp_n, H, H))
+        W_hh = np.concatenate(parts)
+        W_ih = unpacked(self._P_ih, G * H, self.input_size)
+        if self.weight_dtype == "float16":      # float16 values: exact in half the bytes
+            W_ih, W_hh = W_ih.astype(np.float16), W_hh.astype(np.float16)
+        b_hn = w.bhn if layout.bhn_apart and w.bias is not None else None
+        return with_header({
+            "cell": self.cell, "W_ih": W_ih, "W_hh": W_hh, "bias": w.bias, "b_hn": b_hn,
+            "peephole": w.peephole, "weight_dtype": self.weight_dtype,
+            "options": dict(self._options)})
+
+    def __setstate__(self, state: Any) -> None:
+        """Build the Stepper again from a pickled state (its weights packed anew)."""
+        s = without_header("Stepper", state, self._STEPPER_STATE, header_required=True)
+        bias, b_hh = s["bias"], None
+        if bias is not None:
+            # b_ih + b_hh is the pickled bias bit for bit: -0.0 adds nothing to any float
+            b_hh = np.full_like(bias, -0.0)
+            if s["b_hn"] is not None:
+                b_hh[len(bias) - len(s["b_hn"]):] = s["b_hn"]
+        Stepper.__init__(self, s["cell"], s["W_ih"], s["W_hh"], bias, b_hh,
+                         peephole=s["peephole"], weight_dtype=s["weight_dtype"], **s["options"])
 
     def forward(self, x: Any, h0: Any = None, c0: Any = None, *, lengths: Any = None,
                 reverse: bool = False) -> AnyForwardResult:

@@ -1,4 +1,4 @@
-"""Weights from ONNX and Keras, converted to fastcells' (PyTorch's) layout.
+"""Weights from ONNX and Keras, converted to fastcells' (PyTorch's) layout; models to ONNX.
 
 Frameworks agree on the cell equations but not on how the gates are stacked
 in the weight matrices, nor on which way round the matrices are.  Everything
@@ -7,6 +7,10 @@ a converter transposes to ``(gates*H, in)`` rows, then reorders the gate
 blocks from the framework's order to ours with :func:`_to_fastcells_order`.
 
 A PyTorch module's ``state_dict()`` needs no conversion: it loads as it is.
+
+The other way, :func:`to_onnx` (built in ``fastcells._onnx_export``) writes a
+layer, or a layer and its ``Linear`` head, as an ONNX model whose recurrent
+nodes :func:`from_onnx` reads back.
 
 Each converter returns a :class:`StateDict`: a plain ``dict`` of PyTorch-named
 arrays that also carries, as ``.options``, the :class:`RunOptions` the weights
@@ -24,8 +28,9 @@ import numpy as np
 
 from ._cells import GATE_ORDER, GATES, NONLINEARITIES
 from ._checks import _to_array, check_bool, to_numpy
+from ._onnx_export import to_onnx
 
-__all__ = ["from_onnx", "from_keras", "StateDict", "RunOptions", "GATE_LAYOUT"]
+__all__ = ["from_onnx", "from_keras", "to_onnx", "StateDict", "RunOptions", "GATE_LAYOUT"]
 
 #: a framework's gate layout: per cell (and ``"peephole"``) the gate names in
 #: the order of its weight blocks
@@ -168,12 +173,19 @@ class StateDict(dict[str, np.ndarray]):
 # the one reordering rule
 
 
-def _to_fastcells_order(a: np.ndarray, source: str, cell: str, H: int) -> np.ndarray:
-    """Reorder the gate blocks of axis 0 of ``a`` ((G*H, ...) in ``source``'s order)."""
+def _reorder_gates(a: np.ndarray, cell: str, H: int, source: str, target: str) -> np.ndarray:
+    """Reorder the gate blocks of axis 0 of ``a`` ((G*H, ...)) from ``source``'s order
+    to ``target``'s (framework names of :data:`GATE_LAYOUT`; ``cell`` may be
+    ``"peephole"``); a new C-contiguous array."""
     src = GATE_LAYOUT[source][cell]
-    dst = GATE_LAYOUT["fastcells"][cell]
+    dst = GATE_LAYOUT[target][cell]
     blocks = a.reshape((len(src), H) + a.shape[1:])
     return np.ascontiguousarray(blocks[[src.index(g) for g in dst]].reshape(a.shape))
+
+
+def _to_fastcells_order(a: np.ndarray, source: str, cell: str, H: int) -> np.ndarray:
+    """Reorder the gate blocks of axis 0 of ``a`` ((G*H, ...) in ``source``'s order)."""
+    return _reorder_gates(a, cell, H, source, "fastcells")
 
 
 def _float_array(name: str, a: Any) -> np.ndarray:

@@ -133,9 +133,7 @@ class _RNNBase(_Layer):
         self._rng = np.random.default_rng(seed)
         #: per (layer, direction): names of W_ih, W_hh, b_ih, b_hh (None without bias), extras
         self._names: list[tuple[str | None, ...]] = self._create_parameters()
-        # the live arrays functional is called with, per (layer, direction)
-        self._weights = [tuple(None if n is None else self._params[n] for n in names[:4])
-                         for names in self._names]
+        self._parameters_replaced()
         self._tape: Any = None
 
     # -- configuration -----------------------------------------------------
@@ -153,6 +151,11 @@ class _RNNBase(_Layer):
                             f"{names[0]} and {names[1]} such as fastcells.reference, got "
                             f"{backend!r}")
         return cell_functions(module, self._spec.name)
+
+    def _parameters_replaced(self) -> None:
+        # the live arrays functional is called with, per (layer, direction)
+        self._weights = [tuple(None if n is None else self._params[n] for n in names[:4])
+                         for names in self._names]
 
     def _extra_parameters(self) -> list[ParamSpec]:
         """Parameters of the cell beyond the weights and biases, per (layer, direction)."""

@@ -6,6 +6,11 @@ with the same weights.  They read ``layer.parameters()`` (live float32 arrays)
 and ``layer.grads`` afresh at every step and update the parameters in place;
 their own state (momentum buffers, Adam's moments) is keyed by layer and
 parameter name.
+
+An optimizer pickles (and copies) to its hyperparameters, its state and its
+layers (each as a layer pickles: weights and options), with the format
+header of ``_pickle``.  Pickled in one call with the model's layers, it
+updates the unpickled layers (pickle keeps identity within one call).
 """
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ._checks import check_bool, check_number
+from ._pickle import with_header, without_header
 
 __all__ = ["SGD", "Adam", "clip_grad_norm"]
 
@@ -51,6 +57,15 @@ def _layers(layers: Any) -> list[Layer]:
     return items
 
 
+def _writable(value: Any) -> Any:
+    """``value`` with its read-only arrays (in dicts too) replaced by writable copies."""
+    if isinstance(value, np.ndarray):
+        return value if value.flags.writeable else value.copy()
+    if isinstance(value, dict):
+        return {k: _writable(v) for k, v in value.items()}
+    return value
+
+
 def _pairs(layers: Sequence[Layer]) -> Iterator[tuple[Key, Array, Array]]:
     """(key, parameter, gradient) for every parameter of every layer."""
     for i, layer in enumerate(layers):
@@ -59,8 +74,30 @@ def _pairs(layers: Sequence[Layer]) -> Iterator[tuple[Key, Array, Array]]:
             yield (i, name), p, grads[name]
 
 
+#: the optimizers' shared docstring parts (``%(name)s`` in each): every help() page whole
+_DOCS = {
+    "read_only": """At :meth:`step`, a
+        read-only parameter (``load_state_dict(..., assign=True)`` of a
+        read-only array), naming it; nothing is updated then.""",
+    "notes": """Notes
+    -----
+    Pickling (and ``copy``): the pickle holds the hyperparameters, ``state``
+    and ``layers``, each pickled as a layer is (weights and options, no
+    gradients).  Pickle the optimizer with its model in one call,
+    ``pickle.dumps((model, opt))``: the unpickled optimizer then updates the
+    unpickled layers, since pickle keeps identity within one call.  Pickled
+    alone it brings copies of its layers (``opt.layers``).  A pickle of a
+    newer format than this fastcells reads raises ``ValueError`` naming both
+    versions.""",
+}
+
+
 class _Optimizer:
     """What the optimizers share: their layers, their per-parameter state, zero_grad."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.__doc__ = (cls.__doc__ or "") % _DOCS
 
     def __init__(self, layers: Layers) -> None:
         self.layers = _layers(layers)
@@ -72,6 +109,32 @@ class _Optimizer:
 
     def step(self) -> None:  # pragma: no cover - defined by each optimizer
         raise NotImplementedError
+
+    def _writable_pairs(self) -> list[tuple[Key, Array, Array]]:
+        """(key, parameter, gradient) of every parameter, once each is known writable:
+        a read-only one raises before any is updated."""
+        pairs = list(_pairs(self.layers))
+        for (i, name), p, _ in pairs:
+            if not p.flags.writeable:
+                raise ValueError(
+                    f"step: expected writable parameters, got a read-only array for {name} of "
+                    f"layers[{i}] ({self.layers[i]!r}), assigned or unpickled without a copy "
+                    f"(e.g. from Ray's object store); give the layer arrays of its own first: "
+                    f"layer.load_state_dict(layer.state_dict(), assign=True).  Nothing was "
+                    f"updated")
+        return pairs
+
+    def __getstate__(self) -> dict[str, Any]:
+        """The pickled state: hyperparameters, per-parameter state and the layers."""
+        return with_header(self.__dict__.copy())
+
+    def __setstate__(self, state: Any) -> None:
+        """Restore a pickled state (a newer format raises ``ValueError`` naming both
+        versions).  Read-only arrays of the state (out-of-band buffers, as Ray's
+        object store gives) are copied: the optimizer updates its state in place."""
+        attrs = without_header(type(self).__name__, state, ("layers", "state"))
+        attrs["state"] = _writable(attrs["state"])
+        self.__dict__.update(attrs)
 
     def _changed(self) -> None:
         """Tell the layers their parameters changed (they drop prepared weights)."""
@@ -110,8 +173,10 @@ class SGD(_Optimizer):
     Attributes
     ----------
     state : dict
-        The momentum buffer of each parameter, keyed by (layer position,
-        parameter name).
+        The momentum buffer of each parameter (float32), keyed by (layer
+        position, parameter name).
+    layers : list
+        The layers, in the order given (the positions of ``state``'s keys).
 
     Raises
     ------
@@ -119,7 +184,9 @@ class SGD(_Optimizer):
         A hyperparameter that is not a number (``nesterov`` not a bool), or
         ``layers`` that are not layers.
     ValueError
-        A hyperparameter out of its range, naming it.
+        A hyperparameter out of its range, naming it.  %(read_only)s
+
+    %(notes)s
     """
 
     def __init__(self, layers: Layers, lr: float, momentum: float = 0.0,
@@ -138,7 +205,7 @@ class SGD(_Optimizer):
 
     def step(self) -> None:
         """Update every parameter in place from its accumulated gradient."""
-        for key, p, grad in _pairs(self.layers):
+        for key, p, grad in self._writable_pairs():
             g = grad + self.weight_decay * p if self.weight_decay else grad
             if self.momentum:
                 buf = self.state.get(key)
@@ -187,7 +254,10 @@ class Adam(_Optimizer):
     ----------
     state : dict
         Per parameter, keyed by (layer position, parameter name): a dict of
-        its step count ``"step"`` and moments ``"m"``, ``"v"``.
+        its step count ``"step"`` and moments ``"m"``, ``"v"`` (float32
+        arrays: a pickled Adam resumes where it stopped).
+    layers : list
+        The layers, in the order given (the positions of ``state``'s keys).
 
     Raises
     ------
@@ -195,7 +265,9 @@ class Adam(_Optimizer):
         A hyperparameter that is not a number (``betas`` not a pair), or
         ``layers`` that are not layers.
     ValueError
-        A hyperparameter out of its range, naming it.
+        A hyperparameter out of its range, naming it.  %(read_only)s
+
+    %(notes)s
     """
 
     def __init__(self, layers: Layers, lr: float = 1e-3,
@@ -214,7 +286,7 @@ class Adam(_Optimizer):
     def step(self) -> None:
         """Update every parameter in place from its accumulated gradient."""
         b1, b2 = self.betas
-        for key, p, grad in _pairs(self.layers):
+        for key, p, grad in self._writable_pairs():
             g = grad + self.weight_decay * p if self.weight_decay else grad
             st = self.state.get(key)
             if st is None:

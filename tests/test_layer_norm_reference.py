@@ -5,12 +5,13 @@
 are here, with the reference's.
 """
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 from test_reference_gradcheck import GRAD_RTOL, RELU_MARGIN, numerical_gradient
 
-from fastcells import _checks, reference
+from fastcells import _checks, bench, reference
 from fastcells._cells import CELLS as CELL_TABLE
 from fastcells._results import LayerNormGradients, LayerNormLSTMGradients, LayerNormWeights
 
@@ -286,6 +287,32 @@ def test_gradients_match_finite_differences(cell, bias, lengths, reverse):
         assert grads.dlayer_norm.c_weight is None and grads.dlayer_norm.c_bias is None
 
 
+@pytest.mark.parametrize("cell", list(LN_CELLS))
+def test_gradients_without_initial_state_match_finite_differences(cell):
+    """h0 (c0) None: the recurrent rows LN(W_hh h) start constant (zero variance), where
+    LN's derivative is about 1/sqrt(eps); eps = 1e-3 keeps central differences of step
+    1e-6 accurate there (at 1e-5 their own error reaches the tolerance)."""
+    rng = np.random.default_rng(4321)
+    inputs = make_ln_inputs(cell, rng)
+    states = [name for name in ("h0", "c0") if name in inputs]
+    dy, dh, dc = upstream(rng)
+    out = ln_forward(cell, {**inputs, **dict.fromkeys(states)}, training=True,
+                     layer_norm_eps=1e-3)
+    grads = ln_backward(cell, out.cache, dy, dh, dc)
+    for name in states:
+        inputs[name] = np.zeros_like(inputs[name])
+    np.testing.assert_array_equal(ln_forward(cell, inputs, layer_norm_eps=1e-3).y, out.y)
+
+    def loss():
+        return loss_of(cell, ln_forward(cell, inputs, layer_norm_eps=1e-3), dy, dh, dc)
+
+    for name in inputs:
+        numeric = numerical_gradient(loss, inputs, name)
+        scale = max(np.abs(numeric).max(), 1.0)
+        np.testing.assert_allclose(gradient_of(grads, name), numeric, rtol=GRAD_RTOL,
+                                   atol=GRAD_RTOL * scale, err_msg=name)
+
+
 # ----------------------------------------------------------------------------
 # against a float64 PyTorch autograd cell written from the equations of issue 12
 # (LN by torch.nn.functional.layer_norm; no fastcells code)
@@ -355,11 +382,26 @@ TORCH_RTOL = 1e-10
 @pytest.mark.parametrize("lengths", [None, LENGTHS], ids=["full", "lengths"])
 @pytest.mark.parametrize("cell", list(LN_CELLS))
 def test_reference_matches_a_pytorch_autograd_cell(cell, lengths, reverse, eps):
+    check_against_pytorch(cell, lengths, reverse, eps)
+
+
+@pytest.mark.parametrize("cell", list(LN_CELLS))
+def test_reference_without_initial_state_matches_the_pytorch_cell(cell):
+    """h0 (c0) None, given to PyTorch as zeros: LN of a constant row at the first step."""
+    check_against_pytorch(cell, None, False, 1e-5, initial_state=False)
+
+
+def check_against_pytorch(cell, lengths, reverse, eps, initial_state=True):
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(99)
     inputs = make_ln_inputs(cell, rng)
     dy, dh, dc = upstream(rng)
-    out = ln_forward(cell, inputs, lengths=lengths, reverse=reverse, training=True,
+    states = [name for name in ("h0", "c0") if name in inputs]
+    if not initial_state:
+        for name in states:
+            inputs[name] = np.zeros_like(inputs[name])
+    given = inputs if initial_state else {**inputs, **dict.fromkeys(states)}
+    out = ln_forward(cell, given, lengths=lengths, reverse=reverse, training=True,
                      layer_norm_eps=eps)
     grads = ln_backward(cell, out.cache, dy, dh, dc)
 
@@ -503,3 +545,117 @@ def test_forward_refuses_gru_without_linear_before_reset():
     inputs = make_ln_inputs("gru", np.random.default_rng(14))
     with pytest.raises(ValueError, match=r"^layer_norm: expected linear_before_reset=True"):
         reference.gru_forward(**{**call_args("gru", inputs), "linear_before_reset": False})
+
+
+# ----------------------------------------------------------------------------
+# the benchmark's PyTorch peers (bench/peers.py): the normalized LSTM computes what
+# the reference computes, forward and backward, so the report compares like with like
+
+#: float32 PyTorch vs the float64 reference, relative to max(1, max|reference|)
+PEER_RTOL = 1e-4
+
+
+def peers():
+    return bench.load_bench(Path(__file__).resolve().parents[1] / "bench").peers
+
+
+def test_torch_normalized_lstm_peer_matches_the_reference_forward_and_backward():
+    torch = pytest.importorskip("torch")
+    p = bench.make_problem("lstm", bench.Shape(5, 3, 6, 8))
+    ln, eps = peers().layer_norm_weights(p), 1e-3
+    out = reference.lstm_forward(*p.args(np.float64), layer_norm=ln, layer_norm_eps=eps,
+                                 training=True)
+    want = reference.lstm_backward(out.cache, dy=p.dy.astype(np.float64))
+    # what the benchmark times: the runner's forward+backward returns dx
+    dx = peers().torch_ln_lstm_runner(p, "fwdbwd", threads=1, layer_norm=ln,
+                                      layer_norm_eps=eps)()
+    assert_peer_close(dx.numpy(), want.dx, "dx")
+
+    # the peer's layer, with the runner's weights, run by hand to read every gradient
+    layer, scripted = peers().torch_ln_lstm(torch, 6, 8, eps)
+    assert scripted, "TorchScript refused the custom_lstms-style cell"
+    cell = layer.cell
+    params = {  # the peer's parameter -> (its value, the reference's gradient of it)
+        cell.weight_ih: (p.W_ih, want.dW_ih), cell.weight_hh: (p.W_hh, want.dW_hh),
+        cell.layernorm_i.weight: (ln.ih_weight, want.dlayer_norm.ih_weight),
+        cell.layernorm_i.bias: (ln.ih_bias + p.b_ih, want.dlayer_norm.ih_bias),
+        cell.layernorm_h.weight: (ln.hh_weight, want.dlayer_norm.hh_weight),
+        cell.layernorm_h.bias: (ln.hh_bias + p.b_hh, want.dlayer_norm.hh_bias),
+        cell.layernorm_c.weight: (ln.c_weight, want.dlayer_norm.c_weight),
+        cell.layernorm_c.bias: (ln.c_bias, want.dlayer_norm.c_bias)}
+    with torch.no_grad():
+        for tensor, (value, _) in params.items():
+            tensor.copy_(torch.from_numpy(np.asarray(value, np.float32)))
+    x = torch.from_numpy(p.x).requires_grad_(True)
+    h0, c0 = (torch.from_numpy(s).requires_grad_(True) for s in p.states())
+    y, (h, c) = layer(x, (h0, c0))
+    y.backward(torch.from_numpy(p.dy))
+
+    assert_peer_close(y.detach().numpy(), out.y, "y")
+    assert_peer_close(h.detach().numpy(), out.h, "h")
+    assert_peer_close(c.detach().numpy(), out.c, "c (carried, not normalized)")
+    for name, mine in (("dx", x.grad), ("dh0", h0.grad), ("dc0", c0.grad)):
+        assert_peer_close(mine.numpy(), getattr(want, name), name)
+    for k, (tensor, (_, theirs)) in enumerate(params.items()):
+        assert_peer_close(tensor.grad.numpy(), theirs, f"parameter {k}")
+    # the folded biases: LN's bias and b_ih (b_hh) are added alike, so their gradients agree
+    np.testing.assert_allclose(want.dlayer_norm.ih_bias, want.db_ih, rtol=1e-12)
+    np.testing.assert_allclose(want.dlayer_norm.hh_bias, want.db_hh, rtol=1e-12)
+
+
+def assert_peer_close(got, want, name):
+    scale = max(1.0, float(np.abs(want).max()))
+    np.testing.assert_allclose(got, want, rtol=0, atol=PEER_RTOL * scale, err_msg=name)
+
+
+def test_torch_normalized_lstm_peer_refuses_what_it_does_not_compute(monkeypatch):
+    pytest.importorskip("torch")
+    shape = bench.Shape(4, 2, 3, 4)
+    module = peers()
+    with pytest.raises(bench.Unavailable, match="the layer-normalized LSTM is an LSTM's, not gru's"):
+        module.torch_ln_lstm_runner(bench.make_problem("gru", shape), "fwd")
+    with pytest.raises(bench.Unavailable, match="variable lengths"):
+        module.torch_ln_lstm_runner(bench.make_problem("lstm", shape, varlen=True), "fwd")
+    # a peer that computes something else is caught by the agreement check, not timed
+    original = module.torch_ln_lstm
+    monkeypatch.setattr(module, "torch_ln_lstm",
+                        lambda torch, I, H, eps: original(torch, I, H, 100 * eps))
+    with pytest.raises(bench.Unavailable, match="disagrees with fastcells.reference"):
+        module.torch_ln_lstm_runner(bench.make_problem("lstm", shape), "fwd",
+                                    layer_norm_eps=1e-2)
+
+
+@pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")
+def test_torch_projection_peer_runs_pytorchs_lstm_with_proj_size():
+    torch = pytest.importorskip("torch")
+    p = bench.make_problem("lstm", bench.Shape(5, 3, 6, 8))
+    seen = []
+    run = peers().torch_proj_runner(p, "fwd", proj_size=3, check=seen.append)
+    proj = peers().proj_weights(p, 3)
+    assert proj.W_hh.shape == (32, 3) and proj.W_hr.shape == (3, 8)
+    assert proj.h0.shape == (3, 3) and proj.dy.shape == (5, 3, 3)
+    (y,) = seen
+    np.testing.assert_array_equal(run().numpy(), y)
+    # the runner's module has the weights it says: an nn.LSTM given them gives its y
+    lstm = torch.nn.LSTM(6, 8, proj_size=3)
+    with torch.no_grad():
+        for name, value in (("weight_ih_l0", p.W_ih), ("weight_hh_l0", proj.W_hh),
+                            ("bias_ih_l0", p.b_ih), ("bias_hh_l0", p.b_hh),
+                            ("weight_hr_l0", proj.W_hr)):
+            getattr(lstm, name).copy_(torch.from_numpy(value))
+        expected = lstm(torch.from_numpy(p.x), (torch.from_numpy(proj.h0)[None],
+                                                torch.from_numpy(p.c0)[None]))[0]
+    np.testing.assert_array_equal(y, expected.numpy())
+    dx = peers().torch_proj_runner(p, "fwdbwd", proj_size=3)()
+    assert dx.shape == (5, 3, 6) and torch.isfinite(dx).all()
+
+
+def test_torch_projection_peer_refuses_a_bad_proj_size():
+    pytest.importorskip("torch")
+    p = bench.make_problem("lstm", bench.Shape(4, 2, 3, 4))
+    for proj_size in (0, 4, 5):
+        with pytest.raises(ValueError, match=r"proj_size: expected 1 <= proj_size < "
+                                             fr"hidden_size = 4, got {proj_size}"):
+            peers().torch_proj_runner(p, "fwd", proj_size=proj_size)
+    with pytest.raises(bench.Unavailable, match="proj_size is an LSTM's"):
+        peers().torch_proj_runner(bench.make_problem("rnn", p.shape), "fwd", proj_size=2)
