@@ -59,28 +59,49 @@ def tanh_(x: _F32, ftz: bool = ...) -> None: ...
 
 def rnn_forward(t0: int, gx: _F32, wp: _F32, packing: int, h: _F32, y: _F32,
                 lengths: _I64 | None, reverse: bool, relu: bool, gh: _F32,
-                blocks: _I64 | None = ..., cols: _I64 | None = ...) -> None: ...
+                blocks: _I64 | None = ..., cols: _I64 | None = ...,
+                ln: tuple[object, ...] | None = ...) -> None: ...
 def rnn_backward(y: _F32, wpt: _F32, dy: _F32 | None, dh: _F32, dG: _F32,
                  lengths: _I64 | None, reverse: bool, relu: bool, tmp: _F32,
-                 blocks: _I64 | None = ...) -> None: ...
+                 blocks: _I64 | None = ..., ln: tuple[object, ...] | None = ...) -> None: ...
 def lstm_forward(t0: int, gx: _F32, wp: _F32, packing: int, peephole: _F32 | None, h: _F32,
                  c: _F32, y: _F32, lengths: _I64 | None, reverse: bool, gates: _F32 | None,
                  cs: _F32 | None, gh: _F32, blocks: _I64 | None = ...,
-                 cols: _I64 | None = ...) -> None: ...
+                 cols: _I64 | None = ..., ln: tuple[object, ...] | None = ...) -> None: ...
 def lstm_backward(gates: _F32, cs: _F32, c0: _F32, wpt: _F32, peephole: _F32 | None,
                   dy: _F32 | None, dh: _F32, dc: _F32, dG: _F32,
                   lengths: _I64 | None, reverse: bool, tmp: _F32,
-                  blocks: _I64 | None = ...) -> None: ...
+                  blocks: _I64 | None = ..., ln: tuple[object, ...] | None = ...) -> None: ...
 def gru_forward(t0: int, gx: _F32, wp: _F32, wp_n: _F32 | None, packing: int, bhn: _F32,
                 h: _F32,
                 y: _F32, lengths: _I64 | None, reverse: bool, linear_before_reset: bool,
                 gates: _F32 | None, hn: _F32 | None, gh: _F32, rh: _F32,
-                ghn: _F32, blocks: _I64 | None = ..., cols: _I64 | None = ...) -> None: ...
+                ghn: _F32, blocks: _I64 | None = ..., cols: _I64 | None = ...,
+                ln: tuple[object, ...] | None = ...) -> None: ...
 def gru_backward(gates: _F32, hn: _F32 | None, y: _F32, h0: _F32, wpt: _F32,
                  wpt_n: _F32 | None, dy: _F32 | None, dh: _F32, dGx: _F32,
                  dGh: _F32 | None, lengths: _I64 | None, reverse: bool,
                  linear_before_reset: bool, tmp: _F32, direct: _F32,
-                 blocks: _I64 | None = ...) -> None: ...
+                 blocks: _I64 | None = ..., ln: tuple[object, ...] | None = ...) -> None: ...
+
+# layer normalization -------------------------------------------------------------
+
+class LayerNormStat(enum.IntEnum):
+    """The columns of a layer-normalized loop's kept ``rstd``."""
+
+    LN_IH = 0
+    LN_HH = 1
+    LN_C = 2
+
+LN_IH: LayerNormStat
+LN_HH: LayerNormStat
+LN_C: LayerNormStat
+LN_STATS: dict[str, int]
+
+def layer_norm_rows(x: _F32, gamma: _F32, beta: _F32, eps: float, xhat: _F32 | None = ...,
+                    rstd: _F32 | None = ..., nthreads: int = ...) -> None: ...
+def layer_norm_rows_backward(dy: _F32, xhat: _F32, rstd: _F32, gamma: _F32, dx: _F32,
+                             nthreads: int = ...) -> None: ...
 
 
 class StepKernel:
@@ -90,7 +111,8 @@ class StepKernel:
 
     def __init__(self, cell: str, wih: _F32, wp: _F32, wp_n: _F32 | None, bias: _F32,
                  bhn: _F32, peephole: _F32 | None, I: int, H: int, relu: bool,
-                 linear_before_reset: bool, packing: int = ...) -> None: ...
+                 linear_before_reset: bool, packing: int = ...,
+                 ln: tuple[object, ...] | None = ...) -> None: ...
     def step(self, x: _F32, h: _F32, c: _F32 | None) -> None: ...
 
 # backward's weight gradients: C = A^T B -------------------------------------------

@@ -27,6 +27,9 @@ How this module is built, and why:
 - ``lengths`` (or NULL) marks the steps ``t >= lengths[b]`` that leave row
   ``b`` untouched; ``reverse`` walks time backwards, each row starting at its
   own last valid step.  Backward walks the forward order in reverse.
+- A layer-normalized cell is the same loops with an ``ln`` argument: the
+  recurrent product's rows (and the LSTM's new cell state) are normalized in
+  the gate pass, their gradients in the BPTT pass (see "layer normalization").
 """
 from cython.parallel cimport prange
 from cpython.pyport cimport PY_SSIZE_T_MAX
@@ -65,6 +68,12 @@ cdef extern from "activations.h" nogil:
     void fc_sigmoid(float *x, Py_ssize_t n)
     void fc_tanh(float *x, Py_ssize_t n)
 
+cdef extern from "layernorm.h" nogil:
+    float fc_ln_forward(const float *x, float *out, Py_ssize_t n, float eps, const float *g,
+                        const float *b, float *xhat)
+    void fc_ln_backward(const float *dy, const float *xhat, float rstd, const float *g,
+                        Py_ssize_t n, float *dx)
+
 cdef extern from "fpenv.h" nogil:
     # flush-to-zero for the loops, the caller's mode restored after (see fpenv.h);
     # the saved control word: unsigned long long on every platform, as in fpenv.h
@@ -92,6 +101,18 @@ cdef enum CellKind:
     KIND_LSTM
 
 _KINDS = {"rnn": KIND_RNN, "gru": KIND_GRU, "lstm": KIND_LSTM}
+
+#: the columns of a layer-normalized loop's kept ``rstd`` (T, B, LN_STATS): the
+#: 1/sqrt(var + eps) of the input path, the recurrent path and (LSTM) the cell state
+cpdef enum LayerNormStat:
+    LN_IH = 0
+    LN_HH = 1
+    LN_C = 2
+
+globals().update(LayerNormStat.__members__)
+
+#: the stats kept per row and step, per cell (``ln_rstd``'s last axis)
+LN_STATS = {"rnn": 2, "gru": 2, "lstm": 3}
 
 
 # ----------------------------------------------------------------------------
@@ -459,6 +480,17 @@ ctypedef struct FwdLoop:
     float *gh
     float *rh
     float *ghn
+    # layer normalization (see "layer normalization" below); ln_hh_w NULL: none
+    float ln_eps
+    Py_ssize_t ln_k      # columns of ln_rstd
+    const float *ln_hh_w
+    const float *ln_hh_b
+    const float *ln_c_w
+    const float *ln_c_b
+    float *ln_xih        # kept (T, B, G*H): zeroed at masked steps (written before the loop)
+    float *ln_xhh        # kept (T, B, G*H): the normalized W_hh h
+    float *ln_xc         # kept (T, B, H), LSTM: the normalized c_t
+    float *ln_rstd       # kept (T, B, ln_k)
 
 #: the arguments of one BPTT loop (see rnn_backward & co.)
 ctypedef struct BwdLoop:
@@ -480,6 +512,16 @@ ctypedef struct BwdLoop:
     float *dGh
     float *tmp
     float *direct
+    # layer normalization: ln_hh_w NULL: none
+    Py_ssize_t ln_k
+    const float *ln_hh_w
+    const float *ln_c_w
+    const float *ln_c_b
+    const float *ln_xhh
+    const float *ln_xc
+    const float *ln_rstd
+    float *dGln          # (T, B, G*H): the gradient of W_hh h, which the product reads
+    float *dcn           # (T, B, H), LSTM: the gradient of LN(c_t)
 
 #: the rows [r0, r1) of a loop (or product) whose arguments ``args`` points to
 ctypedef void (*RowLoop)(const void *args, Py_ssize_t r0, Py_ssize_t r1) noexcept nogil
@@ -675,7 +717,8 @@ cdef void _col_lstm(const ColStep *S, Py_ssize_t j0, Py_ssize_t n, Py_ssize_t b,
     """The LSTM's units [j0, j0 + n) of row b: ``a`` its gate i's pre-activations (gx
     added), the other gates H floats apart; as _lstm_fwd does for whole rows."""
     cdef const FwdLoop *L = S.L
-    cdef Py_ssize_t j, g, H = L.H
+    cdef Py_ssize_t j, g, row, H = L.H
+    cdef float r
     cdef const float *peep = L.peep
     cdef float *cb = L.c + b * H + j0
     if peep != NULL:                 # i and f see c_{t-1}
@@ -691,7 +734,14 @@ cdef void _col_lstm(const ColStep *S, Py_ssize_t j0, Py_ssize_t n, Py_ssize_t b,
         for j in range(n):
             a[3 * H + j] += peep[2 * H + j0 + j] * cb[j]
     fc_sigmoid(a + 3 * H, n)      # o
-    memcpy(yr, cb, n * sizeof(float))
+    if L.ln_c_w != NULL:             # h = o * tanh(LN(c)): whole rows only (j0 = 0, n = H)
+        row = S.t * L.B + b
+        r = fc_ln_forward(cb, yr, n, L.ln_eps, L.ln_c_w, L.ln_c_b,
+                          L.ln_xc + row * H if L.ln_xc != NULL else NULL)
+        if L.ln_rstd != NULL:
+            L.ln_rstd[row * L.ln_k + LN_C] = r
+    else:
+        memcpy(yr, cb, n * sizeof(float))
     fc_tanh(yr, n)
     for j in range(n):
         yr[j] = a[3 * H + j] * yr[j]
@@ -829,6 +879,240 @@ cdef inline float *_spare_ptr(float[::1] spare) noexcept nogil:
 
 
 # ----------------------------------------------------------------------------
+# layer normalization
+#
+# A layer-normalized cell (Ba et al. 2016) normalizes each row of the input
+# projection W_ih x and of the recurrent product W_hh h over all its G*H values
+# (and the LSTM its new cell state over H before tanh): csrc/layernorm.h.
+# - The input path is normalized on the whole projection before the loop
+#   (layer_norm_rows: its rows are independent of the state), with b_ih + b_hh
+#   folded into its beta; backward's layer_norm_rows_backward after the loop.
+# - The recurrent path inside the loop: each active row of the step's product is
+#   normalized in place right after the product, in the gate pass, and BPTT turns
+#   the row's pre-activation gradient into the gradient of W_hh h there too
+#   (dGln, which the step's product then reads).  The c path inside the LSTM's
+#   gate pass.  A row's statistics need the whole row: these loops split by
+#   batch rows only, never by hidden units.
+# - Training keeps the normalized rows (xhat) and 1/sqrt(var + eps) per row and
+#   step (ln_rstd, LN_STATS columns), zeros at masked steps: backward reads them
+#   and the gain gradients are sums of dG * xhat (in functional, after the loop).
+
+cdef inline void _ln_hh(const FwdLoop *L, Py_ssize_t t, Py_ssize_t b, float *a,
+                        Py_ssize_t n) noexcept nogil:
+    """Normalize the recurrent product's row ``a`` (n = G*H values) of row b in place."""
+    cdef Py_ssize_t row = t * L.B + b
+    cdef float *xh = L.ln_xhh + row * n if L.ln_xhh != NULL else NULL
+    cdef float r = fc_ln_forward(a, a, n, L.ln_eps, L.ln_hh_w, L.ln_hh_b, xh)
+    if L.ln_rstd != NULL:
+        L.ln_rstd[row * L.ln_k + LN_HH] = r
+
+
+cdef inline void _ln_masked(const FwdLoop *L, Py_ssize_t t, Py_ssize_t b,
+                            Py_ssize_t n) noexcept nogil:
+    """Zero what a normalized loop keeps of row b at a masked step t (n = G*H): the
+    gain gradients sum dG * xhat over every step, and 0 * garbage may be NaN."""
+    cdef Py_ssize_t row = t * L.B + b
+    if L.ln_rstd == NULL:
+        return
+    memset(L.ln_rstd + row * L.ln_k, 0, L.ln_k * sizeof(float))
+    memset(L.ln_xih + row * n, 0, n * sizeof(float))
+    memset(L.ln_xhh + row * n, 0, n * sizeof(float))
+    if L.ln_xc != NULL:
+        memset(L.ln_xc + row * L.H, 0, L.H * sizeof(float))
+
+
+cdef inline const float *_ln_hh_back(const BwdLoop *L, Py_ssize_t row, const float *d,
+                                     Py_ssize_t n) noexcept nogil:
+    """The gradient of W_hh h of a normalized loop's ``row`` (t*B + b) from ``d``, the
+    gradient of LN(W_hh h) (n = G*H values), into dGln; returns d when not normalized."""
+    if L.ln_hh_w == NULL:
+        return d
+    fc_ln_backward(d, L.ln_xhh + row * n, L.ln_rstd[row * L.ln_k + LN_HH], L.ln_hh_w, n,
+                   L.dGln + row * n)
+    return L.dGln + row * n
+
+
+cdef inline void _ln_bwd_masked(const BwdLoop *L, Py_ssize_t row, Py_ssize_t n) noexcept nogil:
+    if L.ln_hh_w == NULL:
+        return
+    memset(L.dGln + row * n, 0, n * sizeof(float))
+    if L.dcn != NULL:
+        memset(L.dcn + row * L.H, 0, L.H * sizeof(float))
+
+
+cdef const float *_vec(name, a, Py_ssize_t n) except NULL:
+    """The pointer to a C-contiguous float32 vector of n floats (ValueError else)."""
+    cdef const float[::1] v = a
+    if v.shape[0] != n:
+        raise ValueError(f"{name}: expected {n} floats, got {v.shape[0]}")
+    return &v[0] if n else <const float *>1    # n == 0: never read
+
+
+cdef float *_kept(name, a, tuple shape) except? NULL:
+    """The pointer to a kept (T, B, n) float32 array of ``shape``, NULL for None."""
+    if a is None:
+        return NULL
+    cdef float[:, :, ::1] v = a
+    if (v.shape[0], v.shape[1], v.shape[2]) != shape:
+        raise ValueError(f"{name}: expected shape {shape}, got {a.shape}")
+    return &v[0, 0, 0] if v.shape[0] * v.shape[1] * v.shape[2] else NULL
+
+
+cdef const float *_kept_ro(name, a, tuple shape) except? NULL:
+    """:func:`_kept` of a read-only array (the cache's)."""
+    if a is None:
+        return NULL
+    cdef const float[:, :, ::1] v = a
+    if (v.shape[0], v.shape[1], v.shape[2]) != shape:
+        raise ValueError(f"{name}: expected shape {shape}, got {a.shape}")
+    return &v[0, 0, 0] if v.shape[0] * v.shape[1] * v.shape[2] else NULL
+
+
+cdef _set_ln_fwd(FwdLoop *L, ln, Py_ssize_t T, Py_ssize_t G, bint lstm, Py_ssize_t nc):
+    """L's layer-norm fields from ``ln``: None (not normalized) or ``(hh_weight, hh_bias,
+    c_weight, c_bias, eps, xih, xhh, xc, rstd)`` (the kept arrays None, or all of them
+    when training; c_* and xc None unless ``lstm``).  Checks every shape."""
+    if ln is None:
+        return
+    if nc > 1:
+        raise ValueError(f"cols: expected None for a layer-normalized loop (a row's "
+                         f"statistics need the whole row), got {nc} blocks")
+    hh_w, hh_b, c_w, c_b, eps, xih, xhh, xc, rstd = ln
+    cdef Py_ssize_t B = L.B, H = L.H, GH = G * H, K = LN_STATS["lstm" if lstm else "rnn"]
+    if not eps > 0:
+        raise ValueError(f"layer_norm_eps: expected a finite float > 0, got {eps}")
+    L.ln_eps, L.ln_k = eps, K
+    L.ln_hh_w, L.ln_hh_b = _vec("ln_hh_weight", hh_w, GH), _vec("ln_hh_bias", hh_b, GH)
+    if lstm:
+        L.ln_c_w, L.ln_c_b = _vec("ln_c_weight", c_w, H), _vec("ln_c_bias", c_b, H)
+    if (xih is None) != (rstd is None) or (xih is None) != (xhh is None) or lstm and (
+            (xih is None) != (xc is None)):
+        raise ValueError("ln: expected every kept array (training) or none")
+    L.ln_xih, L.ln_xhh = _kept("ln_xih", xih, (T, B, GH)), _kept("ln_xhh", xhh, (T, B, GH))
+    L.ln_xc = _kept("ln_xc", xc, (T, B, H)) if lstm else NULL
+    L.ln_rstd = _kept("ln_rstd", rstd, (T, B, K))
+
+
+cdef _set_ln_bwd(BwdLoop *L, ln, Py_ssize_t G, bint lstm):
+    """L's layer-norm fields from ``ln``: None or ``(hh_weight, c_weight, c_bias, xhh, xc,
+    rstd, dGln, dcn)`` (c_*, xc, dcn None unless ``lstm``).  Checks every shape."""
+    if ln is None:
+        return
+    hh_w, c_w, c_b, xhh, xc, rstd, dGln, dcn = ln
+    cdef Py_ssize_t T = L.T, B = L.B, H = L.H, GH = G * H, K = LN_STATS["lstm" if lstm else "rnn"]
+    L.ln_k = K
+    L.ln_hh_w = _vec("ln_hh_weight", hh_w, GH)
+    L.ln_xhh = _kept_ro("ln_xhh", xhh, (T, B, GH))
+    L.ln_rstd = _kept_ro("ln_rstd", rstd, (T, B, K))
+    L.dGln = _kept("dGln", dGln, (T, B, GH))
+    if L.ln_xhh == NULL or L.ln_rstd == NULL or L.dGln == NULL:
+        raise ValueError("ln: expected the kept arrays and dGln")
+    if lstm:
+        L.ln_c_w, L.ln_c_b = _vec("ln_c_weight", c_w, H), _vec("ln_c_bias", c_b, H)
+        L.ln_xc, L.dcn = _kept_ro("ln_xc", xc, (T, B, H)), _kept("dcn", dcn, (T, B, H))
+        if L.ln_xc == NULL or L.dcn == NULL:
+            raise ValueError("ln: expected xc and dcn for the LSTM")
+
+
+#: the arguments of layer_norm_rows(_backward) over a block of rows
+ctypedef struct LNRows:
+    Py_ssize_t n, ldr
+    float eps
+    const float *g
+    const float *b
+    float *x
+    float *xhat
+    float *rstd
+    const float *dy
+    float *dx
+
+
+cdef void _ln_rows(const void *p, Py_ssize_t r0, Py_ssize_t r1) noexcept nogil:
+    cdef const LNRows *a = <const LNRows *>p
+    cdef Py_ssize_t r
+    cdef float v
+    for r in range(r0, r1):
+        v = fc_ln_forward(a.x + r * a.n, a.x + r * a.n, a.n, a.eps, a.g, a.b,
+                          a.xhat + r * a.n if a.xhat != NULL else NULL)
+        if a.rstd != NULL:
+            a.rstd[r * a.ldr] = v
+
+
+cdef void _ln_rows_back(const void *p, Py_ssize_t r0, Py_ssize_t r1) noexcept nogil:
+    cdef const LNRows *a = <const LNRows *>p
+    cdef Py_ssize_t r
+    for r in range(r0, r1):
+        fc_ln_backward(a.dy + r * a.n, a.xhat + r * a.n, a.rstd[r * a.ldr], a.g, a.n,
+                       a.dx + r * a.n)
+
+
+cdef const int64_t[::1] _ln_blocks(Py_ssize_t m, Py_ssize_t nthreads):
+    if nthreads < 1:
+        raise ValueError(f"nthreads: expected a positive integer, got {nthreads}")
+    return gemm_blocks(m, nthreads) if nthreads > 1 and m else None
+
+
+def layer_norm_rows(float[:, ::1] x, const float[::1] gamma, const float[::1] beta, float eps,
+                    float[:, ::1] xhat=None, float[:, :] rstd=None, Py_ssize_t nthreads=1):
+    """Each row of ``x`` (m, n) := ``LN(row; gamma, beta)`` (the input path of a normalized
+    loop, ``beta`` with the biases folded in), in place; ``xhat`` (m, n) receives the
+    normalized rows and ``rstd[:, 0]`` (m, >= 1; any strides) 1/sqrt(var + eps) when
+    given.  Rows split over up to ``nthreads`` threads (each row alone: the same bits).
+    Runs in the loops' floating-point mode (flush-to-zero)."""
+    cdef Py_ssize_t m = x.shape[0], n = x.shape[1]
+    if gamma.shape[0] != n or beta.shape[0] != n:
+        raise ValueError(f"gamma, beta: expected {n} floats, got {gamma.shape[0]}, "
+                         f"{beta.shape[0]}")
+    if not eps > 0:
+        raise ValueError(f"eps: expected a finite float > 0, got {eps}")
+    if xhat is not None and (xhat.shape[0] != m or xhat.shape[1] != n):
+        raise ValueError(f"xhat: expected shape ({m}, {n})")
+    if rstd is not None and (rstd.shape[0] != m or rstd.shape[1] < 1):
+        raise ValueError(f"rstd: expected shape ({m}, >= 1)")
+    cdef const int64_t[::1] blocks = _ln_blocks(m, nthreads)
+    if not (m and n):
+        return
+    cdef LNRows a
+    memset(&a, 0, sizeof(a))
+    a.n, a.eps, a.g, a.b, a.x = n, eps, &gamma[0], &beta[0], &x[0, 0]
+    if xhat is not None:
+        a.xhat = &xhat[0, 0]
+    if rstd is not None:
+        a.rstd, a.ldr = &rstd[0, 0], rstd.strides[0] // sizeof(float)
+    with nogil:
+        _run_rows(_ln_rows, &a, m, _bounds(blocks),
+                  blocks.shape[0] - 1 if blocks is not None else 1, True)
+
+
+def layer_norm_rows_backward(const float[:, ::1] dy, const float[:, ::1] xhat,
+                             const float[:, :] rstd, const float[::1] gamma, float[:, ::1] dx,
+                             Py_ssize_t nthreads=1):
+    """Each row of ``dx`` (m, n) := the gradient through LN of the same row of ``dy``
+    (the gradient of LN's output), given the forward pass's ``xhat`` and ``rstd[:, 0]``
+    (as :func:`layer_norm_rows` keeps them); ``dx`` may be ``dy``.  Rows split over up
+    to ``nthreads`` threads (the same bits)."""
+    cdef Py_ssize_t m = dy.shape[0], n = dy.shape[1]
+    if gamma.shape[0] != n:
+        raise ValueError(f"gamma: expected {n} floats, got {gamma.shape[0]}")
+    for name, v in (("xhat", xhat), ("dx", dx)):
+        if v.shape[0] != m or v.shape[1] != n:
+            raise ValueError(f"{name}: expected shape ({m}, {n}), got "
+                             f"({v.shape[0]}, {v.shape[1]})")
+    if rstd.shape[0] != m or rstd.shape[1] < 1:
+        raise ValueError(f"rstd: expected shape ({m}, >= 1)")
+    cdef const int64_t[::1] blocks = _ln_blocks(m, nthreads)
+    if not (m and n):
+        return
+    cdef LNRows a
+    memset(&a, 0, sizeof(a))
+    a.n, a.g, a.xhat, a.dy, a.dx = n, &gamma[0], <float *>&xhat[0, 0], &dy[0, 0], &dx[0, 0]
+    a.rstd, a.ldr = <float *>&rstd[0, 0], rstd.strides[0] // sizeof(float)
+    with nogil:
+        _run_rows(_ln_rows_back, &a, m, _bounds(blocks),
+                  blocks.shape[0] - 1 if blocks is not None else 1, True)
+
+
+# ----------------------------------------------------------------------------
 # RNN
 
 cdef void _rnn_fwd(const void *p, Py_ssize_t b0, Py_ssize_t b1) noexcept nogil:
@@ -849,8 +1133,11 @@ cdef void _rnn_fwd(const void *p, Py_ssize_t b0, Py_ssize_t b1) noexcept nogil:
         for b in range(b0, b1):
             if _masked(L.lens, t, b):
                 memset(y + (t * B + b) * H, 0, H * sizeof(float))
+                _ln_masked(L, t, b, H)
                 continue
             a = gh + b * H
+            if L.ln_hh_w != NULL:
+                _ln_hh(L, t, b, a, H)
             _add(a, L.gx + ((t - t0) * B + b) * H, H)
             _col_rnn(&S, H, a, y + (t * B + b) * H, h + b * H)
 
@@ -858,7 +1145,7 @@ cdef void _rnn_fwd(const void *p, Py_ssize_t b0, Py_ssize_t b1) noexcept nogil:
 def rnn_forward(Py_ssize_t t0, const float[:, :, ::1] gx, const float[::1] wp, int packing,
                 float[:, ::1] h, float[:, :, ::1] y, const int64_t[::1] lengths, bint reverse,
                 bint relu, float[:, ::1] gh, const int64_t[::1] blocks=None,
-                const int64_t[::1] cols=None):
+                const int64_t[::1] cols=None, ln=None):
     """Forward loop over the steps [t0, t0 + len(gx)) (a chunk of time, walked backwards
     when ``reverse``); ``gx`` holds ``x W_ih^T + b_ih + b_hh`` for those steps; ``h`` is
     the state before the chunk in, after it out; ``y`` is the whole (T, B, H) output.
@@ -868,7 +1155,12 @@ def rnn_forward(Py_ssize_t t0, const float[:, :, ::1] gx, const float[::1] wp, i
     one thread per block, or None: one thread (every loop takes the same).
     ``cols``: instead, unit bounds ``0 = j_0 < ... < j_n = H`` (int64, multiples of 16,
     ``PACK_FLOAT``), one thread per block at every step (see "column blocks"; the
-    LSTM and the GRU with linear_before_reset take it too), or None."""
+    LSTM and the GRU with linear_before_reset take it too), or None.
+    ``ln``: None, or a layer-normalized cell's ``(hh_weight, hh_bias, c_weight, c_bias,
+    eps, xih, xhh, xc, rstd)`` (see "layer normalization"; ``gx`` then holds the
+    normalized input path, biases in): the recurrent product's rows are normalized
+    in the gate pass; the kept arrays (training, else None) are whole (T, ...) arrays;
+    ``cols`` must be None (every cell takes ``ln`` alike)."""
     _check_chunk(t0, gx.shape[0], y.shape[0])
     cdef Py_ssize_t nb = _check_blocks(blocks, y.shape[1])
     cdef Py_ssize_t nc = _check_cols(cols, blocks, y.shape[2], packing)
@@ -878,6 +1170,7 @@ def rnn_forward(Py_ssize_t t0, const float[:, :, ::1] gx, const float[::1] wp, i
     L.t0, L.n, L.B, L.H = t0, gx.shape[0], y.shape[1], y.shape[2]
     L.packing, L.reverse, L.relu, L.lens = packing, reverse, relu, _lens(lengths)
     L.gx, L.wp, L.h, L.y, L.gh = &gx[0, 0, 0], &wp[0], &h[0, 0], &y[0, 0, 0], &gh[0, 0]
+    _set_ln_fwd(&L, ln, y.shape[0], 1, False, nc)
     with nogil:
         if nc > 1:
             _run_cols(&L, KIND_RNN, 1, &cols[0], nc, _spare_ptr(spare))
@@ -900,6 +1193,7 @@ cdef void _rnn_bwd(const void *p, Py_ssize_t b0, Py_ssize_t b1) noexcept nogil:
             row = (t * B + b) * H
             if _masked(L.lens, t, b):
                 memset(dG + row, 0, H * sizeof(float))
+                _ln_bwd_masked(L, t * B + b, H)
                 continue
             for j in range(H):
                 d = dh[b * H + j]
@@ -910,22 +1204,30 @@ cdef void _rnn_bwd(const void *p, Py_ssize_t b0, Py_ssize_t b1) noexcept nogil:
                     dG[row + j] = d if v > 0 else 0.0
                 else:
                     dG[row + j] = d * (1 - v * v)
+            _ln_hh_back(L, t * B + b, dG + row, H)
         if t < steps:
-            fc_gemm(b1 - b0, H, H, dG + (t * B + b0) * H, H, L.wpt, L.tmp + b0 * H, H)
+            fc_gemm(b1 - b0, H, H, (L.dGln if L.ln_hh_w != NULL else dG) + (t * B + b0) * H, H,
+                    L.wpt, L.tmp + b0 * H, H)
             _copy_rows_active(dh, L.tmp, NULL, b0, b1, H, L.lens, t)
 
 
 def rnn_backward(const float[:, :, ::1] y, const float[::1] wpt, const float[:, :, ::1] dy,
                  float[:, ::1] dh, float[:, :, ::1] dG, const int64_t[::1] lengths,
-                 bint reverse, bint relu, float[:, ::1] tmp, const int64_t[::1] blocks=None):
+                 bint reverse, bint relu, float[:, ::1] tmp, const int64_t[::1] blocks=None,
+                 ln=None):
     """BPTT loop: ``dG`` receives the pre-activation gradients; ``dh`` is dh in, dh0 out;
-    ``blocks`` as in :func:`rnn_forward`."""
+    ``blocks`` as in :func:`rnn_forward`.  ``ln``: None, or a layer-normalized cell's
+    ``(hh_weight, c_weight, c_bias, xhh, xc, rstd, dGln, dcn)`` (the forward pass's kept
+    arrays; ``dGln`` (T, B, G*H) receives the gradient of ``W_hh h``, ``dcn`` (T, B, H),
+    LSTM only, that of ``LN(c_t)``; c_*, xc, dcn None for the RNN and GRU)."""
     cdef Py_ssize_t nb = _check_blocks(blocks, y.shape[1])
     cdef BwdLoop L
+    memset(&L, 0, sizeof(L))     # every pointer it does not set is NULL
     L.T, L.B, L.H = y.shape[0], y.shape[1], y.shape[2]
     L.reverse, L.relu, L.lens = reverse, relu, _lens(lengths)
     L.y, L.wpt, L.dy, L.dh, L.dG, L.tmp = (&y[0, 0, 0], &wpt[0], _opt(dy), &dh[0, 0],
                                            &dG[0, 0, 0], &tmp[0, 0])
+    _set_ln_bwd(&L, ln, 1, False)
     with nogil:
         _run_rows(_rnn_bwd, &L, L.B, _bounds(blocks), nb, True)
 
@@ -954,8 +1256,11 @@ cdef void _lstm_fwd(const void *p, Py_ssize_t b0, Py_ssize_t b1) noexcept nogil:
                 memset(yr, 0, H * sizeof(float))
                 if gates != NULL:     # may be gx's buffer: no projection left behind
                     memset(gates + (t * B + b) * G, 0, G * sizeof(float))
+                _ln_masked(L, t, b, G)
                 continue
             a = gh + b * G
+            if L.ln_hh_w != NULL:
+                _ln_hh(L, t, b, a, G)
             _add(a, L.gx + ((t - t0) * B + b) * G, G)
             _col_lstm(&S, 0, H, b, a, yr, L.h + b * H)
 
@@ -964,13 +1269,13 @@ def lstm_forward(Py_ssize_t t0, const float[:, :, ::1] gx, const float[::1] wp, 
                  const float[::1] peephole, float[:, ::1] h, float[:, ::1] c,
                  float[:, :, ::1] y, const int64_t[::1] lengths, bint reverse,
                  float[:, :, ::1] gates, float[:, :, ::1] cs, float[:, ::1] gh,
-                 const int64_t[::1] blocks=None, const int64_t[::1] cols=None):
+                 const int64_t[::1] blocks=None, const int64_t[::1] cols=None, ln=None):
     """Forward loop over a chunk of time (as :func:`rnn_forward`); ``h``/``c`` are the
     state in and out; ``peephole`` (3H: i, f, o) or None; ``gates`` (activated i, f, g, o)
     and ``cs`` (cell state after each step), whole (T, ...) arrays, written when not None
     (zeros at masked steps).  ``gates`` may be ``gx`` itself (one chunk, t0 = 0): a
-    step's row of ``gx`` is read before its gates overwrite it.  ``blocks``, ``cols``
-    as in :func:`rnn_forward`."""
+    step's row of ``gx`` is read before its gates overwrite it.  ``blocks``, ``cols``,
+    ``ln`` as in :func:`rnn_forward` (``h = o * tanh(LN(c))``, ``cs`` the carried ``c``)."""
     _check_chunk(t0, gx.shape[0], y.shape[0])
     _check_kept(t0, gx, y, gates, CELLS["lstm"].G, (("cs", cs),))
     cdef Py_ssize_t nb = _check_blocks(blocks, y.shape[1])
@@ -985,11 +1290,55 @@ def lstm_forward(Py_ssize_t t0, const float[:, :, ::1] gx, const float[::1] wp, 
     L.h, L.c, L.y = &h[0, 0], &c[0, 0], &y[0, 0, 0]
     L.gates, L.kept = _opt_w(gates), _opt_w(cs)
     cdef Py_ssize_t G = CELLS["lstm"].G
+    _set_ln_fwd(&L, ln, y.shape[0], G, True, nc)
     with nogil:
         if nc > 1:
             _run_cols(&L, KIND_LSTM, G, &cols[0], nc, _spare_ptr(spare))
         else:
             _run_rows(_lstm_fwd, &L, L.B, _bounds(blocks), nb, True)
+
+
+cdef void _lstm_bwd_ln_row(const BwdLoop *L, Py_ssize_t row, Py_ssize_t b, const float *a,
+                           const float *cprev, float *d) noexcept nogil:
+    """One active row of a layer-normalized LSTM's BPTT step: ``d`` (4H) := the gradients
+    of the gates' pre-activations, dh/dc of row b carried back, dGln (and dcn) written.
+    As _lstm_bwd's rows, with ``h = o * tanh(LN(c))``: the c path's gradient goes
+    through LN (a reduction over the row) before it joins the carried dc."""
+    cdef Py_ssize_t j, H = L.H
+    cdef const float *peep = L.peep
+    cdef float *dcn = L.dcn + row * H
+    cdef float dhj, dcj, tc, i, f, gg, o, di, df
+    # tanh(LN(c_t)) from the kept normalized row: d's o block, overwritten below
+    for j in range(H):
+        d[3 * H + j] = L.ln_xc[row * H + j] * L.ln_c_w[j] + L.ln_c_b[j]
+    fc_tanh(d + 3 * H, H)
+    for j in range(H):
+        dhj = L.dh[b * H + j]
+        if L.dy != NULL:
+            dhj = dhj + L.dy[row * H + j]
+        tc = d[3 * H + j]
+        o = a[3 * H + j]
+        d[3 * H + j] = dhj * tc * o * (1 - o)           # do
+        dcn[j] = dhj * o * (1 - tc * tc)                # the gradient of LN(c_t)
+    fc_ln_backward(dcn, L.ln_xc + row * H, L.ln_rstd[row * L.ln_k + LN_C], L.ln_c_w, H,
+                   d + 2 * H)                           # its c_t part, in d's g block
+    for j in range(H):
+        dcj = L.dc[b * H + j] + d[2 * H + j]
+        if peep != NULL:
+            dcj = dcj + d[3 * H + j] * peep[2 * H + j]
+        i = a[j]
+        f = a[H + j]
+        gg = a[2 * H + j]
+        di = dcj * gg * i * (1 - i)
+        df = dcj * cprev[j] * f * (1 - f)
+        d[j] = di
+        d[H + j] = df
+        d[2 * H + j] = dcj * i * (1 - gg * gg)
+        dcj = dcj * f
+        if peep != NULL:
+            dcj = dcj + di * peep[j] + df * peep[H + j]
+        L.dc[b * H + j] = dcj
+    _ln_hh_back(L, row, d, 4 * H)
 
 
 cdef void _lstm_bwd(const void *p, Py_ssize_t b0, Py_ssize_t b1) noexcept nogil:
@@ -1011,9 +1360,13 @@ cdef void _lstm_bwd(const void *p, Py_ssize_t b0, Py_ssize_t b1) noexcept nogil:
             d = L.dG + (t * B + b) * G
             if _masked(L.lens, t, b):
                 memset(d, 0, G * sizeof(float))
+                _ln_bwd_masked(L, t * B + b, G)
                 continue
             a = L.gates + (t * B + b) * G
             cprev = _prev_row(cs, L.init, t, b, T, B, H, L.lens, L.reverse)
+            if L.ln_c_w != NULL:
+                _lstm_bwd_ln_row(L, t * B + b, b, a, cprev, d)
+                continue
             memcpy(d + 3 * H, cs + (t * B + b) * H, H * sizeof(float))
             fc_tanh(d + 3 * H, H)         # tanh(c_t), overwritten below
             for j in range(H):
@@ -1040,7 +1393,8 @@ cdef void _lstm_bwd(const void *p, Py_ssize_t b0, Py_ssize_t b1) noexcept nogil:
                     dcj = dcj + di * peep[j] + df * peep[H + j]
                 dc[b * H + j] = dcj
         if t < steps:
-            fc_gemm(b1 - b0, H, G, L.dG + (t * B + b0) * G, G, L.wpt, L.tmp + b0 * H, H)
+            fc_gemm(b1 - b0, H, G, (L.dGln if L.ln_hh_w != NULL else L.dG) + (t * B + b0) * G,
+                    G, L.wpt, L.tmp + b0 * H, H)
             _copy_rows_active(dh, L.tmp, NULL, b0, b1, H, L.lens, t)
 
 
@@ -1049,17 +1403,19 @@ def lstm_backward(const float[:, :, ::1] gates, const float[:, :, ::1] cs,
                   const float[:, :, ::1] dy,
                   float[:, ::1] dh, float[:, ::1] dc, float[:, :, ::1] dG,
                   const int64_t[::1] lengths, bint reverse, float[:, ::1] tmp,
-                  const int64_t[::1] blocks=None):
+                  const int64_t[::1] blocks=None, ln=None):
     """BPTT loop: ``dG`` receives the pre-activation gradients (i, f, g, o);
     ``dh``/``dc`` are the final-state gradients in, dh0/dc0 out; ``blocks`` as in
-    :func:`rnn_forward`."""
+    :func:`rnn_forward`, ``ln`` as in :func:`rnn_backward` (with c_*, xc and dcn)."""
     cdef Py_ssize_t nb = _check_blocks(blocks, cs.shape[1])
     cdef BwdLoop L
+    memset(&L, 0, sizeof(L))     # every pointer it does not set is NULL
     L.T, L.B, L.H = cs.shape[0], cs.shape[1], cs.shape[2]
     L.reverse, L.lens = reverse, _lens(lengths)
     L.gates, L.cs, L.init, L.wpt = &gates[0, 0, 0], &cs[0, 0, 0], &c0[0, 0], &wpt[0]
     L.peep = &peephole[0] if peephole is not None else NULL
     L.dy, L.dh, L.dc, L.dG, L.tmp = _opt(dy), &dh[0, 0], &dc[0, 0], &dG[0, 0, 0], &tmp[0, 0]
+    _set_ln_bwd(&L, ln, CELLS["lstm"].G, True)
     with nogil:
         _run_rows(_lstm_bwd, &L, L.B, _bounds(blocks), nb, True)
 
@@ -1095,8 +1451,11 @@ cdef void _gru_fwd(const void *p, Py_ssize_t b0, Py_ssize_t b1) noexcept nogil:
             if _masked(L.lens, t, b):
                 if hn_out != NULL:    # zeros, as the gates: the cache is the same every run
                     memset(hn_out + (t * B + b) * H, 0, H * sizeof(float))
+                _ln_masked(L, t, b, G)
                 continue
             a = gh + b * ldh
+            if L.ln_hh_w != NULL:     # linear_before_reset only: a has all 3H
+                _ln_hh(L, t, b, a, G)
             g = L.gx + ((t - t0) * B + b) * G
             for j in range(2 * H):
                 a[j] += g[j]
@@ -1145,13 +1504,13 @@ def gru_forward(Py_ssize_t t0, const float[:, :, ::1] gx, const float[::1] wp,
                 const int64_t[::1] lengths, bint reverse, bint linear_before_reset,
                 float[:, :, ::1] gates, float[:, :, ::1] hn, float[:, ::1] gh,
                 float[:, ::1] rh, float[:, ::1] ghn, const int64_t[::1] blocks=None,
-                const int64_t[::1] cols=None):
+                const int64_t[::1] cols=None, ln=None):
     """Forward loop.  ``gx`` holds ``x W_ih^T + b_ih`` plus ``b_hr, b_hz`` (and ``b_hn``
     when not linear_before_reset); ``bhn`` is ``b_hn`` for linear_before_reset.
     ``gates`` (r, z, n; zeros at masked steps) and, for linear_before_reset,
     ``hn = W_hn h + b_hn`` are written when not None; ``gates`` may be ``gx`` itself, as
-    in :func:`lstm_forward`.  Steps, ``blocks`` and ``cols`` (linear_before_reset
-    only) as in :func:`rnn_forward`."""
+    in :func:`lstm_forward`.  Steps, ``blocks``, ``cols`` and ``ln`` (both
+    linear_before_reset only) as in :func:`rnn_forward`."""
     _check_chunk(t0, gx.shape[0], y.shape[0])
     _check_kept(t0, gx, y, gates, CELLS["gru"].G, (("hn", hn),))
     cdef Py_ssize_t nb = _check_blocks(blocks, y.shape[1])
@@ -1169,6 +1528,9 @@ def gru_forward(Py_ssize_t t0, const float[:, :, ::1] gx, const float[::1] wp,
     L.h, L.y, L.gates, L.kept = &h[0, 0], &y[0, 0, 0], _opt_w(gates), _opt_w(hn)
     L.gh, L.rh, L.ghn = &gh[0, 0], &rh[0, 0], &ghn[0, 0]
     cdef Py_ssize_t G = CELLS["gru"].G
+    if ln is not None and not linear_before_reset:
+        raise ValueError("ln: expected None without linear_before_reset, got layer norm")
+    _set_ln_fwd(&L, ln, y.shape[0], G, False, nc)
     with nogil:
         if nc > 1:
             _run_cols(&L, KIND_GRU, G, &cols[0], nc, _spare_ptr(spare))
@@ -1206,6 +1568,7 @@ cdef void _gru_bwd(const void *p, Py_ssize_t b0, Py_ssize_t b1) noexcept nogil:
                 memset(d, 0, G * sizeof(float))
                 if lbr:
                     memset(dGh + row * G, 0, G * sizeof(float))
+                _ln_bwd_masked(L, row, G)
                 continue
             a = gates + row * G
             hp = _prev_row(y, L.init, t, b, T, B, H, L.lens, L.reverse)
@@ -1227,10 +1590,12 @@ cdef void _gru_bwd(const void *p, Py_ssize_t b0, Py_ssize_t b1) noexcept nogil:
                 memcpy(e, d, 2 * H * sizeof(float))
                 for j in range(H):
                     e[2 * H + j] = d[2 * H + j] * a[j]
+                _ln_hh_back(L, row, e, G)
         if t >= steps:      # every row of the block masked: nothing flows
             continue
         if lbr:
-            fc_gemm(b1 - b0, H, G, dGh + (t * B + b0) * G, G, L.wpt, tmp + b0 * H, H)
+            fc_gemm(b1 - b0, H, G, (L.dGln if L.ln_hh_w != NULL else dGh) + (t * B + b0) * G,
+                    G, L.wpt, tmp + b0 * H, H)
         else:
             # dr needs (dn W_hn) first: tmp = dn @ W_hn, then the r, z rows
             fc_gemm(b1 - b0, H, H, dGx + (t * B + b0) * G + 2 * H, G, L.wpt_n, tmp + b0 * H, H)
@@ -1255,18 +1620,23 @@ def gru_backward(const float[:, :, ::1] gates, const float[:, :, ::1] hn,
                  const float[::1] wpt_n, const float[:, :, ::1] dy, float[:, ::1] dh,
                  float[:, :, ::1] dGx, float[:, :, ::1] dGh, const int64_t[::1] lengths,
                  bint reverse, bint linear_before_reset, float[:, ::1] tmp,
-                 float[:, ::1] direct, const int64_t[::1] blocks=None):
+                 float[:, ::1] direct, const int64_t[::1] blocks=None, ln=None):
     """BPTT loop: ``dGx`` receives the gradients of the input pre-activations (r, z, n);
     for linear_before_reset ``dGh`` receives those of ``W_hh h + b_hh``; ``dh`` is dh in,
-    dh0 out; ``blocks`` as in :func:`rnn_forward`."""
+    dh0 out; ``blocks`` as in :func:`rnn_forward`, ``ln`` (linear_before_reset only) as
+    in :func:`rnn_backward` (``dGh`` then the gradient of ``LN(W_hh h) + b_hh``)."""
     cdef Py_ssize_t nb = _check_blocks(blocks, y.shape[1])
     cdef BwdLoop L
+    memset(&L, 0, sizeof(L))     # every pointer it does not set is NULL
+    if ln is not None and not linear_before_reset:
+        raise ValueError("ln: expected None without linear_before_reset, got layer norm")
     L.T, L.B, L.H = y.shape[0], y.shape[1], y.shape[2]
     L.reverse, L.lbr, L.lens = reverse, linear_before_reset, _lens(lengths)
     L.gates, L.hn, L.y, L.init = &gates[0, 0, 0], _opt(hn), &y[0, 0, 0], &h0[0, 0]
     L.wpt, L.wpt_n = &wpt[0], &wpt_n[0] if wpt_n is not None else NULL
     L.dy, L.dh, L.dG, L.dGh = _opt(dy), &dh[0, 0], &dGx[0, 0, 0], _opt_w(dGh)
     L.tmp, L.direct = &tmp[0, 0], &direct[0, 0]
+    _set_ln_bwd(&L, ln, CELLS["gru"].G, False)
     with nogil:
         _run_rows(_gru_bwd, &L, L.B, _bounds(blocks), nb, True)
 
@@ -1296,11 +1666,14 @@ cdef class StepKernel:
     cdef const float *bhn
     cdef const float *peep          # peephole weights (3H: i, f, o) or NULL
     cdef bint busy              # the kept scratch is in use by a call (GIL-protected)
+    cdef FwdLoop ln             # the layer-norm fields of its loops (ln_hh_w NULL: none)
+    cdef const float *ln_ih_w   # the input path's gain, and its beta with the biases folded
+    cdef const float *ln_ih_b
 
     def __init__(self, str cell, const float[::1] wih, const float[::1] wp, const float[::1] wp_n,
                  const float[::1] bias, const float[::1] bhn, const float[::1] peephole,
                  Py_ssize_t I, Py_ssize_t H, bint relu, bint linear_before_reset,
-                 int packing=PACK_FLOAT):
+                 int packing=PACK_FLOAT, ln=None):
         if cell not in _KINDS:
             raise ValueError(f"cell: expected one of {tuple(_KINDS)}, got {cell!r}")
         if packing not in (PACK_FLOAT, PACK_HALF):
@@ -1320,6 +1693,19 @@ cdef class StepKernel:
         self.peep = &peephole[0] if peephole is not None else NULL
         self.cap = 0
         self.busy = False
+        # ln: None or (ih_weight, ih_bias + bias, hh_weight, hh_bias, c_weight, c_bias, eps)
+        memset(&self.ln, 0, sizeof(self.ln))
+        if ln is not None:
+            if self.kind == KIND_GRU and not linear_before_reset:
+                raise ValueError("ln: expected None without linear_before_reset, got "
+                                 "layer norm")
+            ih_w, ih_b, hh_w, hh_b, c_w, c_b, eps = ln
+            self.ln.B, self.ln.H = 0, H
+            _set_ln_fwd(&self.ln, (hh_w, hh_b, c_w, c_b, eps, None, None, None, None), 0,
+                        self.G, self.kind == KIND_LSTM, 1)
+            self.ln_ih_w = _vec("ln_ih_weight", ih_w, self.G * H)
+            self.ln_ih_b = _vec("ln_ih_bias", ih_b, self.G * H)
+            self.keep = self.keep + tuple(ln)
 
     def _scratch(self, Py_ssize_t B):
         """Scratch arrays for a batch of B: gx (B*G*H), gh (B*ldh), and rh, ghn, y (B*H)."""
@@ -1367,7 +1753,7 @@ cdef class StepKernel:
         cdef float *y = &rest[2, 0]
         cdef fc_fpenv_t env
         cdef FwdLoop L          # one step of the whole batch, nothing kept
-        memset(&L, 0, sizeof(L))
+        L = self.ln             # its layer-norm fields (all NULL without)
         L.n, L.B, L.H, L.packing, L.relu, L.lbr = 1, B, H, self.packing, self.relu, self.lbr
         L.gx, L.wp, L.wp_n, L.peep, L.bhn = gx, self.wp, self.wp_n, self.peep, self.bhn
         L.h, L.c, L.y = &h[0, 0], &c[0, 0] if c is not None else NULL, y
@@ -1378,9 +1764,14 @@ cdef class StepKernel:
                 _recur(self.packing, B, GH, self.I, &x[0, 0], self.wih, gx)
             else:
                 memset(gx, 0, B * GH * sizeof(float))
-            for b in range(B):
-                for j in range(GH):
-                    gx[b * GH + j] += self.bias[j]
+            if L.ln_hh_w != NULL:       # the bias is in the input path's beta
+                for b in range(B):
+                    fc_ln_forward(gx + b * GH, gx + b * GH, GH, L.ln_eps, self.ln_ih_w,
+                                  self.ln_ih_b, NULL)
+            else:
+                for b in range(B):
+                    for j in range(GH):
+                        gx[b * GH + j] += self.bias[j]
             if self.kind == KIND_LSTM:
                 _lstm_fwd(&L, 0, B)
             elif self.kind == KIND_GRU:

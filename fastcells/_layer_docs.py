@@ -24,6 +24,8 @@ _CELL_TEXT: dict[str, dict[str, str]] = {
         "option": """nonlinearity : {"tanh", "relu"}, default "tanh"
     The activation ``act``.""",
         "extra": "",
+        "ln_equations": "``h' = act(LN(W_ih x) + LN(W_hh h) + b_ih + b_hh)``",
+        "ln_c": "",
     },
     "gru": {
         "summary": "GRU layer (gates r, z, n, as PyTorch) with PyTorch's API (``torch.nn.GRU``).",
@@ -37,6 +39,10 @@ _CELL_TEXT: dict[str, dict[str, str]] = {
     multiplies ``W_hn h + b_hn``); False: Cho et al. 2014, ONNX's default and
     Keras ``reset_after=False`` (the reset gate multiplies ``h`` first).""",
         "extra": "",
+        "ln_equations": "``a_i = LN(W_ih x) + b_ih`` and ``a_h = LN(W_hh h) + b_hh`` in "
+                        "place of the two products, ``linear_before_reset=True`` only (the "
+                        "other form with ``layer_norm`` raises ValueError)",
+        "ln_c": "",
     },
     "lstm": {
         "summary": "LSTM layer (gates i, f, g, o, as PyTorch) with PyTorch's API "
@@ -50,6 +56,12 @@ _CELL_TEXT: dict[str, dict[str, str]] = {
     ``p_i * c`` and ``p_f * c`` of the previous cell state, o sees
     ``p_o * c'`` of the new one.  PyTorch has no such option.""",
         "extra": " and, with ``peephole=True``, ``peephole_l{k}`` (3*H,)",
+        "ln_equations": "``i, f, g, o`` from ``LN(W_ih x) + LN(W_hh h) + b_ih + b_hh`` "
+                        "(the peephole terms after), ``c' = f * c + i * g`` carried as it "
+                        "is, and ``h' = o * tanh(LN(c'))`` (PyTorch's ``custom_lstms."
+                        "LayerNormLSTMCell`` and TF Addons' cell carry the normalized c "
+                        "instead)",
+        "ln_c": " and ``ln_c_weight_l{k}``, ``ln_c_bias_l{k}`` (H,)",
     },
 }
 
@@ -81,6 +93,14 @@ bidirectional : bool, default False
     Add a reverse direction to every layer; its outputs are concatenated
     after the forward direction's (D = 2 directions, outputs D*H wide).
 {option}
+layer_norm : bool, default False
+    Layer normalization (Ba et al. 2016), ``LN(v) = (v - mean(v)) /
+    sqrt(var(v) + eps) * gain + bias`` over each row of G*H values (population
+    variance): {ln_equations}.  Adds the parameters ``ln_ih_weight_l{{k}}``,
+    ``ln_ih_bias_l{{k}}``, ``ln_hh_weight_l{{k}}``, ``ln_hh_bias_l{{k}}`` (G*H,){ln_c}
+    (suffix ``_reverse``), gains initialised to 1 and biases to 0.
+layer_norm_eps : float, default 1e-5
+    The ``eps`` of every normalization, finite and > 0.
 seed : int or numpy.random.Generator, optional
     Seeds the initialisation (PyTorch's default: every parameter
     ~ U(-1/sqrt(H), 1/sqrt(H))) and then the dropout masks, so seeded runs

@@ -31,6 +31,20 @@ F32 = np.float32
 #: ``product(A, C, nthreads)`` writes ``C = A @ W_ih.T`` on up to ``nthreads`` threads
 Product = Callable[[np.ndarray, np.ndarray, int], None]
 
+
+class InputNorm(NamedTuple):
+    """The input path of a layer-normalized cell: each projected row becomes
+    ``LN(W_ih x; gain, beta)``, ``beta`` the layer's ``ih_bias`` with the folded
+    biases added (so the projection adds no bias of its own).  ``xhat`` (T*B, G*H)
+    and ``rstd`` (T*B, K) receive the normalized rows and ``1/sqrt(var + eps)`` (its
+    column 0) when training keeps them, else None."""
+
+    gain: np.ndarray
+    beta: np.ndarray
+    eps: float
+    xhat: np.ndarray | None = None
+    rstd: np.ndarray | None = None
+
 #: inference projects the input at most this many floats of (steps x B x G*H) at
 #: a time (1 MiB), into one reused buffer: memory beyond the output then does
 #: not grow with T, and each chunk is still a GEMM large enough to be efficient
@@ -99,19 +113,26 @@ class Weights(NamedTuple):
 
 
 def project(x: np.ndarray, product: Product, GH: int, bias: np.ndarray | None,
-            out: np.ndarray | None = None, nthreads: int = 1) -> np.ndarray:
+            out: np.ndarray | None = None, nthreads: int = 1,
+            norm: InputNorm | None = None) -> np.ndarray:
     """Phase 1: ``x (T, B, I) @ W_ih.T + bias`` as one GEMM, float32 C order (T, B, G*H),
-    on up to ``nthreads`` threads (the product takes as many as its size pays for)."""
+    on up to ``nthreads`` threads (the product takes as many as its size pays for);
+    with ``norm``, ``LN(x @ W_ih.T)`` instead (its beta holds the bias), its rows split
+    as the projection's."""
     T, B, I = x.shape
     gx = np.empty((T * B, GH), F32) if out is None else out.reshape(T * B, GH)
     product(x.reshape(T * B, I), gx, nthreads)
-    if bias is not None:
+    if norm is not None:
+        n = min(nthreads, gemm_threads(T * B, GH, I)) if nthreads > 1 else 1
+        _kernels.layer_norm_rows(gx, norm.gain, norm.beta, norm.eps, norm.xhat, norm.rstd, n)
+    elif bias is not None:
         gx += bias
     return gx.reshape(T, B, GH)
 
 
 def projected_chunks(a: ForwardArgs, w: Weights, training: bool, reverse: bool,
-                     nthreads: int = 1) -> Iterable[tuple[int, np.ndarray]]:
+                     nthreads: int = 1,
+                     norm: InputNorm | None = None) -> Iterable[tuple[int, np.ndarray]]:
     """``(t0, gx)`` pairs: the input projection of steps ``[t0, t0 + len(gx))``, in the
     order the loop walks time, each on up to ``nthreads`` threads.
 
@@ -119,16 +140,18 @@ def projected_chunks(a: ForwardArgs, w: Weights, training: bool, reverse: bool,
     step's projection with its activated gates (kept for backward): one
     (T, B, G*H) buffer, not two (a second one would cost a fresh allocation's
     page faults).  Inference projects at once too when that fits one chunk;
-    longer inference a chunk at a time into one buffer.
+    longer inference a chunk at a time into one buffer.  ``norm``: the input
+    path of a layer-normalized cell (its kept arrays: training only).
     """
     GH = a.G * a.H
     if training or a.T * a.B * GH <= CHUNK_FLOATS:   # one piece: no generator
-        return ((0, project(a.x, w.project, GH, w.bias, nthreads=nthreads)),)
-    return inference_chunks(a, w.project, w.bias, reverse, nthreads)
+        return ((0, project(a.x, w.project, GH, w.bias, nthreads=nthreads, norm=norm)),)
+    return inference_chunks(a, w.project, w.bias, reverse, nthreads, norm)
 
 
 def inference_chunks(a: ForwardArgs, product: Product, bias: np.ndarray | None,
-                     reverse: bool, nthreads: int = 1) -> Iterator[tuple[int, np.ndarray]]:
+                     reverse: bool, nthreads: int = 1,
+                     norm: InputNorm | None = None) -> Iterator[tuple[int, np.ndarray]]:
     """The inference chunks of :func:`projected_chunks`, one reused buffer."""
     # never a chunk of one row: the packed product of one row is the GEMV, which
     # sums in another order than the tiles of the whole call (training).  So at
@@ -142,7 +165,7 @@ def inference_chunks(a: ForwardArgs, product: Product, bias: np.ndarray | None,
     ends = starts[1:] + [a.T]
     spans = list(zip(starts, ends))
     for t0, t1 in (reversed(spans) if reverse else spans):
-        yield t0, project(a.x[t0:t1], product, a.G * a.H, bias, buf[:t1 - t0], nthreads)
+        yield t0, project(a.x[t0:t1], product, a.G * a.H, bias, buf[:t1 - t0], nthreads, norm)
 
 
 def fold_biases(a: ForwardArgs,

@@ -38,6 +38,7 @@ from ._checks import (
     check_cache,
     check_forward,
     check_grad,
+    check_layer_norm,
     check_nonlinearity,
     check_sequence,
     check_shape,
@@ -48,6 +49,7 @@ from ._checks import (
 from ._float16 import check_weight_dtype, float16_values
 from ._packing import (
     RECURRENT_BUFFERS,
+    InputNorm,
     RecurrentLayout,
     Weights,
     pack_recurrent,
@@ -62,6 +64,9 @@ from ._results import (
     Cache,
     ForwardResult,
     Gradients,
+    LayerNormGradients,
+    LayerNormLSTMGradients,
+    LayerNormWeights,
     LSTMForwardResult,
     LSTMGradients,
     PeepholeLSTMGradients,
@@ -74,12 +79,14 @@ BACKEND = "fastcells"
 
 __all__ = [
     "rnn_forward", "rnn_backward", "gru_forward", "gru_backward",
-    "lstm_forward", "lstm_backward", "Stepper", "release_scratch",
+    "lstm_forward", "lstm_backward", "Stepper", "release_scratch", "LayerNormWeights",
+    "LayerNormGradients", "LayerNormLSTMGradients",
 ]
 
 Options = dict[str, Any]
 AnyForwardResult = ForwardResult | LSTMForwardResult
-AnyGradients = Gradients | LSTMGradients | PeepholeLSTMGradients
+AnyGradients = (Gradients | LSTMGradients | PeepholeLSTMGradients | LayerNormGradients
+                | LayerNormLSTMGradients)
 
 
 # ----------------------------------------------------------------------------
@@ -87,27 +94,31 @@ AnyGradients = Gradients | LSTMGradients | PeepholeLSTMGradients
 
 Chunks = Iterable[tuple[int, np.ndarray]]
 Kept = dict[str, np.ndarray | None]
+#: a layer-normalized loop's ``ln`` argument (see ``_kernels.rnn_forward``), or None
+LoopNorm = tuple[Any, ...] | None
 
-#: ``forward(a, w, options, reverse, training, states, y, chunks, gates, blocks, cols)``:
+#: ``forward(a, w, options, reverse, training, states, y, chunks, gates, blocks, cols, ln)``:
 #: cell's time loop over the projected ``chunks`` (:func:`_packing.projected_chunks`),
 #: given the checked arguments, the prepared weights, the cell's options, the states
 #: (updated in place), the output ``y``, when training keeps them the ``gates``
 #: buffer (the one chunk's own), and the row blocks of its threads
 #: (:func:`_parallel.row_blocks`) or its steps' unit blocks
-#: (:func:`_parallel.column_blocks`), None: one thread.  It allocates its scratch and
+#: (:func:`_parallel.column_blocks`), None: one thread, and the recurrent path's layer
+#: normalization (:data:`LoopNorm`, passed on to the kernel).  It allocates its scratch and
 #: returns what training keeps besides ``y`` and ``gates``, named as in
 #: ``CellSpec.cache_fields``.
 #: Plain arguments, no record: this runs per call, and T = B = 1 calls are short.
 ForwardLoop = Callable[[ForwardArgs, Weights, Options, bool, bool, tuple[np.ndarray, ...],
                         np.ndarray, Chunks, np.ndarray | None, np.ndarray | None,
-                        np.ndarray | None], Kept]
+                        np.ndarray | None, LoopNorm], Kept]
 
 
 class _Back(NamedTuple):
     """One backward run: the cache, the call's scratch, the upstream gradients
     (``finals``: one per state, final-state gradients in, initial-state ones out),
-    the initial states (zeros when the forward pass had none) and the loop's row
-    blocks (:func:`_parallel.row_blocks`, None: one thread)."""
+    the initial states (zeros when the forward pass had none), the loop's row
+    blocks (:func:`_parallel.row_blocks`, None: one thread) and, for a
+    layer-normalized cell, the kernel's ``ln`` argument (see ``_kernels.rnn_backward``)."""
 
     cache: Cache
     s: Scratch
@@ -120,6 +131,7 @@ class _Back(NamedTuple):
     B: int
     H: int
     blocks: np.ndarray | None
+    ln: LoopNorm = None
 
 
 def _no_extra(b: _Back, dG: np.ndarray, hprev: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -139,7 +151,7 @@ class _Adapter(NamedTuple):
 
     layout(options)
         How ``W_hh``/``b_hh`` enter the loop (:class:`_packing.RecurrentLayout`).
-    forward(a, w, options, reverse, training, states, y, chunks, gates, blocks, cols)
+    forward(a, w, options, reverse, training, states, y, chunks, gates, blocks, cols, ln)
         Runs ``_kernels.<cell>_forward`` over every chunk (:data:`ForwardLoop`).
     backward(b)
         Runs ``_kernels.<cell>_backward``; returns ``(dGx, dGh)``, the gradients
@@ -177,12 +189,12 @@ def _plain_layout(options: Options) -> RecurrentLayout:
 def _rnn_forward_loop(a: ForwardArgs, w: Weights, options: Options, reverse: bool,
                       training: bool, states: tuple[np.ndarray, ...], y: np.ndarray,
                       chunks: Chunks, gates: np.ndarray | None,
-                      blocks: np.ndarray | None, cols: np.ndarray | None) -> Kept:
+                      blocks: np.ndarray | None, cols: np.ndarray | None, ln: LoopNorm) -> Kept:
     relu = options["nonlinearity"] == "relu"
     gh = np.empty((a.B, a.H), F32)
     for t0, gx in chunks:
         _kernels.rnn_forward(t0, gx, w.wp, w.packing, states[0], y, a.lengths, reverse, relu,
-                             gh, blocks, cols=cols)
+                             gh, blocks, cols=cols, ln=ln)
     return {}
 
 
@@ -191,7 +203,7 @@ def _rnn_backward_loop(b: _Back) -> tuple[np.ndarray, np.ndarray]:
     _kernels.rnn_backward(b.cache["y"], b.s.pack("W_hh", b.cache["W_hh"], False), b.dy,
                           b.finals[0], dG, b.lengths, b.reverse,
                           b.cache.options["nonlinearity"] == "relu", b.s.empty("tmp", (b.B, b.H)),
-                          b.blocks)
+                          b.blocks, ln=b.ln)
     return dG, dG
 
 
@@ -203,7 +215,7 @@ def _gru_layout(options: Options) -> RecurrentLayout:
 def _gru_forward_loop(a: ForwardArgs, w: Weights, options: Options, reverse: bool,
                       training: bool, states: tuple[np.ndarray, ...], y: np.ndarray,
                       chunks: Chunks, gates: np.ndarray | None,
-                      blocks: np.ndarray | None, cols: np.ndarray | None) -> Kept:
+                      blocks: np.ndarray | None, cols: np.ndarray | None, ln: LoopNorm) -> Kept:
     lbr = options["linear_before_reset"]
     hn = np.empty((a.T, a.B, a.H), F32) if training and lbr else None
     # without linear_before_reset the n rows' product waits for r: gh has the
@@ -216,7 +228,7 @@ def _gru_forward_loop(a: ForwardArgs, w: Weights, options: Options, reverse: boo
     assert bhn is not None, "the GRU layout always has b_hn"
     for t0, gx in chunks:
         _kernels.gru_forward(t0, gx, w.wp, w.wp_n, w.packing, bhn, states[0], y, a.lengths,
-                             reverse, lbr, gates, hn, gh, rh, ghn, blocks, cols=cols)
+                             reverse, lbr, gates, hn, gh, rh, ghn, blocks, cols=cols, ln=ln)
     return {"hn": hn}
 
 
@@ -230,7 +242,7 @@ def _gru_backward_loop(b: _Back) -> tuple[np.ndarray, np.ndarray]:
     _kernels.gru_backward(b.cache["gates"], b.cache["hn"], b.cache["y"], b.init[0], wpt, wpt_n,
                           b.dy, b.finals[0], dGx, dGh, b.lengths, b.reverse, lbr,
                           b.s.empty("tmp", (b.B, b.H)), b.s.empty("direct", (b.B, b.H)),
-                          b.blocks)
+                          b.blocks, ln=b.ln)
     return dGx, dGx if dGh is None else dGh
 
 
@@ -246,7 +258,7 @@ def _gru_recurrent_input_n(b: _Back, hprev: np.ndarray) -> np.ndarray | None:
 def _lstm_forward_loop(a: ForwardArgs, w: Weights, options: Options, reverse: bool,
                        training: bool, states: tuple[np.ndarray, ...], y: np.ndarray,
                        chunks: Chunks, gates: np.ndarray | None,
-                       blocks: np.ndarray | None, cols: np.ndarray | None) -> Kept:
+                       blocks: np.ndarray | None, cols: np.ndarray | None, ln: LoopNorm) -> Kept:
     h, c = states
     # zeros, not empty: masked steps are never written, and dpeephole
     # multiplies every step's cs by its (zero) gate gradient: 0 * garbage
@@ -254,7 +266,7 @@ def _lstm_forward_loop(a: ForwardArgs, w: Weights, options: Options, reverse: bo
     gh = np.empty((a.B, a.G * a.H), F32)
     for t0, gx in chunks:
         _kernels.lstm_forward(t0, gx, w.wp, w.packing, w.peephole, h, c, y, a.lengths, reverse,
-                              gates, cs, gh, blocks, cols=cols)
+                              gates, cs, gh, blocks, cols=cols, ln=ln)
     return {"cs": cs}
 
 
@@ -263,7 +275,7 @@ def _lstm_backward_loop(b: _Back) -> tuple[np.ndarray, np.ndarray]:
     dG = b.s.empty("dG", (b.T, b.B, c["W_hh"].shape[0]))
     _kernels.lstm_backward(c["gates"], c["cs"], b.init[1], b.s.pack("W_hh", c["W_hh"], False),
                            c["peephole"], b.dy, b.finals[0], b.finals[1], dG, b.lengths,
-                           b.reverse, b.s.empty("tmp", (b.B, b.H)), b.blocks)
+                           b.reverse, b.s.empty("tmp", (b.B, b.H)), b.blocks, ln=b.ln)
     return dG, dG
 
 
@@ -277,7 +289,17 @@ def _lstm_dpeephole(b: _Back, dG: np.ndarray, hprev: np.ndarray) -> tuple[np.nda
                             (dG[:, :, 3 * H:] * cs).sum(axis=(0, 1))]),)
 
 
+def _ln_lstm_gradients(*fields: Any) -> LayerNormLSTMGradients:
+    """A :class:`LayerNormLSTMGradients` from the skeleton's fields: the peephole's
+    gradient (``extra``) is absent without peepholes."""
+    if len(fields) == len(LayerNormLSTMGradients._fields) - 1:
+        fields = (*fields[:-1], None, fields[-1])
+    return LayerNormLSTMGradients(*fields)
+
+
 def _lstm_gradients(cache: Cache) -> Callable[..., AnyGradients]:
+    if cache.options["layer_norm"]:
+        return _ln_lstm_gradients
     return LSTMGradients if cache["peephole"] is None else PeepholeLSTMGradients
 
 
@@ -287,7 +309,7 @@ def _lstm_empty_dpeephole(cache: Cache) -> tuple[np.ndarray, ...]:
 
 
 def _plain_gradients(cache: Cache) -> Callable[..., AnyGradients]:
-    return Gradients
+    return LayerNormGradients if cache.options["layer_norm"] else Gradients
 
 
 #: per cell, how the skeletons run it (see :class:`_Adapter`)
@@ -327,8 +349,11 @@ RunResult = tuple[np.ndarray, tuple[np.ndarray, ...], Kept]
 def _splits_columns(cell: str, a: ForwardArgs, options: Options,
                     weights: Weights | None) -> bool:
     """Whether the call's loop may split its steps by hidden units: ``W_hh`` packed as
-    floats, and one product per step (not the GRU without linear_before_reset)."""
-    if cell == "gru" and not options["linear_before_reset"]:
+    floats, one product per step (not the GRU without linear_before_reset), and no
+    layer normalization (a row's statistics need all its units: docs/design.md,
+    "Layer-normalized cells")."""
+    if cell == "gru" and not options["linear_before_reset"] or \
+            options.get("layer_norm") is not None:
         return False
     if weights is None:
         return packs_forward(a)
@@ -366,14 +391,48 @@ def _run_on(cell: str, a: ForwardArgs, options: Options, reverse: bool, training
     with Scratch() as s:
         w = (weights_for_call(a, s, adapter.layout(options), nthreads) if weights is None
              else weights)
-        chunks = projected_chunks(a, w, training, reverse, nthreads)
+        norm, ln, kept_ln = _layer_norm_run(cell, a, w, options, training)
+        chunks = projected_chunks(a, w, training, reverse, nthreads, norm)
         gates = None
         if training and cell in _KEEPS_GATES:
             (_, gates), = chunks  # one chunk of every step: its buffer keeps the gates
         kept = adapter.forward(a, w, options, reverse, training, states, y, chunks, gates,
-                               blocks, cols)
+                               blocks, cols, ln)
     kept["gates"] = gates
+    kept.update(kept_ln)
     return y, states, kept
+
+
+#: what a layer-normalized training forward keeps besides its cell's cache fields: the
+#: normalized rows and 1/sqrt(var + eps) (see ``_kernels``, "layer normalization")
+_LN_KEPT = ("ln_xih", "ln_xhh", "ln_xc", "ln_rstd")
+#: ... and the gains (and c's beta) backward multiplies by, from the ``LayerNormWeights``
+_LN_WEIGHTS_KEPT = ("ih_weight", "hh_weight", "c_weight", "c_bias")
+
+
+def _layer_norm_run(cell: str, a: ForwardArgs, w: Weights, options: Options,
+                    training: bool) -> tuple[InputNorm | None, LoopNorm, Kept]:
+    """A forward call's layer normalization: the input path's (the projection's rows,
+    the folded biases in its beta), the loop's ``ln`` argument, and what training keeps
+    (:data:`_LN_KEPT`, uninitialized: the loops write every row).  Nones and ``{}``
+    without."""
+    ln: LayerNormWeights | None = options.get("layer_norm")
+    if ln is None:
+        return None, None, {}
+    eps = options["layer_norm_eps"]
+    beta = ln.ih_bias if w.bias is None else ln.ih_bias + w.bias
+    if not training:
+        return (InputNorm(ln.ih_weight, beta, eps),
+                (ln.hh_weight, ln.hh_bias, ln.c_weight, ln.c_bias, eps, None, None, None, None),
+                {})
+    T, B, H, GH = a.T, a.B, a.H, a.G * a.H
+    K = _kernels.LN_STATS[cell]
+    xih, xhh = np.empty((T, B, GH), F32), np.empty((T, B, GH), F32)
+    xc = np.empty((T, B, H), F32) if ln.c_weight is not None else None
+    rstd = np.empty((T, B, K), F32)
+    kept: Kept = {"ln_xih": xih, "ln_xhh": xhh, "ln_xc": xc, "ln_rstd": rstd}
+    return (InputNorm(ln.ih_weight, beta, eps, xih.reshape(T * B, GH), rstd.reshape(T * B, K)),
+            (ln.hh_weight, ln.hh_bias, ln.c_weight, ln.c_bias, eps, xih, xhh, xc, rstd), kept)
 
 
 def _cache(cell: str, args: ForwardArgs, options: Options, kept: Kept,
@@ -388,17 +447,25 @@ def _cache(cell: str, args: ForwardArgs, options: Options, kept: Kept,
         h0=own(args.h0), c0=own(args.c0), lengths=own(args.lengths),
         peephole=own(args.peephole), has_bias=args.b_ih is not None)
     arrays.update((f, y.copy() if f == "y" else kept.get(f)) for f in CELLS[cell].cache_fields)
-    return Cache(cell, BACKEND, options, arrays)
+    ln: LayerNormWeights | None = options["layer_norm"]
+    if ln is not None:
+        arrays.update((f, kept.get(f)) for f in _LN_KEPT)
+        arrays.update((f"ln_{f}", own(getattr(ln, f))) for f in _LN_WEIGHTS_KEPT)
+    return Cache(cell, BACKEND, {**options, "layer_norm": ln is not None}, arrays)
 
 
 def _forward(cell: str, options: Options, x: Any, W_ih: Any, W_hh: Any, b_ih: Any, b_hh: Any,
              h0: Any, c0: Any, peephole: Any, lengths: Any, reverse: Any,
-             training: Any) -> AnyForwardResult:
+             training: Any, layer_norm: Any = None, layer_norm_eps: Any = 1e-5
+             ) -> AnyForwardResult:
     """The forward skeleton: check, run (or the empty case), keep the cache."""
     reverse = check_bool("reverse", reverse)
     training = check_bool("training", training)
     a = check_forward(cell, x, W_ih, W_hh, b_ih, b_hh, h0, c0, lengths, dtype=F32,
                       peephole=peephole)
+    ln, eps = check_layer_norm(cell, layer_norm, layer_norm_eps, a.H, F32,
+                               linear_before_reset=options.get("linear_before_reset", True))
+    options = {**options, "layer_norm": ln, "layer_norm_eps": eps}
     y, states, kept = _run(cell, a, options, reverse, training)
     cache = _cache(cell, a, {**options, "reverse": reverse}, kept, y) if training else None
     return _ADAPTERS[cell].forward_result(y, *states, cache)
@@ -484,10 +551,16 @@ def _weight_grads(s: Scratch, x: np.ndarray, W_ih: np.ndarray, dGx: np.ndarray,
             need = _kernels.gemm_tn_floats(k, C.shape[0], C.shape[1], n,
                                            0 if C2 is None else C2.shape[1])
             _kernels.gemm_tn(A, Bk, C, a0, n, s.empty("wgrad", (need,)), B2, C2)
-    db_ih = dGx2.sum(axis=0) if has_bias else None
-    # the same sum twice when both pre-activations share one gradient (RNN, LSTM)
-    db_hh = (db_ih.copy() if dGh is dGx else dGh2.sum(axis=0)) if db_ih is not None else None
+    db_ih, db_hh = _bias_grads(dGx, dGh) if has_bias else (None, None)
     return dx, dW_ih, dW_hh, db_ih, db_hh
+
+
+def _bias_grads(dGx: np.ndarray, dGh: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The sums over (T, B) of the two pre-activation gradients (the biases' gradients):
+    the same sum twice when both share one gradient (RNN, LSTM)."""
+    GH = dGx.shape[-1]
+    db_ih = dGx.reshape(-1, GH).sum(axis=0)
+    return db_ih, db_ih.copy() if dGh is dGx else dGh.reshape(-1, GH).sum(axis=0)
 
 
 def _backward_loop(adapter: _Adapter, b: _Back) -> tuple[np.ndarray, np.ndarray]:
@@ -515,23 +588,84 @@ def _backward(cell: str, cache: Any, dy: Any, finals: tuple[Any, ...]) -> AnyGra
         g = check_grad(f"d{state}", g, ("B", "H"), (B, H), F32)
         grads.append(np.zeros((B, H), F32) if g is None else g.copy())
     result = adapter.gradients(cache)
+    normalized = cache.options["layer_norm"]
+    GH = cache["W_hh"].shape[0]
     if T == 0 or B == 0:          # nothing flows through the loop
         dx, dW_ih, dW_hh = (np.zeros(cache[k].shape, F32) for k in ("x", "W_ih", "W_hh"))
-        GH = dW_hh.shape[0]
         db_ih, db_hh = (np.zeros(GH, F32), np.zeros(GH, F32)) if cache["has_bias"] else (None, None)
-        return result(dx, *grads, dW_ih, dW_hh, db_ih, db_hh, *adapter.empty_extra(cache))
+        dln = (_empty_layer_norm_grads(cache),) if normalized else ()
+        return result(dx, *grads, dW_ih, dW_hh, db_ih, db_hh, *adapter.empty_extra(cache),
+                      *dln)
     with Scratch() as s:
         init = [_zeros_if_none(cache[f"{state}0"], B, H) for state in spec.states]
+        ln = None
+        if normalized:
+            dcn = s.empty("dcn", (T, B, H)) if cache["ln_xc"] is not None else None
+            ln = (cache["ln_hh_weight"], cache["ln_c_weight"], cache["ln_c_bias"],
+                  cache["ln_xhh"], cache["ln_xc"], cache["ln_rstd"],
+                  s.empty("dGln", (T, B, GH)), dcn)
         b = _Back(cache, s, dy, grads, init, cache.options["reverse"], cache["lengths"], T, B,
-                  H, None)
+                  H, None, ln)
         dGx, dGh = _backward_loop(adapter, b)
         hprev = _prev_states(cache["y"], b.init[0], b.lengths, b.reverse,
                              s.empty("hprev", (T, B, H)))
-        dx, dW_ih, dW_hh, db_ih, db_hh = _weight_grads(
-            s, cache["x"], cache["W_ih"], dGx, dGh, hprev, cache["has_bias"],
-            adapter.recurrent_input_n(b, hprev))
+        if ln is None:
+            dx, dW_ih, dW_hh, db_ih, db_hh = _weight_grads(
+                s, cache["x"], cache["W_ih"], dGx, dGh, hprev, cache["has_bias"],
+                adapter.recurrent_input_n(b, hprev))
+            dln = ()
+        else:
+            # the weights see the gradients of the products W_ih x, W_hh h (through
+            # LN); the biases join after LN: theirs are the betas' sums
+            dln = (_layer_norm_grads(cache, dGx, dGh, ln[-1]),)
+            dx, dW_ih, dW_hh, _, _ = _weight_grads(
+                s, cache["x"], cache["W_ih"], _input_norm_backward(s, cache, dGx), ln[-2],
+                hprev, False, adapter.recurrent_input_n(b, hprev))
+            db_ih, db_hh = ((dln[0].ih_bias.copy(), dln[0].hh_bias.copy())
+                            if cache["has_bias"] else (None, None))
         extra = adapter.extra(b, dGx, hprev)      # may reuse hprev's buffer: it is done
-        return result(dx, *grads, dW_ih, dW_hh, db_ih, db_hh, *extra)
+        return result(dx, *grads, dW_ih, dW_hh, db_ih, db_hh, *extra, *dln)
+
+
+def _gain_grad(d: np.ndarray, xhat: np.ndarray) -> np.ndarray:
+    """A gain's gradient: ``sum over (T, B) of d * xhat`` (one pass, no temporary)."""
+    n = d.shape[-1]
+    g: np.ndarray = np.einsum("kn,kn->n", d.reshape(-1, n), xhat.reshape(-1, n))
+    return g
+
+
+def _layer_norm_grads(cache: Cache, dGx: np.ndarray, dGh: np.ndarray,
+                      dcn: np.ndarray | None) -> LayerNormWeights:
+    """The gains' and biases' gradients from the gradients of the normalized rows
+    (each LN's beta gets the same sum as the bias added after it)."""
+    d_ih, d_hh = _bias_grads(dGx, dGh)
+    c_w = c_b = None
+    if dcn is not None:
+        c_w, c_b = _gain_grad(dcn, cache["ln_xc"]), dcn.reshape(-1, dcn.shape[-1]).sum(axis=0)
+    return LayerNormWeights(_gain_grad(dGx, cache["ln_xih"]), d_ih,
+                            _gain_grad(dGh, cache["ln_xhh"]), d_hh, c_w, c_b)
+
+
+def _empty_layer_norm_grads(cache: Cache) -> LayerNormWeights:
+    """:func:`_layer_norm_grads` of empty work: zeros."""
+    GH, c = cache["ln_ih_weight"].shape[0], cache["ln_c_weight"]
+    H = None if c is None else c.shape[0]
+    return LayerNormWeights._make(np.zeros(n, F32) if n is not None else None
+                                  for n in (GH, GH, GH, GH, H, H))
+
+
+def _input_norm_backward(s: Scratch, cache: Cache, dGx: np.ndarray) -> np.ndarray:
+    """The gradient of the input projection ``W_ih x`` from that of its normalized rows
+    (``dGx``), through the input path's LN, rows split as the projection's."""
+    T, B, GH = dGx.shape
+    k, K = T * B, cache["ln_rstd"].shape[2]
+    out = s.empty("dGxln", (T, B, GH))
+    want = _parallel.gemm_threads(k, GH, cache["x"].shape[2])
+    with _threads.claim(want) if want > 1 else nullcontext(1) as n:
+        _kernels.layer_norm_rows_backward(dGx.reshape(k, GH), cache["ln_xih"].reshape(k, GH),
+                                          cache["ln_rstd"].reshape(k, K),
+                                          cache["ln_ih_weight"], out.reshape(k, GH), n)
+    return out
 
 
 # ----------------------------------------------------------------------------
@@ -552,6 +686,18 @@ _DOC_PARTS = {
         Run from each sequence's last valid step to the first.
     training : bool
         Keep what :func:`%(cell)s_backward` needs (returned as ``cache``).""",
+    "layer_norm": """    layer_norm : LayerNormWeights, optional
+        Keyword-only: a layer-normalized cell (Ba et al. 2016): the gains and
+        biases ``(ih_weight, ih_bias, hh_weight, hh_bias%(ln_c)s)``,
+        each (%(G)s,)%(ln_c_shape)s, real floats converted to float32 (any tuple
+        in that order).  ``W_ih x`` and ``W_hh h`` are each normalized over the
+        row of %(G)s values,
+        ``LN(v; g, b) = (v - mean(v)) / sqrt(var(v) + eps) * g + b`` (population
+        variance), before the biases join:%(ln_equations)s
+        The backward pass then returns the ``LayerNorm...Gradients`` type, whose
+        ``dlayer_norm`` holds the gains' and biases' gradients.
+    layer_norm_eps : float
+        Keyword-only: the ``eps`` of every normalization, finite and > 0.""",
     "notes_forward": """    Notes
     -----
     A call large enough to pay for it splits its time loop and its input
@@ -569,18 +715,40 @@ _DOC_PARTS = {
     thread keeps its own scratch buffers: :func:`release_scratch`).""",
 }
 
+#: the per-cell words of the ``layer_norm`` section (the equations wrapped and indented)
+_LN_DOC = {
+    "rnn": {"ln_c": "", "ln_c_shape": "",
+            "ln_equations": """
+        ``h' = act(LN(W_ih x) + LN(W_hh h) + b_ih + b_hh)``."""},
+    "gru": {"ln_c": "", "ln_c_shape": "",
+            "ln_equations": """
+        ``a_i = LN(W_ih x) + b_ih``, ``a_h = LN(W_hh h) + b_hh``, then the gates of
+        ``linear_before_reset=True`` from them (the other form has no standard
+        normalized form: ValueError)."""},
+    "lstm": {"ln_c": ", c_weight, c_bias", "ln_c_shape": " and ``c_*`` (H,)",
+             "ln_equations": """
+        ``a = LN(W_ih x) + LN(W_hh h) + b_ih + b_hh`` (then the peephole terms),
+        gates as above, ``c' = f*c + i*g`` carried as it is, and
+        ``h' = o * tanh(LN(c'; c_weight, c_bias))`` over H (PyTorch's
+        ``custom_lstms.LayerNormLSTMCell`` and TF Addons' cell carry the
+        normalized ``c`` instead)."""},
+}
+
+
 _Function = TypeVar("_Function", bound=Callable[..., Any])
 
 
 def _doc(function: _Function) -> _Function:
     """Fill the shared sections of a public function's docstring (:data:`_DOC_PARTS`)."""
-    return fill_doc(function, _DOC_PARTS)
+    words = {**_LN_DOC[function.__name__.split("_")[0]], "G": "%(G)s"}   # G: fill_doc's
+    return fill_doc(function, {**_DOC_PARTS, "layer_norm": _DOC_PARTS["layer_norm"] % words})
 
 
 @_doc
 def rnn_forward(x: Any, W_ih: Any, W_hh: Any, b_ih: Any = None, b_hh: Any = None,
                 h0: Any = None, *, nonlinearity: str = "tanh", lengths: Any = None,
-                reverse: bool = False, training: bool = False) -> ForwardResult:
+                reverse: bool = False, training: bool = False, layer_norm: Any = None,
+                layer_norm_eps: float = 1e-5) -> ForwardResult:
     """Run an Elman RNN over a sequence: ``h' = act(W_ih x + b_ih + W_hh h + b_hh)``.
 
     Parameters
@@ -596,6 +764,7 @@ def rnn_forward(x: Any, W_ih: Any, W_hh: Any, b_ih: Any = None, b_hh: Any = None
     nonlinearity : {"tanh", "relu"}
         The activation ``act``.
 %(sequence_options)s
+%(layer_norm)s
 
     Returns
     -------
@@ -607,11 +776,12 @@ def rnn_forward(x: Any, W_ih: Any, W_hh: Any, b_ih: Any = None, b_hh: Any = None
     """
     return cast(ForwardResult, _forward(
         "rnn", {"nonlinearity": check_nonlinearity(nonlinearity)}, x, W_ih, W_hh, b_ih, b_hh,
-        h0, None, None, lengths, reverse, training))
+        h0, None, None, lengths, reverse, training, layer_norm, layer_norm_eps))
 
 
 @_doc
-def rnn_backward(cache: Any, dy: Any = None, dh: Any = None) -> Gradients:
+def rnn_backward(cache: Any, dy: Any = None, dh: Any = None
+                 ) -> Gradients | LayerNormGradients:
     """Backpropagate through :func:`rnn_forward` (BPTT).
 
     Parameters
@@ -625,16 +795,19 @@ def rnn_backward(cache: Any, dy: Any = None, dh: Any = None) -> Gradients:
     Gradients
         ``dx (T, B, I), dh0 (B, H), dW_ih (H, I), dW_hh (H, H), db_ih, db_hh (H,)``,
         all float32; the bias gradients are None when the forward pass had no biases.
+        A :class:`LayerNormGradients` (the same plus ``dlayer_norm``) when the
+        forward pass had ``layer_norm``.
 
 %(notes_backward)s
     """
-    return cast(Gradients, _backward("rnn", cache, dy, (dh,)))
+    return cast(Gradients | LayerNormGradients, _backward("rnn", cache, dy, (dh,)))
 
 
 @_doc
 def gru_forward(x: Any, W_ih: Any, W_hh: Any, b_ih: Any = None, b_hh: Any = None,
                 h0: Any = None, *, linear_before_reset: bool = True, lengths: Any = None,
-                reverse: bool = False, training: bool = False) -> ForwardResult:
+                reverse: bool = False, training: bool = False, layer_norm: Any = None,
+                layer_norm_eps: float = 1e-5) -> ForwardResult:
     """Run a GRU over a sequence (gates r, z, n in PyTorch's order).
 
     ``r, z = sigmoid(W_i{r,z} x + b_i{r,z} + W_h{r,z} h + b_h{r,z})``;
@@ -657,6 +830,7 @@ def gru_forward(x: Any, W_ih: Any, W_hh: Any, b_ih: Any = None, b_hh: Any = None
     linear_before_reset : bool
         Which GRU form (above).
 %(sequence_options)s
+%(layer_norm)s
 
     Returns
     -------
@@ -668,11 +842,13 @@ def gru_forward(x: Any, W_ih: Any, W_hh: Any, b_ih: Any = None, b_hh: Any = None
     """
     options = {"linear_before_reset": check_bool("linear_before_reset", linear_before_reset)}
     return cast(ForwardResult, _forward("gru", options, x, W_ih, W_hh, b_ih, b_hh, h0, None,
-                                        None, lengths, reverse, training))
+                                        None, lengths, reverse, training, layer_norm,
+                                        layer_norm_eps))
 
 
 @_doc
-def gru_backward(cache: Any, dy: Any = None, dh: Any = None) -> Gradients:
+def gru_backward(cache: Any, dy: Any = None, dh: Any = None
+                 ) -> Gradients | LayerNormGradients:
     """Backpropagate through :func:`gru_forward` (BPTT), either GRU form.
 
     Parameters
@@ -686,17 +862,19 @@ def gru_backward(cache: Any, dy: Any = None, dh: Any = None) -> Gradients:
     Gradients
         ``dx (T, B, I), dh0 (B, H), dW_ih (3*H, I), dW_hh (3*H, H), db_ih, db_hh
         (3*H,)``, all float32; the bias gradients are None when the forward pass
-        had no biases.
+        had no biases.  A :class:`LayerNormGradients` (the same plus
+        ``dlayer_norm``) when the forward pass had ``layer_norm``.
 
 %(notes_backward)s
     """
-    return cast(Gradients, _backward("gru", cache, dy, (dh,)))
+    return cast(Gradients | LayerNormGradients, _backward("gru", cache, dy, (dh,)))
 
 
 @_doc
 def lstm_forward(x: Any, W_ih: Any, W_hh: Any, b_ih: Any = None, b_hh: Any = None,
                  h0: Any = None, c0: Any = None, *, peephole: Any = None, lengths: Any = None,
-                 reverse: bool = False, training: bool = False) -> LSTMForwardResult:
+                 reverse: bool = False, training: bool = False, layer_norm: Any = None,
+                 layer_norm_eps: float = 1e-5) -> LSTMForwardResult:
     """Run an LSTM over a sequence (gates i, f, g, o in PyTorch's order).
 
     ``i, f, o = sigmoid(.)``, ``g = tanh(.)`` of ``W_ih x + b_ih + W_hh h + b_hh``;
@@ -718,6 +896,7 @@ def lstm_forward(x: Any, W_ih: Any, W_hh: Any, b_ih: Any = None, b_hh: Any = Non
     peephole : array (3*H,), optional
         Peephole weights in the order i, f, o.
 %(sequence_options)s
+%(layer_norm)s
 
     Returns
     -------
@@ -728,12 +907,13 @@ def lstm_forward(x: Any, W_ih: Any, W_hh: Any, b_ih: Any = None, b_hh: Any = Non
 %(notes_forward)s
     """
     return cast(LSTMForwardResult, _forward("lstm", {}, x, W_ih, W_hh, b_ih, b_hh, h0, c0,
-                                            peephole, lengths, reverse, training))
+                                            peephole, lengths, reverse, training, layer_norm,
+                                            layer_norm_eps))
 
 
 @_doc
-def lstm_backward(cache: Any, dy: Any = None, dh: Any = None,
-                  dc: Any = None) -> LSTMGradients | PeepholeLSTMGradients:
+def lstm_backward(cache: Any, dy: Any = None, dh: Any = None, dc: Any = None
+                  ) -> LSTMGradients | PeepholeLSTMGradients | LayerNormLSTMGradients:
     """Backpropagate through :func:`lstm_forward` (BPTT).
 
     Parameters
@@ -748,11 +928,13 @@ def lstm_backward(cache: Any, dy: Any = None, dh: Any = None,
         ``dx (T, B, I), dh0 (B, H), dc0 (B, H), dW_ih (4*H, I), dW_hh (4*H, H),
         db_ih, db_hh (4*H,)``, all float32; the bias gradients are None when the
         forward pass had no biases.  A :class:`PeepholeLSTMGradients` (the same
-        plus ``dpeephole (3*H,)``) when the forward pass had peepholes.
+        plus ``dpeephole (3*H,)``) when the forward pass had peepholes.  A
+        :class:`LayerNormLSTMGradients` (``dpeephole`` None without peepholes, and
+        ``dlayer_norm``) when the forward pass had ``layer_norm``.
 
 %(notes_backward)s
     """
-    return cast(LSTMGradients | PeepholeLSTMGradients,
+    return cast(LSTMGradients | PeepholeLSTMGradients | LayerNormLSTMGradients,
                 _backward("lstm", cache, dy, (dh, dc)))
 
 
@@ -811,6 +993,13 @@ class Stepper:
         weight's rounding error (relative 2**-11; magnitudes under 6.1e-5 lose
         bits, under 3e-8 become zero), and memory for both packs.  ValueError
         if a finite weight's magnitude exceeds float16's largest value, 65504.
+        The layer norm's gains and biases are not rounded either.
+    layer_norm : LayerNormWeights, optional
+        A layer-normalized cell's gains and biases, as the functional calls take
+        them (see :func:`lstm_forward`); RNN, GRU (``linear_before_reset=True``
+        only) and LSTM.
+    layer_norm_eps : float
+        The ``eps`` of every normalization, finite and > 0.
 
     Examples
     --------
@@ -822,7 +1011,8 @@ class Stepper:
 
     def __init__(self, cell: str, W_ih: Any, W_hh: Any, b_ih: Any = None, b_hh: Any = None,
                  *, peephole: Any = None, nonlinearity: str = "tanh",
-                 linear_before_reset: bool = True, weight_dtype: str = "float32") -> None:
+                 linear_before_reset: bool = True, weight_dtype: str = "float32",
+                 layer_norm: Any = None, layer_norm_eps: float = 1e-5) -> None:
         spec = cell_spec(cell)
         # every cell's options: each adapter reads its own
         options: Options = {
@@ -833,6 +1023,11 @@ class Stepper:
         # validate the weights with the one set of checks, on an empty sequence
         a = check_forward(cell, np.zeros((0, 1, I), F32), W_ih, W_hh, b_ih, b_hh,
                           dtype=F32, peephole=peephole)
+        ln, eps = check_layer_norm(cell, layer_norm, layer_norm_eps, a.H, F32,
+                                   linear_before_reset=options["linear_before_reset"])
+        if ln is not None:      # float32 copies, as the weights' packs are
+            ln = LayerNormWeights._make(None if v is None else v.copy() for v in ln)
+        options.update(layer_norm=ln, layer_norm_eps=eps)
         if half:
             W_ih, W_hh = float16_values("W_ih", a.W_ih), float16_values("W_hh", a.W_hh)
         else:
@@ -842,11 +1037,15 @@ class Stepper:
         self.weight_dtype = "float16" if half else "float32"
         self._spec, self._options, self._weights = spec, options, w
         self._P_ih = P_ih           # W_ih's pack: a pickle unpacks it (__getstate__)
+        step_ln = None if ln is None else (
+            ln.ih_weight, ln.ih_bias if w.bias is None else ln.ih_bias + w.bias, ln.hh_weight,
+            ln.hh_bias, ln.c_weight, ln.c_bias, eps)
         self._kernel = _kernels.StepKernel(
             cell, P_ih, w.wp, w.wp_n,
             np.zeros(a.G * a.H, F32) if w.bias is None else w.bias,
             np.zeros(a.H, F32) if w.bhn is None else w.bhn, w.peephole, a.I, a.H,
-            options["nonlinearity"] == "relu", options["linear_before_reset"], w.packing)
+            options["nonlinearity"] == "relu", options["linear_before_reset"], w.packing,
+            step_ln)
 
     #: the entries of a pickled Stepper (besides the header)
     _STEPPER_STATE = ("cell", "W_ih", "W_hh", "bias", "b_hn", "peephole", "weight_dtype",

@@ -38,6 +38,7 @@ from ._checks import (
     as_float,
     check_bool,
     check_int,
+    check_layer_norm,
     check_nonlinearity,
     check_number,
     check_shape,
@@ -57,6 +58,7 @@ from ._layer_step import (
     step_hc,
     step_weights,
 )
+from ._results import LayerNormWeights
 
 F32 = np.float32
 #: the float32 dtype object, which arrays made with np.float32 share (an identity test)
@@ -87,6 +89,11 @@ class _RNNBase(_Layer):
     _step_layers: Callable[..., tuple[Array, Any]] = staticmethod(step_h)
     #: a step's initial state when none is given: None (zeros) per state kind
     _no_states: tuple[None, ...] = (None,)
+    # also the values of layers pickled before layer normalization existed
+    layer_norm = False
+    layer_norm_eps = 1e-5
+    #: per (layer, direction): the layer norm's parameter names, in LayerNormWeights order
+    _ln_names: list[tuple[str, ...]] = []
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -103,10 +110,14 @@ class _RNNBase(_Layer):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
-                 bidirectional: bool = False, *, seed: Any = None, backend: Any = None) -> None:
+                 bidirectional: bool = False, *, layer_norm: bool = False,
+                 layer_norm_eps: float = 1e-5, seed: Any = None, backend: Any = None) -> None:
         super().__init__()
         self.input_size = check_int("input_size", input_size, 1)
         self.hidden_size = check_int("hidden_size", hidden_size, 1)
+        self.layer_norm = check_bool("layer_norm", layer_norm)
+        self.layer_norm_eps = check_layer_norm(self._spec.name, None, layer_norm_eps,
+                                               self.hidden_size, F32)[1]
         self.num_layers = check_int("num_layers", num_layers, 1)
         self.bias = check_bool("bias", bias)
         self.batch_first = check_bool("batch_first", batch_first)
@@ -150,15 +161,31 @@ class _RNNBase(_Layer):
         """Parameters of the cell beyond the weights and biases, per (layer, direction)."""
         return []
 
+    def _norm_parameters(self) -> list[tuple[ParamSpec, float]]:
+        """The layer norm's parameters per (layer, direction), with their initial
+        values (gains 1, biases 0), in :class:`LayerNormWeights` order; none without."""
+        if not self.layer_norm:
+            return []
+        G, H = self._spec.G, self.hidden_size
+        rows: list[tuple[str, tuple[str, ...], tuple[int, ...]]] = [
+            (path, (f"{G}*H",), (G * H,)) for path in ("ih", "hh")]
+        if self._spec.has_cell_state:
+            rows.append(("c", ("H",), (H,)))
+        return [((f"ln_{path}_{kind}", sym, shape), 1.0 if kind == "weight" else 0.0)
+                for path, sym, shape in rows for kind in ("weight", "bias")]
+
     def _create_parameters(self) -> list[tuple[str | None, ...]]:
         """Create the parameters in PyTorch's order and initialisation; return their names.
 
         PyTorch's default: every parameter ~ U(-1/sqrt(H), 1/sqrt(H)), drawn in
-        state-dict order.
+        state-dict order; the layer norm's (after them) are constants, so a
+        normalized layer draws the weights of the same seed's plain layer.
         """
         G, H, D = self._spec.G, self.hidden_size, self.num_directions
         bound = 1.0 / math.sqrt(H)
         names = []
+        norm = self._norm_parameters()
+        self._ln_names = []
         for k in range(self.num_layers):
             in_size, in_sym = (self.input_size, "input_size") if k == 0 else (D * H, "D*H")
             shapes: list[ParamSpec] = [("weight_ih", (f"{G}*H", in_sym), (G * H, in_size)),
@@ -170,6 +197,9 @@ class _RNNBase(_Layer):
                 suffix = f"_l{k}" + ("_reverse" if d else "")
                 for base, sym, shape in shapes:
                     self._add_param(base + suffix, sym, self._rng.uniform(-bound, bound, shape))
+                for (base, sym, shape), value in norm:
+                    self._add_param(base + suffix, sym, np.full(shape, value))
+                self._ln_names.append(tuple(base + suffix for (base, _, _), _ in norm))
                 row: list[str | None] = [base + suffix for base, _, _ in shapes]
                 if not self.bias:
                     row[2:2] = [None, None]
@@ -182,12 +212,21 @@ class _RNNBase(_Layer):
 
     def _direction_options(self, i: int) -> dict[str, Any]:
         """Keyword options for ``<cell>_forward`` of (layer, direction) number ``i``."""
-        return self._options()
+        options = {**self._options(), **self._cell_options(i)}
+        if self.layer_norm:
+            options["layer_norm"] = LayerNormWeights(*(self._params[n] for n in self._ln_names[i]))
+            options["layer_norm_eps"] = self.layer_norm_eps
+        return options
+
+    def _cell_options(self, i: int) -> dict[str, Any]:
+        """The cell's own options of (layer, direction) number ``i`` that are parameters."""
+        return {}
 
     def __repr__(self) -> str:
         args = [str(self.input_size), str(self.hidden_size)]
         for name, default in (("num_layers", 1), ("bias", True), ("batch_first", False),
-                              ("dropout", 0.0), ("bidirectional", False)):
+                              ("dropout", 0.0), ("bidirectional", False), ("layer_norm", False),
+                              ("layer_norm_eps", 1e-5)):
             if getattr(self, name) != default:
                 args.append(f"{name}={getattr(self, name)!r}")
         args += [f"{k}={v!r}" for k, v in self._repr_options().items()]
@@ -312,8 +351,11 @@ class _RNNBase(_Layer):
         for name, value in zip(names[:4], (g.dW_ih, g.dW_hh, g.db_ih, g.db_hh)):
             if name is not None:
                 self.grads[name] += value
-        if hasattr(g, "dpeephole"):
+        if getattr(g, "dpeephole", None) is not None:
             self.grads[str(names[4])] += g.dpeephole
+        if self.layer_norm:
+            for name, value in zip(self._ln_names[i], g.dlayer_norm):
+                self.grads[name] += value
 
     # -- streaming ---------------------------------------------------------------
 
@@ -409,11 +451,13 @@ class RNN(_RNNBase):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
-                 bidirectional: bool = False, *, nonlinearity: str = "tanh", seed: Any = None,
+                 bidirectional: bool = False, *, nonlinearity: str = "tanh",
+                 layer_norm: bool = False, layer_norm_eps: float = 1e-5, seed: Any = None,
                  backend: Any = None) -> None:
         self.nonlinearity = check_nonlinearity(nonlinearity)
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, seed=seed, backend=backend)
+                         bidirectional, layer_norm=layer_norm, layer_norm_eps=layer_norm_eps,
+                         seed=seed, backend=backend)
 
     def _options(self) -> dict[str, Any]:
         return {"nonlinearity": self.nonlinearity}
@@ -428,10 +472,16 @@ class GRU(_RNNBase):
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
                  bidirectional: bool = False, *, linear_before_reset: bool = True,
-                 seed: Any = None, backend: Any = None) -> None:
+                 layer_norm: bool = False, layer_norm_eps: float = 1e-5, seed: Any = None,
+                 backend: Any = None) -> None:
         self.linear_before_reset = check_bool("linear_before_reset", linear_before_reset)
+        if check_bool("layer_norm", layer_norm) and not self.linear_before_reset:
+            raise ValueError("layer_norm: expected linear_before_reset=True with "
+                             "layer_norm=True (a GRU with linear_before_reset=False has no "
+                             "standard normalized form), got linear_before_reset=False")
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, seed=seed, backend=backend)
+                         bidirectional, layer_norm=layer_norm, layer_norm_eps=layer_norm_eps,
+                         seed=seed, backend=backend)
 
     def _options(self) -> dict[str, Any]:
         return {"linear_before_reset": self.linear_before_reset}
@@ -445,16 +495,18 @@ class LSTM(_RNNBase):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
-                 bidirectional: bool = False, *, peephole: bool = False, seed: Any = None,
+                 bidirectional: bool = False, *, peephole: bool = False,
+                 layer_norm: bool = False, layer_norm_eps: float = 1e-5, seed: Any = None,
                  backend: Any = None) -> None:
         self.peephole = check_bool("peephole", peephole)
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, seed=seed, backend=backend)
+                         bidirectional, layer_norm=layer_norm, layer_norm_eps=layer_norm_eps,
+                         seed=seed, backend=backend)
 
     def _extra_parameters(self) -> list[ParamSpec]:
         return [("peephole", ("3*H",), (3 * self.hidden_size,))] if self.peephole else []
 
-    def _direction_options(self, i: int) -> dict[str, Any]:
+    def _cell_options(self, i: int) -> dict[str, Any]:
         return {"peephole": self._params[str(self._names[i][4])]} if self.peephole else {}
 
     def _repr_options(self) -> dict[str, Any]:
