@@ -216,26 +216,6 @@ def _torch_lstm_peer(p: Problem, threads: int | None, what: str) -> Any:
 # costs the same.  The biases ``b_ih + b_hh`` go into the LN biases, as in
 # custom_lstms (no separate bias): ``LN(v) + b = v_hat * γ + (β + b)``.
 
-#: a normalized problem's gains are ``1 + LN_SPREAD * N(0, 1)``, its biases
-#: ``LN_SPREAD * N(0, 1)``: near the layers' initialisation (1, 0), but not equal to
-#: it, so that the agreement check sees a wrong gain or bias
-LN_SPREAD = 0.1
-#: the seed that tells the gains' generator from the problem's
-_LN_SEED = 12
-
-
-def layer_norm_weights(p: Problem) -> LayerNormWeights:
-    """The seeded float32 gains and biases of the normalized LSTM on ``p`` (an LSTM
-    problem): ``(G*H,)`` for the ih/hh paths, ``(H,)`` for c."""
-    if p.cell != "lstm":
-        raise ValueError(f"p: expected an LSTM problem, got {p.cell!r}")
-    GH, H = p.W_hh.shape
-    rng = np.random.default_rng([_LN_SEED, p.shape.T, p.shape.B, p.shape.I, p.shape.H])
-    return LayerNormWeights(*(
-        ((1.0 if k % 2 == 0 else 0.0) + LN_SPREAD * rng.standard_normal(n)).astype(np.float32)
-        for k, n in enumerate((GH, GH, GH, GH, H, H))))
-
-
 def torch_ln_lstm(torch: Any, I: int, H: int, eps: float) -> tuple[Any, bool]:
     """The normalized LSTM layer in PyTorch, ``layer(x, (h0, c0)) -> (y, (h, c))``, and
     whether it is TorchScript (True) or, when scripting fails, the same modules run
@@ -298,12 +278,15 @@ def torch_ln_lstm_runner(p: Problem, mode: str, threads: int | None = 1, *,
                          layer_norm: LayerNormWeights | None = None,
                          layer_norm_eps: float = 1e-5) -> Runner:
     """The layer-normalized LSTM of :func:`torch_ln_lstm` (TorchScript) with ``p``'s
-    weights and ``layer_norm`` (default :func:`layer_norm_weights`), timed as
+    weights and ``layer_norm`` (default ``p.layer_norm``: see
+    ``fastcells.bench.make_problem(..., layer_norm=True)``), timed as
     :func:`torch_runner` times ``nn.LSTM``; checked against the float64
     ``fastcells.reference.lstm_forward(..., layer_norm=...)`` first (Unavailable if
     they differ by more than ``PEER_TOL``).  Fixed-length LSTM problems only."""
     torch = _torch_lstm_peer(p, threads, "the layer-normalized LSTM")
-    ln = layer_norm_weights(p) if layer_norm is None else LayerNormWeights(*layer_norm)
+    if layer_norm is None and p.layer_norm is None:
+        raise Unavailable("the layer-normalized LSTM peer needs a problem with layer_norm")
+    ln = LayerNormWeights(*(p.layer_norm if layer_norm is None else layer_norm))
     layer, _ = torch_ln_lstm(torch, p.shape.I, p.shape.H, layer_norm_eps)
     cell = layer.cell
     with torch.no_grad():
@@ -402,6 +385,9 @@ def torch_proj_runner(p: Problem, mode: str, threads: int | None = 1, *, proj_si
 #: the peers' runners, by system name (``fastcells.bench.PEERS``)
 RUNNERS: dict[str, Callable[[Problem, str, int | None], Runner]] = {"torch": torch_runner,
                                                                     "ort": ort_runner}
+#: the peers of a layer-normalized problem (``p.layer_norm``), by the same names
+LAYER_NORM_RUNNERS: dict[str, Callable[[Problem, str, int | None], Runner]] = {
+    "torch": torch_ln_lstm_runner}
 #: how each peer is set to a thread count (None: its default)
 SET_THREADS: dict[str, Callable[[int | None], None]] = {"torch": set_torch_threads,
                                                         "ort": _session_threads}

@@ -19,9 +19,12 @@ the same thread count (``--threads N``, default 1) or each at its own default
 
 Beside the grid, a variable-length row: the LSTM with ``lengths`` drawn
 uniformly in ``[T/2, T]`` (torch through packed sequences, ONNX Runtime with
-``sequence_lens``).  ``--scaling`` times fastcells and the peers at 1, 2, 4,
-... threads up to the cores this process may use, with each one's speed-up
-over its own one-thread time.
+``sequence_lens``); and layer-normalized LSTM rows (``lstm+ln``), against
+PyTorch's normalized LSTM written as a user would (``bench/peers.py``: the
+``custom_lstms`` cell under TorchScript), each with what the normalization
+costs over fastcells' plain LSTM on the same problem.  ``--scaling`` times
+fastcells and the peers at 1, 2, 4, ... threads up to the cores this process
+may use, with each one's speed-up over its own one-thread time.
 
 This module holds what the command needs: the grids, the seeded problems,
 fastcells' own systems and the floor, the timing, the correctness check, the
@@ -48,15 +51,16 @@ import sys
 import textwrap
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from . import _cells, _threads, reference
 from . import functional as _fc
+from ._results import LayerNormWeights
 
 F32 = np.float32
 
@@ -154,6 +158,19 @@ GRIDS = {
 VARLEN_CELL = "lstm"
 VARLEN_GRIDS = {"quick": _shapes((20, 8, 64, 64)), "default": _shapes((50, 16, 256, 256)),
                 "full": _shapes((50, 64, 512, 512))}
+#: the cell of the layer-normalized rows, and their shapes per grid
+LN_CELL = "lstm"
+LN_GRIDS = {"quick": _shapes((20, 8, 64, 64)),
+            "default": _shapes((100, 1, 64, 64), (50, 16, 256, 256)),
+            "full": _shapes((100, 1, 64, 64), (50, 16, 256, 256), (50, 64, 512, 512))}
+#: what marks a layer-normalized row's cell in the cell column
+LN_MARK = "+ln"
+#: the gains are ``1 + LN_SPREAD * N(0, 1)`` and the biases ``LN_SPREAD * N(0, 1)``: near
+#: the layers' initialisation (1, 0) but not equal to it, so that a check sees a wrong
+#: gain or bias
+LN_SPREAD = 0.1
+#: fastcells' plain cell on a layer-normalized row's problem, timed in the same rounds
+PLAIN = "plain"
 #: what marks a variable-length row's T in the shape column: each sequence has at most T
 #: steps (two characters: the default table keeps within MAX_WIDTH)
 VARLEN_MARK = "<="
@@ -195,6 +212,7 @@ class Problem:
     the cell and the shape, so every system and every run sees the same data.
     ``lengths`` (a variable-length problem) are uniform in ``[ceil(T/2), T]``,
     seeded apart, so the other arrays are those of the fixed-length problem.
+    ``layer_norm`` (a normalized problem) holds the gains and biases, seeded apart too.
     """
 
     cell: str
@@ -208,6 +226,7 @@ class Problem:
     c0: np.ndarray | None
     dy: np.ndarray
     lengths: np.ndarray | None = None
+    layer_norm: LayerNormWeights | None = None
     _expected: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
@@ -225,8 +244,18 @@ class Problem:
         return tuple(getattr(self, f"{name}0") for name in self.spec.states)
 
     def options(self) -> dict[str, Any]:
-        """Keyword arguments of ``<cell>_forward`` beyond the arrays: ``lengths`` when set."""
-        return {} if self.lengths is None else {"lengths": self.lengths}
+        """Keyword arguments of ``<cell>_forward`` beyond the arrays: ``lengths`` and
+        ``layer_norm`` when set."""
+        options: dict[str, Any] = {}
+        if self.lengths is not None:
+            options["lengths"] = self.lengths
+        if self.layer_norm is not None:
+            options["layer_norm"] = self.layer_norm
+        return options
+
+    def plain(self) -> Problem:
+        """The same problem without layer normalization."""
+        return replace(self, layer_norm=None, _expected={})
 
     def valid(self) -> np.ndarray | None:
         """``(T, B, 1)`` True at each sequence's valid steps; None when every step is valid."""
@@ -247,14 +276,16 @@ class Problem:
         return expected
 
 
-#: the seed that tells the lengths' generator from the arrays'
+#: the seeds that tell the lengths' and the gains' generators from the arrays'
 _LENGTHS_SEED = 1
+_LN_SEED = 2
 
 
-def make_problem(cell: str, shape: Shape, seed: int = 0, *, varlen: bool = False) -> Problem:
+def make_problem(cell: str, shape: Shape, seed: int = 0, *, varlen: bool = False,
+                 layer_norm: bool = False) -> Problem:
     """The seeded :class:`Problem` of ``cell`` at ``shape``; with ``varlen``, with
     ``lengths`` uniform in ``[ceil(T/2), T]`` (at least 1: PyTorch packs no empty
-    sequence)."""
+    sequence); with ``layer_norm``, with gains and biases (:data:`LN_SPREAD`)."""
     spec = _cells.cell_spec(cell)
     T, B, I, H = shape.T, shape.B, shape.I, shape.H
     GH = spec.G * H
@@ -271,10 +302,17 @@ def make_problem(cell: str, shape: Shape, seed: int = 0, *, varlen: bool = False
     if varlen:
         rng_lengths = np.random.default_rng([seed, CELLS.index(cell), T, B, I, H, _LENGTHS_SEED])
         lengths = rng_lengths.integers((T + 1) // 2, T, size=B, endpoint=True, dtype=np.int64)
+    ln = None
+    if layer_norm:
+        rng_ln = np.random.default_rng([seed, CELLS.index(cell), T, B, I, H, _LN_SEED])
+        sizes = (GH, GH, GH, GH) + ((H, H) if spec.has_cell_state else ())
+        # gains (even fields) near 1, biases (odd fields) near 0
+        ln = LayerNormWeights(*((1.0 - k % 2 + LN_SPREAD * rng_ln.standard_normal(n)).astype(F32)
+                                for k, n in enumerate(sizes)))
     return Problem(cell, shape, x=normal(T, B, I), W_ih=uniform(GH, I), W_hh=uniform(GH, H),
                    b_ih=uniform(GH), b_hh=uniform(GH), h0=normal(B, H),
                    c0=normal(B, H) if spec.has_cell_state else None, dy=normal(T, B, H),
-                   lengths=lengths)
+                   lengths=lengths, layer_norm=ln)
 
 
 def outputs(module: ModuleType, p: Problem, mode: str, dtype: Any = F32) -> dict[str, Any]:
@@ -284,7 +322,11 @@ def outputs(module: ModuleType, p: Problem, mode: str, dtype: Any = F32) -> dict
     result = {name: getattr(out, name) for name in ("y", *p.spec.states)}
     if mode == "fwdbwd":
         grads = backward(out.cache, dy=p.dy.astype(dtype))
-        result.update((k, v) for k, v in grads._asdict().items() if v is not None)
+        for k, v in grads._asdict().items():
+            if isinstance(v, LayerNormWeights):         # the gains' and biases' gradients
+                result.update((f"{k}.{f}", g) for f, g in v._asdict().items() if g is not None)
+            elif v is not None:
+                result[k] = v
     return result
 
 
@@ -387,12 +429,19 @@ def _stepper_setup(p: Problem, mode: str, **options: Any) -> tuple[Any, ...]:
     if mode != "fwd":
         raise Unavailable(NOT_APPLICABLE)
     x, W_ih, W_hh, b_ih, b_hh, *states = p.args(F32)
+    if p.layer_norm is not None:
+        options["layer_norm"] = p.layer_norm
     return x, states, _fc.Stepper(p.cell, W_ih, W_hh, b_ih, b_hh, **options)
+
+
+def _sequence_options(p: Problem) -> dict[str, Any]:
+    """The options of ``Stepper.forward`` (its weights' options are the Stepper's own)."""
+    return {k: v for k, v in p.options().items() if k != "layer_norm"}
 
 
 def _prepared_runner(p: Problem, mode: str) -> Runner:
     x, states, step = _stepper_setup(p, mode)
-    options = p.options()
+    options = _sequence_options(p)
     agree("prepared", step.forward(x, *states, **options).y, p)
     return lambda: step.forward(x, *states, **options)
 
@@ -404,9 +453,10 @@ def _fp16w_runner(p: Problem, mode: str) -> Runner:
     if mode == "fwd" and p.shape.B != 1:
         raise Unavailable(NOT_BATCH1)
     x, states, step = _stepper_setup(p, mode, weight_dtype="float16")
-    options = p.options()
+    options = _sequence_options(p)
     W_ih, W_hh = (np.asarray(w, F32).astype(np.float16).astype(F32) for w in (p.W_ih, p.W_hh))
-    want = _fc.Stepper(p.cell, W_ih, W_hh, p.b_ih, p.b_hh).forward(x, *states, **options).y
+    want = _fc.Stepper(p.cell, W_ih, W_hh, p.b_ih, p.b_hh, layer_norm=p.layer_norm).forward(
+        x, *states, **options).y
     if not np.array_equal(step.forward(x, *states, **options).y, want):
         raise Unavailable("fp16w disagrees with a float32 Stepper over the rounded weights")
     return lambda: step.forward(x, *states, **options)
@@ -556,7 +606,12 @@ def make_runner(system: str, p: Problem, mode: str, bench_dir: Path | None = Non
     bench = load_bench(bench_dir)
     if bench is None:
         raise Unavailable(NO_BENCH_DIR)
-    runner: Callable[[], Any] = bench.peers.RUNNERS[system](p, mode, threads)
+    if p.layer_norm is not None:
+        if system not in bench.peers.LAYER_NORM_RUNNERS:
+            raise Unavailable(f"{system} has no layer-normalized {p.cell}")
+        ln_runner: Runner = bench.peers.LAYER_NORM_RUNNERS[system](p, mode, threads)
+        return ln_runner
+    runner: Runner = bench.peers.RUNNERS[system](p, mode, threads)
     return runner
 
 
@@ -832,6 +887,7 @@ def _new_row(p: Problem, mode: str) -> dict[str, Any]:
     shape = p.shape
     row: dict[str, Any] = {"cell": p.cell, "shape": [shape.T, shape.B, shape.I, shape.H],
                            "mode": mode, "varlen": p.lengths is not None,
+                           "layer_norm": p.layer_norm is not None,
                            "lengths": None if p.lengths is None else p.lengths.tolist(),
                            "times": {}, "skipped": {}}
     row["abs_err"], row["rel_err"] = errors(outputs(_fc, p, mode), p.expected(mode))
@@ -842,11 +898,12 @@ def run_row(cell: str, shape: Shape, mode: str, systems: Sequence[str], target: 
             min_repeats: int, repeat: int | None, problem: Problem | None = None,
             progress: Callable[[str], None] = lambda s: None,
             bench_dir: Path | None = None, threads: int | None = 1,
-            varlen: bool = False) -> dict[str, Any]:
+            varlen: bool = False, layer_norm: bool = False) -> dict[str, Any]:
     """Time every system on one cell, shape and mode at ``threads`` (None: each
     system's default); the row of the table as a dict.  ``varlen``: the problem
-    with ``lengths`` (see :func:`make_problem`)."""
-    p = problem or make_problem(cell, shape, varlen=varlen)
+    with ``lengths``; ``layer_norm``: the normalized cell, with fastcells' plain
+    cell on the same problem timed in the same rounds (see :func:`make_problem`)."""
+    p = problem or make_problem(cell, shape, varlen=varlen, layer_norm=layer_norm)
     fns = {}
     skipped = {}
     for system in systems:
@@ -854,6 +911,8 @@ def run_row(cell: str, shape: Shape, mode: str, systems: Sequence[str], target: 
             fns[system] = make_runner(system, p, mode, bench_dir, threads)
         except Unavailable as exc:
             skipped[system] = str(exc)
+    if p.layer_norm is not None and "fastcells" in fns:
+        fns[PLAIN] = make_runner("fastcells", p.plain(), mode, bench_dir, threads)
     # fastcells' check runs at the thread count it is timed at
     row = _new_row(p, mode)
     row.update(threads=DEFAULT_THREADS if threads is None else threads, skipped=skipped)
@@ -865,6 +924,8 @@ def run_row(cell: str, shape: Shape, mode: str, systems: Sequence[str], target: 
         progress(f"{system} {t['median_ms']:.3f} ms")
     median = {s: t["median_ms"] for s, t in row["times"].items()}
     fc = median.get("fastcells")
+    plain = median.pop(PLAIN, None)
+    row["ln_over_plain"] = fc / plain if fc and plain else None
     row["ratios"] = {s: t / fc for s, t in median.items() if fc and s not in ("fastcells", "floor")}
     peers = {s: median[s] for s in PEERS if s in median}
     row["best_peer"] = min(peers, key=peers.__getitem__) if peers else None
@@ -977,8 +1038,13 @@ def shape_text(r: dict[str, Any]) -> str:
     return "(" + (VARLEN_MARK if r.get("varlen") else "") + ",".join(map(str, r["shape"])) + ")"
 
 
+def cell_text(r: dict[str, Any]) -> str:
+    """A row's cell, ``lstm+ln`` when the row is layer-normalized."""
+    return str(r["cell"]) + (LN_MARK if r.get("layer_norm") else "")
+
+
 _KEY = (
-    Column("cell", "the recurrent cell", lambda r: r["cell"], text=True),
+    Column("cell", f"the recurrent cell; {LN_MARK}: layer-normalized", cell_text, text=True),
     Column("shape (T,B,I,H)", f"steps, batch, input size, hidden size; {VARLEN_MARK}T: "
            "lengths uniform in [T/2, T]", shape_text, text=True),
     Column("mode", "fwd: inference forward; fwdbwd: training forward + backward",
@@ -1080,6 +1146,15 @@ def missing_peers(rows: Sequence[dict[str, Any]], systems: Sequence[str]) -> str
         f"{', '.join(s for s in missing if why[s] == reason)} ({reason})" for reason in reasons)
 
 
+def layer_norm_cost(rows: Sequence[dict[str, Any]]) -> str:
+    """One line: what layer normalization costs fastcells, per normalized row (its time
+    over fastcells' plain cell on the same problem, timed in the same rounds)."""
+    costs = [f"{shape_text(r)} {r['mode']} {_fmt(r.get('ln_over_plain'), '.2f')}x"
+             for r in rows if r.get("layer_norm")]
+    return (f"{LN_MARK[1:]} cost: fastcells' normalized {LN_CELL} ms / its plain {LN_CELL} ms "
+            "on the same problem: " + ", ".join(costs))
+
+
 def _legend_lines(columns: Sequence[Column]) -> list[str]:
     return [f"- `{c.head}`: {c.meaning}" for c in columns]
 
@@ -1121,6 +1196,7 @@ def write_markdown(path: str, rows: Sequence[dict[str, Any]], info: dict[str, An
              + (f" `{VARLEN_MARK}T`: {VARLEN_LEGEND.split(': ', 1)[1]}."
                 if any(r.get("varlen") for r in rows) else "")),
             "", "## Summary", "", *_legend_lines(COMPACT[3:]), "", markdown_table(rows, COMPACT),
+            *(["", layer_norm_cost(rows)] if any(r.get("layer_norm") for r in rows) else []),
             "", "## Every column", "", *_legend_lines(WIDE[3:]), "", markdown_table(rows, WIDE),
             ""]
     Path(path).write_text("\n".join(lines))
@@ -1139,6 +1215,9 @@ grids (--shape replaces them):
   and the variable-length LSTM row ({VARLEN_MARK}T: lengths uniform in [T/2, T]; --varlen
   replaces it): default {VARLEN_GRIDS['default'][0]}, --quick {VARLEN_GRIDS['quick'][0]}, \
 --full {VARLEN_GRIDS['full'][0]}
+  and the layer-normalized LSTM rows ({LN_CELL}{LN_MARK}; --layer-norm replaces them): default
+  {' '.join(map(str, LN_GRIDS['default']))}, --quick {' '.join(map(str, LN_GRIDS['quick']))}, \
+--full adds {LN_GRIDS['full'][-1]}
 
 --scaling (--cells and --shape narrow or replace them; --quick, --full as above):
   default  {' '.join(f"{c} {s}" for c, s in SCALING_GRIDS['default'])}
@@ -1219,6 +1298,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--varlen", action="append", type=Shape.parse, metavar="T,B,I,H",
                     help=f"run the variable-length LSTM row ({VARLEN_MARK}T) at this shape "
                          "instead of the grid's (repeatable; with --shape, none unless given)")
+    ap.add_argument("--layer-norm", action="append", type=Shape.parse, metavar="T,B,I,H",
+                    help=f"run the layer-normalized LSTM row ({LN_CELL}{LN_MARK}) at this shape "
+                         "instead of the grid's (repeatable; with --shape, none unless given)")
     ap.add_argument("--modes", default=",".join(MODES),
                     help="comma-separated modes: fwd (inference), fwdbwd (training forward "
                          "+ backward) (default: %(default)s)")
@@ -1262,9 +1344,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         if args.threads == DEFAULT_THREADS:
             ap.error("--threads: expected the most threads of --scaling (a positive integer), "
                      f"got {DEFAULT_THREADS!r}")
-        for option in ("plot", "wide", "varlen"):
+        for option in ("plot", "wide", "varlen", "layer_norm"):
             if getattr(args, option):
-                ap.error(f"--{option}: not with --scaling")
+                ap.error(f"--{option.replace('_', '-')}: not with --scaling")
         if not set(args.systems) & set(SCALING_SYSTEMS):
             ap.error(f"--systems: --scaling times {','.join(SCALING_SYSTEMS)}, got "
                      f"{','.join(args.systems)!r}")
@@ -1304,18 +1386,32 @@ def _check(rows: Sequence[dict[str, Any]]) -> bool:
     return ok
 
 
-def _jobs(args: argparse.Namespace) -> list[tuple[str, Shape, str, bool]]:
-    """(cell, shape, mode, varlen) of every row to run, in the table's order."""
+class Job(NamedTuple):
+    """One row to run: its cell, shape and mode, and whether it has lengths or is
+    layer-normalized."""
+
+    cell: str
+    shape: Shape
+    mode: str
+    varlen: bool = False
+    layer_norm: bool = False
+
+
+def _jobs(args: argparse.Namespace) -> list[Job]:
+    """Every row to run, in the table's order."""
     grid = _grid(args)
     if args.scaling:
         pairs = ([(c, s) for c in args.cells for s in args.shape] if args.shape
                  else [(c, s) for c, s in SCALING_GRIDS[grid] if c in args.cells])
-        return [(c, s, m, False) for c, s in pairs for m in args.modes]
+        return [Job(c, s, m) for c, s in pairs for m in args.modes]
     shapes = tuple(args.shape) if args.shape else GRIDS[grid]
     varlen = args.varlen or (() if args.shape else VARLEN_GRIDS[grid])
-    jobs = [(c, s, m, False) for c in args.cells for s in shapes for m in args.modes]
+    normalized = args.layer_norm or (() if args.shape else LN_GRIDS[grid])
+    jobs = [Job(c, s, m) for c in args.cells for s in shapes for m in args.modes]
     if VARLEN_CELL in args.cells:
-        jobs += [(VARLEN_CELL, s, m, True) for s in varlen for m in args.modes]
+        jobs += [Job(VARLEN_CELL, s, m, varlen=True) for s in varlen for m in args.modes]
+    if LN_CELL in args.cells:
+        jobs += [Job(LN_CELL, s, m, layer_norm=True) for s in normalized for m in args.modes]
     return jobs
 
 
@@ -1339,9 +1435,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         jobs = _jobs(args)
         rows: list[dict[str, Any]] = []
         start = time.perf_counter()
-        for k, (cell, shape, mode, varlen) in enumerate(jobs, 1):
-            key = {"cell": cell, "shape": [shape.T, shape.B, shape.I, shape.H], "varlen": varlen}
-            print(f"[{k}/{len(jobs)}] {cell} {shape_text(key)} {mode}:", end="",
+        for k, (cell, shape, mode, varlen, layer_norm) in enumerate(jobs, 1):
+            key = {"cell": cell, "shape": [shape.T, shape.B, shape.I, shape.H], "varlen": varlen,
+                   "layer_norm": layer_norm}
+            print(f"[{k}/{len(jobs)}] {cell_text(key)} {shape_text(key)} {mode}:", end="",
                   file=sys.stderr, flush=True)
 
             def progress(s: str) -> None:
@@ -1352,7 +1449,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             else:
                 rows.append(run_row(cell, shape, mode, systems, target, min_repeats,
                                     args.repeat, progress=progress, bench_dir=args.bench_dir,
-                                    threads=threads, varlen=varlen))
+                                    threads=threads, varlen=varlen, layer_norm=layer_norm))
             print(file=sys.stderr, flush=True)
         elapsed = time.perf_counter() - start
     finally:
@@ -1372,6 +1469,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if any(r["varlen"] for r in rows):
             print(VARLEN_LEGEND)
         print(format_table(rows, COMPACT))
+        if any(r.get("layer_norm") for r in rows):
+            print(wrap(layer_norm_cost(rows)))
     print(wrap(missing_peers(rows, systems)))
     for line in sorted({f"{s}: {why}" for r in rows for s, why in r["skipped"].items()
                         if "disagrees" in why}):

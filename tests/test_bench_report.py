@@ -496,6 +496,57 @@ def test_varlen_check_fails_on_wrong_lengths_handling(tmp_path, monkeypatch):
     assert status == 1
 
 
+def test_layer_norm_row_is_checked_costed_and_the_torch_peer_agrees(tmp_path, capsys):
+    status, out = _run(tmp_path, "--cells", "lstm", "--layer-norm", "6,3,4,5")
+    assert status == 0
+    printed = capsys.readouterr().out
+    assert "lstm+ln" in printed and "ln cost:" in printed
+    rows = [r for r in json.loads(out.read_text())["rows"] if r["layer_norm"]]
+    assert [r["mode"] for r in rows] == list(bench.MODES)
+    for r in rows:
+        assert r["rel_err"] <= bench.CHECK_TOL
+        assert all("disagrees" not in why for why in r["skipped"].values()), r["skipped"]
+        # the plain cell on the same problem was timed in the same rounds
+        assert bench.PLAIN in r["times"] and r["ln_over_plain"] > 0
+        assert bench.PLAIN not in r["ratios"]
+        assert "has no layer-normalized" in r["skipped"].get("ort", "has no layer-normalized")
+    if importlib.util.find_spec("torch") is not None:
+        assert all("torch" in r["times"] for r in rows)
+    # the plain rows of the grid carry no layer-norm figures
+    plain = [r for r in json.loads(out.read_text())["rows"] if not r["layer_norm"]]
+    assert plain and all(r["ln_over_plain"] is None for r in plain)
+
+
+def test_layer_norm_check_fails_when_fastcells_ignores_the_gains(tmp_path, monkeypatch):
+    """The check compares fastcells' normalized cell with the normalized reference: a
+    fastcells that dropped ``layer_norm`` would fail it."""
+    real = bench.outputs
+
+    def ignoring_layer_norm(module, p, mode, dtype=np.float32):
+        if module is bench._fc and p.layer_norm is not None:
+            p = p.plain()
+        return real(module, p, mode, dtype)
+    monkeypatch.setattr(bench, "outputs", ignoring_layer_norm)
+    status, _ = _run(tmp_path, "--cells", "lstm", "--systems", "fastcells", "--modes", "fwd",
+                     "--layer-norm", "6,3,4,5")
+    assert status == 1
+
+
+def test_layer_norm_problem_is_seeded_and_near_the_initialisation():
+    shape = bench.Shape(4, 2, 3, 5)
+    p = bench.make_problem("lstm", shape, layer_norm=True)
+    again = bench.make_problem("lstm", shape, layer_norm=True)
+    assert [a.shape for a in p.layer_norm] == [(20,)] * 4 + [(5,)] * 2
+    for a, b in zip(p.layer_norm, again.layer_norm):
+        np.testing.assert_array_equal(a, b)
+    gains, biases = p.layer_norm[0::2], p.layer_norm[1::2]
+    assert all(abs(float(g.mean()) - 1) < 0.2 for g in gains)
+    assert all(abs(float(b.mean())) < 0.2 and b.std() > 0 for b in biases)
+    # the other arrays are those of the plain problem
+    np.testing.assert_array_equal(p.x, bench.make_problem("lstm", shape).x)
+    assert p.plain().layer_norm is None and "layer_norm" in p.options()
+
+
 @pytest.mark.parametrize("cell", bench.CELLS)
 def test_onnx_model_with_sequence_lens_matches_fastcells(cell):
     pytest.importorskip("onnx")

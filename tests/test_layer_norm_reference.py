@@ -561,8 +561,8 @@ def peers():
 
 def test_torch_normalized_lstm_peer_matches_the_reference_forward_and_backward():
     torch = pytest.importorskip("torch")
-    p = bench.make_problem("lstm", bench.Shape(5, 3, 6, 8))
-    ln, eps = peers().layer_norm_weights(p), 1e-3
+    p = bench.make_problem("lstm", bench.Shape(5, 3, 6, 8), layer_norm=True)
+    ln, eps = p.layer_norm, 1e-3
     out = reference.lstm_forward(*p.args(np.float64), layer_norm=ln, layer_norm_eps=eps,
                                  training=True)
     want = reference.lstm_backward(out.cache, dy=p.dy.astype(np.float64))
@@ -613,15 +613,16 @@ def test_torch_normalized_lstm_peer_refuses_what_it_does_not_compute(monkeypatch
     shape = bench.Shape(4, 2, 3, 4)
     module = peers()
     with pytest.raises(bench.Unavailable, match="the layer-normalized LSTM is an LSTM's, not gru's"):
-        module.torch_ln_lstm_runner(bench.make_problem("gru", shape), "fwd")
+        module.torch_ln_lstm_runner(bench.make_problem("gru", shape, layer_norm=True), "fwd")
     with pytest.raises(bench.Unavailable, match="variable lengths"):
-        module.torch_ln_lstm_runner(bench.make_problem("lstm", shape, varlen=True), "fwd")
+        module.torch_ln_lstm_runner(
+            bench.make_problem("lstm", shape, varlen=True, layer_norm=True), "fwd")
     # a peer that computes something else is caught by the agreement check, not timed
     original = module.torch_ln_lstm
     monkeypatch.setattr(module, "torch_ln_lstm",
                         lambda torch, I, H, eps: original(torch, I, H, 100 * eps))
     with pytest.raises(bench.Unavailable, match="disagrees with fastcells.reference"):
-        module.torch_ln_lstm_runner(bench.make_problem("lstm", shape), "fwd",
+        module.torch_ln_lstm_runner(bench.make_problem("lstm", shape, layer_norm=True), "fwd",
                                     layer_norm_eps=1e-2)
 
 
