@@ -23,49 +23,53 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 PYTHON="${PYTHON:-python3}"
 HOST_CC="${CC:-gcc}"
 CROSS_CC=aarch64-linux-gnu-gcc
-CROSS_OBJDUMP=aarch64-linux-gnu-objdump
+CROSS_BINUTILS=aarch64-linux-gnu-
 QEMU=qemu-aarch64
 SYSROOT=/usr/aarch64-linux-gnu
 QEMU_CPUS=(cortex-a53 neoverse-n1)
 PACKAGES=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user)
 SOURCES=(csrc/tests/test_csrc.c csrc/cpu.c csrc/gemm.c csrc/gemm_tn.c)
 
+# The functions up to main() are shared with aarch64_wheel.sh, which sources this file.
+
 skip() {
     echo "aarch64 check skipped: $*"
     exit 0
 }
 
-have_tools() {
-    command -v "$CROSS_CC" > /dev/null && command -v "$CROSS_OBJDUMP" > /dev/null \
+have_cross_tools() {
+    command -v "$CROSS_CC" > /dev/null && command -v "${CROSS_BINUTILS}objdump" > /dev/null \
         && command -v "$QEMU" > /dev/null && [ -e "$SYSROOT/lib/libc.so.6" ] \
         && [ -e "$SYSROOT/lib/libgomp.so.1" ]
 }
 
-[ "$(uname -m)" = x86_64 ] || skip "the host is $(uname -m); this check emulates aarch64 on x86-64"
-if ! have_tools; then
-    command -v apt-get > /dev/null || skip "no apt-get to install ${PACKAGES[*]}"
-    [ "$(id -u)" = 0 ] || skip "not root: cannot apt-get install ${PACKAGES[*]}"
-    echo "== apt-get install ${PACKAGES[*]}"
+# ensure_tools CHECK PACKAGE...: unless the command CHECK succeeds, install the
+# packages with apt-get (as root); skip (exit 0) where that cannot be done.
+ensure_tools() {
+    local check="$1" log
+    shift
+    [ "$(uname -m)" = x86_64 ] || skip "the host is $(uname -m); this check emulates aarch64 on x86-64"
+    "$check" && return 0
+    command -v apt-get > /dev/null || skip "no apt-get to install $*"
+    [ "$(id -u)" = 0 ] || skip "not root: cannot apt-get install $*"
+    echo "== apt-get install $*"
     log="$(mktemp)"
     if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-            --no-install-recommends "${PACKAGES[@]}"; } > "$log" 2>&1; then
+            --no-install-recommends "$@"; } > "$log" 2>&1; then
         tail -20 "$log"
-        echo "FAIL: apt-get could not install ${PACKAGES[*]}" >&2
+        echo "FAIL: apt-get could not install $*" >&2
         exit 1
     fi
     rm -f "$log"
-    have_tools || { echo "FAIL: installed, but $CROSS_CC or $QEMU is still missing" >&2; exit 1; }
-fi
-
-WORK="$(mktemp -d "${TMPDIR:-/tmp}/fastcells-aarch64.XXXXXX")"
-trap 'rm -rf "$WORK"' EXIT
-cd "$ROOT"
+    "$check" || { echo "FAIL: installed $*, but a tool is still missing" >&2; exit 1; }
+}
 
 # setup.py's COMPILE_ARGS for a release build (no debug, no sanitizer), read by
 # running it with its imports stubbed out, after the flags a build_ext takes
 # from Python (CFLAGS, CCSHARED); -m options (e.g. a -march in some Pythons'
 # CFLAGS) dropped: the wheel's baseline must not depend on them.
-FLAGS="$(env -u FASTCELLS_DEBUG -u FASTCELLS_SANITIZE "$PYTHON" - setup.py <<'PY'
+compile_flags() {
+    env -u FASTCELLS_DEBUG -u FASTCELLS_SANITIZE "$PYTHON" - "$ROOT/setup.py" <<'PY'
 import runpy
 import sys
 import sysconfig
@@ -88,34 +92,48 @@ flags = " ".join(sysconfig.get_config_var(v) or "" for v in ("CFLAGS", "CCSHARED
 flags += runpy.run_path(sys.argv[1])["COMPILE_ARGS"]
 print(" ".join(f for f in flags if not f.startswith("-m")))
 PY
-)"
-read -ra FLAG_LIST <<< "$FLAGS"
-echo "== compile flags (setup.py's, after Python's): $FLAGS"
+}
 
-echo "== host ($(uname -m)): $HOST_CC $("$HOST_CC" -dumpversion)"
-"$HOST_CC" "${FLAG_LIST[@]}" -Icsrc -o "$WORK/test_host" "${SOURCES[@]}" -lm 2> "$WORK/host.log" \
-    || { cat "$WORK/host.log"; exit 1; }
-"$WORK/test_host"
+main() {
+    ensure_tools have_cross_tools "${PACKAGES[@]}"
+    WORK="$(mktemp -d "${TMPDIR:-/tmp}/fastcells-aarch64.XXXXXX")"
+    trap 'rm -rf "$WORK"' EXIT
+    cd "$ROOT"
+    local flags
+    flags="$(compile_flags)"
+    read -ra FLAG_LIST <<< "$flags"
+    echo "== compile flags (setup.py's, after Python's): $flags"
 
-echo "== aarch64 cross build: $CROSS_CC $("$CROSS_CC" -dumpversion)"
-"$CROSS_CC" "${FLAG_LIST[@]}" -Icsrc -o "$WORK/test_aarch64" "${SOURCES[@]}" -lm \
-    2> "$WORK/cross.log" || { cat "$WORK/cross.log"; exit 1; }
-# The generic templates' vector extensions must have become NEON: count the
-# 4-lane fused multiply-adds in each routine.
-"$CROSS_OBJDUMP" -d --no-show-raw-insn "$WORK/test_aarch64" > "$WORK/disasm"
-for fn in fc_gemm_packed_generic fc_gemm_nt_generic fc_sigmoid_generic fc_tanh_generic; do
-    count="$(awk -v f="<$fn>:" '$2 == f {on = 1; next} /^$/ {on = 0} on' "$WORK/disasm" \
-        | grep -cE 'fmla[[:space:]]+v[0-9]+\.4s' || true)"
-    echo "   $fn: $count NEON fmla (4 x float32) instructions"
-    if [ "$count" -eq 0 ]; then
-        echo "FAIL: $fn has no NEON fmla: the vector extensions were not vectorized" >&2
-        exit 1
-    fi
-done
+    echo "== host ($(uname -m)): $HOST_CC $("$HOST_CC" -dumpversion)"
+    "$HOST_CC" "${FLAG_LIST[@]}" -Icsrc -o "$WORK/test_host" "${SOURCES[@]}" -lm \
+        2> "$WORK/host.log" || { cat "$WORK/host.log"; exit 1; }
+    "$WORK/test_host"
 
-for cpu in "${QEMU_CPUS[@]}"; do
-    echo "== under emulation: $QEMU -cpu $cpu ($("$QEMU" --version | head -1))"
-    "$QEMU" -cpu "$cpu" -L "$SYSROOT" "$WORK/test_aarch64"
-done
-echo "aarch64 check passed: csrc/tests/test_csrc.c on the host and under $QEMU" \
-     "(-cpu ${QEMU_CPUS[*]})"
+    echo "== aarch64 cross build: $CROSS_CC $("$CROSS_CC" -dumpversion)"
+    "$CROSS_CC" "${FLAG_LIST[@]}" -Icsrc -o "$WORK/test_aarch64" "${SOURCES[@]}" -lm \
+        2> "$WORK/cross.log" || { cat "$WORK/cross.log"; exit 1; }
+    # The generic templates' vector extensions must have become NEON: count the
+    # 4-lane fused multiply-adds in each routine.
+    "${CROSS_BINUTILS}objdump" -d --no-show-raw-insn "$WORK/test_aarch64" > "$WORK/disasm"
+    local fn count cpu
+    for fn in fc_gemm_packed_generic fc_gemm_nt_generic fc_sigmoid_generic fc_tanh_generic; do
+        count="$(awk -v f="<$fn>:" '$2 == f {on = 1; next} /^$/ {on = 0} on' "$WORK/disasm" \
+            | grep -cE 'fmla[[:space:]]+v[0-9]+\.4s' || true)"
+        echo "   $fn: $count NEON fmla (4 x float32) instructions"
+        if [ "$count" -eq 0 ]; then
+            echo "FAIL: $fn has no NEON fmla: the vector extensions were not vectorized" >&2
+            exit 1
+        fi
+    done
+
+    for cpu in "${QEMU_CPUS[@]}"; do
+        echo "== under emulation: $QEMU -cpu $cpu ($("$QEMU" --version | head -1))"
+        "$QEMU" -cpu "$cpu" -L "$SYSROOT" "$WORK/test_aarch64"
+    done
+    echo "aarch64 check passed: csrc/tests/test_csrc.c on the host and under $QEMU" \
+         "(-cpu ${QEMU_CPUS[*]})"
+}
+
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then
+    main "$@"
+fi
