@@ -6,8 +6,8 @@
 # the aarch64 code paths (NEON through the generic templates' vector
 # extensions, FPCR.FZ in fpenv.h) exercised on an x86-64 machine.
 #
-# The compile flags are setup.py's (read from it, with Python's own CFLAGS as
-# a build_ext adds them; no -march): what a wheel compiles.  The aarch64
+# The compile flags and the C sources are setup.py's (read from it, with
+# Python's own CFLAGS as a build_ext adds them; no -march): what a wheel compiles.  The aarch64
 # binary runs on two emulated CPUs, Cortex-A53 (plain ARMv8.0-A: nothing
 # newer may be used) and Neoverse-N1 (Graviton2, Ampere Altra).
 #
@@ -28,7 +28,7 @@ QEMU=qemu-aarch64
 SYSROOT=/usr/aarch64-linux-gnu
 QEMU_CPUS=(cortex-a53 neoverse-n1)
 PACKAGES=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user)
-SOURCES=(csrc/tests/test_csrc.c csrc/cpu.c csrc/gemm.c csrc/gemm_tn.c)
+TEST_SOURCE=csrc/tests/test_csrc.c
 
 # The functions up to main() are shared with aarch64_wheel.sh, which sources this file.
 
@@ -64,11 +64,12 @@ ensure_tools() {
     "$check" || { echo "FAIL: installed $*, but a tool is still missing" >&2; exit 1; }
 }
 
-# setup.py's COMPILE_ARGS for a release build (no debug, no sanitizer), read by
-# running it with its imports stubbed out, after the flags a build_ext takes
-# from Python (CFLAGS, CCSHARED); -m options (e.g. a -march in some Pythons'
-# CFLAGS) dropped: the wheel's baseline must not depend on them.
-compile_flags() {
+# Two lines from setup.py, run with its imports stubbed out: the compile flags
+# of a release build (no debug, no sanitizer: its COMPILE_ARGS after the flags
+# a build_ext takes from Python, CFLAGS and CCSHARED; -m options, e.g. a -march
+# in some Pythons' CFLAGS, dropped: the wheel's baseline must not depend on
+# them), then the extension's C sources under csrc/.
+setup_facts() {
     env -u FASTCELLS_DEBUG -u FASTCELLS_SANITIZE "$PYTHON" - "$ROOT/setup.py" <<'PY'
 import runpy
 import sys
@@ -89,8 +90,11 @@ stub("setuptools", Extension=lambda *args, **kwargs: None, setup=lambda **kwargs
 stub("setuptools.command")
 stub("setuptools.command.build_ext", build_ext=object)
 flags = " ".join(sysconfig.get_config_var(v) or "" for v in ("CFLAGS", "CCSHARED")).split()
-flags += runpy.run_path(sys.argv[1])["COMPILE_ARGS"]
+setup = runpy.run_path(sys.argv[1])
+flags += setup["COMPILE_ARGS"]
 print(" ".join(f for f in flags if not f.startswith("-m")))
+sources = setup["EXTENSIONS"]["fastcells._kernels"]["sources"]
+print(" ".join(s for s in sources if s.startswith("csrc/") and s.endswith(".c")))
 PY
 }
 
@@ -99,10 +103,14 @@ main() {
     WORK="$(mktemp -d "${TMPDIR:-/tmp}/fastcells-aarch64.XXXXXX")"
     trap 'rm -rf "$WORK"' EXIT
     cd "$ROOT"
-    local flags
-    flags="$(compile_flags)"
+    local facts flags sources
+    facts="$(setup_facts)"
+    flags="$(sed -n 1p <<< "$facts")"
+    sources="$(sed -n 2p <<< "$facts")"
     read -ra FLAG_LIST <<< "$flags"
+    read -ra SOURCES <<< "$TEST_SOURCE $sources"
     echo "== compile flags (setup.py's, after Python's): $flags"
+    echo "== sources: ${SOURCES[*]}"
 
     echo "== host ($(uname -m)): $HOST_CC $("$HOST_CC" -dumpversion)"
     "$HOST_CC" "${FLAG_LIST[@]}" -Icsrc -o "$WORK/test_host" "${SOURCES[@]}" -lm \
