@@ -17,7 +17,9 @@
 #      forward and backward, against the float64 reference), FASTCELLS_ISA=avx2
 #      refused at import with a clear error, and the test files in TESTS
 #      (flush-to-zero, activations, products, Python threads and OpenMP
-#      splits) on neoverse-n1.
+#      splits) on neoverse-n1; with --full, the whole test suite (but the
+#      soak test and the sdist's, which do not depend on the CPU; about
+#      ten minutes).
 #
 # The host Python must be 3.11 (bookworm's arm64 Python) with the build
 # requirements (setuptools, Cython, NumPy) and pytest.  Needs what
@@ -25,7 +27,7 @@
 # (installed with apt-get when missing, as root; skipped with the reason
 # otherwise) and network access to deb.debian.org and the package index.
 #
-# Usage: scripts/checks/aarch64_wheel.sh     (PYTHON=..., DEBIAN_MIRROR=... to override)
+# Usage: scripts/checks/aarch64_wheel.sh [--full]   (PYTHON=..., DEBIAN_MIRROR=... to override)
 # Exit status: non-zero if a step fails.
 set -euo pipefail
 
@@ -40,9 +42,10 @@ ROOTFS_PACKAGES="python$SUITE_PYTHON,libpython$SUITE_PYTHON-dev,libgomp1,libstdc
 SYSCONFIGDATA="_sysconfigdata__linux_aarch64-linux-gnu"
 TESTS=(tests/test_fpenv.py tests/test_activations.py tests/test_gemm.py tests/test_gemm_nt.py
        tests/test_threads.py tests/test_parallel.py)
-# left out: the tests that start sys.executable in a subprocess (an aarch64
-# binary, which the host kernel runs only where binfmt_misc hands it to qemu)
+# left out of the quick run: the tests that start Python in subprocesses (each
+# start costs seconds under emulation; they pass, see --full)
 DESELECT="not oversubscribed and not quiet_after_return"
+FULL_ARGS=("$ROOT/tests" "--ignore=$ROOT/tests/test_soak.py" "--ignore=$ROOT/tests/test_packaging.py")
 
 have_wheel_tools() {
     have_cross_tools && command -v mmdebstrap > /dev/null && [ -e "$KEYRING" ]
@@ -55,15 +58,24 @@ host_version() {
 }
 
 wheel_main() {
-    local pyver
+    local full=0 pyver
+    case "${1:-}" in
+        --full) full=1 ;;
+        "") ;;
+        *) echo "usage: $0 [--full]" >&2; exit 2 ;;
+    esac
     pyver="$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
     [ "$pyver" = "$SUITE_PYTHON" ] || skip "the host Python is $pyver: the wheel is built by" \
         "the host Python for $SUITE's arm64 Python $SUITE_PYTHON, so they must match"
     ensure_tools have_wheel_tools "${PACKAGES[@]}" mmdebstrap debian-archive-keyring
     [ "$(id -u)" = 0 ] || skip "not root: mmdebstrap --mode=root unpacks the arm64 tree"
-    local numpy_version pytest_version
-    numpy_version="$(host_version numpy)"
-    pytest_version="$(host_version pytest)"
+    # the host's versions of what the emulated Python needs from the index
+    local want version
+    local -a wants=()
+    for want in numpy pytest $([ "$full" = 0 ] || echo hypothesis); do
+        version="$(host_version "$want")"
+        wants+=("$want==$version")
+    done
     host_version Cython > /dev/null
     host_version setuptools > /dev/null
 
@@ -77,12 +89,11 @@ wheel_main() {
         || { tail -20 "$WORK/rootfs.log"; echo "FAIL: mmdebstrap" >&2; exit 1; }
     local py="$rootfs/usr/bin/python$SUITE_PYTHON"
 
-    echo "== aarch64 wheels from the index: numpy $numpy_version, pytest $pytest_version"
+    echo "== aarch64 wheels from the index: ${wants[*]}"
     mkdir -p "$WORK/wheels" "$site"
     "$PYTHON" -m pip download -q --only-binary=:all: --platform manylinux_2_28_aarch64 \
         --platform manylinux2014_aarch64 --python-version "$SUITE_PYTHON" --implementation cp \
-        --abi "cp${SUITE_PYTHON/./}" -d "$WORK/wheels" "numpy==$numpy_version" \
-        "pytest==$pytest_version" > "$WORK/pip.log" 2>&1 \
+        --abi "cp${SUITE_PYTHON/./}" -d "$WORK/wheels" "${wants[@]}" > "$WORK/pip.log" 2>&1 \
         || { tail -20 "$WORK/pip.log"; echo "FAIL: pip download" >&2; exit 1; }
     local whl
     for whl in "$WORK"/wheels/*.whl; do
@@ -137,9 +148,26 @@ wheel_main() {
         echo "FAIL: expected an ImportError (exit 1), got exit $rc" >&2
         exit 1
     fi
-    echo "== under emulation (-cpu ${QEMU_CPUS[-1]}): pytest ${TESTS[*]}"
-    PYTHONPATH="$site" "${run[@]}" -m pytest -q -p no:cacheprovider -k "$DESELECT" \
-        "${TESTS[@]/#/$ROOT/}"
+    # sys.executable: a script that runs the arm64 Python under qemu (qemu's -0
+    # gives it as argv[0]), so the tests' Python subprocesses run emulated too,
+    # where the host kernel has no binfmt_misc entry for aarch64
+    local pywrap="$WORK/python-aarch64"
+    {
+        echo '#!/bin/bash'
+        printf 'exec'
+        printf ' %q' "$QEMU" -cpu "${QEMU_CPUS[-1]}" -L "$rootfs"
+        # shellcheck disable=SC2016  # $0 and $@ are the wrapper's, expanded when it runs
+        printf ' -0 "$0" %q "$@"\n' "$py"
+    } > "$pywrap"
+    chmod +x "$pywrap"
+    if [ "$full" = 1 ]; then
+        echo "== under emulation (-cpu ${QEMU_CPUS[-1]}): pytest ${FULL_ARGS[*]#"$ROOT/"}"
+        PYTHONPATH="$site" "$pywrap" -m pytest -q -p no:cacheprovider "${FULL_ARGS[@]}"
+    else
+        echo "== under emulation (-cpu ${QEMU_CPUS[-1]}): pytest ${TESTS[*]}"
+        PYTHONPATH="$site" "$pywrap" -m pytest -q -p no:cacheprovider -k "$DESELECT" \
+            "${TESTS[@]/#/$ROOT/}"
+    fi
     echo "aarch64 wheel check passed in $((SECONDS - start)) s: $(basename "$wheel")" \
          "built here, run under $QEMU (-cpu ${QEMU_CPUS[*]})"
 }
