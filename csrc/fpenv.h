@@ -20,8 +20,10 @@
  *
  * fc_fpenv_t, the saved control word, is unsigned long long on every
  * platform (the Cython declaration in _kernels.pyx names the same type):
- * wide enough for aarch64's 64-bit FPCR, and x86's 32-bit MXCSR sits in its
- * low bits.
+ * x86's 32-bit MXCSR, which holds both the mode and the sticky flags, sits
+ * in its low bits; aarch64 keeps the two in separate registers, so the word
+ * holds FPCR (whose upper 32 bits are reserved, zero) in its low half and
+ * FPSR (the flags) in its high half, and exit restores both.
  */
 #ifndef FASTCELLS_FPENV_H
 #define FASTCELLS_FPENV_H
@@ -58,18 +60,23 @@ static inline void fc_fpenv_exit(fc_fpenv_t saved)
 #elif defined(__aarch64__) && (defined(__GNUC__) || defined(__clang__))
 
 #define FC_FPCR_FZ (1ull << 24)
+#define FC_FPENV_LOW 0xffffffffull
 
 static inline fc_fpenv_t fc_fpenv_enter(void)
 {
-    fc_fpenv_t saved;   /* FPCR is a 64-bit system register: mrs needs an x register */
-    __asm__ __volatile__("mrs %0, fpcr" : "=r"(saved));
-    __asm__ __volatile__("msr fpcr, %0" : : "r"(saved | FC_FPCR_FZ) : "memory");
-    return saved;
+    /* FPCR and FPSR are 64-bit system registers: mrs/msr need x registers */
+    fc_fpenv_t fpcr, fpsr;
+    __asm__ __volatile__("mrs %0, fpcr" : "=r"(fpcr));
+    __asm__ __volatile__("mrs %0, fpsr" : "=r"(fpsr));
+    __asm__ __volatile__("msr fpcr, %0" : : "r"(fpcr | FC_FPCR_FZ) : "memory");
+    return (fpcr & FC_FPENV_LOW) | (fpsr & FC_FPENV_LOW) << 32;
 }
 
 static inline void fc_fpenv_exit(fc_fpenv_t saved)
 {
-    __asm__ __volatile__("msr fpcr, %0" : : "r"(saved) : "memory");
+    __asm__ __volatile__("msr fpcr, %0" : : "r"(saved & FC_FPENV_LOW) : "memory");
+    /* the flags raised inside (exp overflowing on purpose) dropped, the caller's back */
+    __asm__ __volatile__("msr fpsr, %0" : : "r"(saved >> 32) : "memory");
 }
 
 #else
