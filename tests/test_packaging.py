@@ -28,7 +28,8 @@ SDIST_MUST_CARRY = [
     "tests/data/pickles/format1_expected.npz",
     "examples/forecast_lstm.py", "examples/forecast_stock.py", "examples/classify_digits_bigru.py",
     "examples/gradient_flow.py", "examples/typed_usage.py",
-    "scripts/release/smoke.py", "scripts/checks/sanitize.sh",
+    "scripts/release/smoke.py", "scripts/checks/sanitize.sh", "scripts/checks/aarch64.sh",
+    "scripts/checks/aarch64_wheel.sh", "csrc/tests/test_csrc.c",
     "bench/README.md", "bench/test_bench.py", "bench/conftest.py",
     "docs/design.md", "docs/guide.md",
 ]
