@@ -201,6 +201,10 @@ class ForwardArgs(NamedTuple):
     I: int
     H: int
     G: int
+    #: LSTM with projection: ``W_hr`` (P, H), ``h`` of size ``P``; without one, None
+    #: and ``P = H`` as the checks set it (the defaults serve callers that read neither)
+    W_hr: np.ndarray | None = None
+    P: int = 0
 
 
 # ----------------------------------------------------------------------------
@@ -258,23 +262,46 @@ def _refuse(as_is: bool, error: Exception) -> None:
 _GH = {cell: f"{G}*H" for cell, G in GATES.items()}
 
 
+def _projection_checks(cell: str, W_hr: Any, dtype: Any, as_is: bool) -> np.ndarray:
+    """``W_hr`` (P, H) of an LSTM with projection: 2-D, ``1 <= P < H``."""
+    if cell != "lstm":
+        _refuse(as_is, ValueError(f"W_hr: only LSTM has a projection, got W_hr for {cell}"))
+    W = _array("W_hr", W_hr, dtype, as_is)
+    if W.ndim != 2:
+        _bad_ndim("W_hr", W, ("P", "H"), as_is)
+    P, H = W.shape
+    if not 1 <= P < H:
+        _refuse(as_is, ValueError(f"W_hr: expected shape (P, H) with 1 <= P < H (the "
+                                  f"projection size below the hidden size), got {W.shape}"))
+    return W
+
+
 def _forward_checks(cell: str, x: Any, W_ih: Any, W_hh: Any, b_ih: Any, b_hh: Any, h0: Any,
                     c0: Any, lengths: Any, dtype: Any, peephole: Any,
-                    as_is: bool) -> ForwardArgs:
+                    as_is: bool, W_hr: Any = None) -> ForwardArgs:
     G, GH = GATES[cell], _GH[cell]
     x = _array("x", x, dtype, as_is)
     if x.ndim != 3:
         _bad_ndim("x", x, ("T", "B", "I"), as_is)
     T, B, I = x.shape
     W_hh = _array("W_hh", W_hh, dtype, as_is)
-    if W_hh.ndim != 2:
-        _bad_ndim("W_hh", W_hh, (GH, "H"), as_is)
-    H = W_hh.shape[1]
-    if H == 0:
-        _refuse(as_is, ValueError("W_hh: expected hidden size H >= 1, got W_hh of shape "
-                                  f"{W_hh.shape}"))
-    if W_hh.shape != (G * H, H):
-        _bad_shape("W_hh", W_hh, (GH, "H"), (G * H, H), as_is)
+    if W_hr is None:
+        if W_hh.ndim != 2:
+            _bad_ndim("W_hh", W_hh, (GH, "H"), as_is)
+        H = P = W_hh.shape[1]
+        if H == 0:
+            _refuse(as_is, ValueError("W_hh: expected hidden size H >= 1, got W_hh of shape "
+                                      f"{W_hh.shape}"))
+        if W_hh.shape != (G * H, H):
+            _bad_shape("W_hh", W_hh, (GH, "H"), (G * H, H), as_is)
+    else:
+        # with a projection, h has P values and c has H: W_hh is (4*H, P)
+        W_hr = _projection_checks(cell, W_hr, dtype, as_is)
+        P, H = W_hr.shape
+        if W_hh.shape != (G * H, P):
+            if W_hh.ndim != 2:
+                _bad_ndim("W_hh", W_hh, (GH, "P"), as_is)
+            _bad_shape("W_hh", W_hh, (GH, "P"), (G * H, P), as_is)
     W_ih = _array("W_ih", W_ih, dtype, as_is)
     if W_ih.shape != (G * H, I):
         if W_ih.ndim != 2:
@@ -299,10 +326,10 @@ def _forward_checks(cell: str, x: Any, W_ih: Any, W_hh: Any, b_ih: Any, b_hh: An
         peephole = _array("peephole", peephole, dtype, as_is)
         if peephole.shape != (3 * H,):
             _bad_shape("peephole", peephole, ("3*H",), (3 * H,), as_is)
-    h0, c0, lengths = _state_checks(cell, h0, c0, lengths, T, B, H, dtype, as_is)
+    h0, c0, lengths = _state_checks(cell, h0, c0, lengths, T, B, H, dtype, as_is, P)
     # _make: cheaper than ForwardArgs(...), which goes through a Python __new__
     return ForwardArgs._make((x, W_ih, W_hh, b_ih, b_hh, h0, c0, lengths, peephole,
-                              T, B, I, H, G))
+                              T, B, I, H, G, W_hr, P))
 
 
 def check_forward(
@@ -317,26 +344,29 @@ def check_forward(
     lengths: Any = None,
     dtype: Any | None = None,
     peephole: Any = None,
+    W_hr: Any = None,
 ) -> ForwardArgs:
     """Validate and convert the arguments of ``<cell>_forward``.
 
     ``dtype`` None means the common float dtype of the arguments (the
-    reference); the kernels pass float32.  ``h0``/``c0`` stay None when not
+    reference); the kernels pass float32.  ``W_hr`` (P, H): an LSTM with
+    projection, whose ``W_hh`` is then (4*H, P) and ``h0`` (B, P).  ``h0``/``c0`` stay None when not
     given (the callers treat that as zeros).  Arrays that fit are returned as
     they are (never written).
     """
     if dtype is None:
         for name, a in (("x", x), ("W_ih", W_ih), ("W_hh", W_hh), ("b_ih", b_ih),
-                        ("b_hh", b_hh), ("h0", h0), ("c0", c0), ("peephole", peephole)):
+                        ("b_hh", b_hh), ("h0", h0), ("c0", c0), ("peephole", peephole),
+                        ("W_hr", W_hr)):
             if a is not None:
                 _to_array(name, a)
-        dtype = float_dtype(x, W_ih, W_hh, b_ih, b_hh, h0, c0, peephole)
+        dtype = float_dtype(x, W_ih, W_hh, b_ih, b_hh, h0, c0, peephole, W_hr)
     elif dtype is np.float32:
         dtype = _F32              # the dtype object, which _as_is compares by identity
     elif dtype is not _F32:
         dtype = np.dtype(dtype)
     return _forward_checks(cell, x, W_ih, W_hh, b_ih, b_hh, h0, c0, lengths, dtype, peephole,
-                           False)
+                           False, W_hr)
 
 
 def forward_as_is(cell: str, x: Any, W_ih: Any, W_hh: Any, b_ih: Any = None,
@@ -374,20 +404,23 @@ def without_padding(x: np.ndarray, lengths: np.ndarray | None) -> np.ndarray:
 
 
 def check_states(cell: str, h0: Any, c0: Any, lengths: Any, T: int, B: int, H: int,
-                 dtype: Any) -> tuple[np.ndarray | None, np.ndarray | None,
-                                      np.ndarray | None]:
-    """The initial states and lengths of a (T, B) batch, as ``check_forward`` returns them."""
-    return _state_checks(cell, h0, c0, lengths, T, B, H, np.dtype(dtype), False)
+                 dtype: Any, P: int | None = None) -> tuple[np.ndarray | None,
+                                                            np.ndarray | None,
+                                                            np.ndarray | None]:
+    """The initial states and lengths of a (T, B) batch, as ``check_forward`` returns them
+    (``P``: the size of ``h`` of an LSTM with projection; None means ``H``)."""
+    return _state_checks(cell, h0, c0, lengths, T, B, H, np.dtype(dtype), False,
+                         H if P is None else P)
 
 
 def _state_checks(cell: str, h0: Any, c0: Any, lengths: Any, T: int, B: int, H: int,
-                  dtype: Any, as_is: bool) -> tuple[np.ndarray | None,
-                                                    np.ndarray | None,
-                                                    np.ndarray | None]:
+                  dtype: Any, as_is: bool, P: int) -> tuple[np.ndarray | None,
+                                                            np.ndarray | None,
+                                                            np.ndarray | None]:
     if h0 is not None:
         h0 = _array("h0", h0, dtype, as_is)
-        if h0.shape != (B, H):
-            _bad_shape("h0", h0, ("B", "H"), (B, H), as_is)
+        if h0.shape != (B, P):
+            _bad_shape("h0", h0, ("B", "H" if P == H else "P"), (B, P), as_is)
     if c0 is not None:
         if cell != "lstm":
             _refuse(as_is, ValueError(f"c0: only LSTM has a cell state, got c0 for {cell}"))

@@ -5,7 +5,8 @@
 ``<cell>_backward`` returns, and :class:`Cache` what a training forward pass
 keeps for its backward pass.  :class:`LayerNormWeights` holds the gains and
 biases of a layer-normalized cell (and their gradients), ``LayerNormGradients``
-/ ``LayerNormLSTMGradients`` what ``<cell>_backward`` returns for one.  They
+/ ``LayerNormLSTMGradients`` what ``<cell>_backward`` returns for one, and
+``ProjLSTMGradients`` what ``lstm_backward`` returns for an LSTM with projection.  They
 are the contract shared by ``fastcells.reference`` and ``fastcells.functional``.
 """
 from __future__ import annotations
@@ -18,7 +19,7 @@ import numpy as np
 
 __all__ = ["ForwardResult", "LSTMForwardResult", "Gradients", "LSTMGradients",
            "PeepholeLSTMGradients", "LayerNormWeights", "LayerNormGradients",
-           "LayerNormLSTMGradients", "Cache"]
+           "LayerNormLSTMGradients", "ProjLSTMGradients", "Cache"]
 
 
 class ForwardResult(NamedTuple):
@@ -143,6 +144,28 @@ class LayerNormLSTMGradients(NamedTuple):
     db_hh: np.ndarray | None
     dpeephole: np.ndarray | None
     dlayer_norm: LayerNormWeights
+
+
+class ProjLSTMGradients(NamedTuple):
+    """Result of ``lstm_backward`` for an LSTM with projection (``W_hr`` (P, H),
+    ``h' = W_hr (o * tanh(c'))``): the fields of :class:`LayerNormLSTMGradients`
+    (``dh0 (B, P)``, ``dW_hh (4*H, P)``; ``dpeephole`` None without peepholes,
+    ``dlayer_norm`` None without layer normalization) plus ``dW_hr (P, H)``.
+
+    One type whatever the other options, so its fields do not depend on them;
+    the first seven are those of :class:`LSTMGradients`.
+    """
+
+    dx: np.ndarray
+    dh0: np.ndarray
+    dc0: np.ndarray
+    dW_ih: np.ndarray
+    dW_hh: np.ndarray
+    db_ih: np.ndarray | None
+    db_hh: np.ndarray | None
+    dpeephole: np.ndarray | None
+    dlayer_norm: LayerNormWeights | None
+    dW_hr: np.ndarray
 
 
 class Cache:

@@ -1119,7 +1119,7 @@ class Stepper:
         h0, c0, lengths = check_states(self.cell, h0, c0, lengths, T, B, H, F32)
         # no weights: they are prepared (the ForwardArgs fields they fill are unused)
         a = ForwardArgs._make((x, None, None, None, None, h0, c0, lengths,
-                               self._weights.peephole, T, B, I, H, self._spec.G))
+                               self._weights.peephole, T, B, I, H, self._spec.G, None, H))
         y, states, _ = _run(self.cell, a, self._options, reverse, False, self._weights)
         return _ADAPTERS[self.cell].forward_result(y, *states, None)
 

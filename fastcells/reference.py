@@ -37,6 +37,12 @@ the hidden side of n (W_hn h + b_hn, or W_hn (r h) + b_hn; normalized: the n
 part of LN(W_hh h) + b_hh); LSTM ``gates`` (T, B, 4H) = i, f, g, o.  Its options:
 ``reverse``, ``bias``, ``layer_norm_eps`` (None without layer normalization) and
 the cell's own.
+
+An LSTM with projection (``W_hr`` (P, H), Sak et al. 2014, PyTorch's
+``proj_size``) outputs ``h' = W_hr m`` with ``m = o * tanh(c')``: ``h`` (and so
+``y``, ``h_prev``, ``W_hh``'s columns) has P values, ``c`` keeps H.  The cache
+then also holds a copy of ``W_hr`` (None without); backward recomputes ``m``
+from the cached gates and cell states.
 """
 from __future__ import annotations
 
@@ -59,13 +65,14 @@ from ._results import (
     LSTMForwardResult,
     LSTMGradients,
     PeepholeLSTMGradients,
+    ProjLSTMGradients,
 )
 
 __all__ = [
     "rnn_forward", "rnn_backward",
     "gru_forward", "gru_backward",
     "lstm_forward", "lstm_backward",
-    "LayerNormWeights", "LayerNormGradients", "LayerNormLSTMGradients",
+    "LayerNormWeights", "LayerNormGradients", "LayerNormLSTMGradients", "ProjLSTMGradients",
 ]
 
 _BACKEND = "reference"
@@ -172,19 +179,21 @@ def _forward(cell: str, args: _checks.ForwardArgs, step: Step, saved_widths: Map
     ``gx_t`` is ``W_ih x_t + b_ih``, or ``LN(W_ih x_t; γ_ih, β_ih) + b_ih`` with
     ``ln`` (the step itself normalizes its recurrent side).
 
-    The cache holds, indexed by the original time t: ``<s>_prev`` (T, B, H) the
-    state entering step t for each state name s, and every key of
+    The cache holds, indexed by the original time t: ``<s>_prev`` (T, B, width) the
+    state entering step t for each state name s (h: P values, c: H), and every key of
     ``saved_widths`` as a (T, B, width) array.
     """
     W_ih, W_hh, b_ih, b_hh = args.W_ih, args.W_hh, args.b_ih, args.b_hh
-    T, B, H = args.T, args.B, args.H
+    T, B = args.T, args.B
+    # h has P values (P = H but with a projection), c has H
+    widths = {"h": args.P, "c": args.H}
     # every row computes every step (a mask keeps its state): padding past a
     # sequence's length must not be inf/NaN, which would reach dW_ih (0 * inf)
     x = args.x if args.lengths is None else _checks.without_padding(args.x, args.lengths)
     dtype = x.dtype
     initial = {"h": args.h0, "c": args.c0}
-    state: State = tuple(np.zeros((B, H), dtype) if (s0 := initial[s]) is None else s0.copy()
-                         for s in STATES[cell])
+    state: State = tuple(np.zeros((B, widths[s]), dtype) if (s0 := initial[s]) is None
+                         else s0.copy() for s in STATES[cell])
 
     gx = x @ W_ih.T  # input projection of every step at once: (T, B, G*H)
     if ln is not None:
@@ -192,8 +201,8 @@ def _forward(cell: str, args: _checks.ForwardArgs, step: Step, saved_widths: Map
     if b_ih is not None:
         gx += b_ih
     active = _active(args.lengths, T, B)
-    y = np.zeros((T, B, H), dtype)
-    saved = {f"{s}_prev": np.empty((T, B, H), dtype) for s in STATES[cell]}
+    y = np.zeros((T, B, args.P), dtype)
+    saved = {f"{s}_prev": np.empty((T, B, widths[s]), dtype) for s in STATES[cell]}
     saved.update({key: np.empty((T, B, width), dtype) for key, width in saved_widths.items()})
 
     for t in _time_order(T, reverse):
@@ -212,7 +221,8 @@ def _forward(cell: str, args: _checks.ForwardArgs, step: Step, saved_widths: Map
         arrays: dict[str, Any] = {
             "x": x.copy() if x is args.x else x, "W_ih": W_ih.copy(), "W_hh": W_hh.copy(),
             "lengths": None if args.lengths is None else args.lengths.copy(),
-            "peephole": None if args.peephole is None else args.peephole.copy(), **saved}
+            "peephole": None if args.peephole is None else args.peephole.copy(),
+            "W_hr": None if args.W_hr is None else args.W_hr.copy(), **saved}
         for field in LayerNormWeights._fields:
             ln_array = None if ln is None else getattr(ln.weights, field)
             arrays[f"ln_{field}"] = None if ln_array is None else ln_array.copy()
@@ -269,17 +279,21 @@ def _backward(cell: str, cache: Any, step_backward: StepBackward, dy: Any,
     cache = _checks.check_cache(cache, cell, _BACKEND)
     x, W_ih, W_hh = cache["x"], cache["W_ih"], cache["W_hh"]
     T, B, I = x.shape
-    GH, H = W_hh.shape
+    GH = W_hh.shape[0]
     dtype = x.dtype
-    dy = _checks.check_grad("dy", dy, ("T", "B", "H"), (T, B, H), dtype)
+    # each state's width and its symbol: h has P values with a projection
+    widths = {s: cache[f"{s}_prev"].shape[2] for s in STATES[cell]}
+    symbols = {s: "P" if s == "h" and cache["W_hr"] is not None else "H"
+               for s in STATES[cell]}
+    dy = _checks.check_grad("dy", dy, ("T", "B", symbols["h"]), (T, B, widths["h"]), dtype)
     d_state = []
     for s in STATES[cell]:
-        g = _checks.check_grad(f"d{s}", d_final[s], ("B", "H"), (B, H), dtype)
-        d_state.append(np.zeros((B, H), dtype) if g is None else g.copy())
+        g = _checks.check_grad(f"d{s}", d_final[s], ("B", symbols[s]), (B, widths[s]), dtype)
+        d_state.append(np.zeros((B, widths[s]), dtype) if g is None else g.copy())
 
     active = _active(cache["lengths"], T, B)
     dgx = np.zeros((T, B, GH), dtype)
-    dW_hh = np.zeros((GH, H), dtype)
+    dW_hh = np.zeros_like(W_hh)
     db_hh: Array | None = np.zeros(GH, dtype)
     dextra = {key: np.zeros_like(cache[key]) for key in _EXTRAS if cache[key] is not None}
     for t in reversed(_time_order(T, _options(cache)["reverse"])):
@@ -311,7 +325,7 @@ def _backward(cell: str, cache: Any, step_backward: StepBackward, dy: Any,
 
 
 #: the cache keys of the parameters whose gradients the step backward functions add up
-_EXTRAS = ("peephole", *(f"ln_{field}" for field in LayerNormWeights._fields))
+_EXTRAS = ("peephole", "W_hr", *(f"ln_{field}" for field in LayerNormWeights._fields))
 
 
 def _hidden_projection(h: Array, W_hh: Array, b_hh: Array | None,
@@ -673,13 +687,13 @@ def _c_norm(ln: _LayerNorm) -> tuple[Array, Array]:
     return cast(Array, ln.weights.c_weight), cast(Array, ln.weights.c_bias)
 
 
-def _lstm_step(peephole: Array | None, ln: _LayerNorm | None) -> Step:
+def _lstm_step(peephole: Array | None, ln: _LayerNorm | None, W_hr: Array | None) -> Step:
     p_i, p_f, p_o = _peephole_parts(peephole)
 
     def step(gx_t: Array, state: State, W_hh: Array,
              b_hh: Array | None) -> tuple[State, dict[str, Array]]:
         h, c = state
-        H = h.shape[1]
+        H = c.shape[1]
         a = gx_t + _hidden_projection(h, W_hh, b_hh, ln)
         i = _sigmoid(a[:, :H] + p_i * c)
         f = _sigmoid(a[:, H:2 * H] + p_f * c)
@@ -689,6 +703,8 @@ def _lstm_step(peephole: Array | None, ln: _LayerNorm | None) -> Step:
         # the carried state is c_new itself; only what h sees of it is normalized
         c_out = c_new if ln is None else _layer_norm(c_new, *_c_norm(ln), ln.eps)
         h_new = o * np.tanh(c_out)
+        if W_hr is not None:
+            h_new = h_new @ W_hr.T      # the projection: h' = W_hr m, m = o * tanh(c_out)
         return (h_new, c_new), {"gates": np.concatenate([i, f, g, o], axis=1)}
 
     return step
@@ -706,6 +722,10 @@ def _lstm_step_backward(cache: Cache, t: int, d_new: State) -> _StepGrads:
     else:
         tanh_c = np.tanh(_layer_norm(c_new, *_c_norm(ln), ln.eps))
 
+    W_hr = cache["W_hr"]
+    if W_hr is not None:    # back through h' = W_hr m: dh becomes the gradient wrt m
+        dextra["W_hr"] = dh.T @ (o * tanh_c)
+        dh = dh @ W_hr
     peephole = cache["peephole"]
     p_i, p_f, p_o = _peephole_parts(peephole)
     dao = dh * tanh_c * o * (1 - o)
@@ -734,7 +754,8 @@ def lstm_forward(x: npt.ArrayLike, W_ih: npt.ArrayLike, W_hh: npt.ArrayLike,
                  lengths: npt.ArrayLike | None = None, reverse: bool = False,
                  training: bool = False,
                  layer_norm: Sequence[npt.ArrayLike | None] | None = None,
-                 layer_norm_eps: float = 1e-5) -> LSTMForwardResult:
+                 layer_norm_eps: float = 1e-5,
+                 W_hr: npt.ArrayLike | None = None) -> LSTMForwardResult:
     """LSTM over a sequence, in pure NumPy (the oracle of ``fastcells.lstm_forward``).
 
     Gates in PyTorch's order i, f, g, o, from ``a = W_ih x + b_ih + W_hh h + b_hh``;
@@ -752,6 +773,12 @@ def lstm_forward(x: npt.ArrayLike, W_ih: npt.ArrayLike, W_hh: npt.ArrayLike,
     ``LayerNormLSTMCell`` and TensorFlow Addons' ``LayerNormLSTMCell`` carry
     ``LN(c')`` instead).
 
+    With a projection ``W_hr`` (P, H) (Sak et al. 2014; PyTorch's ``proj_size``):
+    ``h' = W_hr (o * tanh(c'))`` (``tanh(LN(c'))`` with ``layer_norm``), so ``h``,
+    ``y`` and the columns of ``W_hh`` have ``P < H`` values and ``c`` keeps H.
+    Peepholes and layer normalization combine with it as written above (PyTorch
+    has neither).
+
     %(oracle)s
 
     Parameters
@@ -759,11 +786,12 @@ def lstm_forward(x: npt.ArrayLike, W_ih: npt.ArrayLike, W_hh: npt.ArrayLike,
     %(x)s
     W_ih : array (4*H, I)
         Input weights, row blocks i, f, g, o.
-    W_hh : array (4*H, H)
+    W_hh : array (4*H, H), or (4*H, P) with ``W_hr``
         Recurrent weights, row blocks i, f, g, o.
     %(biases)s
     h0, c0 : array (B, H) or None
-        Initial hidden and cell states; None means zeros.
+        Initial hidden and cell states; None means zeros.  With ``W_hr``,
+        ``h0`` is (B, P).
     peephole : array (3*H,) or None
         Peephole weights, blocks i, f, o; None means none.
     %(sequence)s
@@ -773,12 +801,16 @@ def lstm_forward(x: npt.ArrayLike, W_ih: npt.ArrayLike, W_hh: npt.ArrayLike,
         6-tuple in this order also works); None means no layer normalization.
     layer_norm_eps : float
         The ``eps`` of LN, finite and > 0.
+    W_hr : array (P, H) or None
+        The projection of the hidden state, ``1 <= P < H`` (PyTorch's
+        ``weight_hr_l{k}``); None means none.
 
     Returns
     -------
     LSTMForwardResult
         ``y (T, B, H)`` the outputs (zeros at masked steps), ``h (B, H)`` and
-        ``c (B, H)`` the states after each sequence's last valid step,
+        ``c (B, H)`` the states after each sequence's last valid step (``y``
+        and ``h`` have P values with ``W_hr``),
         ``cache`` (None unless ``training``).  New arrays of the compute
         dtype; the arguments are never written.
 
@@ -787,9 +819,9 @@ def lstm_forward(x: npt.ArrayLike, W_ih: npt.ArrayLike, W_hh: npt.ArrayLike,
     reverse = _checks.check_bool("reverse", reverse)
     training = _checks.check_bool("training", training)
     args = _checks.check_forward("lstm", x, W_ih, W_hh, b_ih, b_hh, h0, c0, lengths=lengths,
-                                 peephole=peephole)
+                                 peephole=peephole, W_hr=W_hr)
     ln = _check_layer_norm("lstm", layer_norm, layer_norm_eps, args)
-    y, (h, c), cache = _forward("lstm", args, _lstm_step(args.peephole, ln),
+    y, (h, c), cache = _forward("lstm", args, _lstm_step(args.peephole, ln, args.W_hr),
                                 {"gates": args.G * args.H}, {}, reverse, training, ln)
     return LSTMForwardResult(y, h, c, cache)
 
@@ -797,30 +829,39 @@ def lstm_forward(x: npt.ArrayLike, W_ih: npt.ArrayLike, W_hh: npt.ArrayLike,
 @_doc
 def lstm_backward(cache: Cache, dy: npt.ArrayLike | None = None,
                   dh: npt.ArrayLike | None = None, dc: npt.ArrayLike | None = None
-                  ) -> LSTMGradients | PeepholeLSTMGradients | LayerNormLSTMGradients:
+                  ) -> (LSTMGradients | PeepholeLSTMGradients | LayerNormLSTMGradients
+                        | ProjLSTMGradients):
     """Gradients of a :func:`fastcells.reference.lstm_forward` pass, in pure NumPy.
 
     %(backward)s
     dh, dc : array (B, H) or None
         Gradients of the loss wrt the final states ``h`` and ``c``.  None
-        means zeros.
+        means zeros.  With a projection ``dy`` is (T, B, P) and ``dh`` (B, P).
 
     Returns
     -------
-    LSTMGradients or PeepholeLSTMGradients or LayerNormLSTMGradients
+    LSTMGradients or PeepholeLSTMGradients or LayerNormLSTMGradients or ProjLSTMGradients
         ``dx (T, B, I)``, ``dh0, dc0 (B, H)`` (also when h0/c0 were None),
         ``dW_ih (4*H, I)``, ``dW_hh (4*H, H)``, ``db_ih, db_hh (4*H,)`` (None
         when the forward pass had no biases); with peepholes also
         ``dpeephole (3*H,)``.  With ``layer_norm``: a ``LayerNormLSTMGradients``,
         whose ``dpeephole`` is None without peepholes and ``dlayer_norm`` (a
-        ``LayerNormWeights``) holds the gradients of the gains and biases.  New
-        arrays of the compute dtype.
+        ``LayerNormWeights``) holds the gradients of the gains and biases.
+        With ``W_hr``: a ``ProjLSTMGradients``, those nine fields (``dpeephole``
+        and ``dlayer_norm`` None without the option; ``dh0 (B, P)``,
+        ``dW_hh (4*H, P)``) and ``dW_hr (P, H)``.  New arrays of the compute
+        dtype.
 
     %(backward_raises)s
     """
     g = _backward("lstm", cache, _lstm_step_backward, dy, {"h": dh, "c": dc})
     dh0, dc0 = g.d_initial
     dpeephole = g.dextra.get("peephole")
+    if "W_hr" in g.dextra:
+        dlayer_norm = (None if _options(cache)["layer_norm_eps"] is None
+                       else _layer_norm_gradients(g.dextra))
+        return ProjLSTMGradients(g.dx, dh0, dc0, g.dW_ih, g.dW_hh, g.db_ih, g.db_hh,
+                                 dpeephole, dlayer_norm, g.dextra["W_hr"])
     if _options(cache)["layer_norm_eps"] is not None:
         return LayerNormLSTMGradients(g.dx, dh0, dc0, g.dW_ih, g.dW_hh, g.db_ih, g.db_hh,
                                       dpeephole, _layer_norm_gradients(g.dextra))
