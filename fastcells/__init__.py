@@ -22,6 +22,7 @@ from ._results import (
     LSTMForwardResult,
     LSTMGradients,
     PeepholeLSTMGradients,
+    ProjLSTMGradients,
 )
 from ._threads import get_num_threads, set_num_threads
 from .functional import (
@@ -47,4 +48,5 @@ __all__ = [
     "ForwardResult", "LSTMForwardResult", "Gradients", "LSTMGradients",
     "PeepholeLSTMGradients", "Cache",
     "LayerNormWeights", "LayerNormGradients", "LayerNormLSTMGradients",
+    "ProjLSTMGradients",
 ]

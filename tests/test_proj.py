@@ -7,6 +7,7 @@ float64 finite differences and against torch's autograd.
 """
 import numpy as np
 import pytest
+from test_reference_gradcheck import GRAD_RTOL, numerical_gradient
 
 from fastcells import reference
 from fastcells._results import (
@@ -18,9 +19,6 @@ from fastcells._results import (
 
 T, B, I, H, P = 4, 3, 3, 5, 2
 LENGTHS = np.array([4, 0, 2])  # a full sequence, an empty one, a partial one
-#: central-difference step and the tolerance of analytic vs numeric gradients (float64)
-EPS = 1e-6
-GRAD_RTOL = 1e-6
 #: reference vs torch, float64 both
 TORCH_RTOL = 1e-10
 #: forward vs the equations written out here (float64)
@@ -54,20 +52,6 @@ def ln_weights(rng):
 
     return LayerNormWeights(rand(4 * H, 1.0), rand(4 * H, 0.0), rand(4 * H, 1.0),
                             rand(4 * H, 0.0), rand(H, 1.0), rand(H, 0.0))
-
-
-def numerical_gradient(loss, a):
-    """d loss / d a by central differences (perturbs ``a`` in place, restores it)."""
-    grad = np.zeros_like(a)
-    for idx in np.ndindex(a.shape):
-        orig = a[idx]
-        a[idx] = orig + EPS
-        up = loss()
-        a[idx] = orig - EPS
-        down = loss()
-        a[idx] = orig
-        grad[idx] = (up - down) / (2 * EPS)
-    return grad
 
 
 def sigmoid(a):
@@ -160,7 +144,7 @@ def test_gradients_match_finite_differences(bias, initial_state, lengths, revers
         if value is None:  # no bias
             assert analytic is None, f"{name}: gradient should be None without biases"
             continue
-        numeric = numerical_gradient(loss, value)
+        numeric = numerical_gradient(loss, params, name)
         assert analytic.shape == value.shape and analytic.dtype == np.float64, name
         scale = max(np.abs(numeric).max(), 1.0)
         np.testing.assert_allclose(analytic, numeric, rtol=GRAD_RTOL, atol=GRAD_RTOL * scale,
