@@ -67,11 +67,13 @@ def rnn_backward(y: _F32, wpt: _F32, dy: _F32 | None, dh: _F32, dG: _F32,
 def lstm_forward(t0: int, gx: _F32, wp: _F32, packing: int, peephole: _F32 | None, h: _F32,
                  c: _F32, y: _F32, lengths: _I64 | None, reverse: bool, gates: _F32 | None,
                  cs: _F32 | None, gh: _F32, blocks: _I64 | None = ...,
-                 cols: _I64 | None = ..., ln: tuple[object, ...] | None = ...) -> None: ...
+                 cols: _I64 | None = ..., ln: tuple[object, ...] | None = ...,
+                 proj: tuple[_F32 | None, ...] | None = ...) -> None: ...
 def lstm_backward(gates: _F32, cs: _F32, c0: _F32, wpt: _F32, peephole: _F32 | None,
                   dy: _F32 | None, dh: _F32, dc: _F32, dG: _F32,
                   lengths: _I64 | None, reverse: bool, tmp: _F32,
-                  blocks: _I64 | None = ..., ln: tuple[object, ...] | None = ...) -> None: ...
+                  blocks: _I64 | None = ..., ln: tuple[object, ...] | None = ...,
+                  proj: tuple[_F32, ...] | None = ...) -> None: ...
 def gru_forward(t0: int, gx: _F32, wp: _F32, wp_n: _F32 | None, packing: int, bhn: _F32,
                 h: _F32,
                 y: _F32, lengths: _I64 | None, reverse: bool, linear_before_reset: bool,
@@ -112,7 +114,8 @@ class StepKernel:
     def __init__(self, cell: str, wih: _F32, wp: _F32, wp_n: _F32 | None, bias: _F32,
                  bhn: _F32, peephole: _F32 | None, I: int, H: int, relu: bool,
                  linear_before_reset: bool, packing: int = ...,
-                 ln: tuple[object, ...] | None = ...) -> None: ...
+                 ln: tuple[object, ...] | None = ..., wr: _F32 | None = ...,
+                 P: int = ...) -> None: ...
     def step(self, x: _F32, h: _F32, c: _F32 | None) -> None: ...
 
 # backward's weight gradients: C = A^T B -------------------------------------------

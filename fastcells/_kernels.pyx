@@ -391,10 +391,13 @@ def _check_chunk(Py_ssize_t t0, Py_ssize_t n, Py_ssize_t T):
 
 
 cdef _check_kept(Py_ssize_t t0, const float[:, :, ::1] gx, const float[:, :, ::1] y,
-                 float[:, :, ::1] gates, Py_ssize_t G, kept):
+                 float[:, :, ::1] gates, Py_ssize_t G, kept, Py_ssize_t H=-1):
     """What the loop keeps for backward covers every step (``gates`` (T, B, G*H),
-    each of ``kept`` (T, B, H)); ``gates`` may be ``gx`` only when that is all of T."""
-    cdef Py_ssize_t T = y.shape[0], B = y.shape[1], H = y.shape[2]
+    each of ``kept`` (T, B, H)); ``gates`` may be ``gx`` only when that is all of T.
+    ``H``: the hidden size, when not ``y``'s (a projected LSTM's ``y`` has P values)."""
+    cdef Py_ssize_t T = y.shape[0], B = y.shape[1]
+    if H < 0:
+        H = y.shape[2]
     if gates is None:
         return
     got = (gates.shape[0], gates.shape[1], gates.shape[2])
@@ -491,6 +494,14 @@ ctypedef struct FwdLoop:
     float *ln_xhh        # kept (T, B, G*H): the normalized W_hh h
     float *ln_xc         # kept (T, B, H), LSTM: the normalized c_t
     float *ln_rstd       # kept (T, B, ln_k)
+    # projection (LSTM with W_hr, see "projection"); wr NULL: none.  h and y then
+    # have P values per row, c and the gates H
+    Py_ssize_t P
+    const float *wr      # W_hr (P, H) in the form ``packing`` names, for m @ W_hr.T
+    float *m             # kept (T, B, H) when training: m = o * tanh(c), else NULL
+    float *mb            # scratch (B, H): the step's m when not kept
+    float *mx            # scratch (B, H): where the gate pass copies m as its h (unread)
+    float *hp            # scratch (B, P): the step's W_hr m
 
 #: the arguments of one BPTT loop (see rnn_backward & co.)
 ctypedef struct BwdLoop:
@@ -522,6 +533,11 @@ ctypedef struct BwdLoop:
     const float *ln_rstd
     float *dGln          # (T, B, G*H): the gradient of W_hh h, which the product reads
     float *dcn           # (T, B, H), LSTM: the gradient of LN(c_t)
+    # projection: wrt NULL: none (dh, dy, tmp then have P values per row)
+    Py_ssize_t P
+    const float *wrt     # W_hr (P, H) packed for dh @ W_hr
+    float *dht           # (T, B, P): the gradient of h_t, dh + dy, kept for dW_hr
+    float *dm            # scratch (B, H): the step's gradient of m
 
 #: the rows [r0, r1) of a loop (or product) whose arguments ``args`` points to
 ctypedef void (*RowLoop)(const void *args, Py_ssize_t r0, Py_ssize_t r1) noexcept nogil
@@ -1237,23 +1253,30 @@ def rnn_backward(const float[:, :, ::1] y, const float[::1] wpt, const float[:, 
 
 cdef void _lstm_fwd(const void *p, Py_ssize_t b0, Py_ssize_t b1) noexcept nogil:
     cdef const FwdLoop *L = <const FwdLoop *>p
+    cdef bint proj = L.wr != NULL
     cdef Py_ssize_t s, t, b, t0 = L.t0, B = L.B, H = L.H, G = 4 * L.H
+    cdef Py_ssize_t P = L.P if proj else L.H       # the values of h and y per row
     cdef Py_ssize_t steps = _block_steps(L.lens, b0, b1)
     cdef float *gates = L.gates
     cdef float *gh = L.gh
     cdef float *a
     cdef float *yr
+    cdef float *mt = NULL       # projection: the step's m rows (kept, or the scratch)
     cdef ColStep S              # the gate pass is the column loops' (all H units)
     S.L = L
     for s in range(L.n):
         t = _step_time(s, t0, L.n, L.reverse)
         if t < steps:
-            _recur(L.packing, b1 - b0, G, H, L.h + b0 * H, L.wp, gh + b0 * G)
+            _recur(L.packing, b1 - b0, G, P, L.h + b0 * P, L.wp, gh + b0 * G)
         S.t = t
+        if proj:
+            mt = L.m + t * B * H if L.m != NULL else L.mb
         for b in range(b0, b1):
-            yr = L.y + (t * B + b) * H
+            yr = L.y + (t * B + b) * P
             if _masked(L.lens, t, b):
-                memset(yr, 0, H * sizeof(float))
+                memset(yr, 0, P * sizeof(float))
+                if proj:              # zeros: the kept m is summed over every step
+                    memset(mt + b * H, 0, H * sizeof(float))
                 if gates != NULL:     # may be gx's buffer: no projection left behind
                     memset(gates + (t * B + b) * G, 0, G * sizeof(float))
                 _ln_masked(L, t, b, G)
@@ -1262,28 +1285,73 @@ cdef void _lstm_fwd(const void *p, Py_ssize_t b0, Py_ssize_t b1) noexcept nogil:
             if L.ln_hh_w != NULL:
                 _ln_hh(L, t, b, a, G)
             _add(a, L.gx + ((t - t0) * B + b) * G, G)
-            _col_lstm(&S, 0, H, b, a, yr, L.h + b * H)
+            if proj:                  # the gate pass writes m; h = W_hr m below
+                _col_lstm(&S, 0, H, b, a, mt + b * H, L.mx + b * H)
+            else:
+                _col_lstm(&S, 0, H, b, a, yr, L.h + b * H)
+        if proj and t < steps:
+            _recur(L.packing, b1 - b0, P, H, mt + b0 * H, L.wr, L.hp + b0 * P)
+            for b in range(b0, b1):
+                if not _masked(L.lens, t, b):
+                    memcpy(L.h + b * P, L.hp + b * P, P * sizeof(float))
+                    memcpy(L.y + (t * B + b) * P, L.hp + b * P, P * sizeof(float))
+
+
+cdef _set_proj_fwd(FwdLoop *L, proj, Py_ssize_t T, const float[:, ::1] h,
+                   const float[:, :, ::1] y, Py_ssize_t nc):
+    """L's projection fields from ``proj``: None (no projection) or ``(wr, m, mb, mx, hp)``
+    (see :func:`lstm_forward`).  Checks every shape: the loop trusts them."""
+    cdef Py_ssize_t B = L.B, H = L.H, P
+    if proj is None:
+        if h.shape[1] != H or y.shape[2] != H:
+            raise ValueError(f"h, y: expected H = {H} values per row, got {h.shape[1]}, "
+                             f"{y.shape[2]}")
+        return
+    if nc > 1:
+        raise ValueError(f"cols: expected None for a projected loop (h = W_hr m needs all "
+                         f"of m), got {nc} blocks")
+    wr, m, mb, mx, hp = proj
+    P = y.shape[2]
+    if not 1 <= P < H or h.shape[1] != P:
+        raise ValueError(f"h, y: expected P values per row, 1 <= P < H = {H}, got "
+                         f"{h.shape[1]}, {P}")
+    cdef const float[::1] w = wr
+    if w.shape[0] < P * H:
+        raise ValueError(f"wr: expected W_hr (P, H) = ({P}, {H}) in the loop's packing, got "
+                         f"{w.shape[0]} floats")
+    L.P, L.wr = P, &w[0]
+    L.m = _kept("m", m, (T, B, H))
+    L.mb = _kept("mb", mb.reshape(1, B, H), (1, B, H))
+    L.mx = _kept("mx", mx.reshape(1, B, H), (1, B, H))
+    L.hp = _kept("hp", hp.reshape(1, B, P), (1, B, P))
 
 
 def lstm_forward(Py_ssize_t t0, const float[:, :, ::1] gx, const float[::1] wp, int packing,
                  const float[::1] peephole, float[:, ::1] h, float[:, ::1] c,
                  float[:, :, ::1] y, const int64_t[::1] lengths, bint reverse,
                  float[:, :, ::1] gates, float[:, :, ::1] cs, float[:, ::1] gh,
-                 const int64_t[::1] blocks=None, const int64_t[::1] cols=None, ln=None):
+                 const int64_t[::1] blocks=None, const int64_t[::1] cols=None, ln=None,
+                 proj=None):
     """Forward loop over a chunk of time (as :func:`rnn_forward`); ``h``/``c`` are the
     state in and out; ``peephole`` (3H: i, f, o) or None; ``gates`` (activated i, f, g, o)
     and ``cs`` (cell state after each step), whole (T, ...) arrays, written when not None
     (zeros at masked steps).  ``gates`` may be ``gx`` itself (one chunk, t0 = 0): a
     step's row of ``gx`` is read before its gates overwrite it.  ``blocks``, ``cols``,
-    ``ln`` as in :func:`rnn_forward` (``h = o * tanh(LN(c))``, ``cs`` the carried ``c``)."""
+    ``ln`` as in :func:`rnn_forward` (``h = o * tanh(LN(c))``, ``cs`` the carried ``c``).
+    ``proj``: None, or a projected LSTM's ``(wr, m, mb, mx, hp)`` (see "projection"):
+    ``W_hr`` (P, H) in the form ``packing`` names (as ``wp``), the kept ``m`` (T, B, H)
+    (training, zeros at masked steps) or None, and scratch ``mb``, ``mx`` (B, H), ``hp``
+    (B, P); ``h`` (B, P), ``y`` (T, B, P), ``wp`` then packs ``W_hh`` (4H, P); ``cols``
+    must be None."""
+    cdef Py_ssize_t H = c.shape[1]
     _check_chunk(t0, gx.shape[0], y.shape[0])
-    _check_kept(t0, gx, y, gates, CELLS["lstm"].G, (("cs", cs),))
+    _check_kept(t0, gx, y, gates, CELLS["lstm"].G, (("cs", cs),), H)
     cdef Py_ssize_t nb = _check_blocks(blocks, y.shape[1])
-    cdef Py_ssize_t nc = _check_cols(cols, blocks, y.shape[2], packing)
-    cdef float[::1] spare = _spare_state(nc, y.shape[1], y.shape[2])
+    cdef Py_ssize_t nc = _check_cols(cols, blocks, H, packing)
+    cdef float[::1] spare = _spare_state(nc, y.shape[1], H)
     cdef FwdLoop L
     memset(&L, 0, sizeof(L))     # every pointer it does not set is NULL
-    L.t0, L.n, L.B, L.H = t0, gx.shape[0], y.shape[1], y.shape[2]
+    L.t0, L.n, L.B, L.H = t0, gx.shape[0], y.shape[1], H
     L.packing, L.reverse, L.lens = packing, reverse, _lens(lengths)
     L.gx, L.wp, L.gh = &gx[0, 0, 0], &wp[0], &gh[0, 0]
     L.peep = &peephole[0] if peephole is not None else NULL
@@ -1291,6 +1359,7 @@ def lstm_forward(Py_ssize_t t0, const float[:, :, ::1] gx, const float[::1] wp, 
     L.gates, L.kept = _opt_w(gates), _opt_w(cs)
     cdef Py_ssize_t G = CELLS["lstm"].G
     _set_ln_fwd(&L, ln, y.shape[0], G, True, nc)
+    _set_proj_fwd(&L, proj, y.shape[0], h, y, nc)
     with nogil:
         if nc > 1:
             _run_cols(&L, KIND_LSTM, G, &cols[0], nc, _spare_ptr(spare))
@@ -1299,9 +1368,11 @@ def lstm_forward(Py_ssize_t t0, const float[:, :, ::1] gx, const float[::1] wp, 
 
 
 cdef void _lstm_bwd_ln_row(const BwdLoop *L, Py_ssize_t row, Py_ssize_t b, const float *a,
-                           const float *cprev, float *d) noexcept nogil:
+                           const float *cprev, const float *dhr, const float *dyr,
+                           float *d) noexcept nogil:
     """One active row of a layer-normalized LSTM's BPTT step: ``d`` (4H) := the gradients
-    of the gates' pre-activations, dh/dc of row b carried back, dGln (and dcn) written.
+    of the gates' pre-activations, dc of row b carried back, dGln (and dcn) written;
+    ``dhr + dyr`` (dyr may be NULL) the gradient of the row's o * tanh(LN(c)).
     As _lstm_bwd's rows, with ``h = o * tanh(LN(c))``: the c path's gradient goes
     through LN (a reduction over the row) before it joins the carried dc."""
     cdef Py_ssize_t j, H = L.H
@@ -1313,9 +1384,9 @@ cdef void _lstm_bwd_ln_row(const BwdLoop *L, Py_ssize_t row, Py_ssize_t b, const
         d[3 * H + j] = L.ln_xc[row * H + j] * L.ln_c_w[j] + L.ln_c_b[j]
     fc_tanh(d + 3 * H, H)
     for j in range(H):
-        dhj = L.dh[b * H + j]
-        if L.dy != NULL:
-            dhj = dhj + L.dy[row * H + j]
+        dhj = dhr[j]
+        if dyr != NULL:
+            dhj = dhj + dyr[j]
         tc = d[3 * H + j]
         o = a[3 * H + j]
         d[3 * H + j] = dhj * tc * o * (1 - o)           # do
@@ -1341,38 +1412,68 @@ cdef void _lstm_bwd_ln_row(const BwdLoop *L, Py_ssize_t row, Py_ssize_t b, const
     _ln_hh_back(L, row, d, 4 * H)
 
 
+cdef void _proj_back(const BwdLoop *L, Py_ssize_t t, Py_ssize_t b0, Py_ssize_t b1,
+                     bint product) noexcept nogil:
+    """A projected LSTM's step t, rows [b0, b1): the gradient of h_t, ``dht = dh + dy``
+    (kept; zeros at masked steps), then that of m, ``dm = dht @ W_hr`` (when
+    ``product``: some row of the block is active)."""
+    cdef Py_ssize_t b, j, B = L.B, P = L.P
+    cdef float *r
+    for b in range(b0, b1):
+        r = L.dht + (t * B + b) * P
+        if _masked(L.lens, t, b):
+            memset(r, 0, P * sizeof(float))
+        elif L.dy == NULL:
+            memcpy(r, L.dh + b * P, P * sizeof(float))
+        else:
+            for j in range(P):
+                r[j] = L.dh[b * P + j] + L.dy[(t * B + b) * P + j]
+    if product:
+        fc_gemm(b1 - b0, L.H, P, L.dht + (t * B + b0) * P, P, L.wrt, L.dm + b0 * L.H, L.H)
+
+
 cdef void _lstm_bwd(const void *p, Py_ssize_t b0, Py_ssize_t b1) noexcept nogil:
     cdef const BwdLoop *L = <const BwdLoop *>p
+    cdef bint proj = L.wrt != NULL
     cdef Py_ssize_t s, t, b, j, T = L.T, B = L.B, H = L.H, G = 4 * L.H
+    cdef Py_ssize_t P = L.P if proj else L.H        # the values of h per row
     cdef Py_ssize_t steps = _block_steps(L.lens, b0, b1)
     cdef const float *peep = L.peep
-    cdef const float *dy = L.dy
     cdef const float *cs = L.cs
     cdef float *dh = L.dh
     cdef float *dc = L.dc
     cdef const float *a
     cdef const float *cprev
+    cdef const float *dhr       # the row's gradient of o * tanh(c) (m, or h) ...
+    cdef const float *dyr       # ... plus this one's, or NULL
     cdef float *d
     cdef float dhj, dcj, tc, i, f, gg, o, do_, di, df
     for s in range(T):
         t = _step_time(s, 0, T, not L.reverse)
+        if proj:
+            _proj_back(L, t, b0, b1, t < steps)
         for b in range(b0, b1):
             d = L.dG + (t * B + b) * G
             if _masked(L.lens, t, b):
                 memset(d, 0, G * sizeof(float))
                 _ln_bwd_masked(L, t * B + b, G)
                 continue
+            if proj:
+                dhr, dyr = L.dm + b * H, NULL
+            else:
+                dhr = dh + b * H
+                dyr = L.dy + (t * B + b) * H if L.dy != NULL else NULL
             a = L.gates + (t * B + b) * G
             cprev = _prev_row(cs, L.init, t, b, T, B, H, L.lens, L.reverse)
             if L.ln_c_w != NULL:
-                _lstm_bwd_ln_row(L, t * B + b, b, a, cprev, d)
+                _lstm_bwd_ln_row(L, t * B + b, b, a, cprev, dhr, dyr, d)
                 continue
             memcpy(d + 3 * H, cs + (t * B + b) * H, H * sizeof(float))
             fc_tanh(d + 3 * H, H)         # tanh(c_t), overwritten below
             for j in range(H):
-                dhj = dh[b * H + j]
-                if dy != NULL:
-                    dhj = dhj + dy[(t * B + b) * H + j]
+                dhj = dhr[j]
+                if dyr != NULL:
+                    dhj = dhj + dyr[j]
                 tc = d[3 * H + j]
                 i = a[j]
                 f = a[H + j]
@@ -1393,9 +1494,9 @@ cdef void _lstm_bwd(const void *p, Py_ssize_t b0, Py_ssize_t b1) noexcept nogil:
                     dcj = dcj + di * peep[j] + df * peep[H + j]
                 dc[b * H + j] = dcj
         if t < steps:
-            fc_gemm(b1 - b0, H, G, (L.dGln if L.ln_hh_w != NULL else L.dG) + (t * B + b0) * G,
-                    G, L.wpt, L.tmp + b0 * H, H)
-            _copy_rows_active(dh, L.tmp, NULL, b0, b1, H, L.lens, t)
+            fc_gemm(b1 - b0, P, G, (L.dGln if L.ln_hh_w != NULL else L.dG) + (t * B + b0) * G,
+                    G, L.wpt, L.tmp + b0 * P, P)
+            _copy_rows_active(dh, L.tmp, NULL, b0, b1, P, L.lens, t)
 
 
 def lstm_backward(const float[:, :, ::1] gates, const float[:, :, ::1] cs,
@@ -1403,19 +1504,42 @@ def lstm_backward(const float[:, :, ::1] gates, const float[:, :, ::1] cs,
                   const float[:, :, ::1] dy,
                   float[:, ::1] dh, float[:, ::1] dc, float[:, :, ::1] dG,
                   const int64_t[::1] lengths, bint reverse, float[:, ::1] tmp,
-                  const int64_t[::1] blocks=None, ln=None):
+                  const int64_t[::1] blocks=None, ln=None, proj=None):
     """BPTT loop: ``dG`` receives the pre-activation gradients (i, f, g, o);
     ``dh``/``dc`` are the final-state gradients in, dh0/dc0 out; ``blocks`` as in
-    :func:`rnn_forward`, ``ln`` as in :func:`rnn_backward` (with c_*, xc and dcn)."""
+    :func:`rnn_forward`, ``ln`` as in :func:`rnn_backward` (with c_*, xc and dcn).
+    ``proj``: None, or a projected LSTM's ``(wrt, dht, dm)``: ``W_hr`` (P, H) packed by
+    ``pack(W_hr, False)``, ``dht`` (T, B, P) receiving the gradients of each ``h_t``
+    (``dh + dy``, zeros at masked steps: ``dW_hr = dht^T m`` after the loop) and scratch
+    ``dm`` (B, H); ``dy`` (T, B, P), ``dh``, ``tmp`` (B, P), ``wpt`` packs ``W_hh`` (4H, P)."""
     cdef Py_ssize_t nb = _check_blocks(blocks, cs.shape[1])
     cdef BwdLoop L
     memset(&L, 0, sizeof(L))     # every pointer it does not set is NULL
     L.T, L.B, L.H = cs.shape[0], cs.shape[1], cs.shape[2]
+    cdef Py_ssize_t P = dh.shape[1]
+    if (dh.shape[0], tmp.shape[0], tmp.shape[1]) != (L.B, L.B, P) or (
+            dy is not None and (dy.shape[0], dy.shape[1], dy.shape[2]) != (L.T, L.B, P)):
+        raise ValueError(f"dh, tmp, dy: expected (B, {P}), (B, {P}), (T, B, {P})")
+    if proj is None and P != L.H:
+        raise ValueError(f"dh: expected shape (B, H) = ({L.B}, {L.H}) without proj, got "
+                         f"({L.B}, {P})")
     L.reverse, L.lens = reverse, _lens(lengths)
     L.gates, L.cs, L.init, L.wpt = &gates[0, 0, 0], &cs[0, 0, 0], &c0[0, 0], &wpt[0]
     L.peep = &peephole[0] if peephole is not None else NULL
     L.dy, L.dh, L.dc, L.dG, L.tmp = _opt(dy), &dh[0, 0], &dc[0, 0], &dG[0, 0, 0], &tmp[0, 0]
     _set_ln_bwd(&L, ln, CELLS["lstm"].G, True)
+    cdef const float[::1] w
+    if proj is not None:
+        wrt, dht, dm = proj
+        if not 1 <= P < L.H:
+            raise ValueError(f"dh: expected P values per row, 1 <= P < H = {L.H}, got {P}")
+        w = wrt
+        if w.shape[0] < P * L.H:
+            raise ValueError(f"wrt: expected W_hr (P, H) = ({P}, {L.H}) packed, got "
+                             f"{w.shape[0]} floats")
+        L.P, L.wrt = P, &w[0]
+        L.dht = _kept("dht", dht, (L.T, L.B, P))
+        L.dm = _kept("dm", dm.reshape(1, L.B, L.H), (1, L.B, L.H))
     with nogil:
         _run_rows(_lstm_bwd, &L, L.B, _bounds(blocks), nb, True)
 
@@ -1669,11 +1793,13 @@ cdef class StepKernel:
     cdef FwdLoop ln             # the layer-norm fields of its loops (ln_hh_w NULL: none)
     cdef const float *ln_ih_w   # the input path's gain, and its beta with the biases folded
     cdef const float *ln_ih_b
+    cdef const float *wr        # LSTM with projection: W_hr packed as W_hh is; else NULL
+    cdef Py_ssize_t P           # the values of h: H, or W_hr's rows
 
     def __init__(self, str cell, const float[::1] wih, const float[::1] wp, const float[::1] wp_n,
                  const float[::1] bias, const float[::1] bhn, const float[::1] peephole,
                  Py_ssize_t I, Py_ssize_t H, bint relu, bint linear_before_reset,
-                 int packing=PACK_FLOAT, ln=None):
+                 int packing=PACK_FLOAT, ln=None, wr=None, Py_ssize_t P=0):
         if cell not in _KINDS:
             raise ValueError(f"cell: expected one of {tuple(_KINDS)}, got {cell!r}")
         if packing not in (PACK_FLOAT, PACK_HALF):
@@ -1693,6 +1819,18 @@ cdef class StepKernel:
         self.peep = &peephole[0] if peephole is not None else NULL
         self.cap = 0
         self.busy = False
+        self.P, self.wr = H, NULL
+        cdef const float[::1] w
+        if wr is not None:
+            if self.kind != KIND_LSTM or not 1 <= P < H:
+                raise ValueError(f"wr: expected an LSTM's W_hr (P, H) with 1 <= P < H = {H}, "
+                                 f"got P = {P} for {cell}")
+            w = wr
+            if w.shape[0] < P * H:
+                raise ValueError(f"wr: expected W_hr ({P}, {H}) packed, got {w.shape[0]} "
+                                 "floats")
+            self.P, self.wr = P, &w[0]
+            self.keep = self.keep + (wr,)
         # ln: None or (ih_weight, ih_bias + bias, hh_weight, hh_bias, c_weight, c_bias, eps)
         memset(&self.ln, 0, sizeof(self.ln))
         if ln is not None:
@@ -1708,9 +1846,10 @@ cdef class StepKernel:
             self.keep = self.keep + tuple(ln)
 
     def _scratch(self, Py_ssize_t B):
-        """Scratch arrays for a batch of B: gx (B*G*H), gh (B*ldh), and rh, ghn, y (B*H)."""
+        """Scratch arrays for a batch of B: gx (B*G*H), gh (B*ldh), and rh, ghn, y (B*H)
+        (with a projection also m, its unread copy and W_hr m: see FwdLoop)."""
         return (np.zeros(B * self.G * self.H, np.float32), np.zeros(B * self.ldh, np.float32),
-                np.zeros((3, B * self.H), np.float32))
+                np.zeros((3 if self.wr == NULL else 6, B * self.H), np.float32))
 
     def step(self, const float[:, ::1] x, float[:, ::1] h, float[:, ::1] c):
         """Advance ``h`` (and ``c``, LSTM) in place by one step of input ``x`` (B, I).
@@ -1719,8 +1858,8 @@ cdef class StepKernel:
         GIL); a call that finds it in use works in scratch of its own.
         """
         cdef Py_ssize_t B = x.shape[0], H = self.H
-        if x.shape[1] != self.I or h.shape[0] != B or h.shape[1] != H:
-            raise ValueError(f"x, h: expected shapes (B, {self.I}) and (B, {H}), got "
+        if x.shape[1] != self.I or h.shape[0] != B or h.shape[1] != self.P:
+            raise ValueError(f"x, h: expected shapes (B, {self.I}) and (B, {self.P}), got "
                              f"({x.shape[0]}, {x.shape[1]}) and ({h.shape[0]}, {h.shape[1]})")
         if self.kind == KIND_LSTM and (c is None or c.shape[0] != B or c.shape[1] != H):
             raise ValueError(f"c: expected shape (B, H) = ({B}, {H})")
@@ -1758,6 +1897,8 @@ cdef class StepKernel:
         L.gx, L.wp, L.wp_n, L.peep, L.bhn = gx, self.wp, self.wp_n, self.peep, self.bhn
         L.h, L.c, L.y = &h[0, 0], &c[0, 0] if c is not None else NULL, y
         L.gh, L.rh, L.ghn = gh, rh, ghn
+        if self.wr != NULL:     # scratch rows 3, 4, 5: m, its unread copy, W_hr m
+            L.P, L.wr, L.mb, L.mx, L.hp = self.P, self.wr, &rest[3, 0], &rest[4, 0], &rest[5, 0]
         with nogil:
             env = fc_fpenv_enter()
             if self.I:

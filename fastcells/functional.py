@@ -48,6 +48,7 @@ from ._checks import (
 )
 from ._float16 import check_weight_dtype, float16_values
 from ._packing import (
+    PACK_SPLIT_MIN_FLOATS,
     RECURRENT_BUFFERS,
     InputNorm,
     RecurrentLayout,
@@ -70,6 +71,7 @@ from ._results import (
     LSTMForwardResult,
     LSTMGradients,
     PeepholeLSTMGradients,
+    ProjLSTMGradients,
 )
 from ._scratch import Scratch, release_scratch
 from ._threads import claim
@@ -86,7 +88,7 @@ __all__ = [
 Options = dict[str, Any]
 AnyForwardResult = ForwardResult | LSTMForwardResult
 AnyGradients = (Gradients | LSTMGradients | PeepholeLSTMGradients | LayerNormGradients
-                | LayerNormLSTMGradients)
+                | LayerNormLSTMGradients | ProjLSTMGradients)
 
 
 # ----------------------------------------------------------------------------
@@ -132,6 +134,8 @@ class _Back(NamedTuple):
     H: int
     blocks: np.ndarray | None
     ln: LoopNorm = None
+    #: a projected LSTM's ``proj`` argument of ``_kernels.lstm_backward``, or None
+    proj: tuple[np.ndarray, ...] | None = None
 
 
 def _no_extra(b: _Back, dG: np.ndarray, hprev: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -264,10 +268,15 @@ def _lstm_forward_loop(a: ForwardArgs, w: Weights, options: Options, reverse: bo
     # multiplies every step's cs by its (zero) gate gradient: 0 * garbage
     cs = np.zeros((a.T, a.B, a.H), F32) if training else None
     gh = np.empty((a.B, a.G * a.H), F32)
+    m, proj = None, None
+    if a.W_hr is not None:      # the loop writes every step's m, masked ones zeros
+        m = np.empty((a.T, a.B, a.H), F32) if training else None
+        proj = (options["wr"], m, np.empty((a.B, a.H), F32), np.empty((a.B, a.H), F32),
+                np.empty((a.B, a.P), F32))
     for t0, gx in chunks:
         _kernels.lstm_forward(t0, gx, w.wp, w.packing, w.peephole, h, c, y, a.lengths, reverse,
-                              gates, cs, gh, blocks, cols=cols, ln=ln)
-    return {"cs": cs}
+                              gates, cs, gh, blocks, cols=cols, ln=ln, proj=proj)
+    return {"cs": cs, "m": m}
 
 
 def _lstm_backward_loop(b: _Back) -> tuple[np.ndarray, np.ndarray]:
@@ -275,7 +284,8 @@ def _lstm_backward_loop(b: _Back) -> tuple[np.ndarray, np.ndarray]:
     dG = b.s.empty("dG", (b.T, b.B, c["W_hh"].shape[0]))
     _kernels.lstm_backward(c["gates"], c["cs"], b.init[1], b.s.pack("W_hh", c["W_hh"], False),
                            c["peephole"], b.dy, b.finals[0], b.finals[1], dG, b.lengths,
-                           b.reverse, b.s.empty("tmp", (b.B, b.H)), b.blocks, ln=b.ln)
+                           b.reverse, b.s.empty("tmp", b.finals[0].shape), b.blocks, ln=b.ln,
+                           proj=b.proj)
     return dG, dG
 
 
@@ -283,7 +293,9 @@ def _lstm_dpeephole(b: _Back, dG: np.ndarray, hprev: np.ndarray) -> tuple[np.nda
     if b.cache["peephole"] is None:
         return ()
     H, cs = b.H, b.cache["cs"]
-    cprev = _prev_states(cs, b.init[1], b.lengths, b.reverse, hprev)
+    # hprev's buffer has P values per row with a projection: c's then needs its own
+    buf = hprev if hprev.shape == cs.shape else b.s.empty("cprev", cs.shape)
+    cprev = _prev_states(cs, b.init[1], b.lengths, b.reverse, buf)
     return (np.concatenate([(dG[:, :, :H] * cprev).sum(axis=(0, 1)),
                             (dG[:, :, H:2 * H] * cprev).sum(axis=(0, 1)),
                             (dG[:, :, 3 * H:] * cs).sum(axis=(0, 1))]),)
@@ -297,7 +309,22 @@ def _ln_lstm_gradients(*fields: Any) -> LayerNormLSTMGradients:
     return LayerNormLSTMGradients(*fields)
 
 
+def _proj_lstm_gradients(cache: Cache) -> Callable[..., ProjLSTMGradients]:
+    """The :class:`ProjLSTMGradients` of a projected LSTM's cache from the skeleton's
+    fields: ``dpeephole`` and ``dlayer_norm`` (None when the cache has neither), then
+    ``dW_hr``, after the seven of every LSTM."""
+    has = (cache["peephole"] is not None, bool(cache.options["layer_norm"]))
+
+    def gradients(*fields: Any) -> ProjLSTMGradients:
+        rest = list(fields[7:])
+        optional = [rest.pop(0) if present else None for present in has]
+        return ProjLSTMGradients(*fields[:7], *optional, *rest)
+    return gradients
+
+
 def _lstm_gradients(cache: Cache) -> Callable[..., AnyGradients]:
+    if cache["W_hr"] is not None:
+        return _proj_lstm_gradients(cache)
     if cache.options["layer_norm"]:
         return _ln_lstm_gradients
     return LSTMGradients if cache["peephole"] is None else PeepholeLSTMGradients
@@ -349,11 +376,12 @@ RunResult = tuple[np.ndarray, tuple[np.ndarray, ...], Kept]
 def _splits_columns(cell: str, a: ForwardArgs, options: Options,
                     weights: Weights | None) -> bool:
     """Whether the call's loop may split its steps by hidden units: ``W_hh`` packed as
-    floats, one product per step (not the GRU without linear_before_reset), and no
+    floats, one product per step (not the GRU without linear_before_reset), no
     layer normalization (a row's statistics need all its units: docs/design.md,
-    "Layer-normalized cells")."""
+    "Layer-normalized cells") and no projection (``h = W_hr m`` needs all of m: a
+    second product per step, "LSTM projection")."""
     if cell == "gru" and not options["linear_before_reset"] or \
-            options.get("layer_norm") is not None:
+            options.get("layer_norm") is not None or a.W_hr is not None:
         return False
     if weights is None:
         return packs_forward(a)
@@ -361,27 +389,38 @@ def _splits_columns(cell: str, a: ForwardArgs, options: Options,
 
 
 def _run(cell: str, a: ForwardArgs, options: Options, reverse: bool, training: bool,
-         weights: Weights | None = None) -> RunResult:
+         weights: Weights | None = None, wr: np.ndarray | None = None) -> RunResult:
     """The outputs ``y``, the final states and what training keeps (besides ``y``) of
-    one forward pass; ``weights`` prepared (Stepper) or None (prepared here).  The
-    call takes the threads the cost model gives its size from the shared budget
-    (none for small calls, which run on the calling thread alone)."""
+    one forward pass; ``weights`` prepared (Stepper) or None (prepared here), and
+    with them a projected LSTM's ``W_hr`` in their packing (``wr``).  The call takes
+    the threads the cost model gives its size from the shared budget (none for
+    small calls, which run on the calling thread alone)."""
     want = forward_threads(a.T, a.B, a.I, a.G, a.H, _splits_columns(cell, a, options, weights))
     if want <= 1:
-        return _run_on(cell, a, options, reverse, training, weights, 1)
+        return _run_on(cell, a, options, reverse, training, weights, 1, wr)
     with claim(want) as n:
-        return _run_on(cell, a, options, reverse, training, weights, n)
+        return _run_on(cell, a, options, reverse, training, weights, n, wr)
+
+
+def _projection_pack(a: ForwardArgs, w: Weights, s: Scratch, nthreads: int) -> np.ndarray:
+    """A projected LSTM's ``W_hr`` for one call's loop, in the form ``W_hh`` takes
+    (``w.packing``): packed into ``s``'s buffer, or its rows as they are."""
+    assert a.W_hr is not None, "only a projected LSTM has W_hr"
+    if w.packing == _kernels.PACK_NONE:
+        return a.W_hr.ravel()
+    n = nthreads if a.W_hr.size >= PACK_SPLIT_MIN_FLOATS else 1
+    return s.pack("W_hr", a.W_hr, True, n)
 
 
 def _run_on(cell: str, a: ForwardArgs, options: Options, reverse: bool, training: bool,
-            weights: Weights | None, nthreads: int) -> RunResult:
+            weights: Weights | None, nthreads: int, wr: np.ndarray | None = None) -> RunResult:
     """:func:`_run` on up to ``nthreads`` threads."""
     adapter = _ADAPTERS[cell]
-    h = _initial(a.h0, a.B, a.H)
+    h = _initial(a.h0, a.B, a.P)      # h has P values with a projection (else P = H)
     states = (h, _initial(a.c0, a.B, a.H)) if cell in _HAS_C else (h,)
     if a.T == 0 or a.B == 0:      # empty work: the initial states are the final ones
-        return np.zeros((a.T, a.B, a.H), F32), states, {}
-    y = np.empty((a.T, a.B, a.H), F32)
+        return np.zeros((a.T, a.B, a.P), F32), states, {}
+    y = np.empty((a.T, a.B, a.P), F32)
     blocks = cols = None
     if nthreads > 1:
         blocks = row_blocks(a.B, min(nthreads, loop_threads(a.B, a.G, a.H)), a.lengths)
@@ -391,6 +430,9 @@ def _run_on(cell: str, a: ForwardArgs, options: Options, reverse: bool, training
     with Scratch() as s:
         w = (weights_for_call(a, s, adapter.layout(options), nthreads) if weights is None
              else weights)
+        if a.W_hr is not None:    # the loop takes W_hr packed as W_hh is
+            options = {**options, "wr": _projection_pack(a, w, s, nthreads) if wr is None
+                       else wr}
         norm, ln, kept_ln = _layer_norm_run(cell, a, w, options, training)
         chunks = projected_chunks(a, w, training, reverse, nthreads, norm)
         gates = None
@@ -447,6 +489,8 @@ def _cache(cell: str, args: ForwardArgs, options: Options, kept: Kept,
         h0=own(args.h0), c0=own(args.c0), lengths=own(args.lengths),
         peephole=own(args.peephole), has_bias=args.b_ih is not None)
     arrays.update((f, y.copy() if f == "y" else kept.get(f)) for f in CELLS[cell].cache_fields)
+    if cell == "lstm":          # a projection's W_hr and every step's m = o * tanh(c)
+        arrays.update(W_hr=own(args.W_hr), m=kept.get("m"))
     ln: LayerNormWeights | None = options["layer_norm"]
     if ln is not None:
         arrays.update((f, kept.get(f)) for f in _LN_KEPT)
@@ -456,13 +500,13 @@ def _cache(cell: str, args: ForwardArgs, options: Options, kept: Kept,
 
 def _forward(cell: str, options: Options, x: Any, W_ih: Any, W_hh: Any, b_ih: Any, b_hh: Any,
              h0: Any, c0: Any, peephole: Any, lengths: Any, reverse: Any,
-             training: Any, layer_norm: Any = None, layer_norm_eps: Any = 1e-5
-             ) -> AnyForwardResult:
+             training: Any, layer_norm: Any = None, layer_norm_eps: Any = 1e-5,
+             W_hr: Any = None) -> AnyForwardResult:
     """The forward skeleton: check, run (or the empty case), keep the cache."""
     reverse = check_bool("reverse", reverse)
     training = check_bool("training", training)
     a = check_forward(cell, x, W_ih, W_hh, b_ih, b_hh, h0, c0, lengths, dtype=F32,
-                      peephole=peephole)
+                      peephole=peephole, W_hr=W_hr)
     ln, eps = check_layer_norm(cell, layer_norm, layer_norm_eps, a.H, F32,
                                linear_before_reset=options.get("linear_before_reset", True))
     options = {**options, "layer_norm": ln, "layer_norm_eps": eps}
@@ -581,34 +625,44 @@ def _backward(cell: str, cache: Any, dy: Any, finals: tuple[Any, ...]) -> AnyGra
     """The backward skeleton: check, the BPTT loop, the weight gradients."""
     spec, adapter = CELLS[cell], _ADAPTERS[cell]
     cache = check_cache(cache, cell, BACKEND)
-    T, B, H = cache["y"].shape
-    dy = check_grad("dy", dy, ("T", "B", "H"), (T, B, H), F32)
+    T, B, P = cache["y"].shape
+    GH = cache["W_hh"].shape[0]
+    H = GH // spec.G
+    # h has P values with a projection (P < H; else P = H), c has H
+    W_hr = cache["W_hr"] if cell == "lstm" else None
+    widths = {"h": P, "c": H}
+    symbol = {"h": "P" if W_hr is not None else "H", "c": "H"}
+    dy = check_grad("dy", dy, ("T", "B", symbol["h"]), (T, B, P), F32)
     grads = []
     for state, g in zip(spec.states, finals):
-        g = check_grad(f"d{state}", g, ("B", "H"), (B, H), F32)
-        grads.append(np.zeros((B, H), F32) if g is None else g.copy())
+        g = check_grad(f"d{state}", g, ("B", symbol[state]), (B, widths[state]), F32)
+        grads.append(np.zeros((B, widths[state]), F32) if g is None else g.copy())
     result = adapter.gradients(cache)
     normalized = cache.options["layer_norm"]
-    GH = cache["W_hh"].shape[0]
     if T == 0 or B == 0:          # nothing flows through the loop
         dx, dW_ih, dW_hh = (np.zeros(cache[k].shape, F32) for k in ("x", "W_ih", "W_hh"))
         db_ih, db_hh = (np.zeros(GH, F32), np.zeros(GH, F32)) if cache["has_bias"] else (None, None)
         dln = (_empty_layer_norm_grads(cache),) if normalized else ()
+        dW_hr = () if W_hr is None else (np.zeros(W_hr.shape, F32),)
         return result(dx, *grads, dW_ih, dW_hh, db_ih, db_hh, *adapter.empty_extra(cache),
-                      *dln)
+                      *dln, *dW_hr)
     with Scratch() as s:
-        init = [_zeros_if_none(cache[f"{state}0"], B, H) for state in spec.states]
+        init = [_zeros_if_none(cache[f"{state}0"], B, widths[state]) for state in spec.states]
         ln = None
         if normalized:
             dcn = s.empty("dcn", (T, B, H)) if cache["ln_xc"] is not None else None
             ln = (cache["ln_hh_weight"], cache["ln_c_weight"], cache["ln_c_bias"],
                   cache["ln_xhh"], cache["ln_xc"], cache["ln_rstd"],
                   s.empty("dGln", (T, B, GH)), dcn)
+        proj = None
+        if W_hr is not None:
+            proj = (s.pack("W_hr", W_hr, False), s.empty("dht", (T, B, P)),
+                    s.empty("dm", (B, H)))
         b = _Back(cache, s, dy, grads, init, cache.options["reverse"], cache["lengths"], T, B,
-                  H, None, ln)
+                  H, None, ln, proj)
         dGx, dGh = _backward_loop(adapter, b)
         hprev = _prev_states(cache["y"], b.init[0], b.lengths, b.reverse,
-                             s.empty("hprev", (T, B, H)))
+                             s.empty("hprev", (T, B, P)))
         if ln is None:
             dx, dW_ih, dW_hh, db_ih, db_hh = _weight_grads(
                 s, cache["x"], cache["W_ih"], dGx, dGh, hprev, cache["has_bias"],
@@ -623,8 +677,24 @@ def _backward(cell: str, cache: Any, dy: Any, finals: tuple[Any, ...]) -> AnyGra
                 hprev, False, adapter.recurrent_input_n(b, hprev))
             db_ih, db_hh = ((dln[0].ih_bias.copy(), dln[0].hh_bias.copy())
                             if cache["has_bias"] else (None, None))
+        # dW_hr = sum over steps of dh_t^T m_t, as the other weights' one product
+        dW_hr = () if proj is None else (_tn_product(s, proj[1], cache["m"]),)
         extra = adapter.extra(b, dGx, hprev)      # may reuse hprev's buffer: it is done
-        return result(dx, *grads, dW_ih, dW_hh, db_ih, db_hh, *extra, *dln)
+        return result(dx, *grads, dW_ih, dW_hh, db_ih, db_hh, *extra, *dln, *dW_hr)
+
+
+def _tn_product(s: Scratch, A: np.ndarray, Bm: np.ndarray) -> np.ndarray:
+    """``A^T Bm`` over every step and row, ``A`` (T, B, m), ``Bm`` (T, B, n): a weight
+    gradient as :func:`_weight_grads` computes them (``gemm_tn`` on fastcells'
+    threads, :data:`WGRAD_FLOPS_PER_THREAD`; the same bits for any count)."""
+    m, n = A.shape[2], Bm.shape[2]
+    k = A.shape[0] * A.shape[1]
+    C = np.empty((m, n), F32)
+    want = _kernels.gemm_tn_threads(m, max(1, 2 * k * m * n // WGRAD_FLOPS_PER_THREAD))
+    with _threads.claim(want) if want > 1 else nullcontext(1) as nt:
+        need = _kernels.gemm_tn_floats(k, m, n, nt)
+        _kernels.gemm_tn(A.reshape(k, m), Bm.reshape(k, n), C, 0, nt, s.empty("wgrad", (need,)))
+    return C
 
 
 def _gain_grad(d: np.ndarray, xhat: np.ndarray) -> np.ndarray:
@@ -874,13 +944,15 @@ def gru_backward(cache: Any, dy: Any = None, dh: Any = None
 def lstm_forward(x: Any, W_ih: Any, W_hh: Any, b_ih: Any = None, b_hh: Any = None,
                  h0: Any = None, c0: Any = None, *, peephole: Any = None, lengths: Any = None,
                  reverse: bool = False, training: bool = False, layer_norm: Any = None,
-                 layer_norm_eps: float = 1e-5) -> LSTMForwardResult:
+                 layer_norm_eps: float = 1e-5, W_hr: Any = None) -> LSTMForwardResult:
     """Run an LSTM over a sequence (gates i, f, g, o in PyTorch's order).
 
     ``i, f, o = sigmoid(.)``, ``g = tanh(.)`` of ``W_ih x + b_ih + W_hh h + b_hh``;
     ``c' = f*c + i*g``; ``h' = o*tanh(c')``.  With ``peephole = (p_i, p_f, p_o)``
     (ONNX, oneDNN) the pre-activations of i and f also get ``p_i*c``, ``p_f*c``
-    and that of o gets ``p_o*c'``.
+    and that of o gets ``p_o*c'``.  With a projection ``W_hr`` (P, H) (Sak et al.
+    2014, PyTorch's ``proj_size``): ``h' = W_hr (o*tanh(c'))``, so ``h``, ``y`` and
+    the columns of ``W_hh`` have ``P < H`` values while ``c`` keeps H.
 
     Parameters
     ----------
@@ -888,39 +960,47 @@ def lstm_forward(x: Any, W_ih: Any, W_hh: Any, b_ih: Any = None, b_hh: Any = Non
         Time-major inputs.  Real floats, converted to float32.
     W_ih : array (4*H, I)
         Rows in the gate order i, f, g, o.
-    W_hh : array (4*H, H)
+    W_hh : array (4*H, H), or (4*H, P) with ``W_hr``
     b_ih, b_hh : array (4*H,), optional
         Both or neither.
     h0, c0 : array (B, H), optional
-        Initial hidden and cell state, zeros if None.
+        Initial hidden and cell state, zeros if None (``h0`` (B, P) with ``W_hr``).
     peephole : array (3*H,), optional
         Peephole weights in the order i, f, o.
 %(sequence_options)s
 %(layer_norm)s
+    W_hr : array (P, H), optional
+        Keyword-only: the projection, ``1 <= P < H``; real floats converted to
+        float32.  Combines with every other option (with ``layer_norm``,
+        ``h' = W_hr (o * tanh(LN(c')))``).  The backward pass then returns a
+        :class:`ProjLSTMGradients`.
 
     Returns
     -------
     LSTMForwardResult
         ``y`` (T, B, H), ``h`` (B, H), ``c`` (B, H), all float32 (the states
-        after each sequence's last valid step), ``cache`` (None unless ``training``).
+        after each sequence's last valid step; ``y`` (T, B, P) and ``h`` (B, P)
+        with ``W_hr``), ``cache`` (None unless ``training``).
 
 %(notes_forward)s
     """
     return cast(LSTMForwardResult, _forward("lstm", {}, x, W_ih, W_hh, b_ih, b_hh, h0, c0,
                                             peephole, lengths, reverse, training, layer_norm,
-                                            layer_norm_eps))
+                                            layer_norm_eps, W_hr))
 
 
 @_doc
 def lstm_backward(cache: Any, dy: Any = None, dh: Any = None, dc: Any = None
-                  ) -> LSTMGradients | PeepholeLSTMGradients | LayerNormLSTMGradients:
+                  ) -> (LSTMGradients | PeepholeLSTMGradients | LayerNormLSTMGradients
+                        | ProjLSTMGradients):
     """Backpropagate through :func:`lstm_forward` (BPTT).
 
     Parameters
     ----------
 %(cache_dy)s
     dh, dc : array (B, H), optional
-        Gradients with respect to the final hidden and cell states (zeros if None).
+        Gradients with respect to the final hidden and cell states (zeros if None);
+        with a projection ``dy`` is (T, B, P) and ``dh`` (B, P).
 
     Returns
     -------
@@ -930,12 +1010,15 @@ def lstm_backward(cache: Any, dy: Any = None, dh: Any = None, dc: Any = None
         forward pass had no biases.  A :class:`PeepholeLSTMGradients` (the same
         plus ``dpeephole (3*H,)``) when the forward pass had peepholes.  A
         :class:`LayerNormLSTMGradients` (``dpeephole`` None without peepholes, and
-        ``dlayer_norm``) when the forward pass had ``layer_norm``.
+        ``dlayer_norm``) when the forward pass had ``layer_norm``.  A
+        :class:`ProjLSTMGradients` whenever it had ``W_hr``: ``dh0 (B, P)``,
+        ``dW_hh (4*H, P)``, ``dpeephole`` and ``dlayer_norm`` (None when absent)
+        and ``dW_hr (P, H)``.
 
 %(notes_backward)s
     """
-    return cast(LSTMGradients | PeepholeLSTMGradients | LayerNormLSTMGradients,
-                _backward("lstm", cache, dy, (dh, dc)))
+    return cast(LSTMGradients | PeepholeLSTMGradients | LayerNormLSTMGradients
+                | ProjLSTMGradients, _backward("lstm", cache, dy, (dh, dc)))
 
 
 # ----------------------------------------------------------------------------
