@@ -7,7 +7,9 @@ entries added here: the pickle format, :data:`PICKLE_FORMAT`, and the
 fastcells version that wrote it.  Loading checks them first: a state of a
 newer format than this fastcells reads raises ``ValueError`` naming both
 versions, before anything is set.  A format changes only when an older
-fastcells could not read the new state; each fastcells reads every older one.
+fastcells could not read the new state; each fastcells reads every older one,
+and writes each state in the oldest format that holds it (so an older
+fastcells still reads what it can).
 
 Formats:
 
@@ -17,6 +19,10 @@ Formats:
   steppers, random generators as their states (:class:`GeneratorState`),
   modules by name; a ``Stepper`` as its unpacked weights and constructor
   options.
+- 2: a ``Stepper`` of an LSTM with projection: format 1's entries plus
+  ``W_hr``.  A fastcells that reads format 1 only refuses it by its format,
+  naming both versions, rather than build a Stepper without it.  Every
+  other state is still written in format 1.
 """
 from __future__ import annotations
 
@@ -29,8 +35,12 @@ import numpy as np
 
 from . import _kernels
 
-#: the pickle format this fastcells writes, and the newest it reads
-PICKLE_FORMAT = 1
+#: the newest pickle format this fastcells writes, and the newest it reads
+PICKLE_FORMAT = 2
+#: the format of every state that holds nothing newer (:func:`with_header`'s default)
+BASE_PICKLE_FORMAT = 1
+#: the format of a ``Stepper`` with a projection (its ``W_hr``)
+PROJ_PICKLE_FORMAT = 2
 #: the state entries of the header
 FORMAT_KEY = "_pickle_format"
 VERSION_KEY = "_fastcells_version"
@@ -54,16 +64,17 @@ def _generator(state: GeneratorState) -> np.random.Generator:
     return np.random.Generator(bit_generator)
 
 
-def with_header(state: dict[str, Any]) -> dict[str, Any]:
+def with_header(state: dict[str, Any], fmt: int | None = None) -> dict[str, Any]:
     """``state`` (a dict this function may change) with the header, modules by name and
-    random generators as their states."""
+    random generators as their states; ``fmt``: its pickle format, the oldest that holds
+    it (None: :data:`BASE_PICKLE_FORMAT`)."""
     from . import __version__
     for key, value in state.items():
         if isinstance(value, ModuleType):
             state[key] = ModuleRef(value.__name__)
         elif isinstance(value, np.random.Generator):
             state[key] = GeneratorState(value.bit_generator.state)
-    state[FORMAT_KEY] = PICKLE_FORMAT
+    state[FORMAT_KEY] = BASE_PICKLE_FORMAT if fmt is None else fmt
     state[VERSION_KEY] = __version__
     return state
 

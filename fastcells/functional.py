@@ -60,7 +60,7 @@ from ._packing import (
     weights_for_call,
 )
 from ._parallel import forward_threads, loop_threads, row_blocks
-from ._pickle import unpacked, with_header, without_header
+from ._pickle import PROJ_PICKLE_FORMAT, unpacked, with_header, without_header
 from ._results import (
     Cache,
     ForwardResult,
@@ -1043,7 +1043,7 @@ class Stepper:
     pickle holds ``W_ih`` and ``W_hh`` unpacked from the panels (float16 arrays
     for ``weight_dtype="float16"``, whose values they are), the folded bias
     ``b_ih + b_hh`` (a GRU with ``linear_before_reset`` keeps ``b_hn`` apart),
-    the peepholes, the options, and a format header; unpickling builds the
+    the peepholes, ``W_hr``, the options, and a format header; unpickling builds the
     Stepper again from them, packs included, and steps with the same bits.
     A pickle of a newer format than this fastcells reads raises ``ValueError``
     naming both versions.
@@ -1083,6 +1083,18 @@ class Stepper:
         only) and LSTM.
     layer_norm_eps : float
         The ``eps`` of every normalization, finite and > 0.
+    W_hr : array (P, H), optional
+        LSTM only: the projection (PyTorch's ``proj_size``, see
+        :func:`lstm_forward`), ``1 <= P < H``; ``W_hh`` is then (4*H, P) and the
+        hidden state ``h`` (B, P), ``c`` (B, H).  With ``weight_dtype="float16"``
+        it is rounded and read as ``W_hh`` is.  A pickle of such a Stepper has
+        pickle format 2 (a fastcells that reads only format 1 refuses it, naming
+        both versions).
+
+    Attributes
+    ----------
+    proj_size : int
+        ``W_hr``'s rows P, 0 without a projection.
 
     Examples
     --------
@@ -1095,7 +1107,8 @@ class Stepper:
     def __init__(self, cell: str, W_ih: Any, W_hh: Any, b_ih: Any = None, b_hh: Any = None,
                  *, peephole: Any = None, nonlinearity: str = "tanh",
                  linear_before_reset: bool = True, weight_dtype: str = "float32",
-                 layer_norm: Any = None, layer_norm_eps: float = 1e-5) -> None:
+                 layer_norm: Any = None, layer_norm_eps: float = 1e-5,
+                 W_hr: Any = None) -> None:
         spec = cell_spec(cell)
         # every cell's options: each adapter reads its own
         options: Options = {
@@ -1105,18 +1118,29 @@ class Stepper:
         I = np.shape(W_ih)[1] if np.ndim(W_ih) == 2 else 0
         # validate the weights with the one set of checks, on an empty sequence
         a = check_forward(cell, np.zeros((0, 1, I), F32), W_ih, W_hh, b_ih, b_hh,
-                          dtype=F32, peephole=peephole)
+                          dtype=F32, peephole=peephole, W_hr=W_hr)
         ln, eps = check_layer_norm(cell, layer_norm, layer_norm_eps, a.H, F32,
                                    linear_before_reset=options["linear_before_reset"])
         if ln is not None:      # float32 copies, as the weights' packs are
             ln = LayerNormWeights._make(None if v is None else v.copy() for v in ln)
         options.update(layer_norm=ln, layer_norm_eps=eps)
+        W_hr = a.W_hr
         if half:
             W_ih, W_hh = float16_values("W_ih", a.W_ih), float16_values("W_hh", a.W_hh)
+            if W_hr is not None:
+                W_hr = float16_values("W_hr", W_hr)
         else:
             W_ih, W_hh = a.W_ih, a.W_hh
         w, P_ih = prepared_weights(a, _ADAPTERS[cell].layout(options), W_ih, W_hh, half)
+        # the projection: W_hr packed as W_hh is (its float16 panels too), and a float32
+        # copy of its (rounded) values, which forward's checks and a pickle read
+        self._W_hr = None if W_hr is None else W_hr.copy()
+        self._wr = None if W_hr is None else (
+            _kernels.pack_half(W_hr) if half else _kernels.pack(W_hr, True))
         self.cell, self.input_size, self.hidden_size = cell, a.I, a.H
+        #: the size of h: ``W_hr``'s rows, 0 without a projection (PyTorch's ``proj_size``)
+        self.proj_size = 0 if W_hr is None else a.P
+        self._P = a.P
         self.weight_dtype = "float16" if half else "float32"
         self._spec, self._options, self._weights = spec, options, w
         self._P_ih = P_ih           # W_ih's pack: a pickle unpacks it (__getstate__)
@@ -1128,29 +1152,37 @@ class Stepper:
             np.zeros(a.G * a.H, F32) if w.bias is None else w.bias,
             np.zeros(a.H, F32) if w.bhn is None else w.bhn, w.peephole, a.I, a.H,
             options["nonlinearity"] == "relu", options["linear_before_reset"], w.packing,
-            step_ln)
+            step_ln, self._wr, a.P)
 
     #: the entries of a pickled Stepper (besides the header)
     _STEPPER_STATE = ("cell", "W_ih", "W_hh", "bias", "b_hn", "peephole", "weight_dtype",
                       "options")
+    #: ... and the projection's, in the pickle format that holds one
+    _PROJ_STATE = "W_hr"
 
     def __getstate__(self) -> dict[str, Any]:
         """The pickled state: the weights unpacked, the folded biases and the options."""
         w, G, H = self._weights, self._spec.G, self.hidden_size
         layout = _ADAPTERS[self.cell].layout(self._options)
         # W_hh's pack, or with split_n its first rows' and W_hn's
-        parts = [unpacked(w.wp, (G - 1 if layout.split_n else G) * H, H)]
+        parts = [unpacked(w.wp, (G - 1 if layout.split_n else G) * H, self._P)]
         if w.wp_n is not None:
             parts.append(unpacked(w.wp_n, H, H))
         W_hh = np.concatenate(parts)
         W_ih = unpacked(self._P_ih, G * H, self.input_size)
+        W_hr = self._W_hr
         if self.weight_dtype == "float16":      # float16 values: exact in half the bytes
             W_ih, W_hh = W_ih.astype(np.float16), W_hh.astype(np.float16)
+            W_hr = None if W_hr is None else W_hr.astype(np.float16)
         b_hn = w.bhn if layout.bhn_apart and w.bias is not None else None
-        return with_header({
+        state = {
             "cell": self.cell, "W_ih": W_ih, "W_hh": W_hh, "bias": w.bias, "b_hn": b_hn,
             "peephole": w.peephole, "weight_dtype": self.weight_dtype,
-            "options": dict(self._options)})
+            "options": dict(self._options)}
+        if W_hr is None:
+            return with_header(state)
+        # a format an older fastcells refuses by name, rather than dropping W_hr
+        return with_header({**state, self._PROJ_STATE: W_hr}, PROJ_PICKLE_FORMAT)
 
     def __setstate__(self, state: Any) -> None:
         """Build the Stepper again from a pickled state (its weights packed anew)."""
@@ -1162,7 +1194,8 @@ class Stepper:
             if s["b_hn"] is not None:
                 b_hh[len(bias) - len(s["b_hn"]):] = s["b_hn"]
         Stepper.__init__(self, s["cell"], s["W_ih"], s["W_hh"], bias, b_hh,
-                         peephole=s["peephole"], weight_dtype=s["weight_dtype"], **s["options"])
+                         peephole=s["peephole"], weight_dtype=s["weight_dtype"],
+                         W_hr=s.get(self._PROJ_STATE), **s["options"])
 
     def forward(self, x: Any, h0: Any = None, c0: Any = None, *, lengths: Any = None,
                 reverse: bool = False) -> AnyForwardResult:
@@ -1183,7 +1216,8 @@ class Stepper:
         x : array (T, B, I)
             Time-major inputs.  Real floats, converted to float32.
         h0, c0 : array (B, H), optional
-            Initial states, zeros if None (``c0``: LSTM only).
+            Initial states, zeros if None (``c0``: LSTM only; ``h0`` (B, P) with a
+            projection, as ``y`` (T, B, P) and ``h``).
         lengths : int array (B,), optional
             Valid steps per sequence, ``0 <= lengths[b] <= T``; outputs past a
             sequence's end are zeros and its state stops there.
@@ -1199,20 +1233,25 @@ class Stepper:
         I, H = self.input_size, self.hidden_size
         x = check_sequence("x", x, I, F32)
         T, B = x.shape[:2]
-        h0, c0, lengths = check_states(self.cell, h0, c0, lengths, T, B, H, F32)
+        h0, c0, lengths = check_states(self.cell, h0, c0, lengths, T, B, H, F32, self._P)
         # no weights: they are prepared (the ForwardArgs fields they fill are unused)
         a = ForwardArgs._make((x, None, None, None, None, h0, c0, lengths,
-                               self._weights.peephole, T, B, I, H, self._spec.G, None, H))
-        y, states, _ = _run(self.cell, a, self._options, reverse, False, self._weights)
+                               self._weights.peephole, T, B, I, H, self._spec.G, self._W_hr,
+                               self._P))
+        y, states, _ = _run(self.cell, a, self._options, reverse, False, self._weights,
+                            self._wr)
         return _ADAPTERS[self.cell].forward_result(y, *states, None)
 
     def _state(self, name: str, s: Any, B: int) -> np.ndarray:
+        # h has P values with a projection, c (and h without one) H
+        width, symbol = (self._P, "P") if name == "h" and self.proj_size else (
+            self.hidden_size, "H")
         if s is None:
-            return np.zeros((B, self.hidden_size), F32)
+            return np.zeros((B, width), F32)
         if not is_f32c(s):
             s = as_float(name, s, F32)
-        if s.shape != (B, self.hidden_size):
-            check_shape(name, s, ("B", "H"), (B, self.hidden_size))
+        if s.shape != (B, width):
+            check_shape(name, s, ("B", symbol), (B, width))
         state: np.ndarray = s.copy()   # the kernel updates it in place: never the caller's
         return state
 
@@ -1226,7 +1265,9 @@ class Stepper:
             The inputs of this step.  Real floats, converted to float32.
         h : array (B, H), optional
             The hidden state before the step; zeros if None.  Real floats,
-            converted to float32.  Not written (unless it is ``out``).
+            converted to float32.  Not written (unless it is ``out``).  (B, P)
+            with a projection (``W_hr``), as are ``out``'s ``h_out`` and the
+            returned ``h``.
         c : array (B, H), optional
             LSTM only: the cell state before the step; zeros if None.
         out : array (B, H), or for an LSTM a pair ``(h_out, c_out)``, optional
@@ -1291,7 +1332,8 @@ class Stepper:
             raise TypeError(f"out: expected a pair (h_out, c_out) of float32 arrays (B, H) for "
                             f"lstm, got {type(out).__name__}")
         shape = (B, self.hidden_size)
-        if h is not None and h is not h_out and not (is_f32c(h) and h.shape == shape):
+        hshape = (B, self._P)           # P values with a projection
+        if h is not None and h is not h_out and not (is_f32c(h) and h.shape == hshape):
             h = self._state("h", h, B)          # converted and checked: a copy
         if c is not None and c is not c_out and not (is_f32c(c) and c.shape == shape):
             c = self._state("c", c, B)
@@ -1320,13 +1362,15 @@ class Stepper:
                 c_out[...] = c
             self._kernel.step(x_t, h_out, c_out)
         except (TypeError, ValueError):
-            for name, o in zip(("out[0]", "out[1]") if lstm else ("out",), (h_out, c_out)):
+            hsym = "(B, P)" if self.proj_size else "(B, H)"
+            for name, o, want, sym in zip(("out[0]", "out[1]") if lstm else ("out",),
+                                          (h_out, c_out), (hshape, shape), (hsym, "(B, H)")):
                 if type(o) is not np.ndarray or o.dtype != F32 or not o.dtype.isnative:
                     got = f"dtype {o.dtype}" if type(o) is np.ndarray else type(o).__name__
-                    raise TypeError(f"{name}: expected a float32 ndarray (B, H) = {shape}, "
+                    raise TypeError(f"{name}: expected a float32 ndarray {sym} = {want}, "
                                     f"got {got}") from None
-                if o.shape != shape:
-                    raise ValueError(f"{name}: expected shape (B, H) = {shape}, got "
+                if o.shape != want:
+                    raise ValueError(f"{name}: expected shape {sym} = {want}, got "
                                      f"{o.shape}") from None
                 if not o.flags.c_contiguous:
                     raise ValueError(f"{name}: expected a C-contiguous array, got strides "

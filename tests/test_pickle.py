@@ -190,7 +190,7 @@ def test_stepper_state_is_its_unpacked_weights():
     assert_same_bits(state["bias"], want)
     assert_same_bits(state["b_hn"], b_hh[n])
     assert state["options"]["linear_before_reset"] is True
-    assert state[_pickle.FORMAT_KEY] == _pickle.PICKLE_FORMAT
+    assert state[_pickle.FORMAT_KEY] == _pickle.BASE_PICKLE_FORMAT     # nothing newer in it
     assert state[_pickle.VERSION_KEY] == fastcells.__version__
 
 
@@ -275,6 +275,62 @@ def test_unpickled_stepper_steps_the_same_bits(key, weight_dtype, bias):
             assert_same_bits(b, a)
 
 
+def proj_stepper(weight_dtype="float32", layer_norm=False):
+    """An LSTM Stepper with a projection (H = 19, P = 7), peepholes, and its inputs."""
+    rng = np.random.default_rng(SEED)
+    H, I, P = 19, 33, 7
+    (W_ih, _, b_ih, b_hh), extra = stepper_weights("lstm", H, I, rng, peephole=True)
+    W_hh = rng.uniform(-0.5, 0.5, (4 * H, P)).astype(np.float32)
+    W_hr = rng.uniform(-0.5, 0.5, (P, H)).astype(np.float32)
+    ln = None
+    if layer_norm:
+        ln = tuple((1 + 0.3 * rng.standard_normal(n)).astype(np.float32) if k % 2 == 0 else
+                   (0.3 * rng.standard_normal(n)).astype(np.float32)
+                   for k, n in enumerate([4 * H] * 4 + [H, H]))
+    stepper = fastcells.Stepper("lstm", W_ih, W_hh, b_ih, b_hh, W_hr=W_hr,
+                                weight_dtype=weight_dtype, layer_norm=ln, **extra)
+    return stepper, W_hr, rng.standard_normal((6, 2, I)).astype(np.float32)
+
+
+@pytest.mark.parametrize("weight_dtype", ["float32", "float16"])
+@pytest.mark.parametrize("layer_norm", [False, True], ids=["plain", "layer_norm"])
+def test_unpickled_projected_stepper_steps_the_same_bits(weight_dtype, layer_norm):
+    stepper, W_hr, xs = proj_stepper(weight_dtype, layer_norm)
+
+    def run(s):                         # h (B, P) and c (B, H) of every step, and forward's
+        h = c = None
+        outs = []
+        for x_t in xs:
+            h, c = s(x_t, h, c)
+            outs += [h, c]
+        return [*outs, *s.forward(xs)[:3]]
+    want = run(stepper)
+    state = stepper.__getstate__()
+    assert state[_pickle.FORMAT_KEY] == _pickle.PROJ_PICKLE_FORMAT
+    if weight_dtype == "float32":
+        assert_same_bits(state["W_hr"], W_hr)
+    else:                               # float16 values, in half the bytes
+        assert state["W_hr"].dtype == np.float16
+        assert_same_bits(state["W_hr"], W_hr.astype(np.float16))
+    for clone in (roundtrip(stepper), roundtrip(stepper, pickle.DEFAULT_PROTOCOL),
+                  copy.deepcopy(stepper)):
+        assert clone.proj_size == 7 and clone.weight_dtype == weight_dtype
+        for a, b in zip(want, run(clone), strict=True):
+            assert_same_bits(b, a)
+
+
+def test_a_reader_of_format_1_refuses_a_projected_stepper(monkeypatch):
+    """An older fastcells (format 1 only) names both versions rather than drop W_hr."""
+    stepper, _, _ = proj_stepper()
+    data = pickle.dumps(stepper)
+    assert pickle.loads(data).proj_size == 7
+    monkeypatch.setattr(_pickle, "PICKLE_FORMAT", 1)
+    with pytest.raises(ValueError, match=f"pickle format {_pickle.PROJ_PICKLE_FORMAT} by "
+                                         f"fastcells {fastcells.__version__}.* reads pickle "
+                                         "formats up to 1"):
+        pickle.loads(data)
+
+
 def test_stepper_bias_signs_survive():
     """The folded bias is rebuilt bit for bit, -0.0 included (b_hh = -0.0 adds nothing)."""
     W_ih, W_hh = np.zeros((4, 2), np.float32), np.zeros((4, 4), np.float32)
@@ -326,7 +382,7 @@ def newer_pickles(monkeypatch):
     objects = {"LSTM": layer, "Linear": fastcells.Linear(2, 3),
                "Stepper": fastcells.Stepper("rnn", np.ones((4, 2)), np.ones((4, 4))),
                "Adam": Adam([])}
-    monkeypatch.setattr(_pickle, "PICKLE_FORMAT", _pickle.PICKLE_FORMAT + 1)
+    monkeypatch.setattr(_pickle, "BASE_PICKLE_FORMAT", _pickle.PICKLE_FORMAT + 1)
     monkeypatch.setattr(fastcells, "__version__", "99.0.0")
     data = {name: pickle.dumps(obj) for name, obj in objects.items()}
     monkeypatch.undo()
@@ -414,8 +470,8 @@ def test_committed_pickle_loads_and_gives_its_values(path):
 
 
 def test_this_format_has_a_committed_pickle():
-    """Changing PICKLE_FORMAT needs a new committed pickle (make_pickles.py)."""
-    assert (DATA / f"format{_pickle.PICKLE_FORMAT}.pkl").is_file()
+    """Changing the format of what make_pickles.py pickles needs a new committed pickle."""
+    assert (DATA / f"format{_pickle.BASE_PICKLE_FORMAT}.pkl").is_file()
 
 
 # ----------------------------------------------------------------------------
