@@ -301,16 +301,21 @@ _ONE_STATE = {
 _TWO_STATES = {
     "state_param": """hx : pair (h0, c0) of arrays (num_layers*num_directions, B, H), optional
     Initial hidden and cell states, real floats; zeros if None, and either
-    of the two may be None for zeros.""",
+    of the two may be None for zeros.  With ``proj_size=P``, ``h0`` is
+    (num_layers*num_directions, B, P), and ``y`` below (T, B, D*P).""",
     "state_return": """(h, c) : pair of float32 arrays (num_layers*num_directions, B, H)
-    Final hidden and cell states, index ``layer * D + direction``.""",
+    Final hidden and cell states, index ``layer * D + direction`` (``h`` of
+    P values with ``proj_size=P``).""",
     "grad_param": """dh : pair (dh_n, dc_n) of arrays (num_layers*num_directions, B, H), optional
     Gradients with respect to the final states ``h`` and ``c``; zeros if
-    None, and either of the two may be None for zeros.""",
+    None, and either of the two may be None for zeros.  With
+    ``proj_size=P``, ``dh_n`` is (num_layers*num_directions, B, P) and ``dy``
+    above (T, B, D*P).""",
     "grad_return": """(dh0, dc0) : pair of float32 arrays (num_layers*num_directions, B, H)
     Gradients with respect to the initial states ``h0`` and ``c0``.""",
     "step_state_param": """state : pair (h, c) of arrays (num_layers, B, H), optional
-    The state returned by the previous step; zeros if None.""",
+    The state returned by the previous step; zeros if None.  With
+    ``proj_size=P``, ``h`` is (num_layers, B, P) and ``y_t`` below (B, P).""",
     "step_state_return": """state : pair (h, c) of float32 arrays (num_layers, B, H)
     The new state, new arrays, to pass to the next step.""",
 }
