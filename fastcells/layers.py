@@ -25,6 +25,7 @@ How they are built, and why:
 """
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -161,10 +162,16 @@ class _RNNBase(_Layer):
         messages: ``("P", proj_size)`` for an LSTM with projection, else ``("H", H)``."""
         return ("P", self.proj_size) if self.proj_size else ("H", self.hidden_size)
 
-    @property
-    def _widths(self) -> list[tuple[str, int]]:
+    # cached (in the instance's dict) as they are read at every step; the sizes are fixed
+    @functools.cached_property
+    def _widths(self) -> tuple[tuple[str, int], ...]:
         """Each state kind's width and symbol: ``h``'s, then (LSTM) ``c``'s, H."""
-        return [self._h_width] + [("H", self.hidden_size)] * (len(self._spec.states) - 1)
+        return (self._h_width,) + (("H", self.hidden_size),) * (len(self._spec.states) - 1)
+
+    @functools.cached_property
+    def _step_sizes(self) -> tuple[int, ...]:
+        """Each state kind's width, as :meth:`step` stacks them."""
+        return tuple(size for _, size in self._widths)
 
     def _param_name(self, base: str, i: int) -> str:
         """The name of parameter ``base`` (``"peephole"``, ...) of (layer, direction) ``i``."""
@@ -408,7 +415,7 @@ class _RNNBase(_Layer):
         # the new states' dtype: float32, or the reference's common float type of the inputs
         dtype = _F32 if compiled else float_dtype(x_t, *states, *self._weights[0])
         return self._step_layers(steppers, x_t, states, mask,
-                                 [size for _, size in self._widths], dtype)
+                                 self._step_sizes, dtype)
 
     def _step_states(self, state: Any, B: int) -> Sequence[Any] | None:
         """The state of a compiled step as ``[h]`` or ``[h, c]``, when it needs no checks
