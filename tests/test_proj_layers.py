@@ -277,6 +277,22 @@ def test_gradients_by_finite_differences(option):
     assert np.abs(layer.grads["weight_hr_l1_reverse"]).max() > 0
 
 
+@pytest.mark.parametrize("steps, batch", [(0, B), (T, 0)], ids=["T=0", "B=0"])
+def test_empty_work(steps, batch):
+    layer = make(2, True)
+    rng = np.random.default_rng(16)
+    h0 = rng.standard_normal((4, batch, P)).astype(np.float32)
+    c0 = rng.standard_normal((4, batch, H)).astype(np.float32)
+    y, (h, c) = layer(np.zeros((steps, batch, I), np.float32), (h0, c0))
+    assert y.shape == (steps, batch, 2 * P)
+    np.testing.assert_array_equal(h, h0)      # no step: the initial state
+    np.testing.assert_array_equal(c, c0)
+    dx, (dh0, dc0) = layer.backward(np.zeros(y.shape, np.float32), (h0, c0))
+    assert dx.shape == (steps, batch, I)
+    np.testing.assert_array_equal(dh0, h0)    # the gradient passes through unchanged
+    np.testing.assert_array_equal(dc0, c0)
+
+
 # ----------------------------------------------------------------------------
 # streaming
 
