@@ -47,7 +47,7 @@ from ._checks import (
     is_f32c,
     to_numpy,
 )
-from ._float16 import check_weight_dtype
+from ._float16 import check_weight_dtype, float16_values
 from ._layer_args import (
     check_proj_size,
     compute_dtype,
@@ -449,10 +449,13 @@ class _RNNBase(_Layer):
         """Layer ``k``'s weights prepared for :meth:`step`: a compiled Stepper, or for
         another backend (the reference) a stand-in with the Stepper's call."""
         w = step_weights(self._names[k], self._weights[k], half)
+        options = self._direction_options(k)
+        if half and "W_hr" in options:      # a projection's weights are rounded too
+            options["W_hr"] = float16_values(self._param_name("weight_hr", k), options["W_hr"],
+                                             "step_weight_dtype")
         if self.backend is None:
-            return compiled_stepper(self._spec.name, w, half, self._direction_options(k))
-        return ReferenceStepper(self._forward_fn, w, self._direction_options(k),
-                                self._spec.has_cell_state)
+            return compiled_stepper(self._spec.name, w, half, options)
+        return ReferenceStepper(self._forward_fn, w, options, self._spec.has_cell_state)
 
     def _prepared(self, k: int) -> StepFn:
         """Layer ``k``'s prepared stepper (built if needed)."""
@@ -462,10 +465,10 @@ class _RNNBase(_Layer):
     def step_weight_dtype(self) -> str:
         """The weights :meth:`step` multiplies by: ``"float32"`` (the default) or ``"float16"``.
 
-        With ``"float16"``, ``W_ih`` and ``W_hh`` are rounded to float16 values
-        when the steppers are prepared; the arithmetic stays float32, and
-        steps at batch 1 and 2 read half the bytes (see
-        :class:`fastcells.Stepper`'s ``weight_dtype``).  For serving: the
+        With ``"float16"``, ``W_ih`` and ``W_hh`` (and an LSTM's projection
+        ``W_hr``) are rounded to float16 values when the steppers are prepared;
+        the arithmetic stays float32, and steps at batch 1 and 2 read half the
+        bytes (see :class:`fastcells.Stepper`'s ``weight_dtype``).  For serving: the
         sequence call and training are not affected.  Setting it prepares the
         weights again at the next step; the reference backend rounds the same
         weights.

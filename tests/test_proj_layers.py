@@ -336,6 +336,28 @@ def test_step_applies_dropout_as_a_one_step_call(backend):
     assert not np.allclose(y_t, make(3, seed=8, backend=backend).step(x[0])[0])
 
 
+@pytest.mark.parametrize("backend", [None, reference], ids=["compiled", "reference"])
+def test_float16_step_is_the_rounded_weights_step(backend):
+    # weight_hr is rounded with weight_ih and weight_hh: the bits of a float32 step of them
+    half = make(2, seed=17, backend=backend).eval()
+    rounded = make(2, seed=17, backend=backend).eval()
+    rounded.load_state_dict({k: v.astype(np.float16).astype(np.float32)
+                             if k.startswith("weight_") else v
+                             for k, v in half.state_dict().items()})
+    half.step_weight_dtype = "float16"
+    x = np.random.default_rng(18).standard_normal((3, 2, I)).astype(np.float32)
+    s_half = s_rounded = None
+    for t in range(3):
+        y_half, s_half = half.step(x[t], s_half)
+        y_rounded, s_rounded = rounded.step(x[t], s_rounded)
+        np.testing.assert_array_equal(y_half, y_rounded)
+    np.testing.assert_array_equal(s_half[1], s_rounded[1])
+    # a weight_hr beyond float16's range is named
+    half.load_state_dict({"weight_hr_l1": np.full((P, H), 1e5, np.float32)}, strict=False)
+    with pytest.raises(ValueError, match="weight_hr_l1"):
+        half.step(x[0])
+
+
 def test_step_refuses_a_wrong_state_naming_the_width():
     layer = make(2).eval()
     x_t = np.zeros((B, I), np.float32)
