@@ -106,9 +106,9 @@ def step_hc(steppers: Sequence[StepFn], x: Array, states: Sequence[Array | None]
     ``[P, H]`` (P = H without a projection); ``mask`` and ``dtype`` as for
     :func:`step_h`.
     """
-    L, B = len(steppers), x.shape[0]
-    hs = new_state(states[0], (L, B, widths[0]), dtype)
-    cs = new_state(states[1], (L, B, widths[1]), dtype)
+    h_shape = (len(steppers), x.shape[0], widths[0])
+    c_shape = h_shape if widths[1] == widths[0] else h_shape[:2] + (widths[1],)
+    hs, cs = new_state(states[0], h_shape, dtype), new_state(states[1], c_shape, dtype)
     inp = x
     for stepper, h, c in zip(steppers, hs, cs):
         if mask is not None and inp is not x:

@@ -426,10 +426,13 @@ class _RNNBase(_Layer):
         parts = state if type(state) is tuple else (state,)
         if len(parts) != len(self._no_states):
             return None
-        for part, (_, width) in zip(parts, self._widths):
-            if not (type(part) is np.ndarray and part.dtype is _F32
-                    and part.shape == (self.num_layers, B, width)):
+        P = self.proj_size
+        shape = (self.num_layers, B, P or self.hidden_size)     # h's
+        for part in parts:
+            if not (type(part) is np.ndarray and part.dtype is _F32 and part.shape == shape):
                 return None
+            if P:
+                shape = (self.num_layers, B, self.hidden_size)   # c's, wider than h
         return parts
 
     def _steppers(self) -> list[StepFn]:
