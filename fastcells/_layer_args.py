@@ -15,18 +15,34 @@ from typing import Any
 import numpy as np
 
 from ._cells import CellSpec
-from ._checks import as_float, check_shape, float_dtype, is_f32c, to_numpy
+from ._checks import as_float, check_int, check_shape, float_dtype, is_f32c, to_numpy
 
 F32 = np.float32
 Array = np.ndarray
 
-#: how error messages name the stacked state axes
-STATE_SYMBOLS = ("num_layers*num_directions", "B", "H")
+#: how error messages name the stacked state axes (the last one: the state's width symbol)
+STATE_SYMBOLS = ("num_layers*num_directions", "B")
+#: one state kind's width: its symbol in messages and its size (``("H", 16)``, or ``("P", 4)``
+#: for the ``h`` of an LSTM with projection)
+Width = tuple[str, int]
 
 
 def compute_dtype(compiled: bool, arr: Any) -> np.dtype:
     """float32 for the kernels; another backend (the reference) keeps the input's precision."""
     return np.dtype(F32) if compiled else float_dtype(arr)
+
+
+def check_proj_size(proj_size: Any, hidden_size: Any) -> int:
+    """An LSTM's ``proj_size`` as an int: 0 (no projection) or ``1 <= P < hidden_size``
+    (PyTorch's rule); ``TypeError`` unless an integer (not a bool), ``ValueError`` outside."""
+    H = check_int("hidden_size", hidden_size, 1)
+    expected = f"0 (no projection) or an integer in [1, hidden_size) = [1, {H})"
+    if isinstance(proj_size, (bool, np.bool_)) or not isinstance(proj_size, (int, np.integer)):
+        raise TypeError(f"proj_size: expected {expected}, got {proj_size!r}")
+    if not 0 <= proj_size < H:
+        raise ValueError(f"proj_size: expected {expected} (the projection makes h smaller "
+                         f"than the cell state c), got {proj_size}")
+    return int(proj_size)
 
 
 def _layout(batch_first: bool, last_sym: str) -> str:
@@ -67,9 +83,11 @@ def _article(word: str) -> str:
 
 
 def _kind_error(spec: CellSpec, arg: str, names: Sequence[str], value: Any,
-                L: int, H: int) -> Exception | None:
+                L: int, widths: Sequence[Width]) -> Exception | None:
     """The error for a state of the wrong kind for ``spec``'s layer, or None if it is not one."""
-    shape = f"({', '.join(STATE_SYMBOLS)}) = {(L, 'B', H)}".replace("'", "")
+    shape = " and ".join(
+        f"({', '.join(STATE_SYMBOLS)}, {sym}) = {(L, 'B', size)}".replace("'", "")
+        for sym, size in dict.fromkeys(widths))
     layer = spec.layer
     if spec.has_cell_state:
         if isinstance(value, (tuple, list)) and len(value) == len(names):
@@ -92,37 +110,38 @@ def _kind_error(spec: CellSpec, arg: str, names: Sequence[str], value: Any,
 
 
 def split_states(spec: CellSpec, value: Any, B: int, arg: str, names: Sequence[str], L: int,
-                 H: int, compiled: bool) -> list[Array | None]:
-    """Split a state argument into one stack (L, B, H) per state kind, None for zeros.
+                 widths: Sequence[Width], compiled: bool) -> list[Array | None]:
+    """Split a state argument into one stack (L, B, width) per state kind, None for zeros.
 
     ``value`` is an array (RNN, GRU) or a pair (LSTM) of arrays, or None;
-    ``names`` name each kind in messages (``("h0", "c0")``, ``("dh", "dc")``).
+    ``names`` name each kind in messages (``("h0", "c0")``, ``("dh", "dc")``) and
+    ``widths`` give each kind's width (``h`` of an LSTM with projection: P, else H).
     """
     kinds = len(spec.states)
     if value is None:
         return [None] * kinds
-    shape = (L, B, H)
+    shapes = [(L, B, size) for _, size in widths]
     if compiled:
         # what the checks below return for arrays that already fit, without their cost
         if kinds == 1:
-            if is_f32c(value) and value.shape == shape:
+            if is_f32c(value) and value.shape == shapes[0]:
                 return [value]
         elif type(value) is tuple and len(value) == 2:
             h, c = value
-            if is_f32c(h) and is_f32c(c) and h.shape == shape and c.shape == shape:
+            if is_f32c(h) and is_f32c(c) and h.shape == shapes[0] and c.shape == shapes[1]:
                 return [h, c]
-    error = _kind_error(spec, arg, names, value, L, H)
-    if error is not None and (kinds > 1 or _stack_shape(value) != shape):
+    error = _kind_error(spec, arg, names, value, L, widths)
+    if error is not None and (kinds > 1 or _stack_shape(value) != shapes[0]):
         raise error
     parts = list(value) if kinds > 1 else [value]
     out: list[Array | None] = []
-    for name, part in zip(names, parts):
+    for name, part, shape, (sym, _) in zip(names, parts, shapes, widths):
         if part is None:
             out.append(None)
             continue
         arr = to_numpy(part)
         arr = as_float(name, arr, compute_dtype(compiled, arr))
-        check_shape(name, arr, STATE_SYMBOLS, shape)
+        check_shape(name, arr, (*STATE_SYMBOLS, sym), shape)
         out.append(arr)
     return out
 

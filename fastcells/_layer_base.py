@@ -72,6 +72,11 @@ class _Layer:
         in ``_params`` (``load_state_dict(..., assign=True)``).  Layers that keep such
         references besides ``_params`` override it."""
 
+    def _keys_hint(self, missing: list[str], unexpected: list[str]) -> str:
+        """What the missing and unexpected keys of a state dict suggest, for the message
+        of :meth:`load_state_dict` ("" when nothing)."""
+        return ""
+
     def __getstate__(self) -> dict[str, Any]:
         """The pickled state: the ``__dict__`` without gradients, tape or prepared steppers.
 
@@ -245,6 +250,7 @@ class _Layer:
             raise ValueError(
                 f"state_dict: does not match the parameters of {self!r}: missing keys "
                 f"{missing}, unexpected keys {unexpected} (expected {list(self._params)})"
+                f"{self._keys_hint(missing, unexpected)}"
             )
         # convert and check everything before writing anything: no half-loaded layer
         loaded = {}

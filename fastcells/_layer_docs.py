@@ -50,12 +50,23 @@ _CELL_TEXT: dict[str, dict[str, str]] = {
         "equations": """    i, f, g, o = W_ih x + b_ih + W_hh h + b_hh    (split in 4 blocks of H)
     i, f, o = sigmoid(i, f, o);  g = tanh(g)
     c' = f * c + i * g;  h' = o * tanh(c')""",
-        "option": """peephole : bool, default False
+        "option": """proj_size : int, default 0
+    LSTM with projection (Sak et al. 2014), as PyTorch's ``proj_size``:
+    ``h' = W_hr (o * tanh(c'))`` with ``W_hr`` the parameter
+    ``weight_hr_l{k}`` (suffix ``_reverse``) of shape (P, H), P =
+    ``proj_size``, ``1 <= P < H``.  Then ``h``, ``y``, their gradients and
+    the step's output have P values where the shapes below say H (``y``
+    (T, B, D*P), ``h`` (num_layers*num_directions, B, P)), ``weight_hh_l{k}``
+    is (4*H, P) and ``weight_ih_l{k}`` of layer k > 0 is (4*H, D*P); ``c``
+    keeps H.  0 means no projection.  ONNX's LSTM operator has none, so
+    ``fastcells.interop.to_onnx`` refuses such a layer.
+peephole : bool, default False
     Add the parameters ``peephole_l{k}`` (suffix ``_reverse``) of shape
     (3*H,), in the order i, f, o (ONNX's P, oneDNN): i and f also see
     ``p_i * c`` and ``p_f * c`` of the previous cell state, o sees
     ``p_o * c'`` of the new one.  PyTorch has no such option.""",
-        "extra": " and, with ``peephole=True``, ``peephole_l{k}`` (3*H,)",
+        "extra": ", with ``proj_size=P``, ``weight_hr_l{k}`` (P, H) and, with "
+                 "``peephole=True``, ``peephole_l{k}`` (3*H,)",
         "ln_equations": "``i, f, g, o`` from ``LN(W_ih x) + LN(W_hh h) + b_ih + b_hh`` "
                         "(the peephole terms after), ``c' = f * c + i * g`` carried as it "
                         "is, and ``h' = o * tanh(LN(c'))`` (PyTorch's ``custom_lstms."
@@ -290,16 +301,21 @@ _ONE_STATE = {
 _TWO_STATES = {
     "state_param": """hx : pair (h0, c0) of arrays (num_layers*num_directions, B, H), optional
     Initial hidden and cell states, real floats; zeros if None, and either
-    of the two may be None for zeros.""",
+    of the two may be None for zeros.  With ``proj_size=P``, ``h0`` is
+    (num_layers*num_directions, B, P), and ``y`` below (T, B, D*P).""",
     "state_return": """(h, c) : pair of float32 arrays (num_layers*num_directions, B, H)
-    Final hidden and cell states, index ``layer * D + direction``.""",
+    Final hidden and cell states, index ``layer * D + direction`` (``h`` of
+    P values with ``proj_size=P``).""",
     "grad_param": """dh : pair (dh_n, dc_n) of arrays (num_layers*num_directions, B, H), optional
     Gradients with respect to the final states ``h`` and ``c``; zeros if
-    None, and either of the two may be None for zeros.""",
+    None, and either of the two may be None for zeros.  With
+    ``proj_size=P``, ``dh_n`` is (num_layers*num_directions, B, P) and ``dy``
+    above (T, B, D*P).""",
     "grad_return": """(dh0, dc0) : pair of float32 arrays (num_layers*num_directions, B, H)
     Gradients with respect to the initial states ``h0`` and ``c0``.""",
     "step_state_param": """state : pair (h, c) of arrays (num_layers, B, H), optional
-    The state returned by the previous step; zeros if None.""",
+    The state returned by the previous step; zeros if None.  With
+    ``proj_size=P``, ``h`` is (num_layers, B, P) and ``y_t`` below (B, P).""",
     "step_state_return": """state : pair (h, c) of float32 arrays (num_layers, B, H)
     The new state, new arrays, to pass to the next step.""",
 }

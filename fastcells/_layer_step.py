@@ -43,7 +43,8 @@ class ReferenceStepper:
     def __call__(self, x: Array, h: Array | None = None, c: Array | None = None, *,
                  out: Array | tuple[Array, Array]) -> Array | tuple[Array, Array]:
         """One step; the new state is written into ``out`` (``(h_out, c_out)`` for
-        the LSTM), arrays (B, H) of the result's dtype, and returned."""
+        the LSTM), arrays (B, H) (``h_out`` (B, P) with a projection) of the
+        result's dtype, and returned."""
         states = (h, c) if self.lstm else (h,)
         res = self.forward_fn(x[None], *self.weights, *states, **self.options)
         outs = out if isinstance(out, tuple) else (out,)
@@ -77,16 +78,17 @@ def new_state(old: Array | None, shape: tuple[int, int, int], dtype: np.dtype) -
 
 
 def step_h(steppers: Sequence[StepFn], x: Array, states: Sequence[Array | None],
-           mask: MaskFn | None, H: int, dtype: np.dtype) -> tuple[Array, Array]:
+           mask: MaskFn | None, widths: Sequence[int], dtype: np.dtype) -> tuple[Array, Array]:
     """One step through stacked one-state layers (RNN, GRU): ``(y, h (L, B, H))``.
 
-    ``states`` is ``[h0]``, h0 (L, B, H) or None for zeros.  ``mask`` (training
-    mode with dropout) draws the dropout mask applied to each layer's output
-    before the next layer, as the sequence call does.  The result (of
-    ``dtype``, the backend's) starts as a copy of the old state, and each
-    layer updates its row in place; ``y`` is the last row.
+    ``states`` is ``[h0]``, h0 (L, B, H) or None for zeros; ``widths`` is
+    ``[H]``, the width of each state kind.  ``mask`` (training mode with
+    dropout) draws the dropout mask applied to each layer's output before the
+    next layer, as the sequence call does.  The result (of ``dtype``, the
+    backend's) starts as a copy of the old state, and each layer updates its
+    row in place; ``y`` is the last row.
     """
-    hs = new_state(states[0], (len(steppers), x.shape[0], H), dtype)
+    hs = new_state(states[0], (len(steppers), x.shape[0], widths[0]), dtype)
     inp = x
     for stepper, h in zip(steppers, hs):
         if mask is not None and inp is not x:
@@ -96,14 +98,17 @@ def step_h(steppers: Sequence[StepFn], x: Array, states: Sequence[Array | None],
 
 
 def step_hc(steppers: Sequence[StepFn], x: Array, states: Sequence[Array | None],
-            mask: MaskFn | None, H: int, dtype: np.dtype) -> tuple[Array, tuple[Array, Array]]:
-    """One step through stacked LSTM layers: ``(y, (h, c))``, each (L, B, H).
+            mask: MaskFn | None, widths: Sequence[int],
+            dtype: np.dtype) -> tuple[Array, tuple[Array, Array]]:
+    """One step through stacked LSTM layers: ``(y, (h, c))``, h (L, B, P) and c (L, B, H).
 
-    ``states`` is ``[h0, c0]``, each (L, B, H) or None; ``mask``, ``H`` and
-    ``dtype`` as for :func:`step_h`.
+    ``states`` is ``[h0, c0]``, each of those shapes or None; ``widths`` is
+    ``[P, H]`` (P = H without a projection); ``mask`` and ``dtype`` as for
+    :func:`step_h`.
     """
-    shape = (len(steppers), x.shape[0], H)
-    hs, cs = new_state(states[0], shape, dtype), new_state(states[1], shape, dtype)
+    h_shape = (len(steppers), x.shape[0], widths[0])
+    c_shape = h_shape if widths[1] == widths[0] else h_shape[:2] + (widths[1],)
+    hs, cs = new_state(states[0], h_shape, dtype), new_state(states[1], c_shape, dtype)
     inp = x
     for stepper, h, c in zip(steppers, hs, cs):
         if mask is not None and inp is not x:

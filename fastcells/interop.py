@@ -6,7 +6,12 @@ that differs is in one table, :data:`GATE_LAYOUT`, read by every converter:
 a converter transposes to ``(gates*H, in)`` rows, then reorders the gate
 blocks from the framework's order to ours with :func:`_to_fastcells_order`.
 
-A PyTorch module's ``state_dict()`` needs no conversion: it loads as it is.
+A PyTorch module's ``state_dict()`` needs no conversion: it loads as it is,
+that of ``torch.nn.LSTM(..., proj_size=P)`` (``weight_hr_l{k}``) into
+``fastcells.LSTM(..., proj_size=P)``.  ONNX's and Keras' LSTMs have no
+projection: their converted weights load into an LSTM with ``proj_size=0``
+(``load_state_dict`` of a layer with a projection says so), and
+:func:`to_onnx` refuses a layer with one.
 
 The other way, :func:`to_onnx` (built in ``fastcells._onnx_export``) writes a
 layer, or a layer and its ``Linear`` head, as an ONNX model whose recurrent

@@ -25,6 +25,7 @@ How they are built, and why:
 """
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -46,8 +47,15 @@ from ._checks import (
     is_f32c,
     to_numpy,
 )
-from ._float16 import check_weight_dtype
-from ._layer_args import compute_dtype, pack_states, split_states, stack, time_major
+from ._float16 import check_weight_dtype, float16_values
+from ._layer_args import (
+    check_proj_size,
+    compute_dtype,
+    pack_states,
+    split_states,
+    stack,
+    time_major,
+)
 from ._layer_base import Array, LoadResult, _Layer  # noqa: F401  (LoadResult re-exported)
 from ._layer_docs import METHOD_DOCS, class_doc, documented, method_doc
 from ._layer_step import (
@@ -92,6 +100,11 @@ class _RNNBase(_Layer):
     # also the values of layers pickled before layer normalization existed
     layer_norm = False
     layer_norm_eps = 1e-5
+    #: the LSTM's projection size P (0: none); PyTorch's RNN and GRU have it as 0 too
+    proj_size = 0
+    #: per optional parameter of a (layer, direction): its name without suffix and the
+    #: field of the backward result that holds its gradient
+    _EXTRA_GRADS = (("peephole", "dpeephole"), ("weight_hr", "dW_hr"))
     #: per (layer, direction): the layer norm's parameter names, in LayerNormWeights order
     _ln_names: list[tuple[str, ...]] = []
 
@@ -143,6 +156,27 @@ class _RNNBase(_Layer):
         """2 for a bidirectional layer, else 1 (D in the shapes)."""
         return 2 if self.bidirectional else 1
 
+    @property
+    def _h_width(self) -> tuple[str, int]:
+        """The width of ``h`` and of each direction's output, with its symbol in
+        messages: ``("P", proj_size)`` for an LSTM with projection, else ``("H", H)``."""
+        return ("P", self.proj_size) if self.proj_size else ("H", self.hidden_size)
+
+    # cached (in the instance's dict) as they are read at every step; the sizes are fixed
+    @functools.cached_property
+    def _widths(self) -> tuple[tuple[str, int], ...]:
+        """Each state kind's width and symbol: ``h``'s, then (LSTM) ``c``'s, H."""
+        return (self._h_width,) + (("H", self.hidden_size),) * (len(self._spec.states) - 1)
+
+    @functools.cached_property
+    def _step_sizes(self) -> tuple[int, ...]:
+        """Each state kind's width, as :meth:`step` stacks them."""
+        return tuple(size for _, size in self._widths)
+
+    def _param_name(self, base: str, i: int) -> str:
+        """The name of parameter ``base`` (``"peephole"``, ...) of (layer, direction) ``i``."""
+        return base + str(self._names[i][0])[len("weight_ih"):]
+
     def _resolve_backend(self, backend: Any) -> tuple[Callable[..., Any], Callable[..., Any]]:
         module = functional if backend is None else backend
         names = (f"{self._spec.name}_forward", f"{self._spec.name}_backward")
@@ -182,14 +216,16 @@ class _RNNBase(_Layer):
         normalized layer draws the weights of the same seed's plain layer.
         """
         G, H, D = self._spec.G, self.hidden_size, self.num_directions
+        h_sym, h_size = self._h_width
         bound = 1.0 / math.sqrt(H)
         names = []
         norm = self._norm_parameters()
         self._ln_names = []
         for k in range(self.num_layers):
-            in_size, in_sym = (self.input_size, "input_size") if k == 0 else (D * H, "D*H")
+            in_size, in_sym = ((self.input_size, "input_size") if k == 0
+                               else (D * h_size, f"D*{h_sym}"))
             shapes: list[ParamSpec] = [("weight_ih", (f"{G}*H", in_sym), (G * H, in_size)),
-                                       ("weight_hh", (f"{G}*H", "H"), (G * H, H))]
+                                       ("weight_hh", (f"{G}*H", h_sym), (G * H, h_size))]
             if self.bias:
                 shapes += [("bias_ih", (f"{G}*H",), (G * H,)), ("bias_hh", (f"{G}*H",), (G * H,))]
             shapes += self._extra_parameters()
@@ -225,8 +261,8 @@ class _RNNBase(_Layer):
     def __repr__(self) -> str:
         args = [str(self.input_size), str(self.hidden_size)]
         for name, default in (("num_layers", 1), ("bias", True), ("batch_first", False),
-                              ("dropout", 0.0), ("bidirectional", False), ("layer_norm", False),
-                              ("layer_norm_eps", 1e-5)):
+                              ("dropout", 0.0), ("bidirectional", False), ("proj_size", 0),
+                              ("layer_norm", False), ("layer_norm_eps", 1e-5)):
             if getattr(self, name) != default:
                 args.append(f"{name}={getattr(self, name)!r}")
         args += [f"{k}={v!r}" for k, v in self._repr_options().items()]
@@ -240,8 +276,8 @@ class _RNNBase(_Layer):
 
     def _split(self, value: Any, B: int, arg: str, names: tuple[str, ...],
                L: int) -> list[Array | None]:
-        """A state argument as one (L, B, H) stack per state kind (None: zeros)."""
-        return split_states(self._spec, value, B, arg, names, L, self.hidden_size,
+        """A state argument as one (L, B, width) stack per state kind (None: zeros)."""
+        return split_states(self._spec, value, B, arg, names, L, self._widths,
                             self.backend is None)
 
     # -- the sequence call: forward and backward over layers and directions -----
@@ -320,8 +356,9 @@ class _RNNBase(_Layer):
         """``dy`` checked against the last call's output and made time-major (None: zeros)."""
         if dy is None:
             return None
-        D, H = self.num_directions, self.hidden_size
-        d_out = time_major("dy", dy, D * H, "D*H", self.batch_first, self.backend is None)
+        D, (sym, width) = self.num_directions, self._h_width
+        d_out = time_major("dy", dy, D * width, f"D*{sym}", self.batch_first,
+                           self.backend is None)
         if d_out.shape[:2] != (T, B):
             order = "(B, T)" if self.batch_first else "(T, B)"
             got = d_out.shape[1::-1] if self.batch_first else d_out.shape[:2]
@@ -334,11 +371,11 @@ class _RNNBase(_Layer):
                         upstream: list[Array | None], initial: list[list[Any]]) -> Array:
         """Layer ``k``'s gradients, every direction: accumulate the parameter gradients,
         store the initial-state gradients in ``initial`` and return the input gradient."""
-        D, H = self.num_directions, self.hidden_size
+        D, W = self.num_directions, self._h_width[1]
         d_inp: Any = None
         for d in range(D):
             i = k * D + d
-            dy_d = None if d_out is None else (d_out if D == 1 else d_out[..., d * H:(d + 1) * H])
+            dy_d = None if d_out is None else (d_out if D == 1 else d_out[..., d * W:(d + 1) * W])
             g = self._backward_fn(caches[d], dy_d, *(None if u is None else u[i] for u in upstream))
             d_inp = g.dx if d_inp is None else d_inp + g.dx
             for j, init in enumerate(initial):
@@ -351,8 +388,10 @@ class _RNNBase(_Layer):
         for name, value in zip(names[:4], (g.dW_ih, g.dW_hh, g.db_ih, g.db_hh)):
             if name is not None:
                 self.grads[name] += value
-        if getattr(g, "dpeephole", None) is not None:
-            self.grads[str(names[4])] += g.dpeephole
+        for base, field in self._EXTRA_GRADS:
+            value = getattr(g, field, None)
+            if value is not None:
+                self.grads[self._param_name(base, i)] += value
         if self.layer_norm:
             for name, value in zip(self._ln_names[i], g.dlayer_norm):
                 self.grads[name] += value
@@ -375,21 +414,25 @@ class _RNNBase(_Layer):
         mask = self._dropout_mask if self.training and self.dropout > 0 else None
         # the new states' dtype: float32, or the reference's common float type of the inputs
         dtype = _F32 if compiled else float_dtype(x_t, *states, *self._weights[0])
-        return self._step_layers(steppers, x_t, states, mask, self.hidden_size, dtype)
+        return self._step_layers(steppers, x_t, states, mask,
+                                 self._step_sizes, dtype)
 
     def _step_states(self, state: Any, B: int) -> Sequence[Any] | None:
         """The state of a compiled step as ``[h]`` or ``[h, c]``, when it needs no checks
-        here (None, or float32 arrays (num_layers, B, H): the Stepper copies each
+        here (None, or float32 arrays (num_layers, B, width): the Stepper copies each
         layer's view); None when it needs the full checks of :meth:`_split`."""
         if state is None:
             return self._no_states
-        shape = (self.num_layers, B, self.hidden_size)
         parts = state if type(state) is tuple else (state,)
         if len(parts) != len(self._no_states):
             return None
+        P = self.proj_size
+        shape = (self.num_layers, B, P or self.hidden_size)     # h's
         for part in parts:
             if not (type(part) is np.ndarray and part.dtype is _F32 and part.shape == shape):
                 return None
+            if P:
+                shape = (self.num_layers, B, self.hidden_size)   # c's, wider than h
         return parts
 
     def _steppers(self) -> list[StepFn]:
@@ -409,10 +452,13 @@ class _RNNBase(_Layer):
         """Layer ``k``'s weights prepared for :meth:`step`: a compiled Stepper, or for
         another backend (the reference) a stand-in with the Stepper's call."""
         w = step_weights(self._names[k], self._weights[k], half)
+        options = self._direction_options(k)
+        if half and "W_hr" in options:      # a projection's weights are rounded too
+            options["W_hr"] = float16_values(self._param_name("weight_hr", k), options["W_hr"],
+                                             "step_weight_dtype")
         if self.backend is None:
-            return compiled_stepper(self._spec.name, w, half, self._direction_options(k))
-        return ReferenceStepper(self._forward_fn, w, self._direction_options(k),
-                                self._spec.has_cell_state)
+            return compiled_stepper(self._spec.name, w, half, options)
+        return ReferenceStepper(self._forward_fn, w, options, self._spec.has_cell_state)
 
     def _prepared(self, k: int) -> StepFn:
         """Layer ``k``'s prepared stepper (built if needed)."""
@@ -422,10 +468,10 @@ class _RNNBase(_Layer):
     def step_weight_dtype(self) -> str:
         """The weights :meth:`step` multiplies by: ``"float32"`` (the default) or ``"float16"``.
 
-        With ``"float16"``, ``W_ih`` and ``W_hh`` are rounded to float16 values
-        when the steppers are prepared; the arithmetic stays float32, and
-        steps at batch 1 and 2 read half the bytes (see
-        :class:`fastcells.Stepper`'s ``weight_dtype``).  For serving: the
+        With ``"float16"``, ``W_ih`` and ``W_hh`` (and an LSTM's projection
+        ``W_hr``) are rounded to float16 values when the steppers are prepared;
+        the arithmetic stays float32, and steps at batch 1 and 2 read half the
+        bytes (see :class:`fastcells.Stepper`'s ``weight_dtype``).  For serving: the
         sequence call and training are not affected.  Setting it prepares the
         weights again at the next step; the reference backend rounds the same
         weights.
@@ -495,22 +541,41 @@ class LSTM(_RNNBase):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
-                 bidirectional: bool = False, *, peephole: bool = False,
+                 bidirectional: bool = False, proj_size: int = 0, *, peephole: bool = False,
                  layer_norm: bool = False, layer_norm_eps: float = 1e-5, seed: Any = None,
                  backend: Any = None) -> None:
         self.peephole = check_bool("peephole", peephole)
+        self.proj_size = check_proj_size(proj_size, hidden_size)
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, layer_norm=layer_norm, layer_norm_eps=layer_norm_eps,
                          seed=seed, backend=backend)
 
     def _extra_parameters(self) -> list[ParamSpec]:
-        return [("peephole", ("3*H",), (3 * self.hidden_size,))] if self.peephole else []
+        # PyTorch's order: weight_hr after the biases; the peepholes (not PyTorch's) last
+        H, P = self.hidden_size, self.proj_size
+        return ([("weight_hr", ("P", "H"), (P, H))] if P else []) + (
+            [("peephole", ("3*H",), (3 * H,))] if self.peephole else [])
 
     def _cell_options(self, i: int) -> dict[str, Any]:
-        return {"peephole": self._params[str(self._names[i][4])]} if self.peephole else {}
+        options = {}
+        if self.peephole:
+            options["peephole"] = self._params[self._param_name("peephole", i)]
+        if self.proj_size:
+            options["W_hr"] = self._params[self._param_name("weight_hr", i)]
+        return options
 
     def _repr_options(self) -> dict[str, Any]:
         return {"peephole": True} if self.peephole else {}
+
+    def _keys_hint(self, missing: list[str], unexpected: list[str]) -> str:
+        if any(k.startswith("weight_hr") for k in missing):
+            return ("; weight_hr_l{k} is the projection of an LSTM with proj_size (PyTorch's): "
+                    "ONNX and Keras LSTMs have none, so their converted weights load only "
+                    "into an LSTM with proj_size=0")
+        if any(k.startswith("weight_hr") for k in unexpected):
+            return ("; weight_hr_l{k} is the projection of an LSTM with proj_size: make the "
+                    "layer with proj_size=P, P the first axis of weight_hr_l0")
+        return ""
 
 
 # ----------------------------------------------------------------------------

@@ -302,6 +302,18 @@ def test_options_onnx_cannot_express(option, value, what, tmp_path):
     interop.to_onnx(layer)
 
 
+@pytest.mark.parametrize("head", [False, True])
+def test_a_layer_with_projection_is_refused(head, tmp_path):
+    layer = fastcells.LSTM(3, 6, 2, bidirectional=True, proj_size=2, seed=0)
+    model = [layer, fastcells.Linear(4, 1)] if head else layer
+    path = tmp_path / "m.onnx"
+    with pytest.raises(ValueError, match=r"^proj_size: ONNX's LSTM operator has no projection "
+                                         r"of the hidden state, so a layer with proj_size=2 "
+                                         r"cannot be exported \(export one without it\)$"):
+        interop.to_onnx(model, path)
+    assert not path.exists()
+
+
 def test_head_width_and_steps():
     layer = _layer("gru-lbr", bidirectional=True)
     with pytest.raises(ValueError, match=r"^model: the Linear head's in_features must be the "
