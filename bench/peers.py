@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
@@ -319,56 +319,22 @@ def torch_ln_lstm_runner(p: Problem, mode: str, threads: int | None = 1, *,
 # PyTorch's LSTM with projection (issue 12): torch.nn.LSTM(proj_size=P)
 
 
-class ProjWeights(NamedTuple):
-    """What an LSTM with projection needs beyond a plain LSTM problem, seeded from it:
-    ``W_hh (4*H, P)`` (the first P columns of ``p.W_hh``), ``W_hr (P, H)`` (uniform
-    in ``±1/sqrt(H)``, PyTorch's initialisation), ``h0 (B, P)`` and ``dy (T, B, P)``
-    (the first P columns of ``p.h0``, ``p.dy``).  ``c0`` is ``p.c0``."""
-
-    W_hh: np.ndarray
-    W_hr: np.ndarray
-    h0: np.ndarray
-    dy: np.ndarray
-
-
-#: the seed that tells W_hr's generator from the problem's
-_PROJ_SEED = 13
-
-
-def proj_weights(p: Problem, proj_size: int) -> ProjWeights:
-    """The seeded float32 :class:`ProjWeights` of an LSTM problem ``p`` at ``proj_size``
-    (``1 <= proj_size < H``)."""
-    H = p.shape.H
-    if p.cell != "lstm":
-        raise ValueError(f"p: expected an LSTM problem, got {p.cell!r}")
-    if not 1 <= proj_size < H:
-        raise ValueError(f"proj_size: expected 1 <= proj_size < hidden_size = {H}, got "
-                         f"{proj_size}")
-    rng = np.random.default_rng([_PROJ_SEED, p.shape.T, p.shape.B, p.shape.I, H, proj_size])
-    k = 1.0 / np.sqrt(H)
-    W_hr = rng.uniform(-k, k, (proj_size, H)).astype(np.float32)
-    return ProjWeights(np.ascontiguousarray(p.W_hh[:, :proj_size]), W_hr,
-                       np.ascontiguousarray(p.h0[:, :proj_size]),
-                       np.ascontiguousarray(p.dy[..., :proj_size]))
-
-
-def torch_proj_runner(p: Problem, mode: str, threads: int | None = 1, *, proj_size: int,
-                      check: Callable[[np.ndarray], None] | None = None) -> Runner:
-    """``torch.nn.LSTM(I, H, proj_size=proj_size)`` with ``p``'s weights and
-    :func:`proj_weights`, timed as :func:`torch_runner` times ``nn.LSTM``.  ``check``,
-    if given, is called with its ``y (T, B, proj_size)`` (float32) before the runner
-    is returned, and may raise Unavailable (fastcells' ``proj_size`` will be compared
-    there).  Fixed-length LSTM problems only."""
+def torch_proj_runner(p: Problem, mode: str, threads: int | None = 1) -> Runner:
+    """``torch.nn.LSTM(I, H, proj_size=P)`` with the weights of ``p`` (an LSTM problem
+    with ``W_hr``, see ``make_problem(..., proj_size=)``), timed as :func:`torch_runner`
+    times ``nn.LSTM``; Unavailable if its ``y`` disagrees with fastcells'.  Fixed-length
+    problems only."""
     torch = _torch_lstm_peer(p, threads, "proj_size")
-    proj = proj_weights(p, proj_size)
-    mod = torch.nn.LSTM(p.shape.I, p.shape.H, proj_size=proj_size)
+    if p.W_hr is None:
+        raise Unavailable("the problem has no projection (W_hr)")
+    mod = torch.nn.LSTM(p.shape.I, p.shape.H, proj_size=p.proj_size)
     with torch.no_grad():
-        for name, value in (("weight_ih_l0", p.W_ih), ("weight_hh_l0", proj.W_hh),
+        for name, value in (("weight_ih_l0", p.W_ih), ("weight_hh_l0", p.W_hh),
                             ("bias_ih_l0", p.b_ih), ("bias_hh_l0", p.b_hh),
-                            ("weight_hr_l0", proj.W_hr)):
+                            ("weight_hr_l0", p.W_hr)):
             getattr(mod, name).copy_(torch.from_numpy(value))
     x = torch.from_numpy(p.x)
-    states = [torch.from_numpy(proj.h0)[None], torch.from_numpy(p.c0)[None]]
+    states = [torch.from_numpy(s)[None] for s in p.states()]
 
     def call(x: Any, states: list[Any]) -> Any:
         return mod(x, (states[0], states[1]))[0]
@@ -377,9 +343,8 @@ def torch_proj_runner(p: Problem, mode: str, threads: int | None = 1, *, proj_si
         # said once per process, on the first call: PyTorch runs its own LSTM code then
         warnings.filterwarnings("ignore", "LSTM with projections is not supported with oneDNN")
         y = call(x, states).numpy()
-    if check is not None:
-        check(y)
-    return _torch_runner(torch, call, x, states, mod, mode, proj.dy)
+    agree("torch (proj_size)", y, p)
+    return _torch_runner(torch, call, x, states, mod, mode, p.dy)
 
 
 #: the peers' runners, by system name (``fastcells.bench.PEERS``)
@@ -388,6 +353,9 @@ RUNNERS: dict[str, Callable[[Problem, str, int | None], Runner]] = {"torch": tor
 #: the peers of a layer-normalized problem (``p.layer_norm``), by the same names
 LAYER_NORM_RUNNERS: dict[str, Callable[[Problem, str, int | None], Runner]] = {
     "torch": torch_ln_lstm_runner}
+#: the peers of an LSTM problem with projection (``p.W_hr``); ONNX has none
+PROJ_RUNNERS: dict[str, Callable[[Problem, str, int | None], Runner]] = {
+    "torch": torch_proj_runner}
 #: how each peer is set to a thread count (None: its default)
 SET_THREADS: dict[str, Callable[[int | None], None]] = {"torch": set_torch_threads,
                                                         "ort": _session_threads}

@@ -165,6 +165,15 @@ LN_GRIDS = {"quick": _shapes((20, 8, 64, 64)),
             "full": _shapes((100, 1, 64, 64), (50, 16, 256, 256), (50, 64, 512, 512))}
 #: what marks a layer-normalized row's cell in the cell column
 LN_MARK = "+ln"
+#: the cell of the projection rows (PyTorch's ``proj_size``), and their shapes per grid;
+#: each projects H to ``H // PROJ_RATIO`` (speech models project 1024 or 2048 to 256-512)
+PROJ_CELL = "lstm"
+PROJ_GRIDS = {"quick": _shapes((20, 8, 64, 64)),
+              "default": _shapes((100, 1, 256, 256), (50, 16, 512, 512)),
+              "full": _shapes((100, 1, 256, 256), (50, 16, 512, 512), (25, 64, 1024, 1024))}
+PROJ_RATIO = 4
+#: what marks a projection row's cell in the cell column, followed by its proj_size
+PROJ_MARK = "+p"
 #: the gains are ``1 + LN_SPREAD * N(0, 1)`` and the biases ``LN_SPREAD * N(0, 1)``: near
 #: the layers' initialisation (1, 0) but not equal to it, so that a check sees a wrong
 #: gain or bias
@@ -213,6 +222,8 @@ class Problem:
     ``lengths`` (a variable-length problem) are uniform in ``[ceil(T/2), T]``,
     seeded apart, so the other arrays are those of the fixed-length problem.
     ``layer_norm`` (a normalized problem) holds the gains and biases, seeded apart too.
+    ``W_hr`` (an LSTM with projection to P, PyTorch's ``proj_size``): ``W_hr (P, H)``,
+    seeded apart; ``W_hh``, ``h0`` and ``dy`` then have P columns.
     """
 
     cell: str
@@ -227,6 +238,7 @@ class Problem:
     dy: np.ndarray
     lengths: np.ndarray | None = None
     layer_norm: LayerNormWeights | None = None
+    W_hr: np.ndarray | None = None
     _expected: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
@@ -245,13 +257,20 @@ class Problem:
 
     def options(self) -> dict[str, Any]:
         """Keyword arguments of ``<cell>_forward`` beyond the arrays: ``lengths`` and
-        ``layer_norm`` when set."""
+        ``layer_norm`` and ``W_hr`` when set."""
         options: dict[str, Any] = {}
         if self.lengths is not None:
             options["lengths"] = self.lengths
         if self.layer_norm is not None:
             options["layer_norm"] = self.layer_norm
+        if self.W_hr is not None:
+            options["W_hr"] = self.W_hr
         return options
+
+    @property
+    def proj_size(self) -> int:
+        """P of an LSTM with projection, else 0."""
+        return 0 if self.W_hr is None else int(self.W_hr.shape[0])
 
     def plain(self) -> Problem:
         """The same problem without layer normalization."""
@@ -279,13 +298,15 @@ class Problem:
 #: the seeds that tell the lengths' and the gains' generators from the arrays'
 _LENGTHS_SEED = 1
 _LN_SEED = 2
+_PROJ_SEED = 3
 
 
 def make_problem(cell: str, shape: Shape, seed: int = 0, *, varlen: bool = False,
-                 layer_norm: bool = False) -> Problem:
+                 layer_norm: bool = False, proj_size: int = 0) -> Problem:
     """The seeded :class:`Problem` of ``cell`` at ``shape``; with ``varlen``, with
     ``lengths`` uniform in ``[ceil(T/2), T]`` (at least 1: PyTorch packs no empty
-    sequence); with ``layer_norm``, with gains and biases (:data:`LN_SPREAD`)."""
+    sequence); with ``layer_norm``, with gains and biases (:data:`LN_SPREAD`); with
+    ``proj_size`` (LSTM, ``1 <= proj_size < H``), with the projection ``W_hr``."""
     spec = _cells.cell_spec(cell)
     T, B, I, H = shape.T, shape.B, shape.I, shape.H
     GH = spec.G * H
@@ -309,10 +330,21 @@ def make_problem(cell: str, shape: Shape, seed: int = 0, *, varlen: bool = False
         # gains (even fields) near 1, biases (odd fields) near 0
         ln = LayerNormWeights(*((1.0 - k % 2 + LN_SPREAD * rng_ln.standard_normal(n)).astype(F32)
                                 for k, n in enumerate(sizes)))
-    return Problem(cell, shape, x=normal(T, B, I), W_ih=uniform(GH, I), W_hh=uniform(GH, H),
-                   b_ih=uniform(GH), b_hh=uniform(GH), h0=normal(B, H),
-                   c0=normal(B, H) if spec.has_cell_state else None, dy=normal(T, B, H),
-                   lengths=lengths, layer_norm=ln)
+    p = Problem(cell, shape, x=normal(T, B, I), W_ih=uniform(GH, I), W_hh=uniform(GH, H),
+                b_ih=uniform(GH), b_hh=uniform(GH), h0=normal(B, H),
+                c0=normal(B, H) if spec.has_cell_state else None, dy=normal(T, B, H),
+                lengths=lengths, layer_norm=ln)
+    if not proj_size:
+        return p
+    if cell != "lstm" or not 1 <= proj_size < H:
+        raise ValueError(f"proj_size: expected an LSTM with 1 <= proj_size < H = {H}, got "
+                         f"{proj_size} for {cell!r}")
+    rng_proj = np.random.default_rng([seed, CELLS.index(cell), T, B, I, H, _PROJ_SEED])
+    W_hr = rng_proj.uniform(-k, k, (proj_size, H)).astype(F32)
+    cols = slice(0, proj_size)      # the recurrent side reads h, now of P values
+    return replace(p, W_hh=np.ascontiguousarray(p.W_hh[:, cols]), W_hr=W_hr,
+                   h0=np.ascontiguousarray(p.h0[:, cols]),
+                   dy=np.ascontiguousarray(p.dy[..., cols]))
 
 
 def outputs(module: ModuleType, p: Problem, mode: str, dtype: Any = F32) -> dict[str, Any]:
@@ -376,15 +408,18 @@ def _fastcells_like(module: ModuleType) -> Callable[[Problem, str], Runner]:
     return make
 
 
-def gemm_flops(cell: str, shape: Shape, mode: str) -> int:
-    """Flops (``2*m*n*k`` per product) of the GEMMs of one call, as the floor does them."""
+def gemm_flops(cell: str, shape: Shape, mode: str, proj_size: int = 0) -> int:
+    """Flops (``2*m*n*k`` per product) of the GEMMs of one call, as the floor does them;
+    ``proj_size``: an LSTM with projection to that many values (0: none)."""
     T, B, I, H = shape.T, shape.B, shape.I, shape.H
     GH = _cells.GATES[cell] * H
-    proj, rec = 2 * T * B * I * GH, 2 * T * B * H * GH
+    R = proj_size or H                  # the width of the recurrent input h
+    inp, rec = 2 * T * B * I * GH, 2 * T * B * R * GH
+    out = 2 * T * B * H * proj_size     # h = W_hr m per step
     if mode == "fwd":
-        return proj + rec
-    # backward: dGates_t @ W_hh per step, then dW_ih, dW_hh and dx
-    return proj + rec + rec + 2 * GH * T * B * I + 2 * GH * T * B * H + 2 * T * B * GH * I
+        return inp + rec + out
+    # backward: dGates_t @ W_hh (and dh_t @ W_hr) per step, then dW_ih, dW_hh (dW_hr), dx
+    return 2 * (inp + rec + out) + rec + out
 
 
 def _floor_runner(p: Problem, mode: str) -> Runner:
@@ -392,24 +427,32 @@ def _floor_runner(p: Problem, mode: str) -> Runner:
     recurrent products, and for ``fwdbwd`` ``T`` products ``dGates_t @ W_hh``
     and the three gradient GEMMs.  Called from Python, so at batch 1 it carries
     call overhead per step: a true floor for batched shapes only.  With
-    ``lengths``, the padded products (every step of every row)."""
+    ``lengths``, the padded products (every step of every row).  With a projection
+    ``W_hr`` (P, H), also ``h = m @ W_hr.T`` per step, ``dm = dh @ W_hr`` per step
+    and ``dW_hr``."""
     T, B, I, H = p.shape.T, p.shape.B, p.shape.I, p.shape.H
-    GH = p.G * H
-    x2, W_ih, W_hh = p.x.reshape(T * B, I), p.W_ih, p.W_hh
+    GH, P = p.G * H, p.proj_size
+    R = P or H                          # the width of the recurrent input h
+    x2, W_ih, W_hh, W_hr = p.x.reshape(T * B, I), p.W_ih, p.W_hh, p.W_hr
     W_ihT, W_hhT = W_ih.T, W_hh.T
     gx = np.empty((T * B, GH), F32)
     gh = np.empty((B, GH), F32)
     h = p.h0.copy()
+    m = np.ones((B, H), F32)
     dG = np.full((T * B, GH), 0.01, F32)
-    Hs = np.ascontiguousarray(np.broadcast_to(p.h0, (T, B, H)).reshape(T * B, H))
-    dh = np.empty((B, H), F32)
-    dW_ih, dW_hh, dx = np.empty((GH, I), F32), np.empty((GH, H), F32), np.empty((T * B, I), F32)
+    Hs = np.ascontiguousarray(np.broadcast_to(p.h0, (T, B, R)).reshape(T * B, R))
+    Ms = np.ones((T * B, H), F32)
+    dh, dm = np.empty((B, R), F32), np.empty((B, H), F32)
+    dW_ih, dW_hh, dx = np.empty((GH, I), F32), np.empty((GH, R), F32), np.empty((T * B, I), F32)
+    dW_hr = np.empty((P, H), F32)
     matmul = np.matmul
 
     def forward() -> None:
         matmul(x2, W_ihT, out=gx)
         for _ in range(T):
             matmul(h, W_hhT, out=gh)
+            if W_hr is not None:
+                matmul(m, W_hr.T, out=h)
 
     if mode == "fwd":
         return forward
@@ -418,8 +461,12 @@ def _floor_runner(p: Problem, mode: str) -> Runner:
         forward()
         for t in range(T - 1, -1, -1):
             matmul(dG[t * B:(t + 1) * B], W_hh, out=dh)
+            if W_hr is not None:
+                matmul(dh, W_hr, out=dm)
         matmul(dG.T, x2, out=dW_ih)
         matmul(dG.T, Hs, out=dW_hh)
+        if W_hr is not None:
+            matmul(Hs.T, Ms, out=dW_hr)
         matmul(dG, W_ih, out=dx)
     return fwdbwd
 
@@ -431,12 +478,13 @@ def _stepper_setup(p: Problem, mode: str, **options: Any) -> tuple[Any, ...]:
     x, W_ih, W_hh, b_ih, b_hh, *states = p.args(F32)
     if p.layer_norm is not None:
         options["layer_norm"] = p.layer_norm
+    options["W_hr"] = p.W_hr
     return x, states, _fc.Stepper(p.cell, W_ih, W_hh, b_ih, b_hh, **options)
 
 
 def _sequence_options(p: Problem) -> dict[str, Any]:
     """The options of ``Stepper.forward`` (its weights' options are the Stepper's own)."""
-    return {k: v for k, v in p.options().items() if k != "layer_norm"}
+    return {k: v for k, v in p.options().items() if k not in ("layer_norm", "W_hr")}
 
 
 def _prepared_runner(p: Problem, mode: str) -> Runner:
@@ -455,8 +503,9 @@ def _fp16w_runner(p: Problem, mode: str) -> Runner:
     x, states, step = _stepper_setup(p, mode, weight_dtype="float16")
     options = _sequence_options(p)
     W_ih, W_hh = (np.asarray(w, F32).astype(np.float16).astype(F32) for w in (p.W_ih, p.W_hh))
-    want = _fc.Stepper(p.cell, W_ih, W_hh, p.b_ih, p.b_hh, layer_norm=p.layer_norm).forward(
-        x, *states, **options).y
+    rounded = {"W_hr": None if p.W_hr is None else p.W_hr.astype(np.float16).astype(F32)}
+    want = _fc.Stepper(p.cell, W_ih, W_hh, p.b_ih, p.b_hh, layer_norm=p.layer_norm,
+                       **rounded).forward(x, *states, **options).y
     if not np.array_equal(step.forward(x, *states, **options).y, want):
         raise Unavailable("fp16w disagrees with a float32 Stepper over the rounded weights")
     return lambda: step.forward(x, *states, **options)
@@ -611,6 +660,11 @@ def make_runner(system: str, p: Problem, mode: str, bench_dir: Path | None = Non
             raise Unavailable(f"{system} has no layer-normalized {p.cell}")
         ln_runner: Runner = bench.peers.LAYER_NORM_RUNNERS[system](p, mode, threads)
         return ln_runner
+    if p.W_hr is not None:
+        if system not in bench.peers.PROJ_RUNNERS:
+            raise Unavailable(f"{system} has no {p.cell} with projection")
+        proj_runner: Runner = bench.peers.PROJ_RUNNERS[system](p, mode, threads)
+        return proj_runner
     runner: Runner = bench.peers.RUNNERS[system](p, mode, threads)
     return runner
 
@@ -888,6 +942,7 @@ def _new_row(p: Problem, mode: str) -> dict[str, Any]:
     row: dict[str, Any] = {"cell": p.cell, "shape": [shape.T, shape.B, shape.I, shape.H],
                            "mode": mode, "varlen": p.lengths is not None,
                            "layer_norm": p.layer_norm is not None,
+                           "proj_size": p.proj_size,
                            "lengths": None if p.lengths is None else p.lengths.tolist(),
                            "times": {}, "skipped": {}}
     row["abs_err"], row["rel_err"] = errors(outputs(_fc, p, mode), p.expected(mode))
@@ -898,12 +953,15 @@ def run_row(cell: str, shape: Shape, mode: str, systems: Sequence[str], target: 
             min_repeats: int, repeat: int | None, problem: Problem | None = None,
             progress: Callable[[str], None] = lambda s: None,
             bench_dir: Path | None = None, threads: int | None = 1,
-            varlen: bool = False, layer_norm: bool = False) -> dict[str, Any]:
+            varlen: bool = False, layer_norm: bool = False,
+            proj_size: int = 0) -> dict[str, Any]:
     """Time every system on one cell, shape and mode at ``threads`` (None: each
     system's default); the row of the table as a dict.  ``varlen``: the problem
     with ``lengths``; ``layer_norm``: the normalized cell, with fastcells' plain
-    cell on the same problem timed in the same rounds (see :func:`make_problem`)."""
-    p = problem or make_problem(cell, shape, varlen=varlen, layer_norm=layer_norm)
+    cell on the same problem timed in the same rounds; ``proj_size``: the LSTM with
+    projection (see :func:`make_problem`)."""
+    p = problem or make_problem(cell, shape, varlen=varlen, layer_norm=layer_norm,
+                                proj_size=proj_size)
     fns = {}
     skipped = {}
     for system in systems:
@@ -935,7 +993,7 @@ def run_row(cell: str, shape: Shape, mode: str, systems: Sequence[str], target: 
         row[f"best_peer_over_{system}"] = min(peers.values()) / t if t and peers else None
     floor = median.get("floor")
     row["fastcells_over_floor"] = fc / floor if fc and floor else None
-    flops = gemm_flops(cell, shape, mode)
+    flops = gemm_flops(cell, shape, mode, p.proj_size)
     row["gflop"] = flops / 1e9
     row["gflops"] = flops / (fc * 1e6) if fc else None
     row["floor_gflops"] = flops / (floor * 1e6) if floor else None
@@ -1039,12 +1097,15 @@ def shape_text(r: dict[str, Any]) -> str:
 
 
 def cell_text(r: dict[str, Any]) -> str:
-    """A row's cell, ``lstm+ln`` when the row is layer-normalized."""
-    return str(r["cell"]) + (LN_MARK if r.get("layer_norm") else "")
+    """A row's cell, ``lstm+ln`` when the row is layer-normalized, ``lstm+p64`` with a
+    projection to 64 values."""
+    return (str(r["cell"]) + (LN_MARK if r.get("layer_norm") else "")
+            + (f"{PROJ_MARK}{r['proj_size']}" if r.get("proj_size") else ""))
 
 
 _KEY = (
-    Column("cell", f"the recurrent cell; {LN_MARK}: layer-normalized", cell_text, text=True),
+    Column("cell", f"the recurrent cell; {LN_MARK}: layer-normalized; {PROJ_MARK}P: with "
+           "projection to P (proj_size)", cell_text, text=True),
     Column("shape (T,B,I,H)", f"steps, batch, input size, hidden size; {VARLEN_MARK}T: "
            "lengths uniform in [T/2, T]", shape_text, text=True),
     Column("mode", "fwd: inference forward; fwdbwd: training forward + backward",
@@ -1218,6 +1279,9 @@ grids (--shape replaces them):
   and the layer-normalized LSTM rows ({LN_CELL}{LN_MARK}; --layer-norm replaces them): default
   {' '.join(map(str, LN_GRIDS['default']))}, --quick {' '.join(map(str, LN_GRIDS['quick']))}, \
 --full adds {LN_GRIDS['full'][-1]}
+  and the LSTM-with-projection rows ({PROJ_CELL}{PROJ_MARK}P, P = H/{PROJ_RATIO}; --proj replaces
+  them): default {' '.join(map(str, PROJ_GRIDS['default']))}, --quick \
+{' '.join(map(str, PROJ_GRIDS['quick']))}, --full adds {PROJ_GRIDS['full'][-1]}
 
 --scaling (--cells and --shape narrow or replace them; --quick, --full as above):
   default  {' '.join(f"{c} {s}" for c, s in SCALING_GRIDS['default'])}
@@ -1301,6 +1365,10 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--layer-norm", action="append", type=Shape.parse, metavar="T,B,I,H",
                     help=f"run the layer-normalized LSTM row ({LN_CELL}{LN_MARK}) at this shape "
                          "instead of the grid's (repeatable; with --shape, none unless given)")
+    ap.add_argument("--proj", action="append", type=Shape.parse, metavar="T,B,I,H",
+                    help=f"run the LSTM-with-projection row ({PROJ_CELL}{PROJ_MARK}P, "
+                         f"P = H/{PROJ_RATIO}) at this shape instead of the grid's "
+                         "(repeatable; with --shape, none unless given)")
     ap.add_argument("--modes", default=",".join(MODES),
                     help="comma-separated modes: fwd (inference), fwdbwd (training forward "
                          "+ backward) (default: %(default)s)")
@@ -1344,7 +1412,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         if args.threads == DEFAULT_THREADS:
             ap.error("--threads: expected the most threads of --scaling (a positive integer), "
                      f"got {DEFAULT_THREADS!r}")
-        for option in ("plot", "wide", "varlen", "layer_norm"):
+        for option in ("plot", "wide", "varlen", "layer_norm", "proj"):
             if getattr(args, option):
                 ap.error(f"--{option.replace('_', '-')}: not with --scaling")
         if not set(args.systems) & set(SCALING_SYSTEMS):
@@ -1387,14 +1455,15 @@ def _check(rows: Sequence[dict[str, Any]]) -> bool:
 
 
 class Job(NamedTuple):
-    """One row to run: its cell, shape and mode, and whether it has lengths or is
-    layer-normalized."""
+    """One row to run: its cell, shape and mode, whether it has lengths or is
+    layer-normalized, and its projection (0: none)."""
 
     cell: str
     shape: Shape
     mode: str
     varlen: bool = False
     layer_norm: bool = False
+    proj_size: int = 0
 
 
 def _jobs(args: argparse.Namespace) -> list[Job]:
@@ -1412,6 +1481,10 @@ def _jobs(args: argparse.Namespace) -> list[Job]:
         jobs += [Job(VARLEN_CELL, s, m, varlen=True) for s in varlen for m in args.modes]
     if LN_CELL in args.cells:
         jobs += [Job(LN_CELL, s, m, layer_norm=True) for s in normalized for m in args.modes]
+    projected = args.proj or (() if args.shape else PROJ_GRIDS[grid])
+    if PROJ_CELL in args.cells:
+        jobs += [Job(PROJ_CELL, s, m, proj_size=max(1, s.H // PROJ_RATIO))
+                 for s in projected for m in args.modes]
     return jobs
 
 
@@ -1435,9 +1508,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         jobs = _jobs(args)
         rows: list[dict[str, Any]] = []
         start = time.perf_counter()
-        for k, (cell, shape, mode, varlen, layer_norm) in enumerate(jobs, 1):
+        for k, (cell, shape, mode, varlen, layer_norm, proj_size) in enumerate(jobs, 1):
             key = {"cell": cell, "shape": [shape.T, shape.B, shape.I, shape.H], "varlen": varlen,
-                   "layer_norm": layer_norm}
+                   "layer_norm": layer_norm, "proj_size": proj_size}
             print(f"[{k}/{len(jobs)}] {cell_text(key)} {shape_text(key)} {mode}:", end="",
                   file=sys.stderr, flush=True)
 
@@ -1449,7 +1522,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             else:
                 rows.append(run_row(cell, shape, mode, systems, target, min_repeats,
                                     args.repeat, progress=progress, bench_dir=args.bench_dir,
-                                    threads=threads, varlen=varlen, layer_norm=layer_norm))
+                                    threads=threads, varlen=varlen, layer_norm=layer_norm,
+                                    proj_size=proj_size))
             print(file=sys.stderr, flush=True)
         elapsed = time.perf_counter() - start
     finally:
