@@ -503,9 +503,9 @@ def _fp16w_runner(p: Problem, mode: str) -> Runner:
     x, states, step = _stepper_setup(p, mode, weight_dtype="float16")
     options = _sequence_options(p)
     W_ih, W_hh = (np.asarray(w, F32).astype(np.float16).astype(F32) for w in (p.W_ih, p.W_hh))
-    rounded = {"W_hr": None if p.W_hr is None else p.W_hr.astype(np.float16).astype(F32)}
+    W_hr = None if p.W_hr is None else p.W_hr.astype(np.float16).astype(F32)
     want = _fc.Stepper(p.cell, W_ih, W_hh, p.b_ih, p.b_hh, layer_norm=p.layer_norm,
-                       **rounded).forward(x, *states, **options).y
+                       W_hr=W_hr).forward(x, *states, **options).y
     if not np.array_equal(step.forward(x, *states, **options).y, want):
         raise Unavailable("fp16w disagrees with a float32 Stepper over the rounded weights")
     return lambda: step.forward(x, *states, **options)

@@ -517,18 +517,21 @@ def test_layer_norm_row_is_checked_costed_and_the_torch_peer_agrees(tmp_path, ca
     assert plain and all(r["ln_over_plain"] is None for r in plain)
 
 
-def test_layer_norm_check_fails_when_fastcells_ignores_the_gains(tmp_path, monkeypatch):
-    """The check compares fastcells' normalized cell with the normalized reference: a
-    fastcells that dropped ``layer_norm`` would fail it."""
+@pytest.mark.parametrize("option, dropped", [
+    ("--layer-norm", lambda p: p.plain() if p.layer_norm is not None else p),
+    ("--proj", lambda p: dataclasses.replace(p, W_hr=p.W_hr[:, ::-1].copy(), _expected={})
+     if p.W_hr is not None else p)])
+def test_check_fails_when_fastcells_drops_an_option(tmp_path, monkeypatch, option, dropped):
+    """The check compares fastcells' normalized (projected) cell with the normalized
+    (projected) reference: a fastcells that dropped ``layer_norm`` (or ran another
+    projection than ``W_hr``) would fail it."""
     real = bench.outputs
 
-    def ignoring_layer_norm(module, p, mode, dtype=np.float32):
-        if module is bench._fc and p.layer_norm is not None:
-            p = p.plain()
-        return real(module, p, mode, dtype)
-    monkeypatch.setattr(bench, "outputs", ignoring_layer_norm)
+    def dropping(module, p, mode, dtype=np.float32):
+        return real(module, dropped(p) if module is bench._fc else p, mode, dtype)
+    monkeypatch.setattr(bench, "outputs", dropping)
     status, _ = _run(tmp_path, "--cells", "lstm", "--systems", "fastcells", "--modes", "fwd",
-                     "--layer-norm", "6,3,4,5")
+                     option, "6,3,4,8")
     assert status == 1
 
 
@@ -545,6 +548,39 @@ def test_layer_norm_problem_is_seeded_and_near_the_initialisation():
     # the other arrays are those of the plain problem
     np.testing.assert_array_equal(p.x, bench.make_problem("lstm", shape).x)
     assert p.plain().layer_norm is None and "layer_norm" in p.options()
+
+
+def test_projection_row_is_checked_and_the_torch_peer_agrees(tmp_path, capsys):
+    status, out = _run(tmp_path, "--cells", "lstm", "--proj", "6,3,4,8")
+    assert status == 0
+    assert "lstm+p2" in capsys.readouterr().out       # P = H / PROJ_RATIO
+    rows = [r for r in json.loads(out.read_text())["rows"] if r["proj_size"]]
+    assert [r["mode"] for r in rows] == list(bench.MODES)
+    for r in rows:
+        assert r["proj_size"] == 8 // bench.PROJ_RATIO and r["rel_err"] <= bench.CHECK_TOL
+        assert all("disagrees" not in why for why in r["skipped"].values()), r["skipped"]
+        assert "with projection" in r["skipped"].get("ort", "with projection")
+        # the floor's products and the flop count include the projection's
+        assert r["gflop"] == bench.gemm_flops("lstm", bench.Shape(6, 3, 4, 8), r["mode"], 2) / 1e9
+        assert r["gflop"] > bench.gemm_flops("lstm", bench.Shape(6, 3, 4, 2), r["mode"]) / 1e9
+    if importlib.util.find_spec("torch") is not None:
+        assert all("torch" in r["times"] for r in rows)
+    assert any("prepared" in r["times"] for r in rows)
+
+
+def test_projection_problem_is_seeded_and_shaped_as_pytorch_wants():
+    shape = bench.Shape(4, 2, 3, 8)
+    p, again = (bench.make_problem("lstm", shape, proj_size=3) for _ in range(2))
+    np.testing.assert_array_equal(p.W_hr, again.W_hr)
+    assert p.W_hr.shape == (3, 8) and p.W_hh.shape == (32, 3) and p.h0.shape == (2, 3)
+    assert p.c0.shape == (2, 8) and p.dy.shape == (4, 2, 3) and p.proj_size == 3
+    assert p.W_hh.flags.c_contiguous and "W_hr" in p.options()
+    assert float(np.abs(p.W_hr).max()) <= 1 / np.sqrt(8)
+    for bad in (0.5, 8, 9):
+        with pytest.raises(ValueError, match="proj_size"):
+            bench.make_problem("lstm", shape, proj_size=bad)
+    with pytest.raises(ValueError, match="proj_size"):
+        bench.make_problem("gru", shape, proj_size=3)
 
 
 @pytest.mark.parametrize("cell", bench.CELLS)
