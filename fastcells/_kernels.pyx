@@ -30,6 +30,8 @@ How this module is built, and why:
 - A layer-normalized cell is the same loops with an ``ln`` argument: the
   recurrent product's rows (and the LSTM's new cell state) are normalized in
   the gate pass, their gradients in the BPTT pass (see "layer normalization").
+- An LSTM with projection is the LSTM loops with a ``proj`` argument: one more
+  small product per step and row block, ``h = W_hr m`` (see "projection").
 """
 from cython.parallel cimport prange
 from cpython.pyport cimport PY_SSIZE_T_MAX
@@ -1250,6 +1252,18 @@ def rnn_backward(const float[:, :, ::1] y, const float[::1] wpt, const float[:, 
 
 # ----------------------------------------------------------------------------
 # LSTM
+#
+# projection (W_hr (P, H), PyTorch's proj_size): h = W_hr m, m = o * tanh(c).
+# - Forward, per step and row block: the product h @ W_hh.T reads P values per
+#   row; the gate pass writes m where it would write h (the kept (T, B, H) m
+#   when training, else a (B, H) scratch: inference memory does not grow with
+#   T); then m @ W_hr.T for the block's rows (W_hr in W_hh's packing) into the
+#   scratch hp, copied to h and y for the rows active at the step.
+# - BPTT, per step and row block: dht = dh + dy (kept (T, B, P), zeros at
+#   masked steps, for dW_hr = dht^T m after the loop), dm = dht @ W_hr, the
+#   gate backward from dm, then dh = dG @ W_hh (P values per row).
+# - Every buffer is indexed by row: row blocks split it as any loop; the
+#   column split is refused (h = W_hr m needs all of m).
 
 cdef void _lstm_fwd(const void *p, Py_ssize_t b0, Py_ssize_t b1) noexcept nogil:
     cdef const FwdLoop *L = <const FwdLoop *>p

@@ -973,7 +973,8 @@ def lstm_forward(x: Any, W_ih: Any, W_hh: Any, b_ih: Any = None, b_hh: Any = Non
         Keyword-only: the projection, ``1 <= P < H``; real floats converted to
         float32.  Combines with every other option (with ``layer_norm``,
         ``h' = W_hr (o * tanh(LN(c')))``).  The backward pass then returns a
-        :class:`ProjLSTMGradients`.
+        :class:`ProjLSTMGradients`, whatever the other options.  Its loop
+        splits by batch rows only, never by hidden units.
 
     Returns
     -------
