@@ -461,6 +461,16 @@ def test_committed_pickle_loads_and_gives_its_values(path):
                                rtol=FWD_TOL, atol=FWD_TOL)
     np.testing.assert_allclose(make.stepper_outputs(stepper, x), expected["steps"],
                                rtol=FWD_TOL, atol=FWD_TOL)
+    if "proj_stepper" in saved:     # format 2 on: projected LSTMs
+        st = saved["proj_stepper"].__getstate__()
+        for name in ("W_ih", "W_hh", "W_hr"):
+            assert_same_bits(st[name], expected[f"proj.{name}"])
+        np.testing.assert_allclose(make.stepper_outputs(saved["proj_stepper"], x),
+                                   expected["proj_steps"], rtol=FWD_TOL, atol=FWD_TOL)
+        for name, p in saved["proj_lstm"].state_dict().items():
+            assert_same_bits(p, expected[f"proj_lstm.{name}"])
+        np.testing.assert_allclose(saved["proj_lstm"](x)[0], expected["proj_y"],
+                                   rtol=FWD_TOL, atol=FWD_TOL)
     # one more step: Adam's moments and step counts came along
     make.train_step(lstm, head, adam, x, expected["dout"])
     for prefix, layer in (("lstm", lstm), ("head", head)):
@@ -471,7 +481,7 @@ def test_committed_pickle_loads_and_gives_its_values(path):
 
 def test_this_format_has_a_committed_pickle():
     """Changing the format of what make_pickles.py pickles needs a new committed pickle."""
-    assert (DATA / f"format{_pickle.BASE_PICKLE_FORMAT}.pkl").is_file()
+    assert (DATA / f"format{_pickle.PICKLE_FORMAT}.pkl").is_file()
 
 
 # ----------------------------------------------------------------------------

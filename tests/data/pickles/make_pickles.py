@@ -5,7 +5,8 @@
 writes ``format<N>.pkl`` (N: ``fastcells._pickle.PICKLE_FORMAT``) and
 ``format<N>_expected.npz`` beside this file.  The pickle holds, in one call:
 a 2-layer LSTM (H=8) with a Linear head, an Adam over both after two steps
-(so its moments and step counts are not trivial), and a GRU Stepper.  The
+(so its moments and step counts are not trivial), a GRU Stepper, and from format 2
+on an LSTM Stepper with projection (``W_hr``, P=3) and a projected LSTM layer.  The
 ``.npz`` (plain arrays, no pickle) holds their weights, inputs and outputs.
 tests/test_pickle.py loads every ``format*.pkl`` here: pickles written by one
 version must load in the next.  Run this script when ``PICKLE_FORMAT``
@@ -25,6 +26,8 @@ HERE = Path(__file__).resolve().parent
 SEED = 14
 #: sequence length, batch, input size, hidden size, outputs of the head
 T, B, I, H, OUT = 5, 3, 3, 8, 2
+#: the projection of the format-2 objects
+P = 3
 
 
 def model_outputs(lstm: fastcells.LSTM, head: fastcells.Linear, x: np.ndarray) -> np.ndarray:
@@ -47,11 +50,14 @@ def train_step(lstm: fastcells.LSTM, head: fastcells.Linear, adam: fastcells.opt
 
 
 def stepper_outputs(stepper: fastcells.Stepper, xs: np.ndarray) -> np.ndarray:
-    """The hidden states of a GRU Stepper over the steps of ``xs`` (T, B, I), stacked."""
-    h, hs = None, []
+    """The hidden states of a Stepper (GRU, or LSTM) over the steps of ``xs`` (T, B, I),
+    stacked."""
+    state: tuple[np.ndarray, ...] = ()
+    hs = []
     for x_t in xs:
-        h = stepper(x_t, h)
-        hs.append(h)
+        out = stepper(x_t, *state)
+        state = out if isinstance(out, tuple) else (out,)
+        hs.append(state[0])
     return np.stack(hs)
 
 
@@ -69,17 +75,25 @@ def main() -> None:
            "b_ih": rng.uniform(-0.5, 0.5, G * H), "b_hh": rng.uniform(-0.5, 0.5, G * H)}
     gru = {k: v.astype(np.float32) for k, v in gru.items()}
     stepper = fastcells.Stepper("gru", gru["W_ih"], gru["W_hh"], gru["b_ih"], gru["b_hh"])
+    proj = {"W_ih": rng.uniform(-0.5, 0.5, (4 * H, I)), "W_hh": rng.uniform(-0.5, 0.5, (4 * H, P)),
+            "W_hr": rng.uniform(-0.5, 0.5, (P, H))}
+    proj = {k: v.astype(np.float32) for k, v in proj.items()}
+    proj_stepper = fastcells.Stepper("lstm", proj["W_ih"], proj["W_hh"], W_hr=proj["W_hr"])
+    proj_lstm = fastcells.LSTM(I, H, proj_size=P, seed=SEED + 2).eval()
     expected = {f"lstm.{k}": v for k, v in lstm.state_dict().items()}
     expected |= {f"head.{k}": v for k, v in head.state_dict().items()}
     expected |= {f"gru.{k}": v for k, v in gru.items()}
+    expected |= {f"proj.{k}": v for k, v in proj.items()}
+    expected |= {f"proj_lstm.{k}": v for k, v in proj_lstm.state_dict().items()}
     expected |= {"x": x, "dout": dout, "out": model_outputs(lstm, head, x),
-                 "steps": stepper_outputs(stepper, x)}
+                 "steps": stepper_outputs(stepper, x),
+                 "proj_steps": stepper_outputs(proj_stepper, x), "proj_y": proj_lstm(x)[0]}
     lstm.train()
     head.train()
     with open(HERE / f"format{PICKLE_FORMAT}.pkl", "wb") as f:
         # protocol 4: NumPy 1.26 cannot load NumPy 2's protocol-5 arrays (numpy#28340)
-        pickle.dump({"lstm": lstm, "head": head, "adam": adam, "stepper": stepper}, f,
-                    protocol=4)
+        pickle.dump({"lstm": lstm, "head": head, "adam": adam, "stepper": stepper,
+                     "proj_stepper": proj_stepper, "proj_lstm": proj_lstm}, f, protocol=4)
     # after the pickle: the weights one more training step gives (Adam's state at work)
     train_step(lstm, head, adam, x, dout)
     expected |= {f"trained.lstm.{k}": v for k, v in lstm.state_dict().items()}
