@@ -20,8 +20,9 @@ PYTHON="${PYTHON:-python}"
 # The tests that drive the kernels: every cell and option on every ISA path,
 # hostile input, properties, threads, one call split across threads (the
 # threaded loops and products: setup.py builds every mode with -fopenmp), the
-# layer-normalized and projected kernels, and pickles that unpack a Stepper's packed weights.  (The
-# soak test is left out: the sanitizers' own allocator makes RSS meaningless.)
+# layer-normalized and projected kernels, and pickles that unpack a Stepper's
+# packed weights.  (The soak test is left out: the sanitizers' own allocator
+# makes RSS meaningless.)
 TESTS=(tests/test_kernels.py tests/test_float16_weights.py tests/test_gemm.py tests/test_gemm_nt.py
        tests/test_hostile.py tests/test_properties.py tests/test_threads.py tests/test_scratch.py
        tests/test_parallel.py tests/test_layer_norm.py tests/test_pickle.py
