@@ -77,15 +77,23 @@ MIN_GEMM_FLOPS_PER_THREAD = 1 << 21
 GEMM_ROW_GRANULE: int = _kernels.gemm_row_granule()
 
 
-def loop_threads(B: int, G: int, H: int) -> int:
-    """How many threads the time loop of a batch of ``B`` rows (``G`` gates of ``H``)
-    wants: at most one per ``MIN_ROWS_PER_THREAD`` rows and per
-    ``MIN_STEP_FLOPS_PER_THREAD`` of recurrent product per step, or else, for
-    ``H <= FEW_ROWS_MAX_H``, one per ``SPLIT_MIN_ROWS`` rows and per
+def step_flops(B: int, G: int, H: int, P: int | None = None) -> int:
+    """Flops of one step's products over ``B`` rows: the recurrent product, and for an
+    LSTM with projection to ``P < H`` values (``h`` of P) also ``h = W_hr m``."""
+    if P is None or P >= H:
+        return 2 * B * G * H * H
+    return 2 * B * H * P * (G + 1)
+
+
+def loop_threads(B: int, G: int, H: int, P: int | None = None) -> int:
+    """How many threads the time loop of a batch of ``B`` rows (``G`` gates of ``H``,
+    ``P``: a projection's width, see :func:`step_flops`) wants: at most one per
+    ``MIN_ROWS_PER_THREAD`` rows and per ``MIN_STEP_FLOPS_PER_THREAD`` of product per
+    step, or else, for ``H <= FEW_ROWS_MAX_H``, one per ``SPLIT_MIN_ROWS`` rows and per
     ``MIN_STEP_FLOPS_FEW_ROWS``; 1 for small work."""
     if B < 2 * SPLIT_MIN_ROWS:
         return 1
-    flops = 2 * B * G * H * H
+    flops = step_flops(B, G, H, P)
     n = min(B // max(MIN_ROWS_PER_THREAD, SPLIT_MIN_ROWS),
             flops // max(MIN_STEP_FLOPS_PER_THREAD, 1))
     if n < 2 and H <= FEW_ROWS_MAX_H:
@@ -135,13 +143,15 @@ def gemm_nt_threads(m: int, n: int, k: int) -> int:
     return max(1, min(n // COLUMN_GRANULE, 2 * m * n * k // max(MIN_GEMM_FLOPS_PER_THREAD, 1)))
 
 
-def forward_threads(T: int, B: int, I: int, G: int, H: int, columns: bool = False) -> int:
+def forward_threads(T: int, B: int, I: int, G: int, H: int, columns: bool = False,
+                    P: int | None = None) -> int:
     """How many threads a forward call wants (its loop's or its projection's need);
-    ``columns``: its loop may split by hidden units (:func:`column_threads`)."""
+    ``columns``: its loop may split by hidden units (:func:`column_threads`); ``P``: an
+    LSTM's projection width (:func:`step_flops`)."""
     if (B < 2 * SPLIT_MIN_ROWS and T * B < 2 * GEMM_ROW_GRANULE
             and (not columns or H < COLUMN_SPLIT_MIN_H)):
         return 1        # small calls: decided in a few comparisons
-    loop = max(loop_threads(B, G, H), column_threads(B, G, H) if columns else 1)
+    loop = max(loop_threads(B, G, H, P), column_threads(B, G, H) if columns else 1)
     return max(loop, gemm_threads(T * B, G * H, I))
 
 

@@ -395,7 +395,8 @@ def _run(cell: str, a: ForwardArgs, options: Options, reverse: bool, training: b
     with them a projected LSTM's ``W_hr`` in their packing (``wr``).  The call takes
     the threads the cost model gives its size from the shared budget (none for
     small calls, which run on the calling thread alone)."""
-    want = forward_threads(a.T, a.B, a.I, a.G, a.H, _splits_columns(cell, a, options, weights))
+    want = forward_threads(a.T, a.B, a.I, a.G, a.H, _splits_columns(cell, a, options, weights),
+                           a.P)
     if want <= 1:
         return _run_on(cell, a, options, reverse, training, weights, 1, wr)
     with claim(want) as n:
@@ -423,7 +424,7 @@ def _run_on(cell: str, a: ForwardArgs, options: Options, reverse: bool, training
     y = np.empty((a.T, a.B, a.P), F32)
     blocks = cols = None
     if nthreads > 1:
-        blocks = row_blocks(a.B, min(nthreads, loop_threads(a.B, a.G, a.H)), a.lengths)
+        blocks = row_blocks(a.B, min(nthreads, loop_threads(a.B, a.G, a.H, a.P)), a.lengths)
         if blocks is None and _splits_columns(cell, a, options, weights):
             cols = _parallel.column_blocks(
                 a.H, min(nthreads, _parallel.column_threads(a.B, a.G, a.H)))
@@ -610,7 +611,8 @@ def _bias_grads(dGx: np.ndarray, dGh: np.ndarray) -> tuple[np.ndarray, np.ndarra
 def _backward_loop(adapter: _Adapter, b: _Back) -> tuple[np.ndarray, np.ndarray]:
     """The cell's BPTT loop, its rows split over the threads the cost model gives its
     size (none for small calls: they run on the calling thread alone)."""
-    want = loop_threads(b.B, b.cache["W_hh"].shape[0] // b.H, b.H)
+    W_hh = b.cache["W_hh"]      # (G*H, H), or (4*H, P) with a projection
+    want = loop_threads(b.B, W_hh.shape[0] // b.H, b.H, W_hh.shape[1])
     if want <= 1:
         return adapter.backward(b)
     with claim(want) as n:

@@ -187,6 +187,19 @@ def test_cost_model_keeps_small_calls_on_one_thread():
     assert _parallel.gemm_threads(3200, 2048, 512) >= 2
 
 
+def test_cost_model_counts_a_projections_products():
+    """An LSTM projecting H to P steps 2*B*H*P*(G+1) flops, not the plain cell's 2*B*G*H*H:
+    a batch the plain cell splits may stay on one thread when P is small."""
+    assert _parallel.step_flops(8, 4, 256, 64) == 2 * 8 * 256 * 64 * 5
+    assert _parallel.step_flops(8, 4, 256, 256) == _parallel.step_flops(8, 4, 256)
+    B, H = 16, 128
+    plain = _parallel.loop_threads(B, 4, H)
+    assert _parallel.loop_threads(B, 4, H, H) == plain
+    assert _parallel.loop_threads(B, 4, H, 1) <= plain
+    assert any(_parallel.loop_threads(b, 4, h, 1) < _parallel.loop_threads(b, 4, h)
+               for b in (8, 16, 32, 64) for h in (64, 128, 256, 512))
+
+
 @pytest.mark.parametrize("blocks,message", [
     ([0, 4], "from 0 to B = 8"),
     ([1, 8], "from 0 to B = 8"),
