@@ -219,11 +219,12 @@ def test_kernels_match_reference_backend(num_layers, bidirectional, batch_first,
 
 
 def assert_gradients_by_finite_differences(layer, x, state, dy, dstate, lengths, rng, eps,
-                                           rtol):
+                                           rtol, params_rtol=None):
     """``layer.backward`` against central differences of the loss
     ``sum(y * dy) + sum(state_n * dstate)``, along one random direction each for
     ``x``, the initial state and all the parameters (moved together, as stored:
-    the difference is taken over the float32 values the layer holds)."""
+    the difference is taken over the float32 values the layer holds), within
+    ``rtol`` (``params_rtol`` for the parameters, if given)."""
     parts = list if isinstance(state, tuple) else (lambda s: [s])
     params = layer.parameters()
     start = {k: p.copy() for k, p in params.items()}
@@ -259,7 +260,8 @@ def assert_gradients_by_finite_differences(layer, x, state, dy, dstate, lengths,
                                                for k in params) / (2 * eps)}
     for what, grad in grads.items():
         (up, plus), (down, minus) = moved(eps, what), moved(-eps, what)
-        np.testing.assert_allclose(grad(plus, minus), (up - down) / (2 * eps), rtol=rtol,
+        tol = params_rtol if what == "params" and params_rtol is not None else rtol
+        np.testing.assert_allclose(grad(plus, minus), (up - down) / (2 * eps), rtol=tol,
                                    err_msg=what)
 
 
