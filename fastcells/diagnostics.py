@@ -18,8 +18,10 @@ What counts as a layer (duck-typed, no framework import):
   class name (RNN, GRU, LSTM, or a subclass of one); options from the
   attributes ``nonlinearity`` ("tanh"), ``linear_before_reset`` (True),
   ``batch_first`` (False), ``bidirectional`` (False) when present, defaults
-  otherwise; LSTM peepholes (``peephole_l{k}``) are used when the state dict
-  has them;
+  otherwise; LSTM peepholes (``peephole_l{k}``), projections (``weight_hr_l{k}``,
+  PyTorch's ``proj_size``: then ``h`` has P values) and layer normalization
+  (``ln_*_l{k}``, with the layer's ``layer_norm_eps``) are used when the state
+  dict has them;
 - a :class:`fastcells.interop.StateDict` (weights with ``.options``).
 """
 from __future__ import annotations
@@ -34,6 +36,7 @@ import numpy.typing as npt
 from . import functional
 from ._cells import CELLS, GATES, cell_functions
 from ._checks import as_float, check_shape, to_numpy
+from ._results import LayerNormWeights
 
 F32 = np.dtype(np.float32)
 #: float32 elements the kernels may keep per chunk of suffix problems (64 MiB)
@@ -60,7 +63,7 @@ class _Weights(NamedTuple):
     W_hh: Array
     b_ih: Array | None
     b_hh: Array | None
-    extra: dict[str, Array]
+    extra: dict[str, Any]
 
 
 def _describe_layer(layer: Any) -> tuple[str, dict[str, Any], dict[str, np.ndarray], bool]:
@@ -91,9 +94,9 @@ def _describe_layer(layer: Any) -> tuple[str, dict[str, Any], dict[str, np.ndarr
     if getattr(layer, "bidirectional", False):
         raise ValueError("layer: expected a unidirectional layer, got bidirectional=True (a loss "
                          "on the last step reaches the reverse direction at its first step)")
-    if getattr(layer, "proj_size", 0):
-        raise ValueError("layer: LSTM projections (proj_size) are not supported by the kernels")
-    kw = {}
+    kw: dict[str, Any] = {}
+    if getattr(layer, "layer_norm", False) is True:      # a fastcells layer's own options
+        kw["layer_norm_eps"] = float(layer.layer_norm_eps)
     if cell == "rnn":
         kw["nonlinearity"] = nonlinearity
     elif cell == "gru":
@@ -119,9 +122,14 @@ def _layer_weights(state: dict[str, np.ndarray]) -> list[_Weights]:
             missing = f"weight_hh_l{k}" if W_hh is None else f"weight_ih_l{k}"
             raise ValueError(f"layer: expected state-dict key {missing} beside weight_ih_l{k} "
                              f"(PyTorch's names), got {sorted(state)}")
-        peephole = get(f"peephole_l{k}")
-        out.append(_Weights(W_ih, W_hh, get(f"bias_ih_l{k}"), get(f"bias_hh_l{k}"),
-                            {} if peephole is None else {"peephole": peephole}))
+        extra: dict[str, Any] = {}
+        for key, name in (("peephole", "peephole"), ("W_hr", "weight_hr")):
+            if (value := get(f"{name}_l{k}")) is not None:
+                extra[key] = value
+        if f"ln_ih_weight_l{k}" in state:        # a layer-normalized layer
+            extra["layer_norm"] = LayerNormWeights(
+                *(get(f"ln_{field}_l{k}") for field in LayerNormWeights._fields))
+        out.append(_Weights(W_ih, W_hh, get(f"bias_ih_l{k}"), get(f"bias_hh_l{k}"), extra))
     return out
 
 
@@ -171,7 +179,7 @@ def gradient_flow(layer: Any, x: npt.ArrayLike, hx: Any = None, *,
         ``layer`` is not an RNN/GRU/LSTM layer or a state dict, or ``hx`` of
         an LSTM is not a pair.
     ValueError
-        A bidirectional layer, LSTM projections, a state dict without
+        A bidirectional layer, a state dict without
         PyTorch's names, or an array of the wrong shape (naming it).
     """
     cell, kw, state, batch_first = _describe_layer(layer)
@@ -183,7 +191,9 @@ def gradient_flow(layer: Any, x: npt.ArrayLike, hx: Any = None, *,
     if batch_first:
         x = np.ascontiguousarray(x.transpose(1, 0, 2))
     T, B, _ = x.shape
+    # h's width (P with a projection) and the cell state's (H)
     H = weights[0].W_hh.shape[1]
+    Hc = weights[0].W_hh.shape[0] // GATES[cell]
     L = len(weights)
     lstm = CELLS[cell].has_cell_state
     h0s: list[Array | None] = [None] * L
@@ -192,10 +202,11 @@ def gradient_flow(layer: Any, x: npt.ArrayLike, hx: Any = None, *,
         if lstm and (not isinstance(hx, (tuple, list)) or len(hx) != 2):
             raise TypeError(f"hx: expected a pair (h0, c0) for an LSTM, got {type(hx).__name__}")
         pair = hx if lstm else (hx, None)
-        for name, value, dest in zip(("hx[0]" if lstm else "hx", "hx[1]"), pair, (h0s, c0s)):
+        for name, value, dest, width in zip(("hx[0]" if lstm else "hx", "hx[1]"), pair,
+                                            (h0s, c0s), (H, Hc)):
             if value is not None:
                 value = as_float(name, to_numpy(value), F32)
-                check_shape(name, value, ("num_layers", "B", "H"), (L, B, H))
+                check_shape(name, value, ("num_layers", "B", "H"), (L, B, width))
                 dest[:] = list(value)
     if dy_last is None:
         dy = np.ones((B, H), F32)
@@ -221,8 +232,8 @@ def gradient_flow(layer: Any, x: npt.ArrayLike, hx: Any = None, *,
 
     # h_t (and c_t) for every t: one step at a time, as lstm_forward returns no c_t sequence.
     h = np.zeros((B, H), F32) if (h0 := h0s[-1]) is None else h0
-    c = np.zeros((B, H), F32) if (c0 := c0s[-1]) is None else c0
-    hs, cs = np.empty((T, B, H), F32), np.empty((T, B, H), F32)
+    c = np.zeros((B, Hc), F32) if (c0 := c0s[-1]) is None else c0
+    hs, cs = np.empty((T, B, H), F32), np.empty((T, B, Hc), F32)
     for t in range(T):
         out = fwd(inp[t:t + 1], *top_args, h, **({"c0": c} if lstm else {}), **kw)
         h = hs[t] = out.h
@@ -230,7 +241,7 @@ def gradient_flow(layer: Any, x: npt.ArrayLike, hx: Any = None, *,
             c = cs[t] = out.c
 
     grads = np.empty((T, B, H), F32)
-    per_problem = max(T - 1, 1) * B * GATES[cell] * H * _BUFFERS
+    per_problem = max(T - 1, 1) * B * GATES[cell] * Hc * _BUFFERS
     chunk = max(1, _CHUNK_ELEMENTS // per_problem)
     for t0 in range(0, T, chunk):
         ts = np.arange(t0, min(t0 + chunk, T))
@@ -242,7 +253,7 @@ def gradient_flow(layer: Any, x: npt.ArrayLike, hx: Any = None, *,
         rows = len(ts) * B
         state0 = {"h0": hs[ts].reshape(rows, H)}
         if lstm:
-            state0["c0"] = cs[ts].reshape(rows, H)
+            state0["c0"] = cs[ts].reshape(rows, Hc)
         out = fwd(xb.reshape(steps, rows, inp.shape[2]), *top_args, lengths=lengths,
                   training=True, **state0, **kw)
         g = bwd(out.cache, dh=np.tile(dy, (len(ts), 1)))

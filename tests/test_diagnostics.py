@@ -22,9 +22,14 @@ def _fd_norms(layer, cell, x, dy, **kw):
     fwd = cell_functions(reference, cell)[0]
     if kw.pop("peephole", False):
         kw["peephole"] = sd["peephole_l0"]
+    if kw.pop("layer_norm", False):
+        kw["layer_norm"] = fastcells.LayerNormWeights(
+            *(sd.get(f"ln_{f}_l0") for f in fastcells.LayerNormWeights._fields))
+    if kw.pop("proj_size", 0):
+        kw["W_hr"] = sd["weight_hr_l0"]
     T, B, _ = x.shape
-    H = dy.shape[1]
-    h, c = np.zeros((B, H)), np.zeros((B, H))
+    H = dy.shape[1]                                   # h's width: P with a projection
+    h, c = np.zeros((B, H)), np.zeros((B, w[1].shape[0] // CELL_TABLE[cell].G))
     norms = []
     for t in range(T):
         out = fwd(x[t:t + 1], *w, h, **({"c0": c} if cell == "lstm" else {}), **kw)
@@ -45,16 +50,24 @@ def _fd_norms(layer, cell, x, dy, **kw):
 
 @pytest.mark.parametrize("cell,kw", [("rnn", {}), ("rnn", {"nonlinearity": "relu"}),
                                      ("gru", {}), ("gru", {"linear_before_reset": False}),
-                                     ("lstm", {}), ("lstm", {"peephole": True})])
+                                     ("lstm", {}), ("lstm", {"peephole": True}),
+                                     ("rnn", {"layer_norm": True}), ("gru", {"layer_norm": True}),
+                                     ("lstm", {"layer_norm": True}), ("lstm", {"proj_size": 2}),
+                                     ("lstm", {"proj_size": 3, "layer_norm": True})])
 def test_matches_finite_differences(cell, kw):
     T, B, I, H = 5, 2, 3, 4
     layer = CELLS[cell](I, H, seed=1, **kw)
     if kw.get("peephole"):      # the default initialisation gives peepholes too small to matter
         layer.load_state_dict({**layer.state_dict(), "peephole_l0": np.linspace(-2, 2, 3 * H)})
+    if kw.get("layer_norm"):    # gains and biases away from (1, 0), so that dropping them shows
+        rng_ln = np.random.default_rng(3)
+        layer.load_state_dict({k: (v + rng_ln.uniform(-0.5, 0.5, v.shape)
+                                   if k.startswith("ln_") else v)
+                               for k, v in layer.state_dict().items()})
     kw = dict(kw)
     rng = np.random.default_rng(2)
     x = rng.standard_normal((T, B, I))
-    dy = rng.standard_normal((B, H))
+    dy = rng.standard_normal((B, kw.get("proj_size") or H))
     got = gradient_flow(layer, x, dy_last=dy)
     want = _fd_norms(layer, cell, x, dy, **kw)
     np.testing.assert_allclose(got, want, rtol=RTOL, atol=0)
