@@ -94,7 +94,7 @@ def _describe_layer(layer: Any) -> tuple[str, dict[str, Any], dict[str, np.ndarr
     if getattr(layer, "bidirectional", False):
         raise ValueError("layer: expected a unidirectional layer, got bidirectional=True (a loss "
                          "on the last step reaches the reverse direction at its first step)")
-    kw: dict[str, Any] = {}
+    kw = {}
     if getattr(layer, "layer_norm", False) is True:      # a fastcells layer's own options
         kw["layer_norm_eps"] = float(layer.layer_norm_eps)
     if cell == "rnn":
@@ -127,8 +127,8 @@ def _layer_weights(state: dict[str, np.ndarray]) -> list[_Weights]:
             if (value := get(f"{name}_l{k}")) is not None:
                 extra[key] = value
         if f"ln_ih_weight_l{k}" in state:        # a layer-normalized layer
-            extra["layer_norm"] = LayerNormWeights(
-                *(get(f"ln_{field}_l{k}") for field in LayerNormWeights._fields))
+            extra["layer_norm"] = LayerNormWeights._make(
+                get(f"ln_{field}_l{k}") for field in LayerNormWeights._fields)
         out.append(_Weights(W_ih, W_hh, get(f"bias_ih_l{k}"), get(f"bias_hh_l{k}"), extra))
     return out
 
