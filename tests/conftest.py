@@ -221,3 +221,50 @@ class TensorLike:
 
     def numpy(self):
         return self._a
+
+
+def assert_gradients_by_finite_differences(layer, x, state, dy, dstate, lengths, rng, eps,
+                                           rtol, params_rtol=None):
+    """``layer.backward`` against central differences of the loss
+    ``sum(y * dy) + sum(state_n * dstate)``, along one random direction each for
+    ``x``, the initial state and all the parameters (moved together, as stored:
+    the difference is taken over the float32 values the layer holds), within
+    ``rtol`` (``params_rtol`` for the parameters, if given)."""
+    parts = list if isinstance(state, tuple) else (lambda s: [s])
+    params = layer.parameters()
+    start = {k: p.copy() for k, p in params.items()}
+
+    def loss(x, state):
+        y, s = layer(x, state, lengths=lengths)
+        return np.sum(y * dy) + sum(np.sum(a * b) for a, b in zip(parts(s), parts(dstate)))
+
+    loss(x, state)
+    layer.zero_grad()
+    dx, dstate0 = layer.backward(dy, dstate)
+    u = rng.standard_normal(x.shape)
+    v = [rng.standard_normal(s.shape) for s in parts(state)]
+    w = {k: rng.standard_normal(p.shape) for k, p in params.items()}
+
+    def moved(t, what):
+        """The loss with ``what`` ("x", "state" or "params") moved by ``t`` along its
+        direction, and the parameters' float64 values then."""
+        new = [s + t * d for s, d in zip(parts(state), v)] if what == "state" else None
+        for k, p in params.items():
+            p[...] = start[k] + t * w[k] if what == "params" else start[k]
+        values = {k: p.astype(np.float64) for k, p in params.items()}
+        value = loss(x + t * u if what == "x" else x,
+                     state if new is None else type(state)(new) if isinstance(state, tuple)
+                     else new[0])
+        for k, p in params.items():
+            p[...] = start[k]
+        return value, values
+
+    grads = {"x": lambda *_: np.sum(dx * u),
+             "state": lambda *_: sum(np.sum(d * d_v) for d, d_v in zip(parts(dstate0), v)),
+             "params": lambda plus, minus: sum(np.sum(layer.grads[k] * (plus[k] - minus[k]))
+                                               for k in params) / (2 * eps)}
+    for what, grad in grads.items():
+        (up, plus), (down, minus) = moved(eps, what), moved(-eps, what)
+        tol = params_rtol if what == "params" and params_rtol is not None else rtol
+        np.testing.assert_allclose(grad(plus, minus), (up - down) / (2 * eps), rtol=tol,
+                                   err_msg=what)

@@ -7,6 +7,7 @@ differences of the layer run on the reference backend in float64.
 """
 import numpy as np
 import pytest
+from conftest import assert_gradients_by_finite_differences
 
 import fastcells
 from fastcells import reference
@@ -238,37 +239,8 @@ def test_gradients_by_finite_differences(cell):
     rng = np.random.default_rng(5)
     x, state, dy, dstate = inputs(layer, rng, np.float64)
 
-    def loss(x, state):
-        y, s = layer(x, state, lengths=LENGTHS)
-        return np.sum(y * dy) + sum(np.sum(a * b) for a, b in zip(flat_states(s), flat_states(dstate)))
-
-    loss(x, state)
-    layer.zero_grad()
-    dx, dstate0 = layer.backward(dy, dstate)
-    # directional derivatives: inputs and states along a random direction
-    u = rng.standard_normal(x.shape)
-    fd = (loss(x + FD_EPS * u, state) - loss(x - FD_EPS * u, state)) / (2 * FD_EPS)
-    np.testing.assert_allclose(np.sum(dx * u), fd, rtol=FD_RTOL)
-    v = [rng.standard_normal(s.shape) for s in flat_states(state)]
-    shift = lambda sign: type(state)(s + sign * FD_EPS * w for s, w in zip(flat_states(state), v)) \
-        if isinstance(state, tuple) else state + sign * FD_EPS * v[0]  # noqa: E731
-    fd = (loss(x, shift(1)) - loss(x, shift(-1))) / (2 * FD_EPS)
-    np.testing.assert_allclose(sum(np.sum(d * w) for d, w in zip(flat_states(dstate0), v)), fd,
-                               rtol=FD_RTOL)
-    # parameters: all at once along a random direction, rounded to float32 as stored
-    params = layer.parameters()
-    start = {k: p.copy() for k, p in params.items()}
-    w = {k: rng.standard_normal(p.shape) for k, p in params.items()}
-    values, steps = [], []
-    for sign in (1, -1):
-        for k, p in params.items():
-            p[...] = start[k] + sign * FD_EPS * w[k]
-        steps.append({k: p.astype(np.float64) for k, p in params.items()})
-        values.append(loss(x, state))
-    for k, p in params.items():
-        p[...] = start[k]
-    expected = sum(np.sum(layer.grads[k] * (steps[0][k] - steps[1][k])) for k in params)
-    np.testing.assert_allclose(values[0] - values[1], expected, rtol=FD_RTOL * 10)
+    assert_gradients_by_finite_differences(layer, x, state, dy, dstate, LENGTHS, rng, FD_EPS,
+                                           FD_RTOL, params_rtol=FD_RTOL * 10)
 
 
 @pytest.mark.parametrize("cell", list(ALL_CELLS))
