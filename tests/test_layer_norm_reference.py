@@ -629,34 +629,25 @@ def test_torch_normalized_lstm_peer_refuses_what_it_does_not_compute(monkeypatch
 @pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")
 def test_torch_projection_peer_runs_pytorchs_lstm_with_proj_size():
     torch = pytest.importorskip("torch")
-    p = bench.make_problem("lstm", bench.Shape(5, 3, 6, 8))
-    seen = []
-    run = peers().torch_proj_runner(p, "fwd", proj_size=3, check=seen.append)
-    proj = peers().proj_weights(p, 3)
-    assert proj.W_hh.shape == (32, 3) and proj.W_hr.shape == (3, 8)
-    assert proj.h0.shape == (3, 3) and proj.dy.shape == (5, 3, 3)
-    (y,) = seen
-    np.testing.assert_array_equal(run().numpy(), y)
+    p = bench.make_problem("lstm", bench.Shape(5, 3, 6, 8), proj_size=3)
+    y = peers().torch_proj_runner(p, "fwd")().numpy()
     # the runner's module has the weights it says: an nn.LSTM given them gives its y
     lstm = torch.nn.LSTM(6, 8, proj_size=3)
     with torch.no_grad():
-        for name, value in (("weight_ih_l0", p.W_ih), ("weight_hh_l0", proj.W_hh),
+        for name, value in (("weight_ih_l0", p.W_ih), ("weight_hh_l0", p.W_hh),
                             ("bias_ih_l0", p.b_ih), ("bias_hh_l0", p.b_hh),
-                            ("weight_hr_l0", proj.W_hr)):
+                            ("weight_hr_l0", p.W_hr)):
             getattr(lstm, name).copy_(torch.from_numpy(value))
-        expected = lstm(torch.from_numpy(p.x), (torch.from_numpy(proj.h0)[None],
+        expected = lstm(torch.from_numpy(p.x), (torch.from_numpy(p.h0)[None],
                                                 torch.from_numpy(p.c0)[None]))[0]
     np.testing.assert_array_equal(y, expected.numpy())
-    dx = peers().torch_proj_runner(p, "fwdbwd", proj_size=3)()
+    dx = peers().torch_proj_runner(p, "fwdbwd")()
     assert dx.shape == (5, 3, 6) and torch.isfinite(dx).all()
 
 
-def test_torch_projection_peer_refuses_a_bad_proj_size():
+def test_torch_projection_peer_refuses_a_problem_without_projection():
     pytest.importorskip("torch")
-    p = bench.make_problem("lstm", bench.Shape(4, 2, 3, 4))
-    for proj_size in (0, 4, 5):
-        with pytest.raises(ValueError, match=r"proj_size: expected 1 <= proj_size < "
-                                             fr"hidden_size = 4, got {proj_size}"):
-            peers().torch_proj_runner(p, "fwd", proj_size=proj_size)
+    with pytest.raises(bench.Unavailable, match="no projection"):
+        peers().torch_proj_runner(bench.make_problem("lstm", bench.Shape(4, 2, 3, 4)), "fwd")
     with pytest.raises(bench.Unavailable, match="proj_size is an LSTM's"):
-        peers().torch_proj_runner(bench.make_problem("rnn", p.shape), "fwd", proj_size=2)
+        peers().torch_proj_runner(bench.make_problem("rnn", bench.Shape(4, 2, 3, 4)), "fwd")
