@@ -5,7 +5,7 @@
  *   FC_VBYTES  bytes per SIMD register (64 AVX-512, 32 AVX2, 16 SSE2/NEON)
  *   FC_MR      rows of C per micro-tile
  *   FC_NP      16-column panels per micro-tile (tile = FC_MR x 16*FC_NP)
- *   FC_GV      panels per step of the batch-1 product (GEMV)
+ *   FC_GV      panels side by side in the batch-1 product (GEMV)
  *   FC_KC      depth of one k block when m > 1
  *   FC_L2_BYTES  bytes of A kept in L2 per outer k block
  *   FC_PF      panel rows (64-byte lines) the m > 1 tiles prefetch ahead, 0: none
@@ -23,8 +23,8 @@
  * independent chains to hide the FMA latency.
  *
  * Batch 1 is a matrix-vector product, bound by how fast the weights stream
- * in: it walks one panel at a time as one contiguous stream, with several
- * accumulators over interleaved rows (fc_gemv_panel).
+ * in: the tiles' own code with one row and FC_GV panels side by side, so it
+ * sums in the tiles' order (see fc_gemm_any).
  *
  * Float16 panels (Stepper's float16 weights, fc_gemm_half): the same code
  * with converting loads (FC_LOADW), so the two give the same bits; for the
@@ -180,56 +180,6 @@ FC_NAME(fc_tile_column)(const int np, ptrdiff_t m, ptrdiff_t k, const float *A, 
     }
 #undef FC_REM
 }
-
-/* Batch 1: one panel (16 columns) of c = x @ B, streaming the panel's k rows
- * contiguously with FC_GU accumulators over interleaved rows (independent
- * chains hide the FMA latency).  One panel at a time, not several side by
- * side: panels lie 16*k floats apart, a multiple of 4 KiB for the usual k,
- * so side-by-side streams all map to the same L1 sets and evict each other. */
-#define FC_GU (8 / FC_PV > 1 ? 8 / FC_PV : 2)
-
-/* half (a constant where inlined): Pp is float16, else float. */
-static inline __attribute__((always_inline)) FC_TARGET void
-FC_NAME(fc_gemv_panel)(ptrdiff_t k, const float *x, const void *Pp, float *c, ptrdiff_t nlast,
-                       int half)
-{
-    typedef FC_NAME(fc_vec) vec;
-    vec acc[FC_GU][FC_PV];
-    for (int u = 0; u < FC_GU; u++)
-        for (int v = 0; v < FC_PV; v++)
-            acc[u][v] = (vec){0};
-    ptrdiff_t l = 0;
-    for (; l + FC_GU <= k; l += FC_GU)
-        for (int u = 0; u < FC_GU; u++) {
-            vec a = x[l + u] - (vec){0};
-            for (int v = 0; v < FC_PV; v++)
-                acc[u][v] += a * FC_LOADW(Pp, (l + u) * FC_NR + v * FC_VL, half);
-        }
-    for (; l < k; l++) {
-        vec a = x[l] - (vec){0};
-        for (int v = 0; v < FC_PV; v++)
-            acc[0][v] += a * FC_LOADW(Pp, l * FC_NR + v * FC_VL, half);
-    }
-    for (int u = 1; u < FC_GU; u++)
-        for (int v = 0; v < FC_PV; v++)
-            acc[0][v] += acc[u][v];
-    float tmp[FC_NR];
-    memcpy(tmp, acc[0], sizeof tmp);
-    memcpy(c, tmp, (size_t)nlast * sizeof(float));
-}
-
-/* C (1 x n) = x (1 x k) @ B, B packed (as float16 when half): the batch-1 product. */
-static inline __attribute__((always_inline)) FC_TARGET void
-FC_NAME(fc_gemv)(ptrdiff_t n, ptrdiff_t k, const float *x, const void *P, float *C, int half)
-{
-    const ptrdiff_t npan = (n + FC_NR - 1) / FC_NR, ps = FC_NR * k;
-    const ptrdiff_t ntail = n - (npan - 1) * FC_NR;
-    for (ptrdiff_t p = 0; p < npan; p++)
-        FC_NAME(fc_gemv_panel)(k, x, FC_PADD(P, p * ps, half), C + p * FC_NR,
-                               p + 1 == npan ? ntail : FC_NR, half);
-}
-
-#undef FC_GU
 
 /* Packing (gemm.c, fc_pack), per ISA only for speed: the layout is the same.
  *
@@ -509,8 +459,17 @@ static inline __attribute__((always_inline)) FC_TARGET void
 FC_NAME(fc_gemm_any)(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A, ptrdiff_t lda,
                      const void *P, float *C, ptrdiff_t ldc, const int half)
 {
+    /* Batch 1 (the GEMV): one row of tiles FC_GV panels wide, FC_GV * FC_PV
+     * independent chains.  The tiles' code and order, not a GEMV of its own
+     * (interleaved accumulators over k would stream one panel at a time, but
+     * sum in another order): a row multiplied alone gets the bits it gets
+     * among others, so the batch a sequence rides in does not change its
+     * results.  The panels lie 16*k floats apart, a multiple of 4 KiB for
+     * the usual k, so the side-by-side streams share L1 sets; measured as
+     * fast as the one-panel GEMV all the same (docs/design.md, "Batch
+     * invariance"). */
     if (m == 1) {
-        FC_NAME(fc_gemv)(n, k, A, P, C, half);
+        FC_NAME(fc_gemm_strips)(FC_GV, 1, n, k, A, lda, P, C, ldc, half);
         return;
     }
     /* Batch 2 or 4: a tile of m rows and one panel has too few independent
