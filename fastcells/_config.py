@@ -1,21 +1,30 @@
-"""The instruction-set choice at import, and ``show_config()``.
+"""The instruction-set choice at import, the deterministic mode, and ``show_config()``.
 
 The widest ISA path the CPU supports is used unless the environment variable
 ``FASTCELLS_ISA`` (generic, avx2 or avx512) asks for another; asking for one
 the CPU cannot run raises at import rather than crashing later with SIGILL.
+
+The deterministic mode (``set_deterministic``, ``FASTCELLS_DETERMINISTIC``)
+makes every forward call batch invariant: it packs the weights of the short
+calls that would otherwise multiply by them unpacked (``_packing``), so every
+product sums in the packed tiles' order.  It is one process-wide flag, which
+a call reads once when it prepares its weights.
 """
 from __future__ import annotations
 
 import os
 import sys
-from typing import TypedDict
+from typing import Any, TypedDict
 
 import numpy as np
 
 from . import _kernels, _threads
+from ._checks import check_bool
 
 #: the environment variable that forces an ISA path
 ISA_VARIABLE = "FASTCELLS_ISA"
+#: the environment variable that sets the deterministic mode at import: "0" or "1"
+DETERMINISTIC_VARIABLE = "FASTCELLS_DETERMINISTIC"
 
 
 def _choose_isa() -> None:
@@ -27,6 +36,62 @@ def _choose_isa() -> None:
             raise ImportError(f"{ISA_VARIABLE}={wanted!r}: {exc}") from None
     else:
         _kernels.set_isa(_kernels.isa_available()[-1])
+
+
+def _deterministic_from_environment() -> bool:
+    value = os.environ.get(DETERMINISTIC_VARIABLE)
+    if value is None or value.strip() == "":
+        return False
+    if value.strip() not in ("0", "1"):
+        raise ValueError(f"{DETERMINISTIC_VARIABLE}: expected 0 or 1, got {value!r}")
+    return value.strip() == "1"
+
+
+#: the deterministic mode (set_deterministic or the environment); a bool, whose reads
+#: and writes are atomic, so calls on many threads read it without a lock
+_deterministic: bool = _deterministic_from_environment()
+
+
+def set_deterministic(flag: Any) -> None:
+    """Make every forward call's results independent of the batch it runs in, or not.
+
+    With the mode on, a sequence's forward outputs and final states are the
+    same bits whether it runs alone or among other sequences (any batch size,
+    any thread count, with or without ``lengths``).  Without it that already
+    holds for every ``Stepper`` call and for sequences of at least 32 steps,
+    whose products are packed at any batch size (``docs/design.md``, "Batch
+    invariance"); the short calls (``T * B < 32``, or batch 1 and ``T <= 16``)
+    multiply by the weights unpacked, faster but summing in another order.
+    The mode packs their weights too, which makes them slower.  Gradients
+    (``*_backward``) are not covered: they may differ by float32 rounding.
+
+    Parameters
+    ----------
+    flag : bool
+        True to turn the mode on, False (the default, unless
+        ``FASTCELLS_DETERMINISTIC=1`` at import) to turn it off.  The setting
+        is process-wide; each call reads it once, when it starts, so a call
+        running while it changes finishes in the mode it started in.
+
+    Raises
+    ------
+    TypeError
+        If ``flag`` is not a bool.
+    """
+    global _deterministic
+    _deterministic = check_bool("flag", flag)
+
+
+def get_deterministic() -> bool:
+    """Whether the deterministic mode is on (see :func:`set_deterministic`).
+
+    Returns
+    -------
+    bool
+        The value of :func:`set_deterministic`, or of ``FASTCELLS_DETERMINISTIC``
+        at import, or False.
+    """
+    return _deterministic
 
 
 def _blas_info() -> str:
@@ -51,6 +116,7 @@ class Config(TypedDict):
     threads: int
     threads_setting: int | None
     cores: int
+    deterministic: bool
 
 
 def config() -> Config:
@@ -65,8 +131,9 @@ def config() -> Config:
         (version), ``numpy_blas`` (the BLAS NumPy was built with),
         ``python`` (version), ``threads`` (what one call may use:
         ``fastcells.get_num_threads()``), ``threads_setting`` (the explicit
-        setting, ``set_num_threads`` or ``FASTCELLS_NUM_THREADS``, or None) and
-        ``cores`` (the cores this process may run on).
+        setting, ``set_num_threads`` or ``FASTCELLS_NUM_THREADS``, or None),
+        ``cores`` (the cores this process may run on) and ``deterministic``
+        (:func:`get_deterministic`).
     """
     from . import __version__
 
@@ -81,7 +148,15 @@ def config() -> Config:
         "threads": _threads.get_num_threads(),
         "threads_setting": _threads.thread_setting(),
         "cores": _threads.available_cores(),
+        "deterministic": get_deterministic(),
     }
+
+
+#: what show_config says of the deterministic mode, off and on
+DETERMINISTIC_SUMMARY = {
+    False: "off (batch invariant: Stepper, and calls of T >= 32 steps)",
+    True: "on (batch invariant: every forward call)",
+}
 
 
 def show_config() -> None:
@@ -99,6 +174,7 @@ def show_config() -> None:
           ISA in use:    avx512
           ISA available: generic, avx2, avx512
           threads:       2 per call (default: the cores this process may use, 2)
+          deterministic: off (batch invariant: Stepper, and calls of T >= 32 steps)
           NumPy:         2.1.0 (BLAS: scipy-openblas 0.3.27)
           Python:        3.11.7
 
@@ -115,6 +191,7 @@ def show_config() -> None:
     how = (f"set by set_num_threads or {_threads.THREADS_VARIABLE}" if c["threads_setting"]
            else f"default: the cores this process may use, {c['cores']}")
     print(f"  threads:       {c['threads']} per call ({how})")
+    print(f"  deterministic: {DETERMINISTIC_SUMMARY[c['deterministic']]}")
     print(f"  NumPy:         {c['numpy']} (BLAS: {c['numpy_blas']})")
     print(f"  Python:        {c['python']}")
 
