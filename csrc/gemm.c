@@ -97,7 +97,7 @@ void fc_gemm_nt(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A, ptrdiff_t
 #define FC_VBYTES 64
 #define FC_MR 8
 #define FC_NP 1
-#define FC_GV 8
+#define FC_GV 4
 #define FC_KC 1024
 #define FC_PF 256
 #include "isa_instance.h"

@@ -5,7 +5,7 @@
  *   FC_VBYTES  bytes per SIMD register (64 AVX-512, 32 AVX2, 16 SSE2/NEON)
  *   FC_MR      rows of C per micro-tile
  *   FC_NP      16-column panels per micro-tile (tile = FC_MR x 16*FC_NP)
- *   FC_GV      panels side by side in the batch-1 product (GEMV)
+ *   FC_GV      panels side by side in the batch-1 product (GEMV) of large weights
  *   FC_KC      depth of one k block when m > 1
  *   FC_L2_BYTES  bytes of A kept in L2 per outer k block
  *   FC_PF      panel rows (64-byte lines) the m > 1 tiles prefetch ahead, 0: none
@@ -23,8 +23,8 @@
  * independent chains to hide the FMA latency.
  *
  * Batch 1 is a matrix-vector product, bound by how fast the weights stream
- * in: the tiles' own code with one row and FC_GV panels side by side, so it
- * sums in the tiles' order (see fc_gemm_any).
+ * in: the tiles' own code with one row and several panels side by side, so
+ * it sums in the tiles' order (see fc_gemm_any).
  *
  * Float16 panels (Stepper's float16 weights, fc_gemm_half): the same code
  * with converting loads (FC_LOADW), so the two give the same bits; for the
@@ -41,6 +41,8 @@
 #define FC_CAT_(a, b) a##_##b
 #define FC_CAT(a, b) FC_CAT_(a, b)
 #define FC_NAME(name) FC_CAT(name, FC_SFX)
+/* batch-1 products of at most this many weights read 2 panels side by side */
+#define FC_GEMV_NARROW ((ptrdiff_t)1 << 16)
 #endif
 
 #define FC_VL (FC_VBYTES / 4)          /* floats per register */
@@ -453,23 +455,29 @@ FC_NAME(fc_gemm_strips)(const int np, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, con
     } while (k1 < k);
 }
 
+/* the batch-1 product reads 2 panels side by side, or FC_GV: the tiles hold as many */
+_Static_assert(FC_GV >= 2, "FC_GV: the batch-1 product reads at least 2 panels at a time");
+
 /* The packed product, B as floats or (half) as float16: the same tiles and
  * order either way, so the same bits for the same values. */
 static inline __attribute__((always_inline)) FC_TARGET void
 FC_NAME(fc_gemm_any)(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A, ptrdiff_t lda,
                      const void *P, float *C, ptrdiff_t ldc, const int half)
 {
-    /* Batch 1 (the GEMV): one row of tiles FC_GV panels wide, FC_GV * FC_PV
+    /* Batch 1 (the GEMV): one row of tiles, several panels wide for
      * independent chains.  The tiles' code and order, not a GEMV of its own
      * (interleaved accumulators over k would stream one panel at a time, but
      * sum in another order): a row multiplied alone gets the bits it gets
      * among others, so the batch a sequence rides in does not change its
      * results.  The panels lie 16*k floats apart, a multiple of 4 KiB for
-     * the usual k, so the side-by-side streams share L1 sets; measured as
-     * fast as the one-panel GEMV all the same (docs/design.md, "Batch
-     * invariance"). */
+     * the usual k, so side-by-side streams share L1 sets: weights that stay
+     * in L2 (at most FC_GEMV_NARROW) stream best two panels at a time,
+     * larger ones FC_GV at a time (docs/design.md, "Batch invariance"). */
     if (m == 1) {
-        FC_NAME(fc_gemm_strips)(FC_GV, 1, n, k, A, lda, P, C, ldc, half);
+        if (k * n <= FC_GEMV_NARROW)
+            FC_NAME(fc_gemm_strips)(2, 1, n, k, A, lda, P, C, ldc, half);
+        else
+            FC_NAME(fc_gemm_strips)(FC_GV, 1, n, k, A, lda, P, C, ldc, half);
         return;
     }
     /* Batch 2 or 4: a tile of m rows and one panel has too few independent

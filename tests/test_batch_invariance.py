@@ -16,6 +16,8 @@ split: by rows (batch 16), by hidden units (batch 1 to 3), the projection by row
 import os
 import subprocess
 import sys
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -303,3 +305,38 @@ def test_the_mode_packs_short_calls(monkeypatch, _restore_mode):
     on = fastcells.lstm_forward(**inputs)
     assert packings == [_kernels.PACK_NONE, _kernels.PACK_FLOAT]
     np.testing.assert_allclose(on.y, off.y, rtol=0, atol=1e-5)
+
+
+def test_setting_the_mode_while_calls_run(_restore_mode):
+    """Calls on other threads while the mode flips: each finishes in one mode, so its
+    results are the bits of a call wholly off or wholly on (never an error)."""
+    rng = np.random.default_rng(SEED)
+    inputs = make_inputs("lstm", rng, 5, 1, 20, H)
+    want = {}
+    for flag in (False, True):
+        fastcells.set_deterministic(flag)
+        want[flag] = fastcells.lstm_forward(**inputs)
+    assert not np.array_equal(want[False].y, want[True].y)   # the modes differ here
+    stop = threading.Event()
+    failures, calls = [], [0, 0]
+
+    def caller(i):
+        while not stop.is_set():
+            got = fastcells.lstm_forward(**inputs)
+            calls[i] += 1
+            if not any(all(np.array_equal(getattr(got, f), getattr(w, f)) for f in "yhc")
+                       for w in want.values()):
+                failures.append(got)
+
+    threads = [threading.Thread(target=caller, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    flips = 0
+    while min(calls) < 30:
+        fastcells.set_deterministic(flips % 2 == 0)
+        flips += 1
+        time.sleep(0)   # let the callers run between flips
+    stop.set()
+    for t in threads:
+        t.join()
+    assert not failures
