@@ -5,7 +5,7 @@
  *   FC_VBYTES  bytes per SIMD register (64 AVX-512, 32 AVX2, 16 SSE2/NEON)
  *   FC_MR      rows of C per micro-tile
  *   FC_NP      16-column panels per micro-tile (tile = FC_MR x 16*FC_NP)
- *   FC_GV      panels side by side in the batch-1 product (GEMV) of large weights
+ *   FC_GV      panels side by side in the tile-ordered batch-1 product of large weights
  *   FC_KC      depth of one k block when m > 1
  *   FC_L2_BYTES  bytes of A kept in L2 per outer k block
  *   FC_PF      panel rows (64-byte lines) the m > 1 tiles prefetch ahead, 0: none
@@ -23,8 +23,10 @@
  * independent chains to hide the FMA latency.
  *
  * Batch 1 is a matrix-vector product, bound by how fast the weights stream
- * in: the tiles' own code with one row and several panels side by side, so
- * it sums in the tiles' order (see fc_gemm_any).
+ * in: it walks one panel at a time as one contiguous stream, with several
+ * accumulators over interleaved rows (fc_gemv_panel); in the deterministic
+ * mode (fc_gemv_tiles) it is the tiles' own code with one row instead, which
+ * sums in the tiles' order (see fc_gemm_any).
  *
  * Float16 panels (Stepper's float16 weights, fc_gemm_half): the same code
  * with converting loads (FC_LOADW), so the two give the same bits; for the
@@ -41,7 +43,7 @@
 #define FC_CAT_(a, b) a##_##b
 #define FC_CAT(a, b) FC_CAT_(a, b)
 #define FC_NAME(name) FC_CAT(name, FC_SFX)
-/* batch-1 products of at most this many weights read 2 panels side by side */
+/* tile-ordered batch-1 products of at most this many weights read 2 panels side by side */
 #define FC_GEMV_NARROW ((ptrdiff_t)1 << 16)
 #endif
 
@@ -182,6 +184,56 @@ FC_NAME(fc_tile_column)(const int np, ptrdiff_t m, ptrdiff_t k, const float *A, 
     }
 #undef FC_REM
 }
+
+/* Batch 1: one panel (16 columns) of c = x @ B, streaming the panel's k rows
+ * contiguously with FC_GU accumulators over interleaved rows (independent
+ * chains hide the FMA latency).  One panel at a time, not several side by
+ * side: panels lie 16*k floats apart, a multiple of 4 KiB for the usual k,
+ * so side-by-side streams all map to the same L1 sets and evict each other. */
+#define FC_GU (8 / FC_PV > 1 ? 8 / FC_PV : 2)
+
+/* half (a constant where inlined): Pp is float16, else float. */
+static inline __attribute__((always_inline)) FC_TARGET void
+FC_NAME(fc_gemv_panel)(ptrdiff_t k, const float *x, const void *Pp, float *c, ptrdiff_t nlast,
+                       int half)
+{
+    typedef FC_NAME(fc_vec) vec;
+    vec acc[FC_GU][FC_PV];
+    for (int u = 0; u < FC_GU; u++)
+        for (int v = 0; v < FC_PV; v++)
+            acc[u][v] = (vec){0};
+    ptrdiff_t l = 0;
+    for (; l + FC_GU <= k; l += FC_GU)
+        for (int u = 0; u < FC_GU; u++) {
+            vec a = x[l + u] - (vec){0};
+            for (int v = 0; v < FC_PV; v++)
+                acc[u][v] += a * FC_LOADW(Pp, (l + u) * FC_NR + v * FC_VL, half);
+        }
+    for (; l < k; l++) {
+        vec a = x[l] - (vec){0};
+        for (int v = 0; v < FC_PV; v++)
+            acc[0][v] += a * FC_LOADW(Pp, l * FC_NR + v * FC_VL, half);
+    }
+    for (int u = 1; u < FC_GU; u++)
+        for (int v = 0; v < FC_PV; v++)
+            acc[0][v] += acc[u][v];
+    float tmp[FC_NR];
+    memcpy(tmp, acc[0], sizeof tmp);
+    memcpy(c, tmp, (size_t)nlast * sizeof(float));
+}
+
+/* C (1 x n) = x (1 x k) @ B, B packed (as float16 when half): the batch-1 product. */
+static inline __attribute__((always_inline)) FC_TARGET void
+FC_NAME(fc_gemv)(ptrdiff_t n, ptrdiff_t k, const float *x, const void *P, float *C, int half)
+{
+    const ptrdiff_t npan = (n + FC_NR - 1) / FC_NR, ps = FC_NR * k;
+    const ptrdiff_t ntail = n - (npan - 1) * FC_NR;
+    for (ptrdiff_t p = 0; p < npan; p++)
+        FC_NAME(fc_gemv_panel)(k, x, FC_PADD(P, p * ps, half), C + p * FC_NR,
+                               p + 1 == npan ? ntail : FC_NR, half);
+}
+
+#undef FC_GU
 
 /* Packing (gemm.c, fc_pack), per ISA only for speed: the layout is the same.
  *
@@ -455,8 +507,9 @@ FC_NAME(fc_gemm_strips)(const int np, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, con
     } while (k1 < k);
 }
 
-/* the batch-1 product reads 2 panels side by side, or FC_GV: the tiles hold as many */
-_Static_assert(FC_GV >= 2, "FC_GV: the batch-1 product reads at least 2 panels at a time");
+/* the tile-ordered batch-1 product reads 2 panels side by side, or FC_GV: the tiles hold
+ * as many */
+_Static_assert(FC_GV >= 2, "FC_GV: the tile-ordered batch-1 product reads 2 panels or more");
 
 /* The packed product, B as floats or (half) as float16: the same tiles and
  * order either way, so the same bits for the same values. */
@@ -464,15 +517,20 @@ static inline __attribute__((always_inline)) FC_TARGET void
 FC_NAME(fc_gemm_any)(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A, ptrdiff_t lda,
                      const void *P, float *C, ptrdiff_t ldc, const int half)
 {
-    /* Batch 1 (the GEMV): one row of tiles, several panels wide for
-     * independent chains.  The tiles' code and order, not a GEMV of its own
-     * (interleaved accumulators over k would stream one panel at a time, but
-     * sum in another order): a row multiplied alone gets the bits it gets
-     * among others, so the batch a sequence rides in does not change its
-     * results.  The panels lie 16*k floats apart, a multiple of 4 KiB for
-     * the usual k, so side-by-side streams share L1 sets: weights that stay
-     * in L2 (at most FC_GEMV_NARROW) stream best two panels at a time,
-     * larger ones FC_GV at a time (docs/design.md, "Batch invariance"). */
+    /* Batch 1: the GEMV above, unless the deterministic mode asks for the
+     * tiles' order (fc_gemv_tiles, read once per product): then one row of
+     * tiles, several panels wide for independent chains, so a row multiplied
+     * alone gets the bits it gets among others and the batch a sequence
+     * rides in does not change its results.  The panels lie 16*k floats
+     * apart, a multiple of 4 KiB for the usual k, so side-by-side streams
+     * share L1 sets: weights that stay in L2 (at most FC_GEMV_NARROW) stream
+     * best two panels at a time, larger ones FC_GV at a time.  Not the
+     * default: up to a few percent slower than the GEMV at batch 1
+     * (docs/design.md, "Batch invariance"). */
+    if (m == 1 && !fc_get_gemv_tiles()) {
+        FC_NAME(fc_gemv)(n, k, A, P, C, half);
+        return;
+    }
     if (m == 1) {
         if (k * n <= FC_GEMV_NARROW)
             FC_NAME(fc_gemm_strips)(2, 1, n, k, A, lda, P, C, ldc, half);

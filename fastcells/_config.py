@@ -6,9 +6,11 @@ the CPU cannot run raises at import rather than crashing later with SIGILL.
 
 The deterministic mode (``set_deterministic``, ``FASTCELLS_DETERMINISTIC``)
 makes every forward call batch invariant: it packs the weights of the short
-calls that would otherwise multiply by them unpacked (``_packing``), so every
-product sums in the packed tiles' order.  It is one process-wide flag, which
-a call reads once when it prepares its weights.
+calls that would otherwise multiply by them unpacked (``_packing``), and the
+batch-1 products sum in the packed tiles' order (``csrc/gemm.h``,
+``fc_set_gemv_tiles``), so every product sums as the tiles do.  It is one
+process-wide flag: a call reads it when it prepares its weights, each
+batch-1 product when it starts.
 """
 from __future__ import annotations
 
@@ -57,21 +59,24 @@ def set_deterministic(flag: Any) -> None:
 
     With the mode on, a sequence's forward outputs and final states are the
     same bits whether it runs alone or among other sequences (any batch size,
-    any thread count, with or without ``lengths``).  Without it that already
-    holds for every ``Stepper`` call and for sequences of at least 32 steps,
-    whose products are packed at any batch size (``docs/design.md``, "Batch
-    invariance"); the short calls (``T * B < 32``, or batch 1 and ``T <= 16``)
-    multiply by the weights unpacked, faster but summing in another order.
-    The mode packs their weights too, which makes them slower.  Gradients
-    (``*_backward``) are not covered: they may differ by float32 rounding.
+    any thread count, with or without ``lengths``), in the functional calls,
+    the layers and ``Stepper`` (steps and ``forward``).  Without it a
+    sequence's results may differ by float32 rounding with the batch it runs
+    in: batch-1 products sum in a faster order than the batched ones, and
+    short calls (``T * B < 32``, or batch 1 and ``T <= 16``) multiply by the
+    weights unpacked.  The mode costs speed at batch 1 (a few percent) and
+    in short calls, which then pack their weights (``docs/design.md``,
+    "Batch invariance").  Gradients (``*_backward``) are not covered: they
+    may differ by float32 rounding.
 
     Parameters
     ----------
     flag : bool
         True to turn the mode on, False (the default, unless
         ``FASTCELLS_DETERMINISTIC=1`` at import) to turn it off.  The setting
-        is process-wide; each call reads it once, when it starts, so a call
-        running while it changes finishes in the mode it started in.
+        is process-wide.  A call running while it changes may see the change
+        part way (its results are then those of either mode, step by step):
+        set it before the calls whose results must agree.
 
     Raises
     ------
@@ -80,6 +85,7 @@ def set_deterministic(flag: Any) -> None:
     """
     global _deterministic
     _deterministic = check_bool("flag", flag)
+    _kernels.set_gemv_tiles(_deterministic)
 
 
 def get_deterministic() -> bool:
@@ -92,6 +98,9 @@ def get_deterministic() -> bool:
         at import, or False.
     """
     return _deterministic
+
+
+_kernels.set_gemv_tiles(_deterministic)
 
 
 def _blas_info() -> str:
@@ -154,8 +163,8 @@ def config() -> Config:
 
 #: what show_config says of the deterministic mode, off and on
 DETERMINISTIC_SUMMARY = {
-    False: "off (batch invariant: Stepper, and calls of T >= 32 steps)",
-    True: "on (batch invariant: every forward call)",
+    False: "off (results may differ with the batch by float32 rounding)",
+    True: "on (forward results do not depend on the batch)",
 }
 
 
@@ -174,7 +183,7 @@ def show_config() -> None:
           ISA in use:    avx512
           ISA available: generic, avx2, avx512
           threads:       2 per call (default: the cores this process may use, 2)
-          deterministic: off (batch invariant: Stepper, and calls of T >= 32 steps)
+          deterministic: off (results may differ with the batch by float32 rounding)
           NumPy:         2.1.0 (BLAS: scipy-openblas 0.3.27)
           Python:        3.11.7
 

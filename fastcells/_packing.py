@@ -13,9 +13,10 @@ constant and function; the figures behind them are in docs/design.md,
 Every choice depends on the whole call (``T``, ``B``, ``I``), never on an
 inference chunk, so training (one piece) and inference (chunks) sum in the
 same order and give the same bits.  The packed product sums every row in the
-same order whatever the rows around it (one row too: csrc/gemm_impl.h), the
-unpacked one in another: in the deterministic mode (``_config``) every call
-packs, so a sequence's results do not depend on the batch it runs in.
+same order whatever the rows around it, except one row alone (the batch-1
+GEMV), the unpacked one in another: in the deterministic mode (``_config``)
+every call packs and the GEMV sums in the tiles' order, so a sequence's
+results do not depend on the batch it runs in.
 """
 from __future__ import annotations
 
@@ -157,10 +158,16 @@ def inference_chunks(a: ForwardArgs, product: Product, bias: np.ndarray | None,
                      reverse: bool, nthreads: int = 1,
                      norm: InputNorm | None = None) -> Iterator[tuple[int, np.ndarray]]:
     """The inference chunks of :func:`projected_chunks`, one reused buffer."""
+    # never a chunk of one row: the packed product of one row is the GEMV, which
+    # sums in another order than the tiles of the whole call (training), unless
+    # the deterministic mode is on.  So at batch 1 chunks have 2 steps at least,
+    # and a step left over joins the last
     floats = CHUNK_FLOATS * max(1, nthreads)
-    steps = max(1, min(a.T, floats // (a.B * a.G * a.H)))
+    steps = max(2 if a.B == 1 else 1, min(a.T, floats // (a.B * a.G * a.H)))
     starts = list(range(0, a.T, steps))
-    buf = np.empty((steps, a.B, a.G * a.H), F32)
+    if a.B == 1 and len(starts) > 1 and a.T - starts[-1] == 1:
+        starts.pop()
+    buf = np.empty((max(steps, a.T - starts[-1]), a.B, a.G * a.H), F32)   # the largest
     ends = starts[1:] + [a.T]
     spans = list(zip(starts, ends))
     for t0, t1 in (reversed(spans) if reverse else spans):
