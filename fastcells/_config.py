@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from typing import Any, TypedDict
 
 import numpy as np
@@ -50,8 +51,10 @@ def _deterministic_from_environment() -> bool:
 
 
 #: the deterministic mode (set_deterministic or the environment); a bool, whose reads
-#: and writes are atomic, so calls on many threads read it without a lock
+#: are atomic, so calls on many threads read it without a lock
 _deterministic: bool = _deterministic_from_environment()
+#: held while the mode and the kernels' flag change together (concurrent setters)
+_mode_lock = threading.Lock()
 
 
 def set_deterministic(flag: Any) -> None:
@@ -64,10 +67,11 @@ def set_deterministic(flag: Any) -> None:
     sequence's results may differ by float32 rounding with the batch it runs
     in: batch-1 products sum in a faster order than the batched ones, and
     short calls (``T * B < 32``, or batch 1 and ``T <= 16``) multiply by the
-    weights unpacked.  The mode costs speed at batch 1 (a few percent) and
-    in short calls, which then pack their weights (``docs/design.md``,
-    "Batch invariance").  Gradients (``*_backward``) are not covered: they
-    may differ by float32 rounding.
+    weights unpacked.  The mode costs speed at batch 1 (a few percent on
+    AVX-512, up to about 20% on the generic path) and more in short calls,
+    which then pack their weights (``docs/design.md``, "Batch invariance").
+    Gradients (``*_backward``) are not covered: they may differ by float32
+    rounding.
 
     Parameters
     ----------
@@ -84,8 +88,10 @@ def set_deterministic(flag: Any) -> None:
         If ``flag`` is not a bool.
     """
     global _deterministic
-    _deterministic = check_bool("flag", flag)
-    _kernels.set_gemv_tiles(_deterministic)
+    flag = check_bool("flag", flag)
+    with _mode_lock:
+        _deterministic = flag
+        _kernels.set_gemv_tiles(flag)
 
 
 def get_deterministic() -> bool:
@@ -169,7 +175,7 @@ DETERMINISTIC_SUMMARY = {
 
 
 def show_config() -> None:
-    """Print the version, the ISA path in use and those available, and NumPy's BLAS.
+    """Print the version, the ISA paths, the threads, the deterministic mode and the BLAS.
 
     The kernels' instruction-set path (generic, avx2 or avx512) is chosen at
     import: the widest this CPU supports, unless the environment variable

@@ -328,3 +328,17 @@ def test_setting_the_mode_while_calls_run(_restore_mode):
     for t in threads:
         t.join()
     assert not failures
+
+
+def test_concurrent_setters_leave_one_mode(_restore_mode):
+    """The mode and the kernels' batch-1 flag change together, whatever the setters."""
+    def setter(flag):
+        for _ in range(2000):
+            fastcells.set_deterministic(flag)
+
+    threads = [threading.Thread(target=setter, args=(flag,)) for flag in (True, False)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert _kernels.get_gemv_tiles() is fastcells.get_deterministic()
