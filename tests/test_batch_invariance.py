@@ -114,6 +114,16 @@ def _embed(rng, seq, B, row, T, I):
     return out
 
 
+def _embed_with_lengths(rng, seq, B, row, T, I, own_length):
+    """:func:`_embed`, and ``lengths`` (B,): random, the sequence's ``own_length`` at
+    ``row`` (None when ``own_length`` is None)."""
+    lengths = None
+    if own_length is not None:
+        lengths = rng.integers(0, T + 1, size=B)
+        lengths[row] = own_length
+    return _embed(rng, seq, B, row, T, I), lengths
+
+
 def _has_c(family):
     return fastcells._cells.CELLS[family].has_cell_state
 
@@ -140,11 +150,7 @@ def _check_forward(run, family, T, I, rng, chunk_floats=None, monkeypatch=None):
             lens = None if own_length is None else np.array([own_length])
             alone = run(seq, lens, reverse)
             for B, row in BATCHES.items():
-                batch = _embed(rng, seq, B, row, T, I)
-                lengths = None
-                if own_length is not None:
-                    lengths = rng.integers(0, T + 1, size=B)
-                    lengths[row] = own_length
+                batch, lengths = _embed_with_lengths(rng, seq, B, row, T, I, own_length)
                 what = f"batch {B}, reverse {reverse}, lengths {lengths}"
                 _assert_rows_equal(alone, run(batch, lengths, reverse), row, what)
 
@@ -171,6 +177,31 @@ def test_forward_is_batch_invariant_in_the_deterministic_mode(case, shape, isa, 
     _check_forward(check, family, T, I, rng)
     G = fastcells._cells.CELLS[family].G
     _check_forward(check, family, T, I, rng, chunk_floats=2 * G * H, monkeypatch=monkeypatch)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_batches_of_two_rows_and_more_agree_by_default(case, isa, threads):
+    """Without the mode, a sequence gets the same bits in every batch of 2 rows or
+    more whose call is packed (T * B >= 32: here T = 16); batch 1 (the GEMV) and
+    shorter calls (unpacked) may differ by float32 rounding."""
+    assert not fastcells.get_deterministic()
+    rng = np.random.default_rng(SEED + 4)
+    family, options = _options(case, rng)
+    T, I = 16, SHAPES["short"][1]
+    assert not _packing.unpacked_projection(2 * T, I)
+    weights = _weights(family, rng, I)
+    run = _functional(family, options)
+    seq = _sequence(family, rng, T, I)
+    for reverse in (False, True):
+        for own_length in (None, T - 3):
+            got = {}
+            for B, row in BATCHES.items():
+                batch, lengths = _embed_with_lengths(rng, seq, B, row, T, I, own_length)
+                out = run(batch, lengths, reverse, weights)
+                got[B] = tuple(a[:, row:row + 1] if i == 0 else a[row:row + 1]
+                               for i, a in enumerate(out))
+            for B in BATCHES:
+                _assert_rows_equal(got[2], got[B], 0, f"batch {B} vs 2, reverse {reverse}")
 
 
 def _stepper(case, rng, I, weight_dtype):
