@@ -10,6 +10,16 @@
 #define FC_X86_INTRIN 1   /* the templates may use intrinsics under FC_TARGET */
 #endif
 
+/* Whether batch-1 products sum in the tiles' order (the deterministic mode:
+ * fastcells._config.set_deterministic), else the faster GEMV's.  Read once per
+ * product, so a product never mixes the two; relaxed atomics: only the value
+ * matters, it orders nothing else. */
+static int fc_gemv_tiles;
+
+void fc_set_gemv_tiles(int on) { __atomic_store_n(&fc_gemv_tiles, on != 0, __ATOMIC_RELAXED); }
+
+int fc_get_gemv_tiles(void) { return __atomic_load_n(&fc_gemv_tiles, __ATOMIC_RELAXED); }
+
 ptrdiff_t fc_packed_size(ptrdiff_t k, ptrdiff_t n)
 {
     return ((n + FC_NR - 1) / FC_NR) * FC_NR * k;
@@ -97,7 +107,7 @@ void fc_gemm_nt(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A, ptrdiff_t
 #define FC_VBYTES 64
 #define FC_MR 8
 #define FC_NP 1
-#define FC_GV 8
+#define FC_GV 4
 #define FC_KC 1024
 #define FC_PF 256
 #include "isa_instance.h"

@@ -32,6 +32,12 @@ void fc_gemm_half(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A, ptrdiff
 /* Whether the ISA in use reads float16 weights (fc_gemm_half uses Ph). */
 int fc_has_half(void);
 
+/* Batch-1 products (m == 1) in the tiles' order (on != 0: a row's result then
+ * does not depend on how many rows are multiplied with it) or, the default, in
+ * the faster GEMV's.  Process-wide; each product reads it once. */
+void fc_set_gemv_tiles(int on);
+int fc_get_gemv_tiles(void);
+
 /* C[i, j] = sum_l A[i*lda + l] * W[j*ldw + l] for i < m, j < n: A @ W.T with
  * W (n x k) unpacked, rows ldw floats apart (gemm_nt_impl.h).  Reads every
  * W row once per call; for few rows of A (batch-1 steps, short input

@@ -5,7 +5,7 @@
  *   FC_VBYTES  bytes per SIMD register (64 AVX-512, 32 AVX2, 16 SSE2/NEON)
  *   FC_MR      rows of C per micro-tile
  *   FC_NP      16-column panels per micro-tile (tile = FC_MR x 16*FC_NP)
- *   FC_GV      panels per step of the batch-1 product (GEMV)
+ *   FC_GV      panels side by side in the tile-ordered batch-1 product of large weights
  *   FC_KC      depth of one k block when m > 1
  *   FC_L2_BYTES  bytes of A kept in L2 per outer k block
  *   FC_PF      panel rows (64-byte lines) the m > 1 tiles prefetch ahead, 0: none
@@ -24,7 +24,9 @@
  *
  * Batch 1 is a matrix-vector product, bound by how fast the weights stream
  * in: it walks one panel at a time as one contiguous stream, with several
- * accumulators over interleaved rows (fc_gemv_panel).
+ * accumulators over interleaved rows (fc_gemv_panel); in the deterministic
+ * mode (fc_gemv_tiles) it is the tiles' own code with one row instead, which
+ * sums in the tiles' order (see fc_gemm_any).
  *
  * Float16 panels (Stepper's float16 weights, fc_gemm_half): the same code
  * with converting loads (FC_LOADW), so the two give the same bits; for the
@@ -41,6 +43,8 @@
 #define FC_CAT_(a, b) a##_##b
 #define FC_CAT(a, b) FC_CAT_(a, b)
 #define FC_NAME(name) FC_CAT(name, FC_SFX)
+/* tile-ordered batch-1 products of at most this many weights read 2 panels side by side */
+#define FC_GEMV_NARROW ((ptrdiff_t)1 << 16)
 #endif
 
 #define FC_VL (FC_VBYTES / 4)          /* floats per register */
@@ -503,14 +507,35 @@ FC_NAME(fc_gemm_strips)(const int np, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, con
     } while (k1 < k);
 }
 
+/* the tile-ordered batch-1 product reads 2 panels side by side, or FC_GV: the tiles hold
+ * as many */
+_Static_assert(FC_GV >= 2, "FC_GV: the tile-ordered batch-1 product reads 2 panels or more");
+
 /* The packed product, B as floats or (half) as float16: the same tiles and
  * order either way, so the same bits for the same values. */
 static inline __attribute__((always_inline)) FC_TARGET void
 FC_NAME(fc_gemm_any)(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A, ptrdiff_t lda,
                      const void *P, float *C, ptrdiff_t ldc, const int half)
 {
-    if (m == 1) {
+    /* Batch 1: the GEMV above, unless the deterministic mode asks for the
+     * tiles' order (fc_gemv_tiles, read once per product): then one row of
+     * tiles, several panels wide for independent chains, so a row multiplied
+     * alone gets the bits it gets among others and the batch a sequence
+     * rides in does not change its results.  The panels lie 16*k floats
+     * apart, a multiple of 4 KiB for the usual k, so side-by-side streams
+     * share L1 sets: weights that stay in L2 (at most FC_GEMV_NARROW) stream
+     * best two panels at a time, larger ones FC_GV at a time.  Not the
+     * default: up to a few percent slower than the GEMV at batch 1
+     * (docs/design.md, "Batch invariance"). */
+    if (m == 1 && !fc_get_gemv_tiles()) {
         FC_NAME(fc_gemv)(n, k, A, P, C, half);
+        return;
+    }
+    if (m == 1) {
+        if (k * n <= FC_GEMV_NARROW)
+            FC_NAME(fc_gemm_strips)(2, 1, n, k, A, lda, P, C, ldc, half);
+        else
+            FC_NAME(fc_gemm_strips)(FC_GV, 1, n, k, A, lda, P, C, ldc, half);
         return;
     }
     /* Batch 2 or 4: a tile of m rows and one panel has too few independent

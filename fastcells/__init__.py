@@ -8,10 +8,12 @@ and the gradient-flow diagnostic (``diagnostics``).  ``fastcells.reference``
 is the pure-NumPy oracle with the same functions.  ``show_config()`` prints
 the version, the instruction-set path in use, the thread count and NumPy's
 BLAS; ``set_num_threads`` / ``get_num_threads`` (or ``FASTCELLS_NUM_THREADS``)
-set how many threads one call may use.
+set how many threads one call may use, ``set_deterministic`` /
+``get_deterministic`` (or ``FASTCELLS_DETERMINISTIC``) whether every forward
+call's results are independent of the batch they run in.
 """
 from . import diagnostics, interop, losses, optim, reference
-from ._config import show_config
+from ._config import get_deterministic, set_deterministic, show_config
 from ._results import (
     Cache,
     ForwardResult,
@@ -44,7 +46,7 @@ __all__ = [
     "lstm_forward", "lstm_backward", "Stepper",
     "RNN", "GRU", "LSTM", "Linear", "clip_grad_norm",
     "optim", "losses", "interop", "diagnostics", "reference", "show_config",
-    "set_num_threads", "get_num_threads",
+    "set_num_threads", "get_num_threads", "set_deterministic", "get_deterministic",
     "ForwardResult", "LSTMForwardResult", "Gradients", "LSTMGradients",
     "PeepholeLSTMGradients", "Cache",
     "LayerNormWeights", "LayerNormGradients", "LayerNormLSTMGradients",

@@ -154,6 +154,21 @@ def set_isa(str name):
                          f"(available: {isa_available()})")
 
 
+cdef extern from "gemm.h" nogil:
+    void fc_set_gemv_tiles(int on)
+    int fc_get_gemv_tiles()
+
+
+def set_gemv_tiles(bint on):
+    """Batch-1 products in the packed tiles' order (the deterministic mode) or not."""
+    fc_set_gemv_tiles(on)
+
+
+def get_gemv_tiles():
+    """Whether batch-1 products sum in the packed tiles' order."""
+    return bool(fc_get_gemv_tiles())
+
+
 # ----------------------------------------------------------------------------
 # weight packing
 

@@ -12,7 +12,11 @@ constant and function; the figures behind them are in docs/design.md,
 
 Every choice depends on the whole call (``T``, ``B``, ``I``), never on an
 inference chunk, so training (one piece) and inference (chunks) sum in the
-same order and give the same bits.
+same order and give the same bits.  The packed product sums every row in the
+same order whatever the rows around it, except one row alone (the batch-1
+GEMV), the unpacked one in another: in the deterministic mode (``_config``)
+every call packs and the GEMV sums in the tiles' order, so a sequence's
+results do not depend on the batch it runs in.
 """
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import _kernels
+from . import _config, _kernels
 from ._checks import ForwardArgs
 from ._parallel import gemm_nt_threads, gemm_threads
 from ._scratch import Scratch
@@ -74,8 +78,9 @@ def unpacked_projection(rows: int, I: int) -> bool:
 
 
 def packs_forward(a: ForwardArgs) -> bool:
-    """Whether a forward call of ``a.T`` steps at batch ``a.B`` packs ``W_hh`` (else it
-    multiplies by its rows as they are: batch 1 and at most ``UNPACKED_MAX_STEPS``)."""
+    """Whether a forward call of ``a.T`` steps at batch ``a.B`` packs ``W_hh`` by its shape
+    (else it multiplies by its rows as they are: batch 1 and at most
+    ``UNPACKED_MAX_STEPS``); the deterministic mode packs in every call."""
     return not (a.B == 1 and a.T <= UNPACKED_MAX_STEPS)
 
 
@@ -154,8 +159,9 @@ def inference_chunks(a: ForwardArgs, product: Product, bias: np.ndarray | None,
                      norm: InputNorm | None = None) -> Iterator[tuple[int, np.ndarray]]:
     """The inference chunks of :func:`projected_chunks`, one reused buffer."""
     # never a chunk of one row: the packed product of one row is the GEMV, which
-    # sums in another order than the tiles of the whole call (training).  So at
-    # batch 1 chunks have 2 steps at least, and a step left over joins the last
+    # sums in another order than the tiles of the whole call (training), unless
+    # the deterministic mode is on.  So at batch 1 chunks have 2 steps at least,
+    # and a step left over joins the last
     floats = CHUNK_FLOATS * max(1, nthreads)
     steps = max(2 if a.B == 1 else 1, min(a.T, floats // (a.B * a.G * a.H)))
     starts = list(range(0, a.T, steps))
@@ -232,20 +238,22 @@ PACK_SPLIT_MIN_FLOATS = 1 << 16
 def weights_for_call(a: ForwardArgs, s: Scratch, layout: RecurrentLayout,
                      nthreads: int = 1) -> Weights:
     """The weights of one forward call: packed (into ``s``'s buffers, kept by the
-    thread) when the call's shape pays for it, large packs split over up to
-    ``nthreads`` threads.  The packs use backward's buffer names: a thread never
-    runs both at once, so one buffer per weight serves either layout."""
+    thread) when the call's shape pays for it or the deterministic mode is on,
+    large packs split over up to ``nthreads`` threads.  The packs use backward's
+    buffer names: a thread never runs both at once, so one buffer per weight serves
+    either layout."""
     def threads_for(W: np.ndarray) -> int:
         return nthreads if W.size >= PACK_SPLIT_MIN_FLOATS else 1
 
+    deterministic = _config.get_deterministic()   # read once: one mode for the whole call
     bias, bhn = fold_biases(a, layout)
     project: Product
-    if unpacked_projection(a.T * a.B, a.I):
+    if not deterministic and unpacked_projection(a.T * a.B, a.I):
         project = unpacked_projection_product(a.W_ih)
     else:
         project = packed_projection(s.pack("W_ih", a.W_ih, True, threads_for(a.W_ih)),
                                     a.G * a.H)
-    if packs_forward(a):
+    if deterministic or packs_forward(a):
         packing = _kernels.PACK_FLOAT
         prep = lambda W, i: s.pack(RECURRENT_BUFFERS[i], W, True, threads_for(W))  # noqa: E731
     else:

@@ -2,7 +2,7 @@
 every ISA path, against NumPy's float64 ``matmul``.
 
 The sizes are chosen to hit each branch of the blocked kernel: batch 1 (the
-multi-panel GEMV) and every remainder of the row tiles (m up to 20 > the
+multi-panel GEMV, and in the deterministic mode the tiles with one row) and every remainder of the row tiles (m up to 20 > the
 largest tile height), partial and multiple 16-column panels (n), empty and
 odd depths (k), and depths and batches large enough to be cut into k blocks.
 """
@@ -186,16 +186,27 @@ def test_packed_weights_start_on_a_cache_line(n, k, transpose):
 # many rows
 
 
-def test_a_row_gets_the_same_bits_however_many_rows_are_multiplied(isa, rng):
+@pytest.mark.parametrize("tiles, n", [(False, 20), (True, 20), (True, 200)])
+def test_a_row_gets_the_same_bits_however_many_rows_are_multiplied(tiles, n, isa, rng):
     """L2 blocks of k and remainder tiles must not change a row's sums: projecting a
     sequence whole (training) or in chunks of time (inference) gives the same bits.
-    From two rows up: one row is the batch-1 GEMV, which sums in its own order
-    (the projection never multiplies a lone row unless the whole call has one)."""
+    By default from two rows up: one row is the batch-1 GEMV, which sums in its own
+    order (the projection never multiplies a lone row unless the whole call has one).
+    With ``tiles`` (the deterministic mode) one row too: the tiles' code with one row,
+    2 panels side by side for weights that stay in L2 (n = 20), more for larger ones
+    (n = 200, k * n > 2^16)."""
     A = rng.standard_normal((1100, 600)).astype(np.float32)
-    n = 20
     P = pack(rng.standard_normal((600, n)).astype(np.float32), False)
-    whole, _ = guarded_product(A, P, n)
-    for start, stop in [(0, 2), (20, 23), (30, 34), (5, 12), (100, 229), (507, 1100),
-                        (1098, 1100)]:
-        part, _ = guarded_product(A[start:stop], P, n)
-        np.testing.assert_array_equal(part, whole[start:stop], err_msg=f"rows {start}:{stop}")
+    ranges = [(0, 2), (20, 23), (30, 34), (5, 12), (100, 229), (507, 1100), (1098, 1100)]
+    if tiles:
+        ranges += [(0, 1), (1099, 1100), (600, 601)]
+    saved = _kernels.get_gemv_tiles()
+    _kernels.set_gemv_tiles(tiles)
+    try:
+        whole, _ = guarded_product(A, P, n)
+        for start, stop in ranges:
+            part, _ = guarded_product(A[start:stop], P, n)
+            np.testing.assert_array_equal(part, whole[start:stop],
+                                          err_msg=f"rows {start}:{stop}")
+    finally:
+        _kernels.set_gemv_tiles(saved)
