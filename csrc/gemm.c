@@ -23,6 +23,14 @@ void fc_gemm(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A, ptrdiff_t ld
     fc_kernels.gemm(m, n, k, A, lda, P, C, ldc);
 }
 
+void fc_gemm_bias(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A, ptrdiff_t lda,
+                  const float *P, const float *bias, float *C, ptrdiff_t ldc)
+{
+    if (m <= 0 || n <= 0)
+        return;
+    fc_kernels.gemm_bias(m, n, k, A, lda, P, bias, C, ldc);
+}
+
 void fc_gemm_half(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A, ptrdiff_t lda,
                   const float *P, const unsigned short *Ph, float *C, ptrdiff_t ldc)
 {
