@@ -66,6 +66,9 @@ void fc_gemm_nt(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A, ptrdiff_t
  * code's choices", "GEMM tiles".  The unpacked product sizes its own tiles
  * from FC_VBYTES (gemm_nt_impl.h). */
 #define FC_L2_BYTES (256 * 1024)
+/* FC_MC_ROWS: products of more rows (the input projection, dx) run in row
+ * blocks of this many (a multiple of every FC_MR), see gemm_impl.h. */
+#define FC_MC_ROWS 192
 
 /* Packing a matrix this large (bytes of P) writes P with non-temporal
  * stores (AVX-512 path): no read-for-ownership of P's lines, so packing runs

@@ -139,11 +139,8 @@ FC_NAME(fc_tile)(const int mr, const int np, ptrdiff_t k, const float *A, ptrdif
                     memcpy(&old, c + v * FC_VL, sizeof old);
                     t += old;
                 }
-                if (bias) {
-                    vec bv;
-                    memcpy(&bv, bias + v * FC_VL, sizeof bv);
-                    t += bv;
-                }
+                if (bias)   /* (read like the panels: never written during a product) */
+                    t += FC_NAME(fc_load_packed)(bias + v * FC_VL);
                 memcpy(c + v * FC_VL, &t, sizeof t);
             } else if (v * FC_VL < width) {
                 float tmp[FC_VL];
@@ -471,9 +468,9 @@ FC_TARGET void FC_NAME(fc_pack_n)(const float *src, ptrdiff_t k, ptrdiff_t nfull
 /* m > 1: column strips of np panels (a constant: its own register
  * allocation) over all rows, see the blocking below. */
 static inline __attribute__((always_inline)) FC_TARGET void
-FC_NAME(fc_gemm_strips_bias)(const int np, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,
-                             const float *A, ptrdiff_t lda, const void *P, float *C,
-                             ptrdiff_t ldc, const int half, const float *bias)
+FC_NAME(fc_gemm_row_block)(const int np, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,
+                           const float *A, ptrdiff_t lda, const void *P, float *C,
+                           ptrdiff_t ldc, const int half, const float *bias)
 {
     const ptrdiff_t npan = (n + FC_NR - 1) / FC_NR;
     const ptrdiff_t ps = FC_NR * k;                 /* elements between panels */
@@ -516,6 +513,24 @@ FC_NAME(fc_gemm_strips_bias)(const int np, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k
         }
         k1 = k1e;
     } while (k1 < k);
+}
+
+/* m > 1: blocks of FC_MC_ROWS rows (gemm.c), each through every column strip
+ * before the next: a block's rows of A stay in L1/L2 across the strips and its
+ * rows of C are written while they are in cache, where one pass of all m rows
+ * per strip streamed A from L2 and C from memory for every strip (the input
+ * projection's T*B rows).  Each element's sum does not depend on the blocks. */
+static inline __attribute__((always_inline)) FC_TARGET void
+FC_NAME(fc_gemm_strips_bias)(const int np, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,
+                             const float *A, ptrdiff_t lda, const void *P, float *C,
+                             ptrdiff_t ldc, const int half, const float *bias)
+{
+    for (ptrdiff_t i0 = 0; i0 < m; i0 += FC_MC_ROWS) {
+        /* (a last block of one row takes a 1-row tile, not the GEMV: the same sums) */
+        ptrdiff_t mb = m - i0 < FC_MC_ROWS ? m - i0 : FC_MC_ROWS;
+        FC_NAME(fc_gemm_row_block)(np, mb, n, k, A + i0 * lda, lda, P, C + i0 * ldc, ldc,
+                                   half, bias);
+    }
 }
 
 /* m > 1 without a bias: the column strips above */

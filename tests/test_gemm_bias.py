@@ -17,7 +17,9 @@ SENTINEL = np.float32(-7.25e33)
 #: rows (1: the batch-1 product; every tile remainder; many tiles), columns (partial
 #: and whole panels), depths (empty, odd, several k blocks on every ISA path)
 SHAPES = [(m, n, k) for m in (1, 2, 3, 4, 7, 13, 50) for n in (1, 17, 64) for k in (0, 5, 130)]
-DEEP = [(9, 33, 2500), (40, 16, 4100)]
+#: several k blocks on every ISA path; several row blocks (FC_MC_ROWS = 192 in gemm.c),
+#: the last of one row
+DEEP = [(9, 33, 2500), (40, 16, 4100), (385, 20, 70)]
 
 
 def _data(rng, m, n, k):
@@ -39,6 +41,21 @@ def test_bias_gives_the_bits_of_adding_it_after(m, n, k, isa, rng):
     _kernels.gemm(A, P, n, C, 1, b)
     np.testing.assert_array_equal(C, expected)
     assert (buf[:GUARD] == SENTINEL).all() and (buf[GUARD + m * n:] == SENTINEL).all()
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_rows_of_a_tall_product_get_the_bits_of_short_ones(bias, isa, rng):
+    """Row blocks (the projection's T*B rows) do not change a row's sums."""
+    m, n, k = 400, 40, 70
+    A, P, b = _data(rng, m, n, k)
+    b = b if bias else None
+    tall = np.empty((m, n), np.float32)
+    _kernels.gemm(A, P, n, tall, 1, b)
+    for i in range(0, m, 9):      # (never one row: that is the GEMV)
+        rows = A[i:i + 9]
+        short = np.empty((rows.shape[0], n), np.float32)
+        _kernels.gemm(rows, P, n, short, 1, b)
+        np.testing.assert_array_equal(tall[i:i + 9], short)
 
 
 @pytest.mark.parametrize("nthreads", [2, 3])
