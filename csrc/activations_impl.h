@@ -200,31 +200,36 @@ FC_TARGET void FC_NAME(fc_tanh)(float *x, ptrdiff_t n)
     FC_ACT_LOOP(FC_NAME(fc_act_tanh_v))
 }
 
-/* The LSTM's gate pass over n units (see activations.h, fc_lstm_cell): one
- * vector of units at a time, every gate and state in registers.  The products
- * of the cell update are rounded before their sum (an empty asm keeps the
- * compiler from fusing them into an FMA): c' = f*c + i*g in exactly the
- * operations of the pass it replaced, so the bits do not depend on which pass
- * ran. */
+/* The LSTM's gate pass over n units (see activations.h, fc_lstm_cell).  On
+ * AVX-512 one vector of units at a time, every gate and state in its 32
+ * registers; with 16 registers (AVX2, SSE2) that spilled, so there the gates
+ * are activated one pass each over the row first (the activations' own
+ * loops), then one pass updates the states.  The products of the cell update
+ * are rounded before their sum (an empty asm keeps the compiler from fusing
+ * them into an FMA): c' = f*c + i*g in exactly the operations of the passes
+ * this replaced, so the bits do not depend on which form ran. */
 #if defined(FC_X86_INTRIN)
 #define FC_ACT_ROUNDED(v) __asm__("" : "+v"(v))
 #else
 #define FC_ACT_ROUNDED(v) ((void)0)
 #endif
+#define FC_LSTM_FUSED (FC_ACT_VBYTES == 64)
 
+/* One vector of units; the gates in a already activated unless FC_LSTM_FUSED. */
 static inline __attribute__((always_inline)) FC_TARGET void
 FC_NAME(fc_lstm_cell_v)(float *a, ptrdiff_t H, float *c, float *h, float *y, int keep)
 {
-    fc_act_vf i, f, g, o, cv, t;
-    memcpy(&i, a, sizeof i);
-    memcpy(&f, a + H, sizeof f);
-    memcpy(&g, a + 2 * H, sizeof g);
-    memcpy(&o, a + 3 * H, sizeof o);
-    memcpy(&cv, c, sizeof cv);
-    FC_NAME(fc_act_sigmoid_v)(&i);
-    FC_NAME(fc_act_sigmoid_v)(&f);
-    FC_NAME(fc_act_tanh_v)(&g);
-    FC_NAME(fc_act_sigmoid_v)(&o);
+    /* (aligned(4), may_alias type: plain unaligned loads and stores, as FC_ACT_LOOP;
+     * memcpy here went through the stack on AVX2) */
+    fc_act_vf i = *(const fc_act_vf *)a, f = *(const fc_act_vf *)(a + H);
+    fc_act_vf g = *(const fc_act_vf *)(a + 2 * H), o = *(const fc_act_vf *)(a + 3 * H);
+    fc_act_vf cv = *(const fc_act_vf *)c, t;
+    if (FC_LSTM_FUSED) {
+        FC_NAME(fc_act_sigmoid_v)(&i);
+        FC_NAME(fc_act_sigmoid_v)(&f);
+        FC_NAME(fc_act_tanh_v)(&g);
+        FC_NAME(fc_act_sigmoid_v)(&o);
+    }
     fc_act_vf fc = f * cv, ig = i * g;
     FC_ACT_ROUNDED(fc);
     FC_ACT_ROUNDED(ig);
@@ -232,20 +237,26 @@ FC_NAME(fc_lstm_cell_v)(float *a, ptrdiff_t H, float *c, float *h, float *y, int
     t = cv;
     FC_NAME(fc_act_tanh_v)(&t);
     t = o * t;
-    memcpy(c, &cv, sizeof cv);
-    memcpy(h, &t, sizeof t);
-    memcpy(y, &t, sizeof t);
-    if (keep) {
-        memcpy(a, &i, sizeof i);
-        memcpy(a + H, &f, sizeof f);
-        memcpy(a + 2 * H, &g, sizeof g);
-        memcpy(a + 3 * H, &o, sizeof o);
+    *(fc_act_vf *)c = cv;
+    *(fc_act_vf *)h = t;
+    *(fc_act_vf *)y = t;
+    if (FC_LSTM_FUSED && keep) {
+        *(fc_act_vf *)a = i;
+        *(fc_act_vf *)(a + H) = f;
+        *(fc_act_vf *)(a + 2 * H) = g;
+        *(fc_act_vf *)(a + 3 * H) = o;
     }
 }
 
 FC_TARGET void FC_NAME(fc_lstm_cell)(float *a, ptrdiff_t H, float *c, float *h, float *y,
                                      ptrdiff_t n, int keep)
 {
+    if (!FC_LSTM_FUSED) {   /* (a is the caller's scratch: activated in place either way) */
+        FC_NAME(fc_sigmoid)(a, n);
+        FC_NAME(fc_sigmoid)(a + H, n);
+        FC_NAME(fc_tanh)(a + 2 * H, n);
+        FC_NAME(fc_sigmoid)(a + 3 * H, n);
+    }
     ptrdiff_t j = 0;
     for (; j + FC_ACT_W <= n; j += FC_ACT_W)
         FC_NAME(fc_lstm_cell_v)(a + j, H, c + j, h + j, y + j, keep);
@@ -256,7 +267,7 @@ FC_TARGET void FC_NAME(fc_lstm_cell)(float *a, ptrdiff_t H, float *c, float *h, 
             memcpy(ta + q * FC_ACT_W, a + q * H + j, rest);
         memcpy(tc, c + j, rest);
         FC_NAME(fc_lstm_cell_v)(ta, FC_ACT_W, tc, th, ty, keep);
-        if (keep)
+        if (FC_LSTM_FUSED && keep)
             for (int q = 0; q < 4; q++)
                 memcpy(a + q * H + j, ta + q * FC_ACT_W, rest);
         memcpy(c + j, tc, rest);
@@ -266,6 +277,7 @@ FC_TARGET void FC_NAME(fc_lstm_cell)(float *a, ptrdiff_t H, float *c, float *h, 
 }
 
 #undef FC_ACT_ROUNDED
+#undef FC_LSTM_FUSED
 #undef FC_ACT_LOOP
 #undef FC_ACT_MAX
 #undef FC_ACT_MIN
