@@ -10,6 +10,9 @@
 static inline void fc_sigmoid(float *x, ptrdiff_t n) { fc_kernels.sigmoid(x, n); }
 static inline void fc_tanh(float *x, ptrdiff_t n) { fc_kernels.tanh(x, n); }
 
+/* a[j] += x[j] for j < n. */
+static inline void fc_add(float *a, const float *x, ptrdiff_t n) { fc_kernels.add(a, x, n); }
+
 /* The LSTM's gate pass over n units (no peepholes, no normalization): a[0..n)
  * holds gate i's pre-activations, gates f, g, o follow H floats apart each;
  * i, f, o = sigmoid, g = tanh; c <- f*c + i*g; h = y = o * tanh(c).  With keep,

@@ -276,6 +276,17 @@ FC_TARGET void FC_NAME(fc_lstm_cell)(float *a, ptrdiff_t H, float *c, float *h, 
     }
 }
 
+/* a[j] += x[j] for j < n (the loops' gx + W_hh h): one register at a time,
+ * the rest one by one (a float add rounds alike at any width). */
+FC_TARGET void FC_NAME(fc_add)(float *a, const float *x, ptrdiff_t n)
+{
+    ptrdiff_t j = 0;
+    for (; j + FC_ACT_W <= n; j += FC_ACT_W)
+        *(fc_act_vf *)(a + j) += *(const fc_act_vf *)(x + j);
+    for (; j < n; j++)
+        a[j] += x[j];
+}
+
 #undef FC_ACT_ROUNDED
 #undef FC_LSTM_FUSED
 #undef FC_ACT_LOOP

@@ -18,6 +18,7 @@ typedef void (*fc_gemm_bias_fn)(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const flo
                                 ptrdiff_t lda, const float *P, const float *bias, float *C,
                                 ptrdiff_t ldc);
 typedef void (*fc_act_fn)(float *x, ptrdiff_t n);
+typedef void (*fc_add_fn)(float *a, const float *x, ptrdiff_t n);
 typedef void (*fc_lstm_cell_fn)(float *a, ptrdiff_t H, float *c, float *h, float *y,
                                 ptrdiff_t n, int keep);
 typedef void (*fc_gemm_half_fn)(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A,
@@ -32,6 +33,7 @@ typedef struct {
                                   conversion on this path */
     fc_gemm_bias_fn gemm_bias; /* C[m,n] = A[m,k] @ B[k,n] + bias[n], B packed */
     fc_lstm_cell_fn lstm_cell; /* the LSTM's gate pass (activations.h) */
+    fc_add_fn add;       /* a += x, elementwise */
 } fc_dispatch;
 
 #define FC_DECLARE_ISA(sfx)                                                          \
@@ -44,7 +46,8 @@ typedef struct {
                                    ptrdiff_t);                                        \
     void fc_sigmoid_##sfx(float *, ptrdiff_t);                                        \
     void fc_tanh_##sfx(float *, ptrdiff_t);                                           \
-    void fc_lstm_cell_##sfx(float *, ptrdiff_t, float *, float *, float *, ptrdiff_t, int);
+    void fc_lstm_cell_##sfx(float *, ptrdiff_t, float *, float *, float *, ptrdiff_t, int); \
+    void fc_add_##sfx(float *, const float *, ptrdiff_t);
 /* only where the ISA converts float16 in hardware (FC_HALF in gemm.c) */
 #define FC_DECLARE_HALF(sfx)                                                          \
     void fc_gemm_half_##sfx(ptrdiff_t, ptrdiff_t, ptrdiff_t, const float *, ptrdiff_t,  \
@@ -60,7 +63,7 @@ FC_DECLARE_HALF(avx512)
 
 #define FC_DISPATCH_INIT(sfx, half) { fc_gemm_packed_##sfx, fc_gemm_nt_##sfx, fc_sigmoid_##sfx, \
                                      fc_tanh_##sfx, half, fc_gemm_packed_bias_##sfx,             \
-                                     fc_lstm_cell_##sfx }
+                                     fc_lstm_cell_##sfx, fc_add_##sfx }
 
 /* The table in use; written only by fc_set_isa. */
 extern fc_dispatch fc_kernels;

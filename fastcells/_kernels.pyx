@@ -71,6 +71,7 @@ cdef extern from "activations.h" nogil:
     void fc_tanh(float *x, Py_ssize_t n)
     void fc_lstm_cell(float *a, Py_ssize_t H, float *c, float *h, float *y, Py_ssize_t n,
                       int keep)
+    void fc_add(float *a, const float *x, Py_ssize_t n)
 
 cdef extern from "layernorm.h" nogil:
     float fc_ln_forward(const float *x, float *out, Py_ssize_t n, float eps, const float *g,
@@ -706,9 +707,7 @@ ctypedef struct ColStep:
 
 
 cdef inline void _add(float *a, const float *x, Py_ssize_t n) noexcept nogil:
-    cdef Py_ssize_t j
-    for j in range(n):
-        a[j] += x[j]
+    fc_add(a, x, n)     # the ISA's registers (this module is compiled for baseline SSE2)
 
 
 cdef void _col_rnn(const ColStep *S, Py_ssize_t n, float *a, float *yr,
