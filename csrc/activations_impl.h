@@ -10,16 +10,18 @@
  * gets bit-identical math.
  *
  * exp(y), the building block (Cody-Waite, as in Cephes expf):
- *   y is clamped to [-110, 100] (exp is 0 or inf there in float32 anyway;
- *   the clamp keeps the exponent arithmetic in range and lets NaN through),
+ *   y is clamped to [-110, 20] (sigmoid needs only the lower clamp, tanh
+ *   the upper one, see fc_act_exp; exp is 0 below, and tanh is 1 above,
+ *   in float32 anyway; the clamp keeps the exponent arithmetic in range and
+ *   lets NaN through),
  *   n = rint(y / ln 2) by the 1.5 * 2^23 shifter, r = y - n*C1 - n*C2 with
  *   C1 + C2 = ln 2 and C1 = 355/512 (n*C1 exact), |r| <= ln2/2;
  *   exp(r) = 1 + r + r^2 P(r), P the degree-5 minimax polynomial of Cephes
  *   expf (relative error about 1 ulp on [-ln2/2, ln2/2]);
  *   the result is scaled by 2^n as 2^(n>>1) * 2^(n - (n>>1)), two normal
- *   powers of two built from exponent bits, so results that overflow give
- *   inf and results in the subnormal range are rounded once (gradual
- *   underflow) instead of being lost to a too-small power of two.
+ *   powers of two built from exponent bits (AVX-512: one vscalefps, the
+ *   same bits), so results in the subnormal range are rounded once
+ *   (gradual underflow) instead of being lost to a too-small power of two.
  * sigmoid(x), with e = exp(-|x|) in (0, 1] (never overflows):
  *   x >= 0: 1 / (1 + e);  x < 0: e / (1 + e)  (= exp(x) in the far tail,
  *   subnormal below x ~ -87.3 and 0 below ~ -103.9, as the float64 value
@@ -29,7 +31,7 @@
  *   Cephes tanhf (avoids the cancellation of the exp form near 0; for tiny
  *   a the correction underflows and t = a);
  *   otherwise t = 1 - 2 / (exp(2a) + 1), which saturates to exactly 1
- *   (exp(2a) = inf for a > ~44, and 1 - tiny rounds to 1 from a ~ 9).
+ *   (1 - tiny rounds to 1 from a ~ 8.7; exp's argument is clamped at 20).
  *   Max error 1.33 ulp (same exhaustive check).
  *
  * Under flush-to-zero/denormals-are-zero (as inside the fastcells time
@@ -73,19 +75,43 @@ typedef unsigned fc_act_vu __attribute__((vector_size(FC_ACT_VBYTES), aligned(4)
  * the default ABI's by value makes GCC note ABI changes even for
  * always-inline functions. */
 
+/* exp(y) for y in [lo, hi] (or NaN) as the header describes, the clamps and
+ * the scaling cut to what the caller's range needs (the same bits as the
+ * full form over that range):
+ *   FC_ACT_EXP_NEG: y <= 0 (sigmoid's -|x|): clamped below at -110 only;
+ *     the result may be subnormal: scaled by 2^n in two steps (one vscalefps
+ *     on AVX-512, which rounds once as the two steps do).
+ *   FC_ACT_EXP_POS: y >= 0 (tanh's 2|x|): clamped above at 20 only (tanh
+ *     rounds to 1 from 2|x| ~ 17.3, so a larger exp changes nothing), so
+ *     n <= 29 and one normal power of two scales it.
+ * The clamps are max/min instructions where the ISA has them, ordered so
+ * that a NaN y passes. */
+#define FC_ACT_EXP_NEG 0
+#define FC_ACT_EXP_POS 1
+
+#if defined(FC_X86_INTRIN) && FC_ACT_VBYTES == 64
+#define FC_ACT_MAX(lo, y) ((fc_act_vf)_mm512_max_ps((__m512)(lo), (__m512)(y)))
+#define FC_ACT_MIN(hi, y) ((fc_act_vf)_mm512_min_ps((__m512)(hi), (__m512)(y)))
+#elif defined(FC_X86_INTRIN) && FC_ACT_VBYTES == 32
+#define FC_ACT_MAX(lo, y) ((fc_act_vf)_mm256_max_ps((__m256)(lo), (__m256)(y)))
+#define FC_ACT_MIN(hi, y) ((fc_act_vf)_mm256_min_ps((__m256)(hi), (__m256)(y)))
+#else
+/* comparisons are false for NaN, which therefore passes unchanged */
+#define FC_ACT_MAX(lo, y) FC_ACT_SELECT((y) < (lo), (lo), (y))
+#define FC_ACT_MIN(hi, y) FC_ACT_SELECT((y) > (hi), (hi), (y))
+#endif
+
 static inline __attribute__((always_inline)) FC_TARGET void
-FC_NAME(fc_act_exp)(fc_act_vf *yp)
+FC_NAME(fc_act_exp)(fc_act_vf *yp, const int range)
 {
     fc_act_vf y = *yp;
-    const fc_act_vf lo = (fc_act_vf){0} - 110.0f, hi = (fc_act_vf){0} + 100.0f;
-    /* comparisons are false for NaN, which therefore passes unchanged */
-    y = FC_ACT_SELECT(y < lo, lo, y);
-    y = FC_ACT_SELECT(y > hi, hi, y);
+    if (range == FC_ACT_EXP_NEG)   /* x86 max(a, b): a > b ? a : b, so NaN y stays */
+        y = FC_ACT_MAX((fc_act_vf){0} - 110.0f, y);
+    else
+        y = FC_ACT_MIN((fc_act_vf){0} + 20.0f, y);
 
     const float shifter = 12582912.0f; /* 1.5 * 2^23: adding it rounds to an integer */
     fc_act_vf t = y * 1.44269504088896341f + shifter;
-    /* integer n from t's low mantissa bits (unsigned: no overflow UB for NaN lanes) */
-    fc_act_vi n = (fc_act_vi)((fc_act_vu)t - (fc_act_vu)((fc_act_vf){0} + shifter));
     fc_act_vf nf = t - shifter;
     fc_act_vf r = y - nf * 0.693359375f;
     r = r - nf * -2.12194440e-4f;
@@ -97,11 +123,21 @@ FC_NAME(fc_act_exp)(fc_act_vf *yp)
     p = p * r + 5.0000001201e-1f;
     p = (p * (r * r) + r) + 1.0f;
 
+#if defined(FC_X86_INTRIN) && FC_ACT_VBYTES == 64
+    *yp = (fc_act_vf)_mm512_scalef_ps((__m512)p, (__m512)nf);
+#else
+    /* integer n from t's low mantissa bits (unsigned: no overflow UB for NaN lanes) */
+    fc_act_vi n = (fc_act_vi)((fc_act_vu)t - (fc_act_vu)((fc_act_vf){0} + shifter));
+    if (range == FC_ACT_EXP_POS) {
+        *yp = p * (fc_act_vf)(((fc_act_vu)n + 127u) << 23);
+        return;
+    }
     fc_act_vi n1 = n >> 1;
-    fc_act_vi n2 = (fc_act_vi)((fc_act_vu)n - (fc_act_vu)n1); /* both in [-80, 73]: normal powers of two */
+    fc_act_vi n2 = (fc_act_vi)((fc_act_vu)n - (fc_act_vu)n1); /* both in [-80, 0]: normal powers of two */
     fc_act_vf s1 = (fc_act_vf)(((fc_act_vu)n1 + 127u) << 23);
     fc_act_vf s2 = (fc_act_vf)(((fc_act_vu)n2 + 127u) << 23);
     *yp = (p * s1) * s2;
+#endif
 }
 
 static inline __attribute__((always_inline)) FC_TARGET void
@@ -109,9 +145,8 @@ FC_NAME(fc_act_sigmoid_v)(fc_act_vf *xp)
 {
     fc_act_vf x = *xp;
     fc_act_vi neg = (fc_act_vi)x < 0; /* sign bit set: x < 0, -0, or a negative NaN */
-    fc_act_vf ax = (fc_act_vf)((fc_act_vi)x & ~FC_ACT_SIGN);
-    fc_act_vf e = -ax;
-    FC_NAME(fc_act_exp)(&e);
+    fc_act_vf e = (fc_act_vf)((fc_act_vi)x | FC_ACT_SIGN);   /* -|x| */
+    FC_NAME(fc_act_exp)(&e, FC_ACT_EXP_NEG);
     fc_act_vf one = (fc_act_vf){0} + 1.0f;
     /* for -0, e = 1 and both branches give 0.5 */
     *xp = FC_ACT_SELECT(neg, e, one) / (one + e);
@@ -132,7 +167,7 @@ FC_NAME(fc_act_tanh_v)(fc_act_vf *xp)
     fc_act_vf small = (q * z) * a + a;
 
     fc_act_vf e2a = a + a;
-    FC_NAME(fc_act_exp)(&e2a);
+    FC_NAME(fc_act_exp)(&e2a, FC_ACT_EXP_POS);
     fc_act_vf large = 1.0f - 2.0f / (e2a + 1.0f);
 
     fc_act_vf t = FC_ACT_SELECT(a < 0.625f, small, large);
@@ -165,7 +200,100 @@ FC_TARGET void FC_NAME(fc_tanh)(float *x, ptrdiff_t n)
     FC_ACT_LOOP(FC_NAME(fc_act_tanh_v))
 }
 
+/* The LSTM's gate pass over n units (see activations.h, fc_lstm_cell).  On
+ * AVX-512 one vector of units at a time, every gate and state in its 32
+ * registers; with 16 registers (AVX2, SSE2) that spilled, so there the gates
+ * are activated one pass each over the row first (the activations' own
+ * loops), then one pass updates the states.  The products of the cell update
+ * are rounded before their sum (an empty asm keeps the compiler from fusing
+ * them into an FMA): c' = f*c + i*g in exactly the operations of the passes
+ * this replaced, so the bits do not depend on which form ran. */
+#if defined(FC_X86_INTRIN)
+#define FC_ACT_ROUNDED(v) __asm__("" : "+v"(v))
+#else
+#define FC_ACT_ROUNDED(v) ((void)0)
+#endif
+#define FC_LSTM_FUSED (FC_ACT_VBYTES == 64)
+
+/* One vector of units; the gates in a already activated unless FC_LSTM_FUSED. */
+static inline __attribute__((always_inline)) FC_TARGET void
+FC_NAME(fc_lstm_cell_v)(float *a, ptrdiff_t H, float *c, float *h, float *y, int keep)
+{
+    /* (aligned(4), may_alias type: plain unaligned loads and stores, as FC_ACT_LOOP;
+     * memcpy here went through the stack on AVX2) */
+    fc_act_vf i = *(const fc_act_vf *)a, f = *(const fc_act_vf *)(a + H);
+    fc_act_vf g = *(const fc_act_vf *)(a + 2 * H), o = *(const fc_act_vf *)(a + 3 * H);
+    fc_act_vf cv = *(const fc_act_vf *)c, t;
+    if (FC_LSTM_FUSED) {
+        FC_NAME(fc_act_sigmoid_v)(&i);
+        FC_NAME(fc_act_sigmoid_v)(&f);
+        FC_NAME(fc_act_tanh_v)(&g);
+        FC_NAME(fc_act_sigmoid_v)(&o);
+    }
+    fc_act_vf fc = f * cv, ig = i * g;
+    FC_ACT_ROUNDED(fc);
+    FC_ACT_ROUNDED(ig);
+    cv = fc + ig;
+    t = cv;
+    FC_NAME(fc_act_tanh_v)(&t);
+    t = o * t;
+    *(fc_act_vf *)c = cv;
+    *(fc_act_vf *)h = t;
+    *(fc_act_vf *)y = t;
+    if (FC_LSTM_FUSED && keep) {
+        *(fc_act_vf *)a = i;
+        *(fc_act_vf *)(a + H) = f;
+        *(fc_act_vf *)(a + 2 * H) = g;
+        *(fc_act_vf *)(a + 3 * H) = o;
+    }
+}
+
+FC_TARGET void FC_NAME(fc_lstm_cell)(float *a, ptrdiff_t H, float *c, float *h, float *y,
+                                     ptrdiff_t n, int keep)
+{
+    if (!FC_LSTM_FUSED) {   /* (a is the caller's scratch: activated in place either way) */
+        FC_NAME(fc_sigmoid)(a, n);
+        FC_NAME(fc_sigmoid)(a + H, n);
+        FC_NAME(fc_tanh)(a + 2 * H, n);
+        FC_NAME(fc_sigmoid)(a + 3 * H, n);
+    }
+    ptrdiff_t j = 0;
+    for (; j + FC_ACT_W <= n; j += FC_ACT_W)
+        FC_NAME(fc_lstm_cell_v)(a + j, H, c + j, h + j, y + j, keep);
+    if (j < n) {   /* the rest through zero-padded copies, as the activations' tail */
+        const size_t rest = (size_t)(n - j) * sizeof(float);
+        float ta[4 * FC_ACT_W] = {0}, tc[FC_ACT_W] = {0}, th[FC_ACT_W], ty[FC_ACT_W];
+        for (int q = 0; q < 4; q++)
+            memcpy(ta + q * FC_ACT_W, a + q * H + j, rest);
+        memcpy(tc, c + j, rest);
+        FC_NAME(fc_lstm_cell_v)(ta, FC_ACT_W, tc, th, ty, keep);
+        if (FC_LSTM_FUSED && keep)
+            for (int q = 0; q < 4; q++)
+                memcpy(a + q * H + j, ta + q * FC_ACT_W, rest);
+        memcpy(c + j, tc, rest);
+        memcpy(h + j, th, rest);
+        memcpy(y + j, ty, rest);
+    }
+}
+
+/* a[j] += x[j] for j < n (the loops' gx + W_hh h): one register at a time,
+ * the rest one by one (a float add rounds alike at any width). */
+FC_TARGET void FC_NAME(fc_add)(float *a, const float *x, ptrdiff_t n)
+{
+    ptrdiff_t j = 0;
+    for (; j + FC_ACT_W <= n; j += FC_ACT_W)
+        *(fc_act_vf *)(a + j) += *(const fc_act_vf *)(x + j);
+    for (; j < n; j++)
+        a[j] += x[j];
+}
+
+#undef FC_ACT_ROUNDED
+#undef FC_LSTM_FUSED
 #undef FC_ACT_LOOP
+#undef FC_ACT_MAX
+#undef FC_ACT_MIN
+#undef FC_ACT_EXP_NEG
+#undef FC_ACT_EXP_POS
 #undef fc_act_vf
 #undef fc_act_vi
 #undef fc_act_vu

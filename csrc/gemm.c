@@ -33,6 +33,14 @@ void fc_gemm(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A, ptrdiff_t ld
     fc_kernels.gemm(m, n, k, A, lda, P, C, ldc);
 }
 
+void fc_gemm_bias(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A, ptrdiff_t lda,
+                  const float *P, const float *bias, float *C, ptrdiff_t ldc)
+{
+    if (m <= 0 || n <= 0)
+        return;
+    fc_kernels.gemm_bias(m, n, k, A, lda, P, bias, C, ldc);
+}
+
 void fc_gemm_half(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A, ptrdiff_t lda,
                   const float *P, const unsigned short *Ph, float *C, ptrdiff_t ldc)
 {
@@ -68,6 +76,9 @@ void fc_gemm_nt(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A, ptrdiff_t
  * code's choices", "GEMM tiles".  The unpacked product sizes its own tiles
  * from FC_VBYTES (gemm_nt_impl.h). */
 #define FC_L2_BYTES (256 * 1024)
+/* FC_MC_ROWS: products of more rows (the input projection, dx) run in row
+ * blocks of this many (a multiple of every FC_MR), see gemm_impl.h. */
+#define FC_MC_ROWS 192
 
 /* Packing a matrix this large (bytes of P) writes P with non-temporal
  * stores (AVX-512 path): no read-for-ownership of P's lines, so packing runs

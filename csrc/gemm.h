@@ -23,6 +23,11 @@ void fc_pack(const float *src, ptrdiff_t k, ptrdiff_t n, ptrdiff_t rs, ptrdiff_t
 void fc_gemm(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A, ptrdiff_t lda,
              const float *P, float *C, ptrdiff_t ldc);
 
+/* fc_gemm, then C[i, j] += bias[j] (bias: n floats) in the product's last
+ * store: the bits of the two steps, one pass over C. */
+void fc_gemm_bias(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A, ptrdiff_t lda,
+                  const float *P, const float *bias, float *C, ptrdiff_t ldc);
+
 /* fc_gemm with B packed twice: as floats in P and as float16 in Ph, the same
  * layout element by element (exact: B's values are float16 values).  Reads
  * Ph where the ISA in use converts float16 in hardware (AVX2+F16C, AVX-512),

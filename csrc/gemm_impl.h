@@ -101,11 +101,12 @@ FC_NAME(fc_load_half)(const unsigned short *p)
             : (const void *)((const float *)(P) + (i)))
 
 /* C tile (mr x 16*np, the last panel's valid width nlast) = or += A (mr x k)
- * times np panels that start ps elements apart (float16 ones when half). */
+ * times np panels that start ps elements apart (float16 ones when half);
+ * then + bias (the tile's 16*np columns of it) unless bias is NULL. */
 static inline __attribute__((always_inline)) FC_TARGET void
 FC_NAME(fc_tile)(const int mr, const int np, ptrdiff_t k, const float *A, ptrdiff_t lda,
                  const void *P, ptrdiff_t ps, float *C, ptrdiff_t ldc, ptrdiff_t nlast,
-                 int accumulate, const int prefetch, const int half)
+                 int accumulate, const int prefetch, const int half, const float *bias)
 {
     typedef FC_NAME(fc_vec) vec;
     vec acc[FC_MR > 1 ? FC_MR : 1][(FC_NP > FC_GV ? FC_NP : FC_GV) * FC_PV];
@@ -142,12 +143,16 @@ FC_NAME(fc_tile)(const int mr, const int np, ptrdiff_t k, const float *A, ptrdif
                     memcpy(&old, c + v * FC_VL, sizeof old);
                     t += old;
                 }
+                if (bias)   /* (read like the panels: never written during a product) */
+                    t += FC_NAME(fc_load_packed)(bias + v * FC_VL);
                 memcpy(c + v * FC_VL, &t, sizeof t);
             } else if (v * FC_VL < width) {
                 float tmp[FC_VL];
                 memcpy(tmp, &t, sizeof tmp);
-                for (ptrdiff_t j = 0; j < width - v * FC_VL; j++)
-                    c[v * FC_VL + j] = accumulate ? c[v * FC_VL + j] + tmp[j] : tmp[j];
+                for (ptrdiff_t j = 0; j < width - v * FC_VL; j++) {
+                    float e = accumulate ? c[v * FC_VL + j] + tmp[j] : tmp[j];
+                    c[v * FC_VL + j] = bias ? e + bias[v * FC_VL + j] : e;
+                }
             }
         }
     }
@@ -158,24 +163,25 @@ FC_NAME(fc_tile)(const int mr, const int np, ptrdiff_t k, const float *A, ptrdif
 static inline __attribute__((always_inline)) FC_TARGET void
 FC_NAME(fc_tile_column)(const int np, ptrdiff_t m, ptrdiff_t k, const float *A, ptrdiff_t lda,
                         const void *P, ptrdiff_t ps, float *C, ptrdiff_t ldc, ptrdiff_t nlast,
-                        int accumulate, const int half)
+                        int accumulate, const int half, const float *bias)
 {
     ptrdiff_t i = 0;
     /* The first full tile prefetches the panels for all (the others find
      * them in cache); a lone partial tile does not: with a few rows per k
      * step the prefetches cost more than they save. */
     if (m >= FC_MR) {
-        FC_NAME(fc_tile)(FC_MR, np, k, A, lda, P, ps, C, ldc, nlast, accumulate, 1, half);
+        FC_NAME(fc_tile)(FC_MR, np, k, A, lda, P, ps, C, ldc, nlast, accumulate, 1, half,
+                         bias);
         i = FC_MR;
     }
     for (; i + FC_MR <= m; i += FC_MR)
         FC_NAME(fc_tile)(FC_MR, np, k, A + i * lda, lda, P, ps, C + i * ldc, ldc, nlast,
-                         accumulate, 0, half);
+                         accumulate, 0, half, bias);
     /* Remainder rows: one constant-size copy per count. */
 #define FC_REM(R)                                                                          \
     case R:                                                                                \
         FC_NAME(fc_tile)(R < FC_MR ? R : 1, np, k, A + i * lda, lda, P, ps, C + i * ldc,  \
-                         ldc, nlast, accumulate, 0, half);                                 \
+                         ldc, nlast, accumulate, 0, half, bias);                           \
         break;
     switch (m - i) {
         FC_REM(1) FC_REM(2) FC_REM(3) FC_REM(4) FC_REM(5) FC_REM(6) FC_REM(7)
@@ -466,8 +472,9 @@ FC_TARGET void FC_NAME(fc_pack_n)(const float *src, ptrdiff_t k, ptrdiff_t nfull
 /* m > 1: column strips of np panels (a constant: its own register
  * allocation) over all rows, see the blocking below. */
 static inline __attribute__((always_inline)) FC_TARGET void
-FC_NAME(fc_gemm_strips)(const int np, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A,
-                        ptrdiff_t lda, const void *P, float *C, ptrdiff_t ldc, const int half)
+FC_NAME(fc_gemm_row_block)(const int np, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,
+                           const float *A, ptrdiff_t lda, const void *P, float *C,
+                           ptrdiff_t ldc, const int half, const float *bias)
 {
     const ptrdiff_t npan = (n + FC_NR - 1) / FC_NR;
     const ptrdiff_t ps = FC_NR * k;                 /* elements between panels */
@@ -491,15 +498,20 @@ FC_NAME(fc_gemm_strips)(const int np, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, con
             do {
                 ptrdiff_t kb = k1e - k0 < FC_KC ? k1e - k0 : FC_KC;
                 const void *Pk = FC_PADD(P, p * ps + k0 * FC_NR, half);
+                /* the bias joins the last k block's store: (sum) + bias, as
+                 * adding it to the finished product would */
+                const float *bk = bias && k0 + kb == k ? bias : NULL;
                 if (p + np <= npan)
                     FC_NAME(fc_tile_column)(np, m, kb, A + k0, lda, Pk, ps, C + p * FC_NR,
-                                            ldc, p + np == npan ? ntail : FC_NR, k0 > 0, half);
+                                            ldc, p + np == npan ? ntail : FC_NR, k0 > 0, half,
+                                            bk ? bk + p * FC_NR : NULL);
                 else /* fewer than np panels left: one at a time */
                     for (ptrdiff_t q = p; q < npan; q++)
                         FC_NAME(fc_tile_column)(1, m, kb, A + k0, lda,
                                                 FC_PADD(Pk, (q - p) * ps, half), ps,
                                                 C + q * FC_NR, ldc,
-                                                q + 1 == npan ? ntail : FC_NR, k0 > 0, half);
+                                                q + 1 == npan ? ntail : FC_NR, k0 > 0, half,
+                                                bk ? bk + q * FC_NR : NULL);
                 k0 += kb;
             } while (k0 < k1e);
         }
@@ -510,6 +522,32 @@ FC_NAME(fc_gemm_strips)(const int np, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, con
 /* the tile-ordered batch-1 product reads 2 panels side by side, or FC_GV: the tiles hold
  * as many */
 _Static_assert(FC_GV >= 2, "FC_GV: the tile-ordered batch-1 product reads 2 panels or more");
+
+/* m > 1: blocks of FC_MC_ROWS rows (gemm.c), each through every column strip
+ * before the next: a block's rows of A stay in L1/L2 across the strips and its
+ * rows of C are written while they are in cache, where one pass of all m rows
+ * per strip streamed A from L2 and C from memory for every strip (the input
+ * projection's T*B rows).  Each element's sum does not depend on the blocks. */
+static inline __attribute__((always_inline)) FC_TARGET void
+FC_NAME(fc_gemm_strips_bias)(const int np, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,
+                             const float *A, ptrdiff_t lda, const void *P, float *C,
+                             ptrdiff_t ldc, const int half, const float *bias)
+{
+    for (ptrdiff_t i0 = 0; i0 < m; i0 += FC_MC_ROWS) {
+        /* (a last block of one row takes a 1-row tile, not the GEMV: the same sums) */
+        ptrdiff_t mb = m - i0 < FC_MC_ROWS ? m - i0 : FC_MC_ROWS;
+        FC_NAME(fc_gemm_row_block)(np, mb, n, k, A + i0 * lda, lda, P, C + i0 * ldc, ldc,
+                                   half, bias);
+    }
+}
+
+/* m > 1 without a bias: the column strips above */
+static inline __attribute__((always_inline)) FC_TARGET void
+FC_NAME(fc_gemm_strips)(const int np, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A,
+                        ptrdiff_t lda, const void *P, float *C, ptrdiff_t ldc, const int half)
+{
+    FC_NAME(fc_gemm_strips_bias)(np, m, n, k, A, lda, P, C, ldc, half, NULL);
+}
 
 /* The packed product, B as floats or (half) as float16: the same tiles and
  * order either way, so the same bits for the same values. */
@@ -553,6 +591,22 @@ FC_TARGET void FC_NAME(fc_gemm_packed)(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, co
                                        ptrdiff_t lda, const float *P, float *C, ptrdiff_t ldc)
 {
     FC_NAME(fc_gemm_any)(m, n, k, A, lda, P, C, ldc, 0);
+}
+
+/* C = A @ B + bias (bias: n floats, added to every row), B packed: the bits of
+ * the product followed by adding the bias, without a second pass over C. */
+FC_TARGET void FC_NAME(fc_gemm_packed_bias)(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,
+                                            const float *A, ptrdiff_t lda, const float *P,
+                                            const float *bias, float *C, ptrdiff_t ldc)
+{
+    if (m == 1) {   /* the batch-1 product, then the bias */
+        FC_NAME(fc_gemm_any)(m, n, k, A, lda, P, C, ldc, 0);
+        for (ptrdiff_t j = 0; j < n; j++)
+            C[j] += bias[j];
+        return;
+    }
+    /* every tile shape sums each element in the same order: the bits of fc_gemm_any */
+    FC_NAME(fc_gemm_strips_bias)(FC_NP, m, n, k, A, lda, P, C, ldc, 0, bias);
 }
 
 #ifdef FC_HALF

@@ -60,6 +60,8 @@ cdef extern from "gemm.h" nogil:
                  Py_ssize_t cs, float *P)
     void fc_gemm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float *A, Py_ssize_t lda,
                  const float *P, float *C, Py_ssize_t ldc)
+    void fc_gemm_bias(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float *A, Py_ssize_t lda,
+                      const float *P, const float *bias, float *C, Py_ssize_t ldc)
     void fc_gemm_nt(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float *A, Py_ssize_t lda,
                     const float *W, Py_ssize_t ldw, float *C, Py_ssize_t ldc)
     void fc_gemm_half(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float *A, Py_ssize_t lda,
@@ -69,6 +71,9 @@ cdef extern from "gemm.h" nogil:
 cdef extern from "activations.h" nogil:
     void fc_sigmoid(float *x, Py_ssize_t n)
     void fc_tanh(float *x, Py_ssize_t n)
+    void fc_lstm_cell(float *a, Py_ssize_t H, float *c, float *h, float *y, Py_ssize_t n,
+                      int keep)
+    void fc_add(float *a, const float *x, Py_ssize_t n)
 
 cdef extern from "layernorm.h" nogil:
     float fc_ln_forward(const float *x, float *out, Py_ssize_t n, float eps, const float *g,
@@ -654,24 +659,31 @@ def gemm_blocks(Py_ssize_t m, Py_ssize_t nthreads):
     return np.array(bounds if m else [0, 0], dtype=np.int64)
 
 
-#: the arguments of one product C = A @ B (B packed), for _run_rows
+#: the arguments of one product C = A @ B (+ bias; B packed), for _run_rows
 ctypedef struct Product:
     Py_ssize_t n, k, lda, ldc
     const float *A
     const float *P
+    const float *bias    # n floats added to every row, or NULL
     float *C
 
 
 cdef void _gemm_rows(const void *p, Py_ssize_t r0, Py_ssize_t r1) noexcept nogil:
     cdef const Product *a = <const Product *>p
-    fc_gemm(r1 - r0, a.n, a.k, a.A + r0 * a.lda, a.lda, a.P, a.C + r0 * a.ldc, a.ldc)
+    if a.bias != NULL:
+        fc_gemm_bias(r1 - r0, a.n, a.k, a.A + r0 * a.lda, a.lda, a.P, a.bias,
+                     a.C + r0 * a.ldc, a.ldc)
+    else:
+        fc_gemm(r1 - r0, a.n, a.k, a.A + r0 * a.lda, a.lda, a.P, a.C + r0 * a.ldc, a.ldc)
 
 
 def gemm(const float[:, ::1] A, const float[::1] P, Py_ssize_t n, float[:, ::1] C,
-         Py_ssize_t nthreads=1):
-    """``C = A @ B`` with ``B`` (A.shape[1], n) packed by :func:`pack`, the rows split
-    over up to ``nthreads`` threads (:func:`gemm_blocks`): the same bits for any
-    ``nthreads``.  Runs in the caller's floating-point mode."""
+         Py_ssize_t nthreads=1, const float[::1] bias=None):
+    """``C = A @ B`` (``+ bias``, n floats added to every row, when given) with ``B``
+    (A.shape[1], n) packed by :func:`pack`, the rows split over up to ``nthreads``
+    threads (:func:`gemm_blocks`): the same bits for any ``nthreads``, and with a
+    bias the bits of adding it to the product afterwards, in one pass over ``C``.
+    Runs in the caller's floating-point mode."""
     cdef Py_ssize_t m = A.shape[0], k = A.shape[1]
     if C.shape[0] != m or C.shape[1] != n:
         raise ValueError(f"C: expected shape ({m}, {n}), got ({C.shape[0]}, {C.shape[1]})")
@@ -679,6 +691,8 @@ def gemm(const float[:, ::1] A, const float[::1] P, Py_ssize_t n, float[:, ::1] 
         raise ValueError(f"P: expected at least {fc_packed_size(k, n)} floats, got {P.shape[0]}")
     if nthreads < 1:
         raise ValueError(f"nthreads: expected a positive integer, got {nthreads}")
+    if bias is not None and bias.shape[0] != n:
+        raise ValueError(f"bias: expected {n} floats, got {bias.shape[0]}")
     if not (m and n):
         return
     cdef const int64_t[::1] blocks = gemm_blocks(m, nthreads) if nthreads > 1 else None
@@ -686,6 +700,7 @@ def gemm(const float[:, ::1] A, const float[::1] P, Py_ssize_t n, float[:, ::1] 
     cdef float dummy = 0     # k == 0: a valid address, never read (not NULL + offsets)
     prod.n, prod.k, prod.lda, prod.ldc = n, k, k, n
     prod.A, prod.P, prod.C = &A[0, 0] if k else &dummy, &P[0], &C[0, 0]
+    prod.bias = &bias[0] if bias is not None else NULL
     with nogil:
         _run_rows(_gemm_rows, &prod, m, _bounds(blocks),
                   blocks.shape[0] - 1 if blocks is not None else 1, False)
@@ -725,9 +740,7 @@ ctypedef struct ColStep:
 
 
 cdef inline void _add(float *a, const float *x, Py_ssize_t n) noexcept nogil:
-    cdef Py_ssize_t j
-    for j in range(n):
-        a[j] += x[j]
+    fc_add(a, x, n)     # the ISA's registers (this module is compiled for baseline SSE2)
 
 
 cdef void _col_rnn(const ColStep *S, Py_ssize_t n, float *a, float *yr,
@@ -750,10 +763,14 @@ cdef void _col_lstm(const ColStep *S, Py_ssize_t j0, Py_ssize_t n, Py_ssize_t b,
     """The LSTM's units [j0, j0 + n) of row b: ``a`` its gate i's pre-activations (gx
     added), the other gates H floats apart; as _lstm_fwd does for whole rows."""
     cdef const FwdLoop *L = S.L
-    cdef Py_ssize_t j, g, row, H = L.H
+    cdef Py_ssize_t j, row, H = L.H
     cdef float r
     cdef const float *peep = L.peep
     cdef float *cb = L.c + b * H + j0
+    if peep == NULL and L.ln_c_w == NULL:   # the plain cell: one fused pass, the same bits
+        fc_lstm_cell(a, H, cb, hr, yr, n, L.gates != NULL)
+        _keep_lstm(S, j0, n, b, a, cb)
+        return
     if peep != NULL:                 # i and f see c_{t-1}
         for j in range(n):
             a[j] += peep[j0 + j] * cb[j]
@@ -779,6 +796,15 @@ cdef void _col_lstm(const ColStep *S, Py_ssize_t j0, Py_ssize_t n, Py_ssize_t b,
     for j in range(n):
         yr[j] = a[3 * H + j] * yr[j]
     memcpy(hr, yr, n * sizeof(float))
+    _keep_lstm(S, j0, n, b, a, cb)
+
+
+cdef inline void _keep_lstm(const ColStep *S, Py_ssize_t j0, Py_ssize_t n, Py_ssize_t b,
+                            const float *a, const float *cb) noexcept nogil:
+    """Training: the activated gates ``a`` and the new cell state ``cb`` of the LSTM's
+    units [j0, j0 + n) of row b into what backward reads (nothing in inference)."""
+    cdef const FwdLoop *L = S.L
+    cdef Py_ssize_t g, H = L.H
     if L.gates != NULL:
         for g in range(4):
             memcpy(L.gates + (S.t * L.B + b) * 4 * H + g * H + j0, a + g * H,

@@ -32,8 +32,9 @@ from ._scratch import Scratch
 
 F32 = np.float32
 
-#: ``product(A, C, nthreads)`` writes ``C = A @ W_ih.T`` on up to ``nthreads`` threads
-Product = Callable[[np.ndarray, np.ndarray, int], None]
+#: ``product(A, C, nthreads, bias)`` writes ``C = A @ W_ih.T`` (``+ bias`` unless None) on
+#: up to ``nthreads`` threads
+Product = Callable[[np.ndarray, np.ndarray, int, "np.ndarray | None"], None]
 
 
 class InputNorm(NamedTuple):
@@ -102,7 +103,8 @@ class RecurrentLayout(NamedTuple):
 class Weights(NamedTuple):
     """The weights as the time loop takes them: biases folded, products chosen.
 
-    ``project(A, C, nthreads)`` writes ``C = A @ W_ih.T``; ``wp``/``wp_n`` are ``W_hh`` (or its
+    ``project(A, C, nthreads, bias)`` writes ``C = A @ W_ih.T + bias`` (see :data:`Product`);
+    ``wp``/``wp_n`` are ``W_hh`` (or its
     parts, see :func:`pack_recurrent`) in the form ``packing`` names
     (``_kernels.PACK_NONE``: its rows as they are; ``PACK_FLOAT``: ``pack()``;
     ``PACK_HALF``: ``pack_half()``, float16 weights).
@@ -126,12 +128,10 @@ def project(x: np.ndarray, product: Product, GH: int, bias: np.ndarray | None,
     as the projection's."""
     T, B, I = x.shape
     gx = np.empty((T * B, GH), F32) if out is None else out.reshape(T * B, GH)
-    product(x.reshape(T * B, I), gx, nthreads)
+    product(x.reshape(T * B, I), gx, nthreads, bias if norm is None else None)
     if norm is not None:
         n = min(nthreads, gemm_threads(T * B, GH, I)) if nthreads > 1 else 1
         _kernels.layer_norm_rows(gx, norm.gain, norm.beta, norm.eps, norm.xhat, norm.rstd, n)
-    elif bias is not None:
-        gx += bias
     return gx.reshape(T, B, GH)
 
 
@@ -213,9 +213,9 @@ def packed_projection(P: np.ndarray, GH: int) -> Product:
     """The projection product by ``W_ih`` packed (``_kernels.pack(W_ih, True)``) in ``P``,
     its rows split over up to the threads it is given, as many as its size pays for
     (``gemm_threads``; the same bits for any count)."""
-    def product(A: np.ndarray, C: np.ndarray, nthreads: int) -> None:
+    def product(A: np.ndarray, C: np.ndarray, nthreads: int, bias: np.ndarray | None) -> None:
         n = min(nthreads, gemm_threads(A.shape[0], GH, A.shape[1])) if nthreads > 1 else 1
-        _kernels.gemm(A, P, GH, C, n)
+        _kernels.gemm(A, P, GH, C, n, bias)   # the bias joins the product's store
     return product
 
 
@@ -224,9 +224,11 @@ def unpacked_projection_product(W_ih: np.ndarray) -> Product:
     to the threads it is given, as many as its size pays for (``gemm_nt_threads``; the
     same bits for any count)."""
     GH, I = W_ih.shape
-    def product(A: np.ndarray, C: np.ndarray, nthreads: int) -> None:
+    def product(A: np.ndarray, C: np.ndarray, nthreads: int, bias: np.ndarray | None) -> None:
         n = min(nthreads, gemm_nt_threads(A.shape[0], GH, I)) if nthreads > 1 else 1
         _kernels.gemm_nt(A, W_ih, C, n)
+        if bias is not None:
+            C += bias
     return product
 
 

@@ -59,9 +59,9 @@ def split_everything(monkeypatch):
             monkeypatch.setattr(_kernels, name, spy)
     real_gemm = _kernels.gemm
 
-    def gemm_spy(A, P, n, C, nthreads=1):
+    def gemm_spy(A, P, n, C, nthreads=1, bias=None):
         record["gemm"].append(nthreads)
-        return real_gemm(A, P, n, C, nthreads)
+        return real_gemm(A, P, n, C, nthreads, bias)
     monkeypatch.setattr(_kernels, "gemm", gemm_spy)
     saved = fastcells.get_num_threads()
     yield record
