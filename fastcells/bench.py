@@ -418,8 +418,9 @@ def gemm_flops(cell: str, shape: Shape, mode: str, proj_size: int = 0) -> int:
     out = 2 * T * B * H * proj_size     # h = W_hr m per step
     if mode == "fwd":
         return inp + rec + out
-    # backward: dGates_t @ W_hh (and dh_t @ W_hr) per step, then dW_ih, dW_hh (dW_hr), dx
-    return 2 * (inp + rec + out) + rec + out
+    # backward: dGates_t @ W_hh (and dh_t @ W_hr) per step, then dW_ih, dW_hh (dW_hr) and
+    # dx: each product of the forward twice more
+    return 3 * (inp + rec + out)
 
 
 def _floor_runner(p: Problem, mode: str) -> Runner:

@@ -517,6 +517,19 @@ def test_layer_norm_row_is_checked_costed_and_the_torch_peer_agrees(tmp_path, ca
     assert plain and all(r["ln_over_plain"] is None for r in plain)
 
 
+def test_gemm_flops_count_every_product():
+    """Forward: the input projection and T recurrent products (and h = W_hr m); backward
+    does each of them twice more (dx and dW_ih; dh and dW_hh; dm and dW_hr)."""
+    T, B, I, H, P = 5, 3, 4, 8, 2
+    inp, rec = 2 * T * B * I * 4 * H, 2 * T * B * H * 4 * H
+    assert bench.gemm_flops("lstm", bench.Shape(T, B, I, H), "fwd") == inp + rec
+    assert bench.gemm_flops("lstm", bench.Shape(T, B, I, H), "fwdbwd") == 3 * (inp + rec)
+    rec_p, out = 2 * T * B * P * 4 * H, 2 * T * B * H * P
+    assert bench.gemm_flops("lstm", bench.Shape(T, B, I, H), "fwd", P) == inp + rec_p + out
+    assert bench.gemm_flops("lstm", bench.Shape(T, B, I, H), "fwdbwd", P) == 3 * (
+        inp + rec_p + out)
+
+
 @pytest.mark.parametrize("option, dropped", [
     ("--layer-norm", lambda p: p.plain() if p.layer_norm is not None else p),
     ("--proj", lambda p: dataclasses.replace(p, W_hr=p.W_hr[:, ::-1].copy(), _expected={})
@@ -563,6 +576,7 @@ def test_projection_row_is_checked_and_the_torch_peer_agrees(tmp_path, capsys):
         # the floor's products and the flop count include the projection's
         assert r["gflop"] == bench.gemm_flops("lstm", bench.Shape(6, 3, 4, 8), r["mode"], 2) / 1e9
         assert r["gflop"] > bench.gemm_flops("lstm", bench.Shape(6, 3, 4, 2), r["mode"]) / 1e9
+
     if importlib.util.find_spec("torch") is not None:
         assert all("torch" in r["times"] for r in rows)
     assert any("prepared" in r["times"] for r in rows)
