@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ._checks import as_float, check_bool, check_shape, is_f32c, to_numpy
-from ._pickle import with_header, without_header
+from ._pickle import PROJ_PICKLE_FORMAT, with_header, without_header
 
 F32 = np.dtype(np.float32)
 
@@ -90,7 +90,10 @@ class _Layer:
         shell._drop_tape()
         del state["grads"]
         state["_derived"] = None
-        return with_header(state)
+        # a projection is format 2: a fastcells that reads format 1 only would load it
+        # without knowing weight_hr and fail (or misread it) at the first call
+        projected = bool(getattr(self, "proj_size", 0))
+        return with_header(state, PROJ_PICKLE_FORMAT if projected else None)
 
     def __setstate__(self, state: Any) -> None:
         """Restore a pickled state (a newer format raises ``ValueError`` naming both

@@ -19,10 +19,11 @@ Formats:
   steppers, random generators as their states (:class:`GeneratorState`),
   modules by name; a ``Stepper`` as its unpacked weights and constructor
   options.
-- 2: a ``Stepper`` of an LSTM with projection: format 1's entries plus
-  ``W_hr``.  A fastcells that reads format 1 only refuses it by its format,
-  naming both versions, rather than build a Stepper without it.  Every
-  other state is still written in format 1.
+- 2: a ``Stepper`` of an LSTM with projection (format 1's entries plus
+  ``W_hr``), and an LSTM layer with ``proj_size`` (its ``weight_hr_l{k}``).  A
+  fastcells that reads format 1 only refuses them by their format, naming
+  both versions, rather than run them without the projection.  Every other
+  state is still written in format 1.
 """
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ from . import _kernels
 PICKLE_FORMAT = 2
 #: the format of every state that holds nothing newer (:func:`with_header`'s default)
 BASE_PICKLE_FORMAT = 1
-#: the format of a ``Stepper`` with a projection (its ``W_hr``)
+#: the format of a ``Stepper`` or an LSTM layer with a projection (its ``W_hr``)
 PROJ_PICKLE_FORMAT = 2
 #: the state entries of the header
 FORMAT_KEY = "_pickle_format"

@@ -319,16 +319,21 @@ def test_unpickled_projected_stepper_steps_the_same_bits(weight_dtype, layer_nor
             assert_same_bits(b, a)
 
 
-def test_a_reader_of_format_1_refuses_a_projected_stepper(monkeypatch):
-    """An older fastcells (format 1 only) names both versions rather than drop W_hr."""
-    stepper, _, _ = proj_stepper()
-    data = pickle.dumps(stepper)
+@pytest.mark.parametrize("make", ["stepper", "layer"])
+def test_a_reader_of_format_1_refuses_a_projection(monkeypatch, make):
+    """An older fastcells (format 1 only) names both versions rather than drop or
+    misread W_hr (a Stepper's, or a layer's weight_hr_l{k}); plain layers stay format 1."""
+    obj = proj_stepper()[0] if make == "stepper" else fastcells.LSTM(3, 8, proj_size=7,
+                                                                      peephole=True)
+    data = pickle.dumps(obj)
     assert pickle.loads(data).proj_size == 7
+    plain = pickle.dumps(fastcells.LSTM(3, 8, peephole=True))
     monkeypatch.setattr(_pickle, "PICKLE_FORMAT", 1)
     with pytest.raises(ValueError, match=f"pickle format {_pickle.PROJ_PICKLE_FORMAT} by "
                                          f"fastcells {fastcells.__version__}.* reads pickle "
                                          "formats up to 1"):
         pickle.loads(data)
+    assert pickle.loads(plain).proj_size == 0
 
 
 def test_stepper_bias_signs_survive():
