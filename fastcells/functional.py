@@ -323,7 +323,7 @@ def _proj_lstm_gradients(cache: Cache) -> Callable[..., ProjLSTMGradients]:
 
 
 def _lstm_gradients(cache: Cache) -> Callable[..., AnyGradients]:
-    if cache["W_hr"] is not None:
+    if cache.arrays.get("W_hr") is not None:     # (absent from caches pickled before it)
         return _proj_lstm_gradients(cache)
     if cache.options["layer_norm"]:
         return _ln_lstm_gradients
@@ -631,7 +631,7 @@ def _backward(cell: str, cache: Any, dy: Any, finals: tuple[Any, ...]) -> AnyGra
     GH = cache["W_hh"].shape[0]
     H = GH // spec.G
     # h has P values with a projection (P < H; else P = H), c has H
-    W_hr = cache["W_hr"] if cell == "lstm" else None
+    W_hr = cache.arrays.get("W_hr") if cell == "lstm" else None
     widths = {"h": P, "c": H}
     symbol = {"h": "P" if W_hr is not None else "H", "c": "H"}
     dy = check_grad("dy", dy, ("T", "B", symbol["h"]), (T, B, P), F32)

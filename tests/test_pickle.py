@@ -667,3 +667,21 @@ def test_functional_calls_and_stepper_take_read_only_weights(key):
     for a, b in zip(stepper_run(fastcells.Stepper(cell, W_ih, W_hh, b_ih, b_hh, **options), x),
                     stepper_run(fastcells.Stepper(cell, *frozen, **options), x)):
         assert_same_bits(b, a)
+
+
+def test_an_lstm_cache_from_before_projections_runs_backward():
+    """A training cache pickled before projections existed has no W_hr or m: backward
+    treats it as the plain LSTM it is, with the same bits as a cache of today."""
+    from fastcells._results import Cache
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 2, 4)).astype(np.float32)
+    W_ih, W_hh = (rng.standard_normal(s).astype(np.float32) for s in ((8, 4), (8, 2)))
+    cache = fastcells.lstm_forward(x, W_ih, W_hh, training=True).cache
+    old = Cache(cache.cell, cache.backend, dict(cache.options),
+                {k: v for k, v in cache.arrays.items() if k not in ("W_hr", "m")})
+    dy = rng.standard_normal((3, 2, 2)).astype(np.float32)
+    got = fastcells.lstm_backward(pickle.loads(pickle.dumps(old)), dy=dy)
+    want = fastcells.lstm_backward(cache, dy=dy)
+    assert type(got) is type(want) is fastcells.LSTMGradients
+    for a, b in zip(got, want):
+        assert_same_bits(a, b)
