@@ -255,6 +255,16 @@ cdef inline Py_ssize_t _half_offset(Py_ssize_t k, Py_ssize_t n) noexcept nogil:
     return _pack_floats(k, n) // 16 * 16
 
 
+cdef Py_ssize_t _weight_floats(int packing, Py_ssize_t k, Py_ssize_t n):
+    """The floats of W (n x k) for ``A @ W.T`` in the form ``packing`` names: W's rows
+    (PACK_NONE), :func:`pack`'s panels (PACK_FLOAT) or :func:`pack_half`'s (PACK_HALF)."""
+    if packing == PACK_NONE:
+        return n * k
+    if packing == PACK_HALF:
+        return _half_offset(k, n) + (fc_packed_size(k, n) + 1) // 2
+    return fc_packed_size(k, n)
+
+
 def has_half():
     """Whether the ISA in use reads float16 weights in few-row products (:func:`pack_half`)."""
     return bool(fc_has_half())
@@ -1371,9 +1381,9 @@ cdef _set_proj_fwd(FwdLoop *L, proj, Py_ssize_t T, const float[:, ::1] h,
         raise ValueError(f"h, y: expected P values per row, 1 <= P < H = {H}, got "
                          f"{h.shape[1]}, {P}")
     cdef const float[::1] w = wr
-    if w.shape[0] < P * H:
-        raise ValueError(f"wr: expected W_hr (P, H) = ({P}, {H}) in the loop's packing, got "
-                         f"{w.shape[0]} floats")
+    if w.shape[0] < _weight_floats(L.packing, H, P):
+        raise ValueError(f"wr: expected W_hr (P, H) = ({P}, {H}) in the loop's packing "
+                         f"({_weight_floats(L.packing, H, P)} floats), got {w.shape[0]}")
     L.P, L.wr = P, &w[0]
     L.m = _kept("m", m, (T, B, H))
     L.mb = _kept("mb", mb.reshape(1, B, H), (1, B, H))
@@ -1589,9 +1599,9 @@ def lstm_backward(const float[:, :, ::1] gates, const float[:, :, ::1] cs,
         if not 1 <= P < L.H:
             raise ValueError(f"dh: expected P values per row, 1 <= P < H = {L.H}, got {P}")
         w = wrt
-        if w.shape[0] < P * L.H:
-            raise ValueError(f"wrt: expected W_hr (P, H) = ({P}, {L.H}) packed, got "
-                             f"{w.shape[0]} floats")
+        if w.shape[0] < fc_packed_size(P, L.H):      # pack(W_hr, False): dm = dh @ W_hr
+            raise ValueError(f"wrt: expected W_hr (P, H) = ({P}, {L.H}) packed for dh @ W_hr "
+                             f"({fc_packed_size(P, L.H)} floats), got {w.shape[0]}")
         L.P, L.wrt = P, &w[0]
         L.dht = _kept("dht", dht, (L.T, L.B, P))
         L.dm = _kept("dm", dm.reshape(1, L.B, L.H), (1, L.B, L.H))
@@ -1881,9 +1891,9 @@ cdef class StepKernel:
                 raise ValueError(f"wr: expected an LSTM's W_hr (P, H) with 1 <= P < H = {H}, "
                                  f"got P = {P} for {cell}")
             w = wr
-            if w.shape[0] < P * H:
-                raise ValueError(f"wr: expected W_hr ({P}, {H}) packed, got {w.shape[0]} "
-                                 "floats")
+            if w.shape[0] < _weight_floats(packing, H, P):
+                raise ValueError(f"wr: expected W_hr ({P}, {H}) packed "
+                                 f"({_weight_floats(packing, H, P)} floats), got {w.shape[0]}")
             self.P, self.wr = P, &w[0]
             self.keep = self.keep + (wr,)
         # ln: None or (ih_weight, ih_bias + bias, hh_weight, hh_bias, c_weight, c_bias, eps)

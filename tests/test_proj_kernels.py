@@ -282,6 +282,29 @@ def test_kernel_refuses_a_column_plan_with_a_projection():
                               cols=np.array([0, 16, 32]), proj=proj)
 
 
+@pytest.mark.parametrize("packing", ["float", "none"])
+def test_kernel_refuses_a_projection_shorter_than_its_packing(packing):
+    """W_hr (P, H) packed takes ceil(P/16)*16*H floats, more than P*H: a buffer of P*H
+    floats is refused (the loop would read past it), as is one short of P*H unpacked."""
+    H, P = 40, 10
+    f = np.zeros
+    mode = _kernels.PACK_FLOAT if packing == "float" else _kernels.PACK_NONE
+    need = -(-P // 16) * 16 * H if packing == "float" else P * H    # 16-column panels
+    for size, ok in ((need - 1, False), (need, True)):
+        proj = (f(size, np.float32), None, f((1, H), np.float32), f((1, H), np.float32),
+                f((1, P), np.float32))
+        args = (0, f((2, 1, 4 * H), np.float32),
+                _kernels.pack(f((4 * H, P), np.float32), True) if packing == "float"
+                else f(4 * H * P, np.float32),
+                mode, None, f((1, P), np.float32), f((1, H), np.float32),
+                f((2, 1, P), np.float32), None, False, None, None, f((1, 4 * H), np.float32))
+        if ok:
+            _kernels.lstm_forward(*args, proj=proj)
+        else:
+            with pytest.raises(ValueError, match=f"wr: expected W_hr .* got {size}"):
+                _kernels.lstm_forward(*args, proj=proj)
+
+
 # ----------------------------------------------------------------------------
 # Stepper
 
