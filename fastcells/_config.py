@@ -67,9 +67,9 @@ def set_deterministic(flag: Any) -> None:
     sequence's results may differ by float32 rounding with the batch it runs
     in: batch-1 products sum in a faster order than the batched ones, and
     short calls (``T * B < 32``, or batch 1 and ``T <= 16``) multiply by the
-    weights unpacked.  The mode costs speed at batch 1 (a few percent on
-    AVX-512, up to about 20% on the generic path) and more in short calls,
-    which then pack their weights (``docs/design.md``, "Batch invariance").
+    weights unpacked.  The mode costs some speed at batch 1, most on the
+    AVX2 and generic paths, and more in short calls, which then pack their
+    weights (measured in ``docs/design.md``, "Batch invariance").
     Gradients (``*_backward``) are not covered: they may differ by float32
     rounding.
 

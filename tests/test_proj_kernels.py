@@ -305,6 +305,31 @@ def test_kernel_refuses_a_projection_shorter_than_its_packing(packing):
                 _kernels.lstm_forward(*args, proj=proj)
 
 
+@pytest.mark.parametrize("T", [3, 33], ids=["short", "long"])
+@pytest.mark.parametrize("nthreads", [1, 2])
+def test_deterministic_mode_gives_a_sequence_its_bits_in_any_batch(T, nthreads, isa):
+    """set_deterministic(True): a projected sequence's forward outputs (functional, and a
+    Stepper's steps) are the same bits alone and as row 5 of a batch of 16."""
+    H, P, row = 48, 7, 5
+    inputs, _, _ = proj_case(T, 16, 20, H, P, peephole=True)
+    alone = {k: (v[:, row:row + 1] if k == "x" else v[row:row + 1] if k in ("h0", "c0")
+                 else v) for k, v in inputs.items()}
+    saved, saved_n = fastcells.get_deterministic(), fastcells.get_num_threads()
+    fastcells.set_deterministic(True)
+    fastcells.set_num_threads(nthreads)
+    try:
+        batch, one = fastcells.lstm_forward(**inputs), fastcells.lstm_forward(**alone)
+        step = _stepper(inputs)
+        (ys_b, h_b, c_b), (ys_1, h_1, c_1) = _steps(step, inputs), _steps(step, alone)
+    finally:
+        fastcells.set_deterministic(saved)
+        fastcells.set_num_threads(saved_n)
+    for name, a, b in (("y", one.y[:, 0], batch.y[:, row]), ("h", one.h[0], batch.h[row]),
+                       ("c", one.c[0], batch.c[row]), ("step y", ys_1[:, 0], ys_b[:, row]),
+                       ("step h", h_1[0], h_b[row]), ("step c", c_1[0], c_b[row])):
+        np.testing.assert_array_equal(a, b, err_msg=name)
+
+
 # ----------------------------------------------------------------------------
 # Stepper
 
