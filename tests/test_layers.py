@@ -113,6 +113,14 @@ def torch_run(torch, mod, x, state, dy, dstate, lengths):
             [s.grad.numpy() for s in st], grads)
 
 
+def valid_only(dy, lengths, batch_first):
+    """``dy`` zeroed past each sequence's length (``lengths`` None: unchanged)."""
+    if lengths is None:
+        return dy
+    mask = (np.arange(T)[:, None] < lengths[None, :])[..., None]
+    return dy * (mask.transpose(1, 0, 2) if batch_first else mask)
+
+
 @pytest.mark.parametrize("num_layers,bidirectional,batch_first", CONFIGS)
 @pytest.mark.parametrize("cell", list(CELLS))
 @pytest.mark.parametrize("use_lengths", [False, True])
@@ -121,9 +129,7 @@ def test_matches_torch(torch, cell, num_layers, bidirectional, batch_first, use_
     rng = np.random.default_rng(0)
     x, state, dy, dstate = inputs(layer, rng)
     lengths = LENGTHS if use_lengths else None
-    if lengths is not None:  # torch's padded outputs carry no gradient
-        mask = (np.arange(T)[:, None] < lengths[None, :])[..., None]
-        dy = dy * (mask.transpose(1, 0, 2) if batch_first else mask)
+    dy = valid_only(dy, lengths, batch_first)  # torch's padded outputs carry no gradient
     y_t, states_t, dx_t, dstate_t, grads_t = torch_run(
         torch, torch_module(torch, layer), x, state, dy, dstate, lengths)
 

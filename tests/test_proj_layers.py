@@ -15,7 +15,7 @@ import pytest
 from conftest import assert_close, assert_gradients_by_finite_differences
 
 # torch_run pads torch's outputs to test_layers' T, which these tests share
-from test_layers import LENGTHS, T, assert_close_rel, torch_run
+from test_layers import LENGTHS, T, assert_close_rel, torch_run, valid_only
 
 import fastcells
 from fastcells import interop, reference
@@ -146,9 +146,7 @@ def test_matches_torch(num_layers, bidirectional, batch_first, use_lengths):
     layer = make(num_layers, bidirectional, batch_first)
     x, state, dy, dstate = inputs(layer, np.random.default_rng(0))
     lengths = LENGTHS if use_lengths else None
-    if lengths is not None:  # torch's padded outputs carry no gradient
-        mask = (np.arange(T)[:, None] < lengths[None, :])[..., None]
-        dy = dy * (mask.transpose(1, 0, 2) if batch_first else mask)
+    dy = valid_only(dy, lengths, batch_first)  # torch's padded outputs carry no gradient
     y_t, states_t, dx_t, dstate_t, grads_t = torch_run(
         torch, torch_module(torch, layer), x, state, dy, dstate, lengths)
 

@@ -84,6 +84,22 @@ def numerical_gradient(loss, inputs, name):
     return grad
 
 
+def assert_gradient(analytic, loss, inputs, name, label=None):
+    """``analytic`` (float64, the shape of ``inputs[name]``) against the central
+    differences of ``loss`` over ``inputs[name]`` (None for an absent bias, whose
+    gradient must be None too), within GRAD_RTOL of the larger of 1 and the numeric
+    gradient's largest magnitude."""
+    label = label or name
+    if inputs[name] is None:  # no bias
+        assert analytic is None, f"{label} should be None without biases"
+        return
+    numeric = numerical_gradient(loss, inputs, name)
+    assert analytic.shape == inputs[name].shape and analytic.dtype == np.float64, label
+    scale = max(np.abs(numeric).max(), 1.0)
+    np.testing.assert_allclose(analytic, numeric, rtol=GRAD_RTOL, atol=GRAD_RTOL * scale,
+                               err_msg=label)
+
+
 def assert_relu_away_from_kink(inputs, cache):
     x, W_ih, W_hh = inputs["x"], inputs["W_ih"], inputs["W_hh"]
     pre = x @ W_ih.T + cache["h_prev"] @ W_hh.T
@@ -120,16 +136,8 @@ def test_gradients_match_finite_differences(cell, bias, initial_state, lengths, 
         total = np.sum(Wy * out.y) + np.sum(Wh * out.h)
         return total + np.sum(Wc * out.c) if is_lstm(cell) else total
 
-    for name, value in inputs.items():
-        analytic = getattr(grads, GRAD_NAME[name])
-        if value is None:  # no bias
-            assert analytic is None, f"{GRAD_NAME[name]} should be None without biases"
-            continue
-        numeric = numerical_gradient(loss, inputs, name)
-        assert analytic.shape == value.shape and analytic.dtype == np.float64
-        scale = max(np.abs(numeric).max(), 1.0)
-        np.testing.assert_allclose(analytic, numeric, rtol=GRAD_RTOL, atol=GRAD_RTOL * scale,
-                                   err_msg=GRAD_NAME[name])
+    for name in inputs:
+        assert_gradient(getattr(grads, GRAD_NAME[name]), loss, inputs, name, GRAD_NAME[name])
 
 
 # ----------------------------------------------------------------------------
