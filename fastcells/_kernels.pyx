@@ -1356,10 +1356,8 @@ cdef void _lstm_fwd(const void *p, Py_ssize_t b0, Py_ssize_t b1) noexcept nogil:
                 _col_lstm(&S, 0, H, b, a, yr, L.h + b * H)
         if proj and t < steps:
             _recur(L.packing, b1 - b0, P, H, mt + b0 * H, L.wr, L.hp + b0 * P)
-            for b in range(b0, b1):
-                if not _masked(L.lens, t, b):
-                    memcpy(L.h + b * P, L.hp + b * P, P * sizeof(float))
-                    memcpy(L.y + (t * B + b) * P, L.hp + b * P, P * sizeof(float))
+            _copy_rows_active(L.h, L.hp, NULL, b0, b1, P, L.lens, t)
+            _copy_rows_active(L.y + t * B * P, L.hp, NULL, b0, b1, P, L.lens, t)
 
 
 cdef _set_proj_fwd(FwdLoop *L, proj, Py_ssize_t T, const float[:, ::1] h,
@@ -1482,17 +1480,13 @@ cdef void _proj_back(const BwdLoop *L, Py_ssize_t t, Py_ssize_t b0, Py_ssize_t b
     """A projected LSTM's step t, rows [b0, b1): the gradient of h_t, ``dht = dh + dy``
     (kept; zeros at masked steps), then that of m, ``dm = dht @ W_hr`` (when
     ``product``: some row of the block is active)."""
-    cdef Py_ssize_t b, j, B = L.B, P = L.P
-    cdef float *r
+    cdef Py_ssize_t b, B = L.B, P = L.P
+    cdef float *r = L.dht + t * B * P
     for b in range(b0, b1):
-        r = L.dht + (t * B + b) * P
         if _masked(L.lens, t, b):
-            memset(r, 0, P * sizeof(float))
-        elif L.dy == NULL:
-            memcpy(r, L.dh + b * P, P * sizeof(float))
-        else:
-            for j in range(P):
-                r[j] = L.dh[b * P + j] + L.dy[(t * B + b) * P + j]
+            memset(r + b * P, 0, P * sizeof(float))
+    _copy_rows_active(r, L.dh, NULL if L.dy == NULL else L.dy + t * B * P, b0, b1, P,
+                      L.lens, t)
     if product:
         fc_gemm(b1 - b0, L.H, P, L.dht + (t * B + b0) * P, P, L.wrt, L.dm + b0 * L.H, L.H)
 
